@@ -1,0 +1,7 @@
+"""The math of one time step: one module per cell, each a readable NumPy reference."""
+
+from lstmkit.cells.gru import GRUCell
+from lstmkit.cells.lstm import LSTMCell
+from lstmkit.cells.rnn import RNNCell
+
+__all__ = ["GRUCell", "LSTMCell", "RNNCell"]

@@ -1,0 +1,195 @@
+"""The LSTM cell: one time step, forward and backward, in readable NumPy.
+
+The equations (Hochreiter & Schmidhuber 1997; forget gate: Gers, Schmidhuber & Cummins 2000;
+peepholes: Gers, Schraudolph & Schmidhuber 2002; gate order and bias layout: PyTorch)::
+
+    i = sigmoid(W_ii x + b_ii + W_hi h_prev + b_hi + w_ci * c_prev)   input gate
+    f = sigmoid(W_if x + b_if + W_hf h_prev + b_hf + w_cf * c_prev)   forget gate
+    g = tanh   (W_ig x + b_ig + W_hg h_prev + b_hg)                   cell input
+    c = f * c_prev + i * g                                            Constant Error Carousel
+    o = sigmoid(W_io x + b_io + W_ho h_prev + b_ho + w_co * c)        output gate
+    h = o * tanh(c)
+
+The variant switches remove pieces of it (Greff et al. 2017 name the variants):
+
+- ``peepholes=False`` drops the ``w_c*`` terms (PyTorch's and Keras' LSTM);
+- ``forget_gate=False`` fixes f = 1: the original 1997 cell, whose carousel never forgets;
+- ``input_gate=False`` fixes i = 1, ``output_gate=False`` fixes o = 1;
+- ``coupled_input_forget=True`` (CIFG) computes f = 1 - i and has no forget-gate weights.
+
+A gate that a switch removes has no weights at all: the pre-activation ``z`` holds only the
+gates present, in the order i, f, g, o. With the forget gate fixed open (f = 1) the carousel
+passes the gradient unchanged: dL/dc_prev = dL/dc, the "error carousel" of the 1997 paper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import expit as sigmoid
+
+Array = np.ndarray
+
+
+@dataclass(frozen=True)
+class LSTMCell:
+    """One LSTM time step with the variant switches.
+
+    Parameters (a dict ``p``; ``G`` = number of gates present, 4 for the full cell):
+        weight_ih (G*H, D), weight_hh (G*H, H), bias_ih (G*H,), bias_hh (G*H,) (if ``bias``),
+        weight_ci, weight_cf, weight_co (H,) (if ``peepholes`` and the gate is present).
+    State: (h, c), each (B, H).
+    """
+
+    input_size: int
+    hidden_size: int
+    bias: bool = True
+    peepholes: bool = False
+    forget_gate: bool = True
+    input_gate: bool = True
+    output_gate: bool = True
+    coupled_input_forget: bool = False
+
+    state_names = ("h", "c")
+    all_gates = ("i", "f", "g", "o")  # for inspection: removed gates appear as their constant
+
+    def __post_init__(self) -> None:
+        if self.coupled_input_forget and not self.input_gate:
+            raise ValueError(
+                "coupled_input_forget=True computes f = 1 - i and needs the input gate; "
+                "got input_gate=False"
+            )
+        if self.coupled_input_forget and not self.forget_gate:
+            raise ValueError(
+                "coupled_input_forget=True replaces the forget gate by 1 - i; "
+                "it cannot be combined with forget_gate=False"
+            )
+
+    @property
+    def gates(self) -> tuple[str, ...]:
+        """The gates that have weights, in PyTorch's order (a subset of 'i', 'f', 'g', 'o')."""
+        present = {
+            "i": self.input_gate,
+            "f": self.forget_gate and not self.coupled_input_forget,
+            "g": True,
+            "o": self.output_gate,
+        }
+        return tuple(name for name, on in present.items() if on)
+
+    @property
+    def peephole_gates(self) -> tuple[str, ...]:
+        """The gates with a peephole weight ``weight_c{gate}``: 'i' and 'f' see c_prev, 'o' c."""
+        if not self.peepholes:
+            return ()
+        return tuple(gate for gate in self.gates if gate != "g")
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Names and shapes of the parameters, PyTorch-style names without the layer suffix."""
+        G, H, D = len(self.gates), self.hidden_size, self.input_size
+        shapes: dict[str, tuple[int, ...]] = {"weight_ih": (G * H, D), "weight_hh": (G * H, H)}
+        if self.bias:
+            shapes["bias_ih"] = (G * H,)
+            shapes["bias_hh"] = (G * H,)
+        for gate in self.peephole_gates:
+            shapes[f"weight_c{gate}"] = (H,)
+        return shapes
+
+    def split(self, z: Array) -> dict[str, Array]:
+        """Split a (B, G*H) pre-activation into its gate blocks (views)."""
+        H = self.hidden_size
+        return {gate: z[:, k * H : (k + 1) * H] for k, gate in enumerate(self.gates)}
+
+    def forward(
+        self, x: Array, state: tuple[Array, Array], p: dict[str, Array]
+    ) -> tuple[tuple[Array, Array], dict[str, Array]]:
+        """One step. x (B, D), state (h_prev, c_prev) each (B, H) -> ((h, c), cache).
+
+        The cache holds what backward needs, and every gate's value for inspection.
+        """
+        h_prev, c_prev = state
+        z = x @ p["weight_ih"].T + h_prev @ p["weight_hh"].T
+        if self.bias:
+            z += p["bias_ih"] + p["bias_hh"]
+        zs = self.split(z)
+        one = np.ones_like(c_prev)
+
+        if self.input_gate:
+            zi = zs["i"] + p["weight_ci"] * c_prev if self.peepholes else zs["i"]
+            i = sigmoid(zi)
+        else:
+            i = one
+        if self.coupled_input_forget:
+            f = 1.0 - i
+        elif self.forget_gate:
+            zf = zs["f"] + p["weight_cf"] * c_prev if self.peepholes else zs["f"]
+            f = sigmoid(zf)
+        else:
+            f = one
+        g = np.tanh(zs["g"])
+        c = f * c_prev + i * g
+        if self.output_gate:
+            zo = zs["o"] + p["weight_co"] * c if self.peepholes else zs["o"]
+            o = sigmoid(zo)
+        else:
+            o = one
+        tanh_c = np.tanh(c)
+        h = o * tanh_c
+        cache = {"x": x, "h_prev": h_prev, "c_prev": c_prev,
+                 "i": i, "f": f, "g": g, "o": o, "c": c, "tanh_c": tanh_c}
+        return (h, c), cache
+
+    def backward(
+        self,
+        d_state: tuple[Array, Array],
+        cache: dict[str, Array],
+        p: dict[str, Array],
+        grads: dict[str, Array],
+    ) -> tuple[Array, tuple[Array, Array]]:
+        """Backward of one step, the forward read in reverse.
+
+        d_state = (dL/dh, dL/dc), each (B, H), the gradients arriving at this step's outputs.
+        Accumulates into ``grads`` (same names as ``p``) and returns
+        (dL/dx (B, D), (dL/dh_prev, dL/dc_prev)).
+        """
+        dh, dc = d_state
+        x, h_prev, c_prev = cache["x"], cache["h_prev"], cache["c_prev"]
+        i, f, g, o, c, tanh_c = (cache[k] for k in ("i", "f", "g", "o", "c", "tanh_c"))
+        dz = {}
+
+        # h = o * tanh(c)
+        dc = dc + dh * o * (1.0 - tanh_c**2)
+        if self.output_gate:
+            dz["o"] = dh * tanh_c * o * (1.0 - o)
+            if self.peepholes:  # o sees the new c
+                dc = dc + dz["o"] * p["weight_co"]
+                grads["weight_co"] += (dz["o"] * c).sum(axis=0)
+        # c = f * c_prev + i * g
+        di = dc * g
+        df = dc * c_prev
+        dc_prev = dc * f
+        dz["g"] = dc * i * (1.0 - g**2)
+        if self.coupled_input_forget:  # f = 1 - i
+            di = di - df
+        elif self.forget_gate:
+            dz["f"] = df * f * (1.0 - f)
+            if self.peepholes:
+                dc_prev += dz["f"] * p["weight_cf"]
+                grads["weight_cf"] += (dz["f"] * c_prev).sum(axis=0)
+        if self.input_gate:
+            dz["i"] = di * i * (1.0 - i)
+            if self.peepholes:
+                dc_prev += dz["i"] * p["weight_ci"]
+                grads["weight_ci"] += (dz["i"] * c_prev).sum(axis=0)
+
+        # z = x W_ih^T + h_prev W_hh^T + b_ih + b_hh
+        dz_all = np.concatenate([dz[gate] for gate in self.gates], axis=1)
+        grads["weight_ih"] += dz_all.T @ x
+        grads["weight_hh"] += dz_all.T @ h_prev
+        if self.bias:
+            db = dz_all.sum(axis=0)
+            grads["bias_ih"] += db
+            grads["bias_hh"] += db
+        dx = dz_all @ p["weight_ih"]
+        dh_prev = dz_all @ p["weight_hh"]
+        return dx, (dh_prev, dc_prev)

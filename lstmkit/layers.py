@@ -1,0 +1,541 @@
+"""Sequence layers ``LSTM``, ``GRU`` and ``RNN`` with PyTorch's names, shapes and weights.
+
+A layer runs its cell (``lstmkit.cells``) over a whole sequence, for every stacked layer and
+direction, and backpropagates through time. Shapes (``L`` layers, ``nd`` = 2 if bidirectional
+else 1, ``H`` hidden size)::
+
+    x            (T, B, input_size)      or (B, T, input_size) with batch_first, or (T, input_size)
+    output       (T, B, nd * H)          or (B, T, nd * H) with batch_first
+    h_0, h_n     (L * nd, B, H)          the state, per layer and direction (layer-major)
+    c_0, c_n     (L * nd, B, H)          LSTM only
+
+Parameters are ``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}`` (and
+``weight_c{i,f,o}_l{k}`` for LSTM peepholes), with ``_reverse`` for the backward direction: a
+PyTorch module's ``load_state_dict`` takes ours and gives the same outputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from lstmkit.cells import GRUCell, LSTMCell, RNNCell
+from lstmkit.grad_mode import is_grad_enabled
+from lstmkit.recurrence import ReferenceRecurrence
+
+Array = np.ndarray
+
+REFERENCE = ReferenceRecurrence()
+_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _as_dtype(dtype: Any) -> np.dtype:
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError as error:
+        raise TypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}") from error
+    if resolved not in _DTYPES:
+        raise TypeError(f"dtype must be 'float32' or 'float64', got {resolved}")
+    return resolved
+
+
+def _rng(seed: int | np.random.Generator | None) -> np.random.Generator:
+    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+
+
+class RecurrentLayer:
+    """What LSTM, GRU and RNN share: stacking, directions, lengths, state, dropout, weights.
+
+    Subclasses say which cell they run (``_make_cell``) and how their state is packed.
+    """
+
+    mode = ""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        dtype: Any = "float32",
+        seed: int | np.random.Generator | None = None,
+        recurrent_init: str = "uniform",
+        stateful: bool = False,
+    ) -> None:
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
+                            ("num_layers", num_layers)):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if recurrent_init not in ("uniform", "orthogonal"):
+            raise ValueError(
+                f"recurrent_init must be 'uniform' or 'orthogonal', got {recurrent_init!r}"
+            )
+        self.input_size = int(input_size)
+        self.hidden_size = int(hidden_size)
+        self.num_layers = int(num_layers)
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.dropout = float(dropout)
+        self.bidirectional = bool(bidirectional)
+        self.num_directions = 2 if bidirectional else 1
+        self.dtype = _as_dtype(dtype)
+        self.stateful = bool(stateful)
+        self.training = True
+        self.recurrence: Any = REFERENCE
+        self._rng = _rng(seed)
+        self._cells = [
+            self._make_cell(self.input_size if k == 0 else self.num_directions * self.hidden_size)
+            for k in range(self.num_layers)
+        ]
+        self.params: dict[str, Array] = {}
+        for k, cell in enumerate(self._cells):
+            for sfx in self._suffixes():
+                for short, shape in cell.param_shapes().items():
+                    self.params[f"{short}_l{k}{sfx}"] = np.zeros(shape, dtype=self.dtype)
+        self.grads: dict[str, Array] = {n: np.zeros_like(v) for n, v in self.params.items()}
+        self.reset_parameters(recurrent_init)
+        self._cache: dict[str, Any] | None = None
+        self._carried: tuple[Array, ...] | None = None
+
+    # -- construction -------------------------------------------------------------------------
+
+    def _make_cell(self, input_size: int) -> Any:
+        raise NotImplementedError
+
+    def _suffixes(self) -> list[str]:
+        return ["", "_reverse"][: self.num_directions]
+
+    def reset_parameters(self, recurrent_init: str = "uniform") -> None:
+        """PyTorch's default: every parameter ~ U(-1/sqrt(H), 1/sqrt(H)).
+
+        ``recurrent_init="orthogonal"`` makes each gate's (H, H) block of ``weight_hh`` a random
+        orthogonal matrix (Saxe et al. 2014), which keeps a linear recurrence's gradient norm.
+        """
+        bound = 1.0 / np.sqrt(self.hidden_size)
+        H = self.hidden_size
+        for name, value in self.params.items():
+            value[...] = self._rng.uniform(-bound, bound, size=value.shape)
+            if recurrent_init == "orthogonal" and name.startswith("weight_hh"):
+                for block in range(value.shape[0] // H):
+                    q, r = np.linalg.qr(self._rng.standard_normal((H, H)))
+                    value[block * H : (block + 1) * H] = q * np.sign(np.diag(r))
+
+    # -- mode and state -----------------------------------------------------------------------
+
+    def train(self, mode: bool = True) -> RecurrentLayer:
+        """Training mode: dropout between layers is active."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self) -> RecurrentLayer:
+        """Evaluation mode: dropout is off."""
+        return self.train(False)
+
+    def zero_grad(self) -> None:
+        """Set every accumulated gradient to zero (in place)."""
+        for g in self.grads.values():
+            g.fill(0.0)
+
+    def reset_state(self) -> None:
+        """Forget the state a ``stateful`` layer carries between calls."""
+        self._carried = None
+
+    def state_dict(self) -> dict[str, Array]:
+        """A copy of the parameters: name -> array, PyTorch's names and layouts."""
+        return {name: value.copy() for name, value in self.params.items()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Copy weights in (NumPy arrays, or anything ``np.asarray`` takes, e.g. CPU tensors).
+
+        Every name must match, and every shape; nothing is changed if any check fails.
+        """
+        missing = sorted(set(self.params) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(self.params))
+        if missing or unexpected:
+            raise KeyError(
+                f"state_dict does not match this {self.mode}: missing {missing}, "
+                f"unexpected {unexpected}"
+            )
+        converted = {}
+        for name, value in state_dict.items():
+            if hasattr(value, "detach"):  # a torch tensor
+                value = value.detach().cpu().numpy()
+            array = np.asarray(value)
+            if array.shape != self.params[name].shape:
+                raise ValueError(
+                    f"state_dict[{name!r}] has shape {array.shape}, "
+                    f"expected {self.params[name].shape}"
+                )
+            if not np.issubdtype(array.dtype, np.floating):
+                raise TypeError(f"state_dict[{name!r}] has dtype {array.dtype}, expected floats")
+            converted[name] = array
+        for name, array in converted.items():
+            self.params[name][...] = array
+
+    # -- state packing: LSTM carries (h, c), GRU and RNN carry h ------------------------------
+
+    def _pack_state(self, state: tuple[Array, ...]) -> Any:
+        return state[0]
+
+    def _unpack_state(self, state: Any, what: str) -> tuple[Array, ...]:
+        return (state,)
+
+    @property
+    def _state_names(self) -> tuple[str, ...]:
+        return self._cells[0].state_names
+
+    # -- forward ------------------------------------------------------------------------------
+
+    def __call__(self, x: Any, state: Any = None, lengths: Any = None,
+                 return_gates: bool = False) -> Any:
+        return self.forward(x, state, lengths=lengths, return_gates=return_gates)
+
+    def forward(self, x: Any, state: Any = None, lengths: Any = None,
+                return_gates: bool = False) -> Any:
+        """Run the layer over a sequence.
+
+        Args:
+            x: (T, B, input_size), (B, T, input_size) if ``batch_first``, or unbatched
+                (T, input_size).
+            state: the initial state (see the subclass), zeros if None (or, for a ``stateful``
+                layer, the state the previous call ended with).
+            lengths: (B,) ints in [1, T]: the true length of each padded sequence.
+            return_gates: also return ``{"l0": {"i": (T, B, H), ...}, "l0_reverse": ...}``,
+                the value of every gate and of the cell state at every step.
+
+        Returns: ``(output, state_n)``, or ``(output, state_n, gates)``.
+        """
+        x, unbatched = self._check_input(x)
+        T, B, _ = x.shape
+        mask = self._lengths_mask(lengths, T, B)
+        state0 = self._initial_state(state, B, unbatched)
+        keep = is_grad_enabled()
+        L, nd = self.num_layers, self.num_directions
+        finals: list[list[Array]] = [[] for _ in self._state_names]
+        caches, drop_masks = [], []
+        layer_in = x
+        for k, cell in enumerate(self._cells):
+            outs = []
+            for d in range(nd):
+                j = k * nd + d
+                out, final, cache = self.recurrence.forward(
+                    cell, self._direction(self.params, k, d), layer_in,
+                    tuple(s[j] for s in state0), mask, d == 1, keep or return_gates,
+                )
+                outs.append(out)
+                caches.append(cache)
+                for n, s in enumerate(final):
+                    finals[n].append(s)
+            layer_out = outs[0] if nd == 1 else np.concatenate(outs, axis=2)
+            drop = None
+            if self.training and self.dropout > 0.0 and k < L - 1:
+                keep_prob = 1.0 - self.dropout
+                drop = (self._rng.random(layer_out.shape) < keep_prob).astype(self.dtype)
+                drop /= keep_prob
+                layer_out = layer_out * drop
+            drop_masks.append(drop)
+            layer_in = layer_out
+        state_n = tuple(np.stack(f) for f in finals)
+        if self.stateful:
+            self._carried = tuple(s.copy() for s in state_n)
+        gates = self._gates(caches, unbatched) if return_gates else None
+        self._cache = (
+            {"caches": caches, "drop": drop_masks, "mask": mask, "shape": (T, B),
+             "unbatched": unbatched}
+            if keep else None
+        )
+        output = self._to_user(layer_in, unbatched)
+        packed = self._pack_state(
+            tuple(s[:, 0] for s in state_n) if unbatched else state_n
+        )
+        return (output, packed, gates) if return_gates else (output, packed)
+
+    def _direction(self, store: dict[str, Array], k: int, d: int) -> dict[str, Array]:
+        """The parameters (or gradients) of layer k, direction d, under the cell's short names."""
+        sfx = "_reverse" if d == 1 else ""
+        return {short: store[f"{short}_l{k}{sfx}"] for short in self._cells[k].param_shapes()}
+
+    def _gates(self, caches: list[Any], unbatched: bool) -> dict[str, dict[str, Array]]:
+        result = {}
+        for j, cache in enumerate(caches):
+            k, d = divmod(j, self.num_directions)
+            seqs = self.recurrence.gate_sequences(self._cells[k], cache)
+            result[f"l{k}{'_reverse' if d else ''}"] = {
+                name: self._to_user(seq, unbatched) for name, seq in seqs.items()
+            }
+        return result
+
+    def _to_user(self, seq: Array, unbatched: bool) -> Array:
+        """(T, B, F) -> the user's layout: (B, T, F) with batch_first, (T, F) unbatched."""
+        if unbatched:
+            return seq[:, 0]
+        return np.ascontiguousarray(seq.transpose(1, 0, 2)) if self.batch_first else seq
+
+    def _from_user(self, seq: Array, unbatched: bool) -> Array:
+        if unbatched:
+            return seq[:, None]
+        return seq.transpose(1, 0, 2) if self.batch_first else seq
+
+    # -- input checks -------------------------------------------------------------------------
+
+    def _check_array(self, value: Any, what: str) -> Array:
+        if hasattr(value, "detach"):
+            value = value.detach().cpu().numpy()
+        array = np.asarray(value)
+        if not np.issubdtype(array.dtype, np.floating):
+            raise TypeError(
+                f"{what} must be a floating-point array ({self.dtype}), got dtype {array.dtype}"
+            )
+        if array.dtype != self.dtype:
+            raise TypeError(
+                f"{what} has dtype {array.dtype} but this {self.mode} is {self.dtype}: "
+                f"convert it with .astype(np.{self.dtype})"
+            )
+        if not np.isfinite(array).all():
+            raise ValueError(f"{what} contains NaN or Inf")
+        return array
+
+    def _check_input(self, x: Any) -> tuple[Array, bool]:
+        x = self._check_array(x, "input")
+        layout = "(B, T, input_size)" if self.batch_first else "(T, B, input_size)"
+        if x.ndim not in (2, 3):
+            raise ValueError(
+                f"input must be 3-D {layout} or unbatched 2-D (T, input_size), "
+                f"got shape {x.shape}"
+            )
+        if x.shape[-1] != self.input_size:
+            raise ValueError(
+                f"input has {x.shape[-1]} features (last axis of shape {x.shape}), "
+                f"expected input_size={self.input_size}"
+            )
+        unbatched = x.ndim == 2
+        x = np.ascontiguousarray(self._from_user(x, unbatched))
+        if x.shape[0] == 0:
+            raise ValueError("input has sequence length T = 0; expected T >= 1")
+        if x.shape[1] == 0:
+            raise ValueError("input has batch size B = 0; expected B >= 1")
+        return x, unbatched
+
+    def _lengths_mask(self, lengths: Any, T: int, B: int) -> Array | None:
+        if lengths is None:
+            return None
+        if hasattr(lengths, "detach"):
+            lengths = lengths.detach().cpu().numpy()
+        lengths = np.asarray(lengths)
+        if lengths.shape != (B,) or not np.issubdtype(lengths.dtype, np.integer):
+            raise ValueError(
+                f"lengths must be {B} integers (one per sequence in the batch), "
+                f"got {lengths.dtype} array of shape {lengths.shape}"
+            )
+        if lengths.min() < 1 or lengths.max() > T:
+            raise ValueError(
+                f"lengths must lie in [1, T={T}], got min {lengths.min()}, max {lengths.max()}"
+            )
+        if (lengths == T).all():
+            return None
+        return np.arange(T)[:, None] < lengths[None, :]
+
+    def _initial_state(self, state: Any, B: int, unbatched: bool) -> tuple[Array, ...]:
+        shape = (self.num_layers * self.num_directions, B, self.hidden_size)
+        if state is None:
+            if self.stateful and self._carried is not None:
+                if self._carried[0].shape != shape:
+                    raise ValueError(
+                        f"this stateful {self.mode} carries a state of shape "
+                        f"{self._carried[0].shape} but the input needs {shape}: "
+                        "call reset_state() when the batch size changes"
+                    )
+                return self._carried
+            return tuple(np.zeros(shape, dtype=self.dtype) for _ in self._state_names)
+        parts = self._unpack_state(state, "state")
+        checked = []
+        for name, part in zip(self._state_names, parts):
+            part = self._check_array(part, f"{name}_0")
+            if unbatched:
+                if part.shape != (shape[0], shape[2]):
+                    raise ValueError(
+                        f"{name}_0 has shape {part.shape}, expected {(shape[0], shape[2])} "
+                        "for unbatched input"
+                    )
+                part = part[:, None]
+            if part.shape != shape:
+                raise ValueError(
+                    f"{name}_0 has shape {part.shape}, expected "
+                    f"(num_layers * num_directions, B, hidden_size) = {shape}"
+                )
+            checked.append(part)
+        return tuple(checked)
+
+    # -- backward -----------------------------------------------------------------------------
+
+    def backward(self, d_output: Any, d_state: Any = None) -> tuple[Array, Any]:
+        """Backpropagation through time of the last forward call.
+
+        Args:
+            d_output: dL/d(output), the shape of ``output``.
+            d_state: dL/d(state_n), shaped like the returned state; zeros if None.
+
+        Returns: ``(dx, d_state_0)``, the gradients with respect to the input and the initial
+        state. Parameter gradients are accumulated into ``self.grads``. With ``stateful``,
+        the gradient stops at the state carried in from the previous call (truncated BPTT).
+        """
+        if self._cache is None:
+            raise RuntimeError(
+                f"backward() needs a forward() call first, with gradients enabled "
+                f"(not inside lstmkit.no_grad())"
+            )
+        cache = self._cache
+        T, B = cache["shape"]
+        unbatched = cache["unbatched"]
+        nd, H = self.num_directions, self.hidden_size
+        expected = self._to_user(np.empty((T, B, nd * H), dtype=np.uint8), unbatched).shape
+        d_out = self._check_array(d_output, "d_output")
+        if d_out.shape != expected:
+            raise ValueError(f"d_output has shape {d_out.shape}, expected {expected}")
+        d_out = self._from_user(d_out, unbatched)
+        if d_state is None:
+            d_fin = tuple(
+                np.zeros((self.num_layers * nd, B, H), dtype=self.dtype) for _ in self._state_names
+            )
+        else:
+            d_fin = self._initial_state(d_state, B, unbatched)
+        d_state0: list[list[Array]] = [[None] * (self.num_layers * nd) for _ in d_fin]
+        d_layer = d_out
+        for k in range(self.num_layers - 1, -1, -1):
+            if cache["drop"][k] is not None:
+                d_layer = d_layer * cache["drop"][k]
+            dx = None
+            for d in range(nd):
+                j = k * nd + d
+                dx_d, d0 = self.recurrence.backward(
+                    self._cells[k], self._direction(self.params, k, d), cache["caches"][j],
+                    np.ascontiguousarray(d_layer[:, :, d * H : (d + 1) * H]),
+                    tuple(s[j] for s in d_fin), self._direction(self.grads, k, d),
+                )
+                dx = dx_d if dx is None else dx + dx_d
+                for n, s in enumerate(d0):
+                    d_state0[n][j] = s
+            d_layer = dx
+        d_state_0 = tuple(np.stack(parts) for parts in d_state0)
+        if unbatched:
+            d_state_0 = tuple(s[:, 0] for s in d_state_0)
+        return self._to_user(d_layer, unbatched), self._pack_state(d_state_0)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
+            f"num_layers={self.num_layers}, bidirectional={self.bidirectional}, "
+            f"dtype={self.dtype})"
+        )
+
+
+class LSTM(RecurrentLayer):
+    """Long Short-Term Memory over a sequence (cell equations: ``lstmkit.cells.lstm``).
+
+    ``output, (h_n, c_n) = lstm(x, (h_0, c_0), lengths=None)``;
+    ``dx, (dh_0, dc_0) = lstm.backward(d_output, (dh_n, dc_n))``.
+
+    Args beyond PyTorch's: ``peepholes``, ``forget_gate``, ``input_gate``, ``output_gate``,
+    ``coupled_input_forget`` (the variant switches of ``LSTMCell``); ``forget_bias`` is added to
+    the forget gate's bias at initialisation (Gers et al. 2000 and Jozefowicz et al. 2015 use
+    1.0; with ``coupled_input_forget`` it is subtracted from the input gate's, since f = 1 - i);
+    ``recurrent_init``; ``stateful`` (carry the state between calls, for truncated BPTT);
+    ``dtype``; ``seed``.
+    """
+
+    mode = "LSTM"
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        peepholes: bool = False,
+        forget_gate: bool = True,
+        input_gate: bool = True,
+        output_gate: bool = True,
+        coupled_input_forget: bool = False,
+        forget_bias: float = 0.0,
+        dtype: Any = "float32",
+        seed: int | np.random.Generator | None = None,
+        recurrent_init: str = "uniform",
+        stateful: bool = False,
+    ) -> None:
+        self.cell_options = {
+            "peepholes": bool(peepholes), "forget_gate": bool(forget_gate),
+            "input_gate": bool(input_gate), "output_gate": bool(output_gate),
+            "coupled_input_forget": bool(coupled_input_forget),
+        }
+        self.forget_bias = float(forget_bias)
+        if self.forget_bias != 0.0 and not bias:
+            raise ValueError("forget_bias needs bias=True")
+        if self.forget_bias != 0.0 and not forget_gate:
+            raise ValueError("forget_bias needs a forget gate; got forget_gate=False")
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, dtype, seed, recurrent_init, stateful)
+
+    def _make_cell(self, input_size: int) -> LSTMCell:
+        return LSTMCell(input_size, self.hidden_size, self.bias, **self.cell_options)
+
+    def reset_parameters(self, recurrent_init: str = "uniform") -> None:
+        super().reset_parameters(recurrent_init)
+        if self.forget_bias == 0.0:
+            return
+        cell, H = self._cells[0], self.hidden_size
+        gate, sign = ("i", -1.0) if cell.coupled_input_forget else ("f", 1.0)
+        block = cell.gates.index(gate)
+        for name, value in self.params.items():
+            if name.startswith("bias_ih"):
+                value[block * H : (block + 1) * H] += sign * self.forget_bias
+
+    def _pack_state(self, state: tuple[Array, ...]) -> tuple[Array, Array]:
+        return state[0], state[1]
+
+    def _unpack_state(self, state: Any, what: str) -> tuple[Array, ...]:
+        if not isinstance(state, (tuple, list)) or len(state) != 2:
+            raise ValueError(f"the LSTM's {what} must be a pair (h, c), got {type(state).__name__}")
+        return tuple(state)
+
+
+class GRU(RecurrentLayer):
+    """Gated Recurrent Unit over a sequence, exactly as ``torch.nn.GRU`` (``lstmkit.cells.gru``).
+
+    ``output, h_n = gru(x, h_0, lengths=None)``; ``dx, dh_0 = gru.backward(d_output, dh_n)``.
+    """
+
+    mode = "GRU"
+
+    def _make_cell(self, input_size: int) -> GRUCell:
+        return GRUCell(input_size, self.hidden_size, self.bias)
+
+
+class RNN(RecurrentLayer):
+    """The simple (Elman) RNN over a sequence, as ``torch.nn.RNN`` (``lstmkit.cells.rnn``).
+
+    ``nonlinearity`` is "tanh" or "relu". Calls as ``GRU``.
+    """
+
+    mode = "RNN"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
+                 dropout: float = 0.0, bidirectional: bool = False, dtype: Any = "float32",
+                 seed: int | np.random.Generator | None = None, recurrent_init: str = "uniform",
+                 stateful: bool = False) -> None:
+        RNNCell(1, 1, nonlinearity=nonlinearity)  # validates the name before any work
+        self.nonlinearity = nonlinearity
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, dtype, seed, recurrent_init, stateful)
+
+    def _make_cell(self, input_size: int) -> RNNCell:
+        return RNNCell(input_size, self.hidden_size, self.bias, self.nonlinearity)
