@@ -387,8 +387,8 @@ class RecurrentLayer:
         """
         if self._cache is None:
             raise RuntimeError(
-                f"backward() needs a forward() call first, with gradients enabled "
-                f"(not inside lstmkit.no_grad())"
+                "backward() needs a forward() call first, with gradients enabled "
+                "(not inside lstmkit.no_grad())"
             )
         cache = self._cache
         T, B = cache["shape"]
