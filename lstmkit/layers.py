@@ -341,7 +341,9 @@ class RecurrentLayer:
             return None
         return np.arange(T)[:, None] < lengths[None, :]
 
-    def _initial_state(self, state: Any, B: int, unbatched: bool) -> tuple[Array, ...]:
+    def _initial_state(
+        self, state: Any, B: int, unbatched: bool, label: str = "{}_0"
+    ) -> tuple[Array, ...]:
         shape = (self.num_layers * self.num_directions, B, self.hidden_size)
         if state is None:
             if self.stateful and self._carried is not None:
@@ -353,20 +355,21 @@ class RecurrentLayer:
                     )
                 return self._carried
             return tuple(np.zeros(shape, dtype=self.dtype) for _ in self._state_names)
-        parts = self._unpack_state(state, "state")
+        parts = self._unpack_state(state, label.format("state"))
         checked = []
         for name, part in zip(self._state_names, parts):
-            part = self._check_array(part, f"{name}_0")
+            what = label.format(name)
+            part = self._check_array(part, what)
             if unbatched:
                 if part.shape != (shape[0], shape[2]):
                     raise ValueError(
-                        f"{name}_0 has shape {part.shape}, expected {(shape[0], shape[2])} "
+                        f"{what} has shape {part.shape}, expected {(shape[0], shape[2])} "
                         "for unbatched input"
                     )
                 part = part[:, None]
             if part.shape != shape:
                 raise ValueError(
-                    f"{name}_0 has shape {part.shape}, expected "
+                    f"{what} has shape {part.shape}, expected "
                     f"(num_layers * num_directions, B, hidden_size) = {shape}"
                 )
             checked.append(part)
@@ -404,7 +407,7 @@ class RecurrentLayer:
                 np.zeros((self.num_layers * nd, B, H), dtype=self.dtype) for _ in self._state_names
             )
         else:
-            d_fin = self._initial_state(d_state, B, unbatched)
+            d_fin = self._initial_state(d_state, B, unbatched, label="d{}_n")
         d_state0: list[list[Array]] = [[None] * (self.num_layers * nd) for _ in d_fin]
         d_layer = d_out
         for k in range(self.num_layers - 1, -1, -1):
