@@ -27,7 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import expit as sigmoid
+
+from lstmkit.activations import sigmoid
 
 Array = np.ndarray
 
