@@ -22,6 +22,7 @@ import numpy as np
 
 from lstmkit.cells import GRUCell, LSTMCell, RNNCell
 from lstmkit.grad_mode import is_grad_enabled
+from lstmkit.nn.module import Module, resolve_rng
 from lstmkit.recurrence import ReferenceRecurrence
 
 Array = np.ndarray
@@ -40,11 +41,7 @@ def _as_dtype(dtype: Any) -> np.dtype:
     return resolved
 
 
-def _rng(seed: int | np.random.Generator | None) -> np.random.Generator:
-    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-
-
-class RecurrentLayer:
+class RecurrentLayer(Module):
     """What LSTM, GRU and RNN share: stacking, directions, lengths, state, dropout, weights.
 
     Subclasses say which cell they run (``_make_cell``) and how their state is packed.
@@ -76,6 +73,7 @@ class RecurrentLayer:
             raise ValueError(
                 f"recurrent_init must be 'uniform' or 'orthogonal', got {recurrent_init!r}"
             )
+        super().__init__()
         self.input_size = int(input_size)
         self.hidden_size = int(hidden_size)
         self.num_layers = int(num_layers)
@@ -86,9 +84,8 @@ class RecurrentLayer:
         self.num_directions = 2 if bidirectional else 1
         self.dtype = _as_dtype(dtype)
         self.stateful = bool(stateful)
-        self.training = True
         self.recurrence: Any = REFERENCE
-        self._rng = _rng(seed)
+        self._rng = resolve_rng(seed)
         self._cells = [
             self._make_cell(self.input_size if k == 0 else self.num_directions * self.hidden_size)
             for k in range(self.num_layers)
@@ -126,29 +123,11 @@ class RecurrentLayer:
                     q, r = np.linalg.qr(self._rng.standard_normal((H, H)))
                     value[block * H : (block + 1) * H] = q * np.sign(np.diag(r))
 
-    # -- mode and state -----------------------------------------------------------------------
-
-    def train(self, mode: bool = True) -> RecurrentLayer:
-        """Training mode: dropout between layers is active."""
-        self.training = bool(mode)
-        return self
-
-    def eval(self) -> RecurrentLayer:
-        """Evaluation mode: dropout is off."""
-        return self.train(False)
-
-    def zero_grad(self) -> None:
-        """Set every accumulated gradient to zero (in place)."""
-        for g in self.grads.values():
-            g.fill(0.0)
+    # -- state and weights -----------------------------------------------------------------------
 
     def reset_state(self) -> None:
         """Forget the state a ``stateful`` layer carries between calls."""
         self._carried = None
-
-    def state_dict(self) -> dict[str, Array]:
-        """A copy of the parameters: name -> array, PyTorch's names and layouts."""
-        return {name: value.copy() for name, value in self.params.items()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Copy weights in (NumPy arrays, or anything ``np.asarray`` takes, e.g. CPU tensors).
