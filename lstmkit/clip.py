@@ -39,7 +39,7 @@ def total_norm(grads: Mapping[str, Array] | Iterable[Array] | Array,
     if norm_type == np.inf:
         return float(max(np.max(np.abs(a)) if a.size else 0.0 for a in arrays))
     if norm_type <= 0:
-        raise ValueError(f"norm_type must be positive or inf, got {norm_type}")
+        raise ValueError(f"norm_type must be > 0 or inf, got {norm_type}")
     per_array = [np.linalg.norm(a.ravel().astype(np.float64), ord=norm_type) for a in arrays]
     return float(np.linalg.norm(np.array(per_array), ord=norm_type))
 
@@ -55,8 +55,8 @@ def clip_grad_norm(
     Returns the total norm *before* clipping (as PyTorch does). With ``error_if_nonfinite``,
     a NaN or infinite norm raises ``RuntimeError`` and leaves the gradients untouched.
     """
-    if not max_norm > 0:
-        raise ValueError(f"max_norm must be positive, got {max_norm!r}")
+    if not max_norm >= 0:
+        raise ValueError(f"max_norm must be >= 0, got {max_norm!r}")
     arrays = _arrays(grads)
     norm = total_norm(arrays, norm_type)
     if error_if_nonfinite and not np.isfinite(norm):
@@ -74,7 +74,7 @@ def clip_grad_norm(
 def clip_grad_value(grads: Mapping[str, Array] | Iterable[Array] | Array,
                     clip_value: float) -> None:
     """Clamp every gradient element to [-clip_value, clip_value] in place."""
-    if not clip_value > 0:
-        raise ValueError(f"clip_value must be positive, got {clip_value!r}")
+    if not clip_value >= 0:
+        raise ValueError(f"clip_value must be >= 0, got {clip_value!r}")
     for a in _arrays(grads):
         np.clip(a, -clip_value, clip_value, out=a)

@@ -22,10 +22,12 @@ bit for bit as if it had never stopped.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from lstmkit.clip import clip_grad_norm, clip_grad_value
 
 __all__ = [
     "SGD",
@@ -402,67 +404,6 @@ class Adagrad(Optimizer):
         std = np.sqrt(state_sum)
         std += self.eps
         param -= clr * (grad / std)
-
-
-def clip_grad_norm(
-    grads: Mapping[str, np.ndarray] | Iterable[np.ndarray],
-    max_norm: float,
-    norm_type: float = 2.0,
-    error_if_nonfinite: bool = False,
-) -> float:
-    r"""Scale all gradients in place so that their joint norm is at most ``max_norm``.
-
-    As ``torch.nn.utils.clip_grad_norm_``: the norm is taken over all gradients as one vector,
-
-    .. math::
-        n = \Big(\sum_k \lVert g_k \rVert_p^p\Big)^{1/p}, \qquad
-        g_k \leftarrow g_k \cdot \min\!\Big(1, \frac{\text{max\_norm}}{n + 10^{-6}}\Big)
-
-    (:math:`n = \max_k \lVert g_k \rVert_\infty` for ``norm_type=inf``), computed in float64.
-
-    Args:
-        grads: a ``grads`` dict or an iterable of gradient arrays.
-        max_norm: the largest allowed norm, >= 0.
-        norm_type: ``p`` > 0, or ``math.inf``.
-        error_if_nonfinite: raise instead of scaling when the norm is nan or inf.
-
-    Returns:
-        The total norm before clipping, as a float.
-    """
-    arrays = list(grads.values()) if isinstance(grads, Mapping) else list(grads)
-    max_norm = _nonnegative("max_norm", max_norm)
-    norm_type = float(norm_type)
-    if not norm_type > 0:
-        raise ValueError(f"norm_type must be > 0 or inf, got {norm_type}")
-    if not arrays:
-        return 0.0
-    if math.isinf(norm_type):
-        total = max(float(np.max(np.abs(g), initial=0.0)) for g in arrays)
-    else:
-        norms = np.array([np.linalg.norm(g.ravel().astype(np.float64), norm_type) for g in arrays])
-        total = float(np.linalg.norm(norms, norm_type))
-    if error_if_nonfinite and not math.isfinite(total):
-        raise RuntimeError(
-            f"the total norm of order {norm_type} of the gradients is {total}; set "
-            "error_if_nonfinite=False to clip anyway"
-        )
-    coef = min(max_norm / (total + 1e-6), 1.0)
-    for g in arrays:
-        g *= coef
-    return total
-
-
-def clip_grad_value(
-    grads: Mapping[str, np.ndarray] | Iterable[np.ndarray], clip_value: float
-) -> None:
-    """Clamp every gradient element in place to ``[-clip_value, clip_value]``.
-
-    As ``torch.nn.utils.clip_grad_value_``; ``clip_value`` must be >= 0.
-    """
-    arrays = list(grads.values()) if isinstance(grads, Mapping) else list(grads)
-    clip_value = _nonnegative("clip_value", clip_value)
-    for g in arrays:
-        np.clip(g, -clip_value, clip_value, out=g)
 
 
 def _check_params_and_grads(params: Any, grads: Any) -> None:

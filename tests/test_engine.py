@@ -171,7 +171,7 @@ def test_clipping_errors_and_value_clip():
     with pytest.raises(RuntimeError, match="cannot be clipped"):
         lstmkit.clip_grad_norm([np.array([np.nan, 1.0])], 1.0, error_if_nonfinite=True)
     with pytest.raises(ValueError, match="max_norm"):
-        lstmkit.clip_grad_norm([np.ones(2)], 0.0)
+        lstmkit.clip_grad_norm([np.ones(2)], -1.0)
     g = np.array([-3.0, 0.5, 4.0])
     lstmkit.clip_grad_value([g], 1.0)
     assert np.array_equal(g, [-1.0, 0.5, 1.0])
