@@ -453,10 +453,12 @@ def _candidate_fonts() -> Iterable[str]:
     entries = font_manager.fontManager.ttflist
     for family in CJK_FAMILIES:
         yield from (e.fname for e in entries if e.name == family)
-    # japanize-matplotlib ships IPAexGothic; located without importing it (no side effects).
-    spec = importlib.util.find_spec("japanize_matplotlib")
-    if spec is not None and spec.origin is not None:
-        yield str(Path(spec.origin).parent / "fonts" / "ipaexg.ttf")
+    # matplotlib-fontja (a dependency) and japanize-matplotlib ship IPAexGothic; located
+    # without importing them (importing them changes matplotlib's global settings).
+    for package in ("matplotlib_fontja", "japanize_matplotlib"):
+        spec = importlib.util.find_spec(package)
+        if spec is not None and spec.origin is not None:
+            yield str(Path(spec.origin).parent / "fonts" / "ipaexg.ttf")
     for lang in ("ja", "zh-cn", "zh-tw", "ko"):
         yield from _fc_list(lang)
     yield from (e.fname for e in entries)
