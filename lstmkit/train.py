@@ -450,6 +450,7 @@ class Trainer:
         self.best_step: int | None = None
         self.bad_evals = 0
         self.last_saved_step: int | None = None
+        self._last_saved_status: str | None = None
         self.last_checkpoint: Path | None = None
         self._stop: str | None = None
         self._session_start = 0.0
@@ -563,6 +564,7 @@ class Trainer:
         self.losses = tensors["history.train_loss"].tolist()
         self.history = list(meta["history"])
         self.last_saved_step = self.step
+        self._last_saved_status = meta["status"]
         self.last_checkpoint = self.manager.latest_path()
 
     # -- state ----------------------------------------------------------------------------------
@@ -622,6 +624,7 @@ class Trainer:
         }
         path = self.manager.save(self.step, tensors, meta, is_best=is_best, force=True)
         self.last_saved_step = self.step
+        self._last_saved_status = status
         self.last_checkpoint = path
         return path
 
@@ -796,7 +799,7 @@ class Trainer:
             if self.callback is not None:
                 self.callback(self)
             if self.step % cfg.eval_every == 0:
-                self._validate_and_save("running")
+                self._validate_and_save(self._stop or "running")
             if cfg.sample_every and self.step % cfg.sample_every == 0 and not self.quiet:
                 text = sample(model, self.vocab, cfg.sample_length,
                               temperature=cfg.sample_temperature, seed=cfg.seed + self.step)
@@ -806,6 +809,8 @@ class Trainer:
                 self._checkpoint(status, is_best=self.best_step is None)
             else:
                 self._validate_and_save(status)
+        elif self._last_saved_status != status:  # saved at this step before the stop was known
+            self._checkpoint(status, is_best=self.best_step == self.step)
         messages = {
             "completed": f"reached {cfg.steps} steps",
             "time_limit": f"reached the time limit of {_clock(cfg.time_limit or 0)}",

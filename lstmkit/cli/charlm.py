@@ -1,0 +1,211 @@
+"""``lstmkit train``, ``lstmkit sample`` and ``lstmkit eval``: character language models.
+
+    lstmkit train input.txt --out runs/shakespeare --time-limit 15
+    lstmkit sample runs/shakespeare --prime "ROMEO:" -n 500 --temperature 0.8 --seed 1
+    lstmkit eval runs/shakespeare held_out.txt --json
+
+Problems the user can fix (an unreadable text, characters the model does not know, an output
+directory that already holds a run) end the command with a one-line ``Error: ...`` message and
+exit status 1 (2 for invalid options), never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+import lstmkit.train as training
+from lstmkit.io import CheckpointError
+from lstmkit.sampling import sample as sample_text
+from lstmkit.text import TextError, UnknownCharactersError, read_text
+from lstmkit.train import PRESET_HELP, PRESETS, TrainConfig, TrainingError, evaluate, load_charlm
+
+DEFAULTS = TrainConfig()
+DEFAULT_MINUTES = 15.0
+_USER_ERRORS = (TextError, TrainingError, CheckpointError)
+
+
+def _fail(error: Exception) -> click.ClickException:
+    """One line, no traceback: the error's own message."""
+    return click.ClickException(" ".join(str(error).split("\n")))
+
+
+def _peak_memory_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes vs KiB
+
+
+def _preset_help() -> str:
+    return "; ".join(f"{name}: {text}" for name, text in PRESET_HELP.items())
+
+
+@click.command()
+@click.argument("text_file", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Directory for the checkpoints (step-*/, latest.json, best.json); give it to "
+                   "`lstmkit sample` and `lstmkit eval`.")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)),
+              help=f"A named group of settings; options given explicitly override it. "
+                   f"{_preset_help()}.")
+@click.option("--model", "cell", type=click.Choice(["lstm", "gru", "rnn"]),
+              help=f"Recurrent cell. [default: {DEFAULTS.cell}]")
+@click.option("--layers", "num_layers", type=click.IntRange(min=1),
+              help=f"Stacked recurrent layers. [default: {DEFAULTS.num_layers}]")
+@click.option("--hidden", "hidden_size", type=click.IntRange(min=1),
+              help=f"Units per recurrent layer. [default: {DEFAULTS.hidden_size}]")
+@click.option("--embedding", "embedding_dim", type=click.IntRange(min=1),
+              help=f"Size of the character embedding. [default: {DEFAULTS.embedding_dim}]")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True),
+              help=f"Dropout between recurrent layers and before the output layer. "
+                   f"[default: {DEFAULTS.dropout}]")
+@click.option("--seq-len", type=click.IntRange(min=1),
+              help=f"Characters per step and stream: how far back gradients flow (truncated "
+                   f"BPTT; the state itself is carried on). [default: {DEFAULTS.seq_len}]")
+@click.option("--batch", "batch_size", type=click.IntRange(min=1),
+              help=f"Parallel streams through the text. [default: {DEFAULTS.batch_size}]")
+@click.option("--lr", type=click.FloatRange(min=0),
+              help=f"Adam's starting learning rate. [default: {DEFAULTS.lr}]")
+@click.option("--min-lr", type=click.FloatRange(min=0),
+              help=f"Learning rate at the end of the cosine schedule. [default: {DEFAULTS.min_lr}]")
+@click.option("--clip", type=click.FloatRange(min=0),
+              help=f"Clip the gradients' global norm to this (0: no clipping). "
+                   f"[default: {DEFAULTS.clip}]")
+@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True),
+              help=f"Stop after this many minutes (wall clock, all sessions of a resumed run). "
+                   f"[default: {DEFAULT_MINUTES:g} if --steps is not given]")
+@click.option("--steps", type=click.IntRange(min=1),
+              help="Stop after this many steps (the learning-rate cosine spans them).")
+@click.option("--seed", type=click.IntRange(min=0),
+              help=f"Seed of the weights, dropout masks and samples. [default: {DEFAULTS.seed}]")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True),
+              help=f"Held-out end of the text for validation (0: none). "
+                   f"[default: {DEFAULTS.val_fraction}]")
+@click.option("--eval-every", type=click.IntRange(min=1),
+              help=f"Validate and save a checkpoint every this many steps. "
+                   f"[default: {DEFAULTS.eval_every}]")
+@click.option("--sample-every", type=click.IntRange(min=0),
+              help=f"Print a sample every this many steps (0: never). "
+                   f"[default: {DEFAULTS.sample_every}]")
+@click.option("--patience", type=click.IntRange(min=0),
+              help=f"Stop after this many validations without a lower loss (0: never). "
+                   f"[default: {DEFAULTS.patience}]")
+@click.option("--keep", type=click.IntRange(min=1),
+              help=f"Checkpoints kept besides the best one. [default: {DEFAULTS.keep}]")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out exactly where it stopped (same text; the budget, "
+                   "evaluation and patience options may change).")
+@click.option("--force", is_flag=True,
+              help="Delete the checkpoints of a run in --out and start over.")
+@click.option("--quiet", "-q", is_flag=True,
+              help="No progress bar, log lines or samples; only the final summary.")
+def train(text_file: Path, out_dir: Path, preset: str | None, resume: bool, force: bool,
+          quiet: bool, **options: Any) -> None:
+    """Train a character-level language model on TEXT_FILE (any UTF-8 text).
+
+    The last --val-fraction of the text is held out for validation. Ctrl-C (or SIGTERM)
+    finishes the current step, saves a checkpoint and exits; --resume continues from it.
+    """
+    given = {key: value for key, value in options.items() if value is not None}
+    if "time_limit" in given:
+        given["time_limit"] = given["time_limit"] * 60.0
+    if resume and force:
+        raise click.UsageError("--resume continues the run in --out and --force deletes it: "
+                               "choose one")
+    settings = {**(PRESETS[preset] if preset else {}), **given}
+    try:
+        if resume:
+            result = training.train(text_file, out_dir, resume=True, overrides=settings,
+                                  quiet=quiet)
+        else:
+            if "steps" not in settings and "time_limit" not in settings:
+                settings["time_limit"] = DEFAULT_MINUTES * 60.0
+            config = TrainConfig(**{**DEFAULTS.to_json(), **settings})
+            result = training.train(text_file, out_dir, config, force=force, quiet=quiet)
+    except _USER_ERRORS as error:
+        raise _fail(error) from None
+    if result.status == "nonfinite":
+        raise click.ClickException(result.message)
+    summary = f"{result.status}: {result.message}. Step {result.step}, {result.tokens:,} characters"
+    if result.last_val_loss is not None:
+        summary += (f", validation loss {result.last_val_loss:.4f} nats/char "
+                    f"({result.last_val_loss / math.log(2):.3f} bits/char)")
+    if result.best_checkpoint is not None and result.best_val_loss is not None:
+        summary += f"; best {result.best_val_loss:.4f} in {result.best_checkpoint}"
+    summary += f"; peak memory {_peak_memory_mb():.0f} MiB"
+    click.echo(summary)
+
+
+@click.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--prime", default="", help="Text the model reads first; the sample continues it.")
+@click.option("--temperature", "-t", default=0.8, show_default=True,
+              type=click.FloatRange(min=0),
+              help="Below 1: safer, more repetitive text; above 1: wilder; 0: always the most "
+                   "likely character.")
+@click.option("-n", "--length", default=500, show_default=True, type=click.IntRange(min=0),
+              help="Characters to generate.")
+@click.option("--seed", type=click.IntRange(min=0),
+              help="Seed of the draws: the same seed gives the same text. [default: random]")
+@click.option("--top-k", type=click.IntRange(min=1),
+              help="Draw only among the K most likely characters. [default: all]")
+@click.option("--latest", is_flag=True,
+              help="Use the latest checkpoint instead of the one with the best validation loss.")
+def sample(checkpoint: Path, prime: str, temperature: float, length: int, seed: int | None,
+           top_k: int | None, latest: bool) -> None:
+    """Print text generated by the model in CHECKPOINT (a `lstmkit train --out` directory).
+
+    The output is the prime followed by the generated characters.
+    """
+    try:
+        model, vocab, _ = load_charlm(checkpoint, which="latest" if latest else "best")
+        text = sample_text(model, vocab, length, prime=prime, temperature=temperature,
+                           top_k=top_k, seed=seed)
+    except _USER_ERRORS as error:
+        raise _fail(error) from None
+    click.echo(prime + text)
+
+
+@click.command(name="eval")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True,
+              help='Print one JSON object: {"loss": ..., "bpc": ..., "perplexity": ...}.')
+@click.option("--latest", is_flag=True,
+              help="Use the latest checkpoint instead of the one with the best validation loss.")
+@click.option("--batch", "batch_size", default=DEFAULTS.eval_batch_size, show_default=True,
+              type=click.IntRange(min=1), help="Streams evaluated in parallel.")
+@click.option("--seq-len", default=DEFAULTS.eval_seq_len, show_default=True,
+              type=click.IntRange(min=1), help="Characters per window (the state is carried on).")
+def evaluate_command(checkpoint: Path, file: Path, as_json: bool, latest: bool,
+                     batch_size: int, seq_len: int) -> None:
+    """Evaluate the model in CHECKPOINT on FILE: loss in nats/char, bits/char, perplexity.
+
+    FILE is read as contiguous streams with the state carried from window to window, as the
+    validation during training.
+    """
+    try:
+        model, vocab, _ = load_charlm(checkpoint, which="latest" if latest else "best")
+        text = read_text(file)
+        try:
+            ids = vocab.encode(text)
+        except UnknownCharactersError as error:
+            raise TextError(f"{file} holds characters the model never saw in training: "
+                            f"{error}") from None
+        loss = evaluate(model, ids, batch_size=batch_size, seq_len=seq_len)
+    except _USER_ERRORS as error:
+        raise _fail(error) from None
+    bpc, perplexity = loss / math.log(2), math.exp(loss)
+    if as_json:
+        click.echo(json.dumps({"loss": loss, "bpc": bpc, "perplexity": perplexity}))
+    else:
+        click.echo(f"loss {loss:.4f} nats/char, {bpc:.4f} bits/char, perplexity {perplexity:.3f} "
+                   f"({len(ids):,} characters)")
+
+
+COMMANDS = [train, sample, evaluate_command]
