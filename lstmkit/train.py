@@ -75,8 +75,10 @@ __all__ = [
     "Trainer",
     "TrainingError",
     "evaluate",
+    "calibration_due",
     "load_charlm",
     "prepare_text",
+    "remaining_steps",
     "train",
     "validation_batches",
 ]
@@ -388,6 +390,34 @@ def _clear_run(out_dir: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# Time budgets
+
+
+def calibration_due(steps_measured: int, seconds_measured: float, time_limit: float) -> bool:
+    """Whether enough steps have been timed to plan the rest of a time-limited run.
+
+    At least 10 steps after the first two (which may compile kernels), taking at least
+    ``min(20 s, 5% of the time limit)`` of training time.
+    """
+    return steps_measured >= 10 and seconds_measured >= min(20.0, 0.05 * time_limit)
+
+
+def remaining_steps(
+    remaining_seconds: float, seconds_per_step: float, chars_per_step: int, val_chars: int,
+    eval_every: int, eval_seconds: float | None = None,
+) -> int:
+    """How many more steps fit in ``remaining_seconds``, validations included (at least 1).
+
+    Until a validation has been timed (``eval_seconds``), one is assumed to cost a third of a
+    training step's time per character: it runs forwards only.
+    """
+    if eval_seconds is None:
+        eval_seconds = val_chars * seconds_per_step / chars_per_step / 3
+    per_step = seconds_per_step + eval_seconds / eval_every
+    return max(int(max(remaining_seconds, 0.0) / per_step), 1)
+
+
+# ----------------------------------------------------------------------------------------------
 # The loop
 
 
@@ -455,7 +485,7 @@ class Trainer:
         self._stop: str | None = None
         self._session_start = 0.0
         self._elapsed_before = 0.0
-        self._rate_mark: tuple[int, float] | None = None
+        self._rate_mark: tuple[int, float] | None = None  # (step, train_seconds)
         self._eval_seconds: float | None = None
 
     # -- construction ---------------------------------------------------------------------------
@@ -683,22 +713,17 @@ class Trainer:
             return
         if self._rate_mark is None:
             if self.step >= 2:  # after the first steps, which may compile kernels
-                self._rate_mark = (self.step, time.perf_counter())
+                self._rate_mark = (self.step, self.train_seconds)
             return
-        mark_step, mark_time = self._rate_mark
-        seconds = time.perf_counter() - mark_time
-        if self.step - mark_step < 10 or seconds < min(20.0, 0.05 * cfg.time_limit):
+        mark_step, mark_seconds = self._rate_mark
+        seconds = self.train_seconds - mark_seconds
+        if not calibration_due(self.step - mark_step, seconds, cfg.time_limit):
             return
-        seconds_per_step = seconds / (self.step - mark_step)
-        # An evaluation reads the held-out text forwards only, about a third of a step's work
-        # per character, until the first one has been timed.
-        eval_seconds = self._eval_seconds
-        if eval_seconds is None:
-            per_char = seconds_per_step / (cfg.batch_size * cfg.seq_len)
-            eval_seconds = self.val_ids.size * per_char / 3
-        remaining = max(cfg.time_limit - self.elapsed, 0.0)
-        more = int(remaining / (seconds_per_step + eval_seconds / cfg.eval_every))
-        self._make_schedule(self.step + max(more, 1), done=self.step)
+        more = remaining_steps(
+            cfg.time_limit - self.elapsed, seconds / (self.step - mark_step),
+            cfg.batch_size * cfg.seq_len, self.val_ids.size, cfg.eval_every, self._eval_seconds,
+        )
+        self._make_schedule(self.step + more, done=self.step)
 
     def _progress_bar(self) -> Any:
         from tqdm import tqdm
