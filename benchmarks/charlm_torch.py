@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -143,8 +144,10 @@ def main() -> None:
                 )
                 schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
                     optimizer, T_max=step + more, eta_min=config.min_lr)
-                for _ in range(step):
-                    schedule.step()
+                with warnings.catch_warnings():  # advancing a new schedule to this step
+                    warnings.simplefilter("ignore", UserWarning)
+                    for _ in range(step):
+                        schedule.step()
         if step % config.eval_every == 0:
             validate()
     if not points or points[-1]["step"] != step:
