@@ -1,0 +1,27 @@
+"""Interoperability: ONNX export and PyTorch conversion.
+
+``onnx`` and ``torch`` are optional: each is imported only when a function that needs it runs,
+and a clear ImportError says how to install it.
+"""
+
+from lstmkit.interop.onnx_export import (
+    DEFAULT_OPSET,
+    GraphBuilder,
+    LayerOutputs,
+    add_layer_nodes,
+    export_onnx,
+    to_onnx_model,
+)
+from lstmkit.interop.torch_convert import from_torch, load_torch_state_dict, to_torch
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "GraphBuilder",
+    "LayerOutputs",
+    "add_layer_nodes",
+    "export_onnx",
+    "from_torch",
+    "load_torch_state_dict",
+    "to_onnx_model",
+    "to_torch",
+]
