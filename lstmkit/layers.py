@@ -16,6 +16,7 @@ PyTorch module's ``load_state_dict`` takes ours and gives the same outputs.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,8 @@ _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _as_dtype(dtype: Any) -> np.dtype:
+    if dtype is None:  # np.dtype(None) would silently mean float64
+        raise TypeError("dtype must be 'float32' or 'float64', got None")
     try:
         resolved = np.dtype(dtype)
     except TypeError as error:
@@ -39,6 +42,28 @@ def _as_dtype(dtype: Any) -> np.dtype:
     if resolved not in _DTYPES:
         raise TypeError(f"dtype must be 'float32' or 'float64', got {resolved}")
     return resolved
+
+
+def _as_array(value: Any, what: str) -> Array:
+    """``np.asarray(value)`` (CPU tensors included), with an error naming the argument."""
+    if hasattr(value, "detach"):  # a torch tensor
+        value = value.detach().cpu().numpy()
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            f"{what} must be an array of one rectangular shape, got a {type(value).__name__} "
+            f"NumPy cannot convert ({error})"
+        ) from None
+
+
+def _real(name: str, value: Any) -> float:
+    """A finite real number (not a bool or a string), or an error naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
 
 
 class RecurrentLayer(Module):
@@ -67,7 +92,7 @@ class RecurrentLayer(Module):
                             ("num_layers", num_layers)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not 0.0 <= float(dropout) < 1.0:
+        if not 0.0 <= _real("dropout", dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         if recurrent_init not in ("uniform", "orthogonal"):
             raise ValueError(
@@ -134,6 +159,10 @@ class RecurrentLayer(Module):
 
         Every name must match, and every shape; nothing is changed if any check fails.
         """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(
+                f"state_dict must be a mapping name -> array, got {type(state_dict).__name__}"
+            )
         missing = sorted(set(self.params) - set(state_dict))
         unexpected = sorted(set(state_dict) - set(self.params))
         if missing or unexpected:
@@ -143,9 +172,7 @@ class RecurrentLayer(Module):
             )
         converted = {}
         for name, value in state_dict.items():
-            if hasattr(value, "detach"):  # a torch tensor
-                value = value.detach().cpu().numpy()
-            array = np.asarray(value)
+            array = _as_array(value, f"state_dict[{name!r}]")
             if array.shape != self.params[name].shape:
                 raise ValueError(
                     f"state_dict[{name!r}] has shape {array.shape}, "
@@ -264,9 +291,7 @@ class RecurrentLayer(Module):
     # -- input checks -------------------------------------------------------------------------
 
     def _check_array(self, value: Any, what: str) -> Array:
-        if hasattr(value, "detach"):
-            value = value.detach().cpu().numpy()
-        array = np.asarray(value)
+        array = _as_array(value, what)
         if not np.issubdtype(array.dtype, np.floating):
             raise TypeError(
                 f"{what} must be a floating-point array ({self.dtype}), got dtype {array.dtype}"
@@ -277,7 +302,7 @@ class RecurrentLayer(Module):
                 f"convert it with .astype(np.{self.dtype})"
             )
         if not np.isfinite(array).all():
-            raise ValueError(f"{what} contains NaN or Inf")
+            raise ValueError(f"{what} contains NaN or Inf; expected finite values")
         return array
 
     def _check_input(self, x: Any) -> tuple[Array, bool]:
@@ -304,9 +329,7 @@ class RecurrentLayer(Module):
     def _lengths_mask(self, lengths: Any, T: int, B: int) -> Array | None:
         if lengths is None:
             return None
-        if hasattr(lengths, "detach"):
-            lengths = lengths.detach().cpu().numpy()
-        lengths = np.asarray(lengths)
+        lengths = _as_array(lengths, "lengths")
         if lengths.shape != (B,) or not np.issubdtype(lengths.dtype, np.integer):
             raise ValueError(
                 f"lengths must be {B} integers (one per sequence in the batch), "
@@ -458,7 +481,7 @@ class LSTM(RecurrentLayer):
             "input_gate": bool(input_gate), "output_gate": bool(output_gate),
             "coupled_input_forget": bool(coupled_input_forget),
         }
-        self.forget_bias = float(forget_bias)
+        self.forget_bias = _real("forget_bias", forget_bias)
         if self.forget_bias != 0.0 and not bias:
             raise ValueError("forget_bias needs bias=True")
         if self.forget_bias != 0.0 and not forget_gate:

@@ -15,7 +15,7 @@ shape, dtype):
 An oracle (``valid_*`` below) decides from the documentation alone whether an input is valid,
 so "silently accepted" and "wrongly refused" both fail. Examples are derandomized and bounded
 (``max_examples``), and the sizes are small, so the file runs in a few seconds.
-Known gaps in layers.py are pinned by the ``xfail(strict=True)`` tests at the end.
+Gaps found by fuzzing (and fixed in layers.py) are pinned by the tests at the end.
 """
 
 from __future__ import annotations
@@ -32,12 +32,6 @@ import lstmkit
 
 ERRORS = (ValueError, TypeError, KeyError)
 EXPECTED_WORDS = re.compile(r"expected|must|need|convert|cannot", re.IGNORECASE)
-# Messages that are clear about the problem but do not yet say what was expected; tolerated
-# here (the exception type is still checked) and pinned by the xfail tests at the end.
-KNOWN_WORDING_GAPS = (
-    re.compile(r"contains NaN or Inf$"),  # test_non_finite_message_says_what_was_expected
-    re.compile(r"inhomogeneous shape"),  # test_ragged_lists_are_refused_by_name
-)
 FUZZ = settings(max_examples=250, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -47,8 +41,6 @@ def check_error(error: BaseException) -> None:
     """The failure is one of the documented types and says what was expected."""
     assert isinstance(error, ERRORS), f"undocumented exception {type(error).__name__}: {error}"
     message = str(error)
-    if any(gap.search(message) for gap in KNOWN_WORDING_GAPS):
-        return
     assert EXPECTED_WORDS.search(message), f"message does not say what was expected: {message!r}"
 
 
@@ -433,34 +425,23 @@ def test_load_state_dict(layer_index, drop, extra, reshape, dtype):
 # -- known gaps in layers.py: the expected behaviour, failing until fixed ------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="layers.py: float(dropout) raises Python's own message "
-                   "('could not convert string to float'), which does not name dropout; "
-                   "strings such as '0.5' are accepted")
 @pytest.mark.parametrize("dropout", ["a", None, 1j, "0.5"])
 def test_non_numeric_dropout_is_refused_by_name(dropout):
     with pytest.raises(ERRORS, match="dropout"):
         lstmkit.LSTM(2, 3, dropout=dropout)
 
 
-@pytest.mark.xfail(strict=True, reason="layers.py: LSTM accepts forget_bias=nan/inf (and a "
-                   "non-numeric one fails with float()'s message): nan gives NaN outputs")
 @pytest.mark.parametrize("forget_bias", [float("nan"), float("inf"), "x"])
 def test_bad_forget_bias_is_refused_by_name(forget_bias):
     with pytest.raises(ERRORS, match="forget_bias"):
         lstmkit.LSTM(2, 3, forget_bias=forget_bias)
 
 
-@pytest.mark.xfail(strict=True, reason="layers.py _as_dtype: np.dtype(None) is float64, so "
-                   "dtype=None silently builds a float64 layer (nn.module.resolve_dtype "
-                   "refuses None for this reason)")
 def test_dtype_none_is_not_silently_float64():
     with pytest.raises(ERRORS, match="dtype must be"):
         lstmkit.LSTM(2, 3, dtype=None)
 
 
-@pytest.mark.xfail(strict=True, reason="layers.py _check_array/_lengths_mask/load_state_dict: "
-                   "np.asarray of a ragged nested list raises NumPy's 'inhomogeneous shape' "
-                   "ValueError, which does not say which argument or what was expected")
 @pytest.mark.parametrize("argument", ["input", "lengths", "h_0", "state_dict"])
 def test_ragged_lists_are_refused_by_name(argument):
     layer = lstmkit.GRU(2, 3, dtype="float64")
@@ -476,15 +457,11 @@ def test_ragged_lists_are_refused_by_name(argument):
             layer.load_state_dict({k: ragged for k in layer.params})
 
 
-@pytest.mark.xfail(strict=True, reason="layers.py _check_array: '<what> contains NaN or Inf' "
-                   "says what is wrong but not what was expected (finite values)")
 def test_non_finite_message_says_what_was_expected():
     with pytest.raises(ValueError, match="expected|must"):
         lstmkit.GRU(2, 3)(np.full((2, 1, 2), np.nan, dtype=np.float32))
 
 
-@pytest.mark.xfail(strict=True, reason="layers.py load_state_dict: a non-mapping gives "
-                   "\"'NoneType' object is not iterable\", not what was expected")
 def test_load_state_dict_of_a_non_mapping():
     with pytest.raises(TypeError, match="expected a dict|must be a dict|mapping"):
         lstmkit.GRU(2, 3).load_state_dict(None)
