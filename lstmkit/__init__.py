@@ -5,7 +5,9 @@ Exact (PyTorch parity), fast on the CPU, and easy to look inside.
 
 from lstmkit.clip import clip_grad_norm, clip_grad_value
 from lstmkit.grad_mode import is_grad_enabled, no_grad
+from lstmkit.interop import export_onnx, from_torch, to_torch
 from lstmkit.layers import GRU, LSTM, RNN
+from lstmkit.models import CharLM, SequenceModel
 
 __version__ = "0.1.0"
 
@@ -13,8 +15,13 @@ __all__ = [
     "GRU",
     "LSTM",
     "RNN",
+    "CharLM",
+    "SequenceModel",
     "clip_grad_norm",
     "clip_grad_value",
+    "export_onnx",
+    "from_torch",
+    "to_torch",
     "is_grad_enabled",
     "no_grad",
 ]
