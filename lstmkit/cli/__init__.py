@@ -26,5 +26,5 @@ def _register() -> None:
             main.add_command(command)
 
 
-_COMMAND_MODULES: list[str] = ["demo", "interop", "charlm", "gates", "experiment"]
+_COMMAND_MODULES: list[str] = ["demo", "interop", "charlm", "gates", "experiment", "export"]
 _register()
