@@ -121,14 +121,20 @@ def flow_of(model: SequenceModel, x: np.ndarray) -> diagnostics.GradientFlow:
 
 
 def flow_table(flows: dict[str, tuple[diagnostics.GradientFlow, diagnostics.GradientFlow]]) -> str:
-    """||dL/dh_t|| / ||dL/dh_{T-1}|| at a few steps t, before and after training."""
+    """||dL/dh_t|| (and the LSTM's ||dL/dc_t||) / ||dL/dh_{T-1}|| at a few steps t, before
+    and after training."""
     steps = [T - 1, 3 * T // 4, T // 2, T // 4, 0]
     rows = []
     for label, pair in flows.items():
         for when, flow in zip(("init", "trained"), pair):
-            norm = flow.dh_norm.astype(np.float64)
-            rows.append([label, when] + [f"{norm[t] / norm[-1]:.1e}" for t in steps])
-    return markdown_table(["model", "weights"] + [f"t={t}" for t in steps], rows)
+            scale = float(flow.dh_norm[-1])
+            series = [("dL/dh_t", flow.dh_norm)]
+            if flow.dc_norm is not None:
+                series.append(("dL/dc_t", flow.dc_norm))
+            for what, norm in series:
+                values = np.asarray(norm, dtype=np.float64) / scale
+                rows.append([label, when, what] + [f"{values[t]:.1e}" for t in steps])
+    return markdown_table(["model", "weights", "norm of"] + [f"t={t}" for t in steps], rows)
 
 
 def resolve_budget(budget: int | None) -> int:
@@ -182,8 +188,8 @@ def demo(seed: int, out: str | None, budget: int | None, progress: bool) -> None
             ["model", "test MSE", "correct (abs error < 0.04)", "sequences", "time"], rows)
         click.echo(adding)
 
-        click.echo("\n3. Gradient of the prediction reaching step t, ||dL/dh_t|| relative to "
-                   "t = T-1:")
+        click.echo("\n3. Gradient of the prediction reaching step t (gradient_flow.png), "
+                   "relative to ||dL/dh_t|| at t = T-1:")
         flow = flow_table(flows)
         click.echo(flow)
 

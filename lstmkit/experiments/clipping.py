@@ -177,7 +177,8 @@ def run(mode: str = "full", seeds: int | None = None, seed: int = 0, out: PathLi
                 f"{radius:g}", f"global norm {config.max_norm:g}" if clip else "none",
                 ", ".join(str(r["seed"]) for r in mine),
                 f"{len(div)}/{len(mine)}",
-                "-" if not div else f"{min(div)}-{max(div)}",
+                "-" if not div else str(min(div)) if min(div) == max(div)
+                else f"{min(div)}-{max(div)}",
                 f"{len(mine) - len(div)}/{len(mine)} ({updates:,} updates)",
                 sci(max((r["max_grad_norm"] or 0.0) for r in mine)),
                 mean_std([r["final_test_mse"] for r in mine if r["final_test_mse"] is not None],
@@ -242,6 +243,7 @@ def _plots(out_dir: Path, config: ClippingConfig, explode: list[dict[str, Any]],
         out_dir / "learning_curves.png", [curves(explode), curves(learn)],
         [f"spectral radius {config.radius:g}", f"spectral radius {config.learn_radius:g}"],
         "update", "test MSE", logy=True, hlines=[{"chance": CHANCE_MSE}] * 2,
-        suptitle="Adding problem T = 50, plain SGD",
+        suptitle=f"Adding problem T = {config.T}, plain SGD (unclipped runs that diverge "
+                 "before the first evaluation have no curve)",
     )
     return [grad_plot, mse_plot]
