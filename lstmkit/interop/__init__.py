@@ -4,6 +4,12 @@
 and a clear ImportError says how to install it.
 """
 
+from lstmkit.interop.charlm_onnx import (
+    charlm_onnx_vocabulary,
+    charlm_to_onnx_model,
+    export_charlm_onnx,
+    read_charlm_onnx_metadata,
+)
 from lstmkit.interop.onnx_export import (
     DEFAULT_OPSET,
     GraphBuilder,
@@ -19,9 +25,13 @@ __all__ = [
     "GraphBuilder",
     "LayerOutputs",
     "add_layer_nodes",
+    "charlm_onnx_vocabulary",
+    "charlm_to_onnx_model",
+    "export_charlm_onnx",
     "export_onnx",
     "from_torch",
     "load_torch_state_dict",
+    "read_charlm_onnx_metadata",
     "to_onnx_model",
     "to_torch",
 ]

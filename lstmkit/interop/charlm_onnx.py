@@ -45,6 +45,7 @@ from lstmkit.interop.onnx_export import (
     GraphBuilder,
     _onnx,
     add_layer_nodes,
+    check_target,
     write_atomic,
 )
 from lstmkit.models import CharLM
@@ -207,15 +208,7 @@ def export_charlm_onnx(
         FileNotFoundError: ``path``'s directory does not exist.
         TypeError, ValueError: not an exportable CharLM, or a vocabulary of the wrong size.
     """
-    target = Path(path)
-    if target.is_dir():
-        raise IsADirectoryError(f"{target} is a directory; expected a file path such as model.onnx")
-    if target.exists() and not force:
-        raise FileExistsError(
-            f"{target} exists; pass force=True to replace it (nothing was written)"
-        )
-    if not target.parent.is_dir():
-        raise FileNotFoundError(f"the directory {target.parent} does not exist; create it first")
+    target = check_target(path, force)
     proto = charlm_to_onnx_model(model, vocab=vocab, with_state=with_state, opset=opset,
                                  dtype=dtype)
     write_atomic(target, proto.SerializeToString(), overwrite=force)

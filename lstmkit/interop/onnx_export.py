@@ -463,6 +463,15 @@ def export_onnx(
     not replaced unless ``force=True``; the file is written to a temporary name next to it and
     renamed into place, so a crash never leaves a half-written model. Returns the path.
     """
+    target = check_target(path, force)
+    model = to_onnx_model(layer, opset=opset, initial_state=initial_state, lengths=lengths,
+                          dtype=dtype)
+    write_atomic(target, model.SerializeToString(), overwrite=force)
+    return target
+
+
+def check_target(path: str | os.PathLike, force: bool) -> Path:
+    """The path an exporter may write: a file in an existing directory, new unless ``force``."""
     target = Path(path)
     if target.is_dir():
         raise IsADirectoryError(f"{target} is a directory; expected a file path such as model.onnx")
@@ -472,9 +481,6 @@ def export_onnx(
         )
     if not target.parent.is_dir():
         raise FileNotFoundError(f"the directory {target.parent} does not exist; create it first")
-    model = to_onnx_model(layer, opset=opset, initial_state=initial_state, lengths=lengths,
-                          dtype=dtype)
-    write_atomic(target, model.SerializeToString(), overwrite=force)
     return target
 
 
