@@ -1,0 +1,100 @@
+"""Fused, compiled recurrences: the fast path of every layer (LSTM, GRU, RNN).
+
+``FUSED`` implements the interface of ``lstmkit.recurrence.ReferenceRecurrence`` (forward,
+backward, gate_sequences) with the same results to floating-point rounding, much faster:
+
+- the input projection of all time steps is one GEMM, ``X W_ih^T + b``;
+- each step is one GEMM for the recurrence (accumulated in place into the pre-activations)
+  and one fused, vectorised Numba pass for the gates (``lstmkit.kernels.gates``);
+- the whole time loop runs in one compiled function: no Python per step;
+- backward writes every step's gate gradients into one (T, B, G*H) buffer and computes the
+  weight gradients and dX with three large GEMMs over all steps, not T small ones;
+- under ``lstmkit.no_grad()`` nothing is kept and the input projection runs in chunks.
+
+Every variant switch of the LSTM cell (peepholes, removed gates, CIFG), padded sequences
+(masks), the reverse direction, float32 and float64 take this path. The kernels are compiled
+on first use and cached on disk (``cache=True``), so only the first run on a machine pays the
+compilation (see ``lstmkit bench``, which reports it).
+
+Switches: ``LSTM(..., fast=False)`` runs one layer on the reference; ``set_enabled(False)``
+(or the environment variable ``LSTMKIT_KERNELS=0`` at import) runs every layer on it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from lstmkit.recurrence import ReferenceRecurrence
+
+Array = np.ndarray
+State = tuple[Array, ...]
+
+_REFERENCE = ReferenceRecurrence()
+_enabled = os.environ.get("LSTMKIT_KERNELS", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def set_enabled(enabled: bool) -> None:
+    """Turn the fused kernels on or off for every layer (``fast=True`` layers included)."""
+    global _enabled
+    _enabled = bool(enabled)
+
+
+def is_enabled() -> bool:
+    """Whether layers built with ``fast=True`` (the default) use the fused kernels."""
+    return _enabled
+
+
+class FusedRecurrence:
+    """The compiled time loops, with the reference as fallback.
+
+    Falls back to the reference when the kernels are switched off (``set_enabled``) or for a
+    cell or dtype they do not cover; the cache remembers which implementation produced it, so
+    backward and gate_sequences always match the forward pass that made it.
+    """
+
+    name = "fused"
+
+    def _fast(self, cell: Any, dtype: np.dtype) -> bool:
+        if not _enabled:
+            return False
+        from lstmkit.kernels import recurrence
+
+        return recurrence.supports(cell, dtype)
+
+    def forward(self, cell: Any, p: dict[str, Array], x: Array, state0: State,
+                mask: Array | None, reverse: bool, keep_cache: bool) -> tuple[Array, State, Any]:
+        if not self._fast(cell, x.dtype):
+            out, state, cache = _REFERENCE.forward(cell, p, x, state0, mask, reverse, keep_cache)
+            return out, state, (None if cache is None else {"kind": "reference", "ref": cache})
+        from lstmkit.kernels import recurrence
+
+        return recurrence.forward(cell, p, x, state0, mask, reverse, keep_cache)
+
+    def backward(self, cell: Any, p: dict[str, Array], cache: Any, d_out: Array,
+                 d_state: State, grads: dict[str, Array]) -> tuple[Array, State]:
+        if cache["kind"] == "reference":
+            return _REFERENCE.backward(cell, p, cache["ref"], d_out, d_state, grads)
+        from lstmkit.kernels import recurrence
+
+        return recurrence.backward(cell, p, cache, d_out, d_state, grads)
+
+    def gate_sequences(self, cell: Any, cache: Any) -> dict[str, Array]:
+        if cache["kind"] == "reference":
+            return _REFERENCE.gate_sequences(cell, cache["ref"])
+        from lstmkit.kernels import recurrence
+
+        return recurrence.gate_sequences(cell, cache)
+
+
+FUSED = FusedRecurrence()
+
+
+def select(fast: bool = True) -> Any:
+    """The recurrence a layer runs: ``FUSED`` (which honours ``set_enabled``) or the reference."""
+    return FUSED if fast else _REFERENCE
+
+
+__all__ = ["FUSED", "FusedRecurrence", "is_enabled", "select", "set_enabled"]

@@ -1,0 +1,146 @@
+"""BLAS ``gemm`` callable from Numba code, on row-major views with any leading dimension.
+
+Numba's ``np.dot`` needs contiguous operands and cannot accumulate (``beta``); the fused
+recurrences need both: ``Z[t] += h_prev @ W_hh^T`` straight into a strided slice of the
+pre-activation buffer, with no temporary. This module calls the same BLAS that Numba's
+``np.dot`` calls (SciPy's ``cython_blas``, through Numba's own ``numba_xxgemm`` wrapper, which
+is linked by name, so functions that use it can be cached on disk with ``cache=True``).
+
+``gemm(ta, tb, alpha, A, B, beta, C)`` computes ``C = alpha * op(A) @ op(B) + beta * C`` for
+row-major 2-D arrays whose last axis is contiguous (``op(X)`` is ``X.T`` when the flag is
+True). Every GEMM of the fused kernels goes through it, so a process uses one BLAS library
+(and one thread pool) for the whole recurrence.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+from numba.np.linalg import ensure_blas
+
+_LL_CHAR = ir.IntType(8)
+_LL_VOIDP = _LL_CHAR.as_pointer()
+
+
+@intrinsic
+def _xgemm(typingctx, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """Column-major BLAS ``?gemm`` on the data pointers of arrays a, b, c (Numba's wrapper)."""
+    if not all(isinstance(arr, types.Array) for arr in (a, b, c)):
+        return None
+    if not (a.dtype == b.dtype == c.dtype) or c.dtype not in (types.float32, types.float64):
+        return None
+    dtype = c.dtype
+    kind = "s" if dtype == types.float32 else "d"
+    sig = types.int32(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+    def codegen(context, builder, signature, args):
+        ensure_blas()
+        (ta, tb, mm, nn, kk, al, aa, la, bb, lb, be, cc, lc) = args
+        intp = context.get_value_type(types.intp)
+        fnty = ir.FunctionType(
+            ir.IntType(32),
+            [_LL_CHAR, _LL_CHAR, _LL_CHAR, intp, intp, intp, _LL_VOIDP, _LL_VOIDP, intp,
+             _LL_VOIDP, intp, _LL_VOIDP, _LL_VOIDP, intp],
+        )
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "numba_xxgemm")
+        sigargs = signature.args
+
+        def cast(val, ty):
+            return context.cast(builder, val, ty, types.intp)
+
+        def data(val, ty):
+            arr = cgutils.create_struct_proxy(ty)(context, builder, value=val)
+            return builder.bitcast(arr.data, _LL_VOIDP)
+
+        al_slot = cgutils.alloca_once_value(builder, context.cast(builder, al, sigargs[5], dtype))
+        be_slot = cgutils.alloca_once_value(builder, context.cast(builder, be, sigargs[10], dtype))
+        res = builder.call(fn, (
+            ir.Constant(_LL_CHAR, ord(kind)),
+            builder.trunc(cast(ta, sigargs[0]), _LL_CHAR),
+            builder.trunc(cast(tb, sigargs[1]), _LL_CHAR),
+            cast(mm, sigargs[2]), cast(nn, sigargs[3]), cast(kk, sigargs[4]),
+            builder.bitcast(al_slot, _LL_VOIDP), data(aa, sigargs[6]), cast(la, sigargs[7]),
+            data(bb, sigargs[8]), cast(lb, sigargs[9]),
+            builder.bitcast(be_slot, _LL_VOIDP), data(cc, sigargs[11]), cast(lc, sigargs[12]),
+        ))
+        return res
+
+    return sig, codegen
+
+
+@intrinsic
+def _xgemv(typingctx, trans, m, n, alpha, a, lda, x, beta, y):
+    """Column-major BLAS ``?gemv`` (unit strides for x and y), Numba's wrapper."""
+    if not all(isinstance(arr, types.Array) for arr in (a, x, y)):
+        return None
+    if not (a.dtype == x.dtype == y.dtype) or y.dtype not in (types.float32, types.float64):
+        return None
+    dtype = y.dtype
+    kind = "s" if dtype == types.float32 else "d"
+    sig = types.int32(trans, m, n, alpha, a, lda, x, beta, y)
+
+    def codegen(context, builder, signature, args):
+        ensure_blas()
+        (tr, mm, nn, al, aa, la, xx, be, yy) = args
+        intp = context.get_value_type(types.intp)
+        fnty = ir.FunctionType(
+            ir.IntType(32),
+            [_LL_CHAR, _LL_CHAR, intp, intp, _LL_VOIDP, _LL_VOIDP, intp, _LL_VOIDP,
+             _LL_VOIDP, _LL_VOIDP],
+        )
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "numba_xxgemv")
+        sigargs = signature.args
+
+        def cast(val, ty):
+            return context.cast(builder, val, ty, types.intp)
+
+        def data(val, ty):
+            arr = cgutils.create_struct_proxy(ty)(context, builder, value=val)
+            return builder.bitcast(arr.data, _LL_VOIDP)
+
+        al_slot = cgutils.alloca_once_value(builder, context.cast(builder, al, sigargs[3], dtype))
+        be_slot = cgutils.alloca_once_value(builder, context.cast(builder, be, sigargs[7], dtype))
+        return builder.call(fn, (
+            ir.Constant(_LL_CHAR, ord(kind)),
+            builder.trunc(cast(tr, sigargs[0]), _LL_CHAR),
+            cast(mm, sigargs[1]), cast(nn, sigargs[2]),
+            builder.bitcast(al_slot, _LL_VOIDP), data(aa, sigargs[4]), cast(la, sigargs[5]),
+            data(xx, sigargs[6]), builder.bitcast(be_slot, _LL_VOIDP), data(yy, sigargs[8]),
+        ))
+
+    return sig, codegen
+
+
+_N = 78  # ord("N")
+_T = 84  # ord("T")
+
+
+@njit(cache=True)
+def gemm(ta, tb, alpha, A, B, beta, C):
+    """Row-major ``C = alpha * op(A) @ op(B) + beta * C`` (2-D arrays, last axis contiguous).
+
+    In column-major terms, C^T = op(B)^T op(A)^T: BLAS sees each row-major array as its
+    transpose, so the operands swap places and keep their own transpose flags.
+    """
+    m, n = C.shape
+    k = A.shape[0] if ta else A.shape[1]
+    if m == 0 or n == 0 or k == 0:  # never happens in the kernels: every size is >= 1
+        return
+    isz = C.itemsize
+    if m == 1 and (n == 1 or C.strides[1] == isz):
+        # one row of C: y = op(B)^T x with x = row 0 of op(A); BLAS gemv, not a 1-row gemm
+        if not ta or k == 1 or A.strides[0] == isz:
+            x = A[0, :] if not ta else A[:, 0]
+            y = C[0, :]
+            ldb = max(B.strides[0] // isz, B.shape[1], 1)
+            if tb:  # op(B)^T = B, (n, k) row-major = column-major (k, n): transposed
+                _xgemv(_T, k, n, alpha, B, ldb, x, beta, y)
+            else:  # op(B)^T = B^T, B (k, n) row-major = column-major (n, k)
+                _xgemv(_N, n, k, alpha, B, ldb, x, beta, y)
+            return
+    lda = max(A.strides[0] // isz, A.shape[1], 1)
+    ldb = max(B.strides[0] // isz, B.shape[1], 1)
+    ldc = max(C.strides[0] // isz, C.shape[1], 1)
+    _xgemm(_T if tb else _N, _T if ta else _N, n, m, k, alpha, B, ldb, A, lda, beta, C, ldc)

@@ -1,0 +1,166 @@
+"""Element-wise activations for the fused kernels: ``sigmoid``, ``tanh``, ``flush``.
+
+Numba (without Intel's SVML) calls the C library's scalar ``expf``/``tanhf``, which stops LLVM
+from vectorising the gate loops. For float32 these are therefore written out as the classic
+Cephes single-precision approximations (polynomial + exponent bits, within 1-2 ulp of the
+correctly rounded value), plain arithmetic that LLVM turns into AVX/NEON code. float64 uses
+``math.exp``/``math.tanh`` (exact, scalar: float64 is supported, not the fast path).
+
+Both are stable for any finite input: the argument is clamped before the exponential, so
+|z| = 1e4 (or 1e30) gives exactly 0 or 1, never an overflow, a NaN or a denormal (results that
+would be below the smallest normal number are flushed to 0; they are < 1e-38 anyway).
+
+``flush(v)`` zeroes subnormal values (|v| below the smallest normal number, 1.2e-38 in
+float32), as a CPU's flush-to-zero mode would: the backward kernels apply it to every gradient
+they store or carry from step to step (and to the outputs of their GEMMs), so that a gradient
+decaying on its way back through time goes from the smallest normal numbers straight to 0
+instead of spending many steps in the subnormal range, where each floating-point operation
+(and each BLAS call that reads such values) is many times slower. The change is below 1e-38.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic, overload
+
+# float32 constants (module globals keep their NumPy type inside Numba: no float64 promotion)
+_F0 = np.float32(0.0)
+_F1 = np.float32(1.0)
+_F2 = np.float32(2.0)
+_HALF = np.float32(0.5)
+_LOG2E = np.float32(1.44269504088896341)
+_LN2_HI = np.float32(0.693359375)
+_LN2_LO = np.float32(-2.12194440e-4)
+_EXP_HI = np.float32(88.3762626647949)
+_EXP_LO = np.float32(-87.3365447505531)  # exp(_EXP_LO) is the smallest normal float32
+_P0 = np.float32(1.9875691500e-4)
+_P1 = np.float32(1.3981999507e-3)
+_P2 = np.float32(8.3334519073e-3)
+_P3 = np.float32(4.1665795894e-2)
+_P4 = np.float32(1.6666665459e-1)
+_P5 = np.float32(5.0000001201e-1)
+_T0 = np.float32(-5.70498872745e-3)
+_T1 = np.float32(2.06390887954e-2)
+_T2 = np.float32(-5.37397155531e-2)
+_T3 = np.float32(1.33314422036e-1)
+_T4 = np.float32(-3.33332819422e-1)
+_TANH_SMALL = np.float32(0.625)
+_TANH_BIG = np.float32(9.1)  # tanh(9.1) rounds to 1.0 in float32
+_TINY32 = np.finfo(np.float32).tiny  # the smallest normal numbers: flush-to-zero semantics
+_TINY64 = float(np.finfo(np.float64).tiny)
+_EXP_LO64 = -708.0
+
+
+@intrinsic
+def _i32_as_f32(typingctx, value):
+    """Reinterpret the bits of an int32 as a float32 (LLVM bitcast; vectorises)."""
+    if value != types.int32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(value), codegen
+
+
+@njit(fastmath={"contract"}, error_model="numpy")
+def exp32(x):
+    """exp(x) for float32 x: Cephes ``expf`` (about 1 ulp). 0 below -87.3, clamped above."""
+    x = min(x, _EXP_HI)
+    small = x < _EXP_LO
+    x = max(x, _EXP_LO)
+    n = np.floor(x * _LOG2E + _HALF)
+    r = x - n * _LN2_HI - n * _LN2_LO
+    r2 = r * r
+    p = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
+    p = p * r2 + r + _F1
+    scale = _i32_as_f32(np.int32((np.int32(n) + np.int32(127)) << np.int32(23)))
+    return _F0 if small else p * scale
+
+
+@njit(fastmath={"contract"}, error_model="numpy")
+def sigmoid32(x):
+    """1 / (1 + exp(-x)), computed from exp(-|x|) so neither tail loses precision."""
+    e = exp32(-abs(x))
+    s = _F1 / (_F1 + e)
+    return s if x >= _F0 else e * s
+
+
+@njit(fastmath={"contract"}, error_model="numpy")
+def tanh32(x):
+    """Cephes ``tanhf``: a polynomial for |x| < 0.625, 1 - 2 / (exp(2|x|) + 1) beyond."""
+    a = abs(x)
+    z = x * x
+    small = (((((_T0 * z + _T1) * z + _T2) * z + _T3) * z + _T4) * z) * x + x
+    e = exp32(_F2 * min(a, _TANH_BIG))
+    big = _F1 - _F2 / (e + _F1)
+    big = big if x >= _F0 else -big
+    return small if a < _TANH_SMALL else big
+
+
+@njit(error_model="numpy")
+def sigmoid64(x):
+    if x >= 0.0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(max(x, _EXP_LO64))
+    return e / (1.0 + e)
+
+
+def sigmoid(x):
+    """Logistic function for a float32 or float64 scalar (Numba only)."""
+    raise NotImplementedError("sigmoid is only callable from Numba code")
+
+
+def tanh(x):
+    """Hyperbolic tangent for a float32 or float64 scalar (Numba only)."""
+    raise NotImplementedError("tanh is only callable from Numba code")
+
+
+def flush(x):
+    """x, or 0 where |x| is below the denormal guard (Numba only)."""
+    raise NotImplementedError("flush is only callable from Numba code")
+
+
+@overload(sigmoid)
+def _sigmoid_impl(x):
+    if x == types.float32:
+        return lambda x: sigmoid32(x)
+    if x == types.float64:
+        return lambda x: sigmoid64(x)
+    return None
+
+
+@overload(tanh)
+def _tanh_impl(x):
+    if x == types.float32:
+        return lambda x: tanh32(x)
+    if x == types.float64:
+        return lambda x: math.tanh(x)
+    return None
+
+
+@overload(flush)
+def _flush_impl(x):
+    if x == types.float32:
+        return lambda x: x if abs(x) >= _TINY32 else _F0
+    if x == types.float64:
+        return lambda x: x if abs(x) >= _TINY64 else 0.0
+    return None
+
+
+def one_like(x):
+    """1 in the type of the scalar x (Numba only): ``1 - x`` with a plain 1 would be float64."""
+    raise NotImplementedError("one_like is only callable from Numba code")
+
+
+@overload(one_like)
+def _one_like_impl(x):
+    if x == types.float32:
+        return lambda x: _F1
+    if x == types.float64:
+        return lambda x: 1.0
+    return None

@@ -1,0 +1,173 @@
+"""The fused GRU recurrence (PyTorch's GRU, ``lstmkit.cells.gru``), whole loops in Numba.
+
+Z (T, B, 3, H) starts as ``gi = X W_ih^T + b_ih`` (one GEMM for all steps); per step one GEMM
+``gh = h_prev W_hh^T`` into a (B, 3, H) buffer, then one fused pass computes r, z, n (stored in
+place of gi) and h. ``W_hn h_prev + b_hn`` (what the reset gate multiplies) is kept for
+backward in HN (T, B, H).
+
+Backward: the per-step pass writes ``dgh = [dr, dz, dn_pre * r]`` into dGH (T, B, 3, H) and
+``dn_pre`` (the n block of dgi, which differs from dgh's) into dNI (T, B, H); the recurrent
+gradient is one GEMM per step, the weight gradients large GEMMs over all steps afterwards.
+"""
+
+from __future__ import annotations
+
+from numba import njit
+
+from lstmkit.kernels.blas import gemm
+from lstmkit.kernels.gates import flush, one_like, sigmoid, tanh
+from lstmkit.kernels.loops import add_rows, copy1, copy2, fill1, fill_rows, flush_all
+
+_OPTS = {"cache": True, "error_model": "numpy", "fastmath": {"contract"}, "nogil": True}
+
+
+@njit(**_OPTS)
+def _cell_forward(gr, gz, gn, hr, hz, hn, br, bz, bn, hp, hn_out, h_out):
+    """One row: gi blocks g* (in: pre-activations, out: r, z, n), gh blocks h* -> h."""
+    for j in range(hp.shape[0]):
+        one = one_like(hp[j])
+        r = sigmoid(gr[j] + (hr[j] + br[j]))
+        z = sigmoid(gz[j] + (hz[j] + bz[j]))
+        hnj = hn[j] + bn[j]
+        n = tanh(gn[j] + r * hnj)
+        gr[j] = r
+        gz[j] = z
+        gn[j] = n
+        hn_out[j] = hnj
+        h_out[j] = (one - z) * n + z * hp[j]
+
+
+@njit(**_OPTS)
+def _cell_backward(r, z, n, hn, hp, dh, dho, dr_out, dz_out, dnh_out, dni_out, dh_prev):
+    for j in range(hp.shape[0]):
+        one = one_like(hp[j])
+        dhj = flush(dh[j]) + dho[j]
+        zj = z[j]
+        nj = n[j]
+        rj = r[j]
+        dn = dhj * (one - zj)
+        dz = dhj * (hp[j] - nj) * zj * (one - zj)
+        dn_pre = dn * (one - nj * nj)
+        dr = dn_pre * hn[j] * rj * (one - rj)
+        dr = flush(dr)
+        dz = flush(dz)
+        dn_pre = flush(dn_pre)
+        dr_out[j] = dr
+        dz_out[j] = dz
+        dnh_out[j] = dn_pre * rj
+        dni_out[j] = dn_pre
+        dh_prev[j] = flush(dhj * zj)
+
+
+@njit(**_OPTS)
+def gru_forward(X, Wih, Whh, bih, bhh, has_bias, mask, has_mask, reverse, keep, h0,
+                Z, HN, OUT, HP, hs, gh):
+    """Z: (T, B, 3, H) if keep (r, z, n afterwards) else a (Tc, B, 3, H) chunk; HN: (T, B, H)
+    if keep else (1, B, H); HP: (T, B, H) states before each step (keep with a mask);
+    hs (B, H): the final state; gh (B, 3, H): workspace."""
+    T, B, D = X.shape
+    H = h0.shape[1]
+    Tc = Z.shape[0]
+    X2 = X.reshape(T * B, D)
+    Z2 = Z.reshape(Tc * B, 3 * H)
+    gh2 = gh.reshape(B, 3 * H)
+    br = bhh[:H]
+    bz = bhh[H:2 * H]
+    bn = bhh[2 * H:]
+    copy2(hs, h0)
+    done = 0
+    while done < T:
+        n = min(Tc, T - done)
+        t0 = T - done - n if reverse else done
+        zoff = t0 if Tc == T else 0
+        zc = Z2[zoff * B:(zoff + n) * B]
+        if has_bias:
+            fill_rows(zc, bih)
+        gemm(False, True, 1.0, X2[t0 * B:(t0 + n) * B], Wih, 1.0 if has_bias else 0.0, zc)
+        for k in range(n):
+            s = done + k
+            t = T - 1 - s if reverse else s
+            zt = Z[zoff + (t - t0)]
+            if has_mask:
+                h_prev = hs
+                if keep:
+                    copy2(HP[t], hs)
+            elif s == 0:
+                h_prev = h0
+            else:
+                h_prev = OUT[t + 1 if reverse else t - 1]
+            gemm(False, True, 1.0, h_prev, Whh, 0.0, gh2)
+            hn_t = HN[t if keep else 0]
+            for b in range(B):
+                _cell_forward(zt[b, 0], zt[b, 1], zt[b, 2], gh[b, 0], gh[b, 1], gh[b, 2],
+                              br, bz, bn, h_prev[b], hn_t[b], OUT[t, b])
+            if has_mask:
+                for b in range(B):
+                    if mask[t, b]:
+                        copy1(hs[b], OUT[t, b])
+                    else:
+                        fill1(OUT[t, b], 0.0)
+        done += n
+    if not has_mask:
+        copy2(hs, OUT[0 if reverse else T - 1])
+
+
+@njit(**_OPTS)
+def gru_backward(X, Wih, Whh, has_bias, mask, has_mask, reverse, h0, Z, HN, OUT, HP, dOUT,
+                 dh, dh_new, dGH, dNI, dX, gWih, gWhh, gbih, gbhh):
+    """dh (B, H): gradient at the final state on entry, at the initial state on return."""
+    T, B, D = X.shape
+    H = h0.shape[1]
+    cur = dh
+    nxt = dh_new
+    for s in range(T - 1, -1, -1):
+        t = T - 1 - s if reverse else s
+        if has_mask:
+            h_prev = HP[t]
+        elif s == 0:
+            h_prev = h0
+        else:
+            h_prev = OUT[t + 1 if reverse else t - 1]
+        zt = Z[t]
+        dg = dGH[t]
+        for b in range(B):
+            if has_mask and not mask[t, b]:
+                fill1(dg[b].reshape(3 * H), 0.0)
+                fill1(dNI[t, b], 0.0)
+                copy1(nxt[b], cur[b])
+                continue
+            _cell_backward(zt[b, 0], zt[b, 1], zt[b, 2], HN[t, b], h_prev[b], cur[b],
+                           dOUT[t, b], dg[b, 0], dg[b, 1], dg[b, 2], dNI[t, b], nxt[b])
+        # dh_prev = dh * z (set above) + dgh W_hh
+        gemm(False, False, 1.0, dg.reshape(B, 3 * H), Whh, 1.0, nxt)
+        cur, nxt = nxt, cur
+    if T % 2 == 1:  # the result is in the other buffer after an odd number of swaps
+        copy2(dh, dh_new)
+    TB = T * B
+    dG2 = dGH.reshape(TB, 3 * H)
+    dN2 = dNI.reshape(TB, H)
+    X2 = X.reshape(TB, D)
+    dX2 = dX.reshape(TB, D)
+    # gi's gradient is dgh with the n block replaced by dn_pre
+    gemm(True, False, 1.0, dG2[:, :2 * H], X2, 1.0, gWih[:2 * H])
+    gemm(True, False, 1.0, dN2, X2, 1.0, gWih[2 * H:])
+    gemm(False, False, 1.0, dG2[:, :2 * H], Wih[:2 * H], 0.0, dX2)
+    gemm(False, False, 1.0, dN2, Wih[2 * H:], 1.0, dX2)
+    if has_mask:
+        gemm(True, False, 1.0, dG2, HP.reshape(TB, H), 1.0, gWhh)
+    else:
+        O2 = OUT.reshape(TB, H)
+        first = T - 1 if reverse else 0
+        if T > 1:
+            if reverse:
+                gemm(True, False, 1.0, dG2[:TB - B], O2[B:], 1.0, gWhh)
+            else:
+                gemm(True, False, 1.0, dG2[B:], O2[:TB - B], 1.0, gWhh)
+        gemm(True, False, 1.0, dGH[first].reshape(B, 3 * H), h0, 1.0, gWhh)
+    if has_bias:
+        add_rows(gbhh, dG2)
+        add_rows(gbih[:2 * H], dG2[:, :2 * H])
+        add_rows(gbih[2 * H:], dN2)
+    for a in (dX2.reshape(TB * D), dh.reshape(B * H), gWih.reshape(3 * H * D),
+              gWhh.reshape(3 * H * H), gbih, gbhh):
+        flush_all(a)

@@ -1,0 +1,248 @@
+"""The fused LSTM recurrence: whole forward and backward time loops in Numba.
+
+Layout (row-major, ``G`` gates present, ``GH = G * H``): pre-activations ``Z`` (T, B, GH), the
+blocks of each row in the order i, f, g, o of the gates present, as ``weight_ih`` stacks them.
+
+Forward:
+    1. ``Z = b_ih + b_hh + X W_ih^T``: the input projection of every step, one GEMM.
+    2. per step (one GEMM + one fused element-wise pass):
+       ``Z[t] += h_prev W_hh^T`` (BLAS with beta = 1, in place), then the gate kernel turns
+       ``Z[t]`` into the gate activations (in place), the cell state ``C[t]`` and ``h``.
+    The whole loop runs inside one compiled function, so a step costs one BLAS call and one
+    vectorised pass over (B, H) with no Python in between.
+
+Backward (the forward read in reverse), per step: the gate kernel turns the incoming dh, dc
+into ``dZ[t]`` and dc_prev, then ``dh_prev = dZ[t] W_hh`` (one GEMM). The weight gradients are
+then three large GEMMs over all steps at once: ``dW_hh += dZ^T H_prev``,
+``dW_ih += dZ^T X``, ``dX = dZ W_ih`` (and column sums of dZ for the biases).
+
+Variants (peepholes, a removed gate, CIFG) run the same code: a removed gate reads a constant
+pre-activation whose sigmoid is exactly 1 (and writes to scratch), an absent peephole has
+weight 0 (adding 0 * c changes nothing), and CIFG selects f = 1 - i.
+
+Masks (padded sequences): state buffers carry (h, c) past the masked steps, and the state
+before every step is kept for backward (``HP``, ``CP``); without a mask, the state before step
+t is simply the output and the cell state of the previous step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from lstmkit.kernels.blas import gemm
+from lstmkit.kernels.gates import flush, one_like, sigmoid, tanh
+from lstmkit.kernels.loops import add_rows, copy1, copy2, fill1, fill_rows, flush_all
+
+_OPTS = {"cache": True, "error_model": "numpy", "fastmath": {"contract"}, "nogil": True}
+BIG = 100.0  # sigmoid(BIG) == 1 exactly in float32 and float64: a removed gate's input
+
+
+@njit(**_OPTS)
+def _cell_forward(zi, zf, zg, zo, ai, af, ao, cp, cn, hn, wci, wcf, wco, cifg):
+    """One row of the LSTM step: pre-activations z* -> activations a* (g in place), c, h."""
+    for j in range(cp.shape[0]):
+        c_prev = cp[j]
+        one = one_like(c_prev)
+        i = sigmoid(zi[j] + wci[j] * c_prev)
+        f = sigmoid(zf[j] + wcf[j] * c_prev)
+        if cifg:
+            f = one - i
+        g = tanh(zg[j])
+        c = f * c_prev + i * g
+        o = sigmoid(zo[j] + wco[j] * c)
+        ai[j] = i
+        af[j] = f
+        zg[j] = g
+        ao[j] = o
+        cn[j] = c
+        hn[j] = o * tanh(c)
+
+
+@njit(**_OPTS)
+def _cell_backward(ai, af, ag, ao, c_row, cp, dh, dho, dc, dzi, dzf, dzg, dzo, wci, wcf, wco,
+                   pci, pcf, pco, cifg):
+    """One row of the LSTM step backward: (dh + dho, dc) -> dz*, dc_prev (into dc)."""
+    for j in range(cp.shape[0]):
+        i = ai[j]
+        g = ag[j]
+        o = ao[j]
+        one = one_like(i)
+        f = af[j]
+        if cifg:
+            f = one - i
+        c = c_row[j]
+        c_prev = cp[j]
+        tc = tanh(c)
+        dhj = flush(dh[j]) + dho[j]
+        d_o = dhj * tc * o * (one - o)
+        dcj = dc[j] + dhj * o * (one - tc * tc)
+        dcj = dcj + d_o * wco[j]
+        di = dcj * g
+        df = dcj * c_prev
+        d_g = dcj * i * (one - g * g)
+        if cifg:
+            di = di - df
+        d_f = df * f * (one - f)
+        d_i = di * i * (one - i)
+        dc_prev = dcj * f + d_f * wcf[j] + d_i * wci[j]
+        d_i = flush(d_i)
+        d_f = flush(d_f)
+        d_g = flush(d_g)
+        d_o = flush(d_o)
+        dzi[j] = d_i
+        dzf[j] = d_f
+        dzg[j] = d_g
+        dzo[j] = d_o
+        dc[j] = flush(dc_prev)
+        pci[j] += d_i * c_prev
+        pcf[j] += d_f * c_prev
+        pco[j] += d_o * c
+
+
+@njit(**_OPTS)
+def lstm_forward(X, Wih, Whh, bias, has_bias, peep, gidx, cifg, mask, has_mask, reverse, keep,
+                 h0, c0, Z, OUT, C, HP, CP, hs, cs, scratch, big):
+    """Run the whole sequence. Buffers are allocated by the caller:
+
+    Z: (T, B, G, H) when ``keep`` (holds the gate activations afterwards), else a chunk
+    (Tc, B, G, H) reused for Tc steps at a time. C: (T, B, H) cell states when ``keep``, else
+    (2, B, H). HP, CP: (T, B, H) states before each step (only with ``keep`` and a mask).
+    hs, cs: (B, H), the final state on return. scratch: (4, H). big: (H,) of BIG.
+    ``gidx[k]`` is the block of gate k (i, f, g, o) in Z, or -1 if the gate is removed.
+    """
+    T, B, D = X.shape
+    H = h0.shape[1]
+    Tc, _, G, _ = Z.shape
+    GH = G * H
+    X2 = X.reshape(T * B, D)
+    Z2 = Z.reshape(Tc * B, GH)
+    wci = peep[0]
+    wcf = peep[1]
+    wco = peep[2]
+    ki, kf, kg, ko = gidx[0], gidx[1], gidx[2], gidx[3]
+    copy2(hs, h0)
+    copy2(cs, c0)
+    done = 0
+    while done < T:
+        n = min(Tc, T - done)
+        # the chunk of steps [t0, t0 + n) in time order, processed forwards or backwards
+        t0 = T - done - n if reverse else done
+        zoff = t0 if Tc == T else 0
+        # Z[chunk] = b_ih + b_hh + X[chunk] W_ih^T: one GEMM for the n steps
+        zc = Z2[zoff * B:(zoff + n) * B]
+        if has_bias:
+            fill_rows(zc, bias)
+        gemm(False, True, 1.0, X2[t0 * B:(t0 + n) * B], Wih, 1.0 if has_bias else 0.0, zc)
+        for k in range(n):
+            s = done + k  # processing index
+            t = T - 1 - s if reverse else s
+            zt = Z[zoff + (t - t0)]
+            cslot = t if keep else s % 2
+            if has_mask:
+                h_prev = hs
+                c_prev = cs
+                if keep:
+                    copy2(HP[t], hs)
+                    copy2(CP[t], cs)
+            elif s == 0:
+                h_prev = h0
+                c_prev = c0
+            else:
+                tp = t + 1 if reverse else t - 1
+                h_prev = OUT[tp]
+                c_prev = C[tp if keep else (s - 1) % 2]
+            gemm(False, True, 1.0, h_prev, Whh, 1.0, zt.reshape(B, GH))
+            for b in range(B):
+                zi = zt[b, ki] if ki >= 0 else big
+                zf = zt[b, kf] if kf >= 0 else big
+                zo = zt[b, ko] if ko >= 0 else big
+                ai = zt[b, ki] if ki >= 0 else scratch[0]
+                af = zt[b, kf] if kf >= 0 else scratch[1]
+                ao = zt[b, ko] if ko >= 0 else scratch[3]
+                _cell_forward(zi, zf, zt[b, kg], zo, ai, af, ao, c_prev[b], C[cslot, b],
+                              OUT[t, b], wci, wcf, wco, cifg)
+            if has_mask:
+                for b in range(B):
+                    if mask[t, b]:
+                        copy1(hs[b], OUT[t, b])
+                        copy1(cs[b], C[cslot, b])
+                    else:
+                        fill1(OUT[t, b], 0.0)
+        done += n
+    if not has_mask:
+        last = 0 if reverse else T - 1
+        copy2(hs, OUT[last])
+        copy2(cs, C[last if keep else (T - 1) % 2])
+
+
+@njit(**_OPTS)
+def lstm_backward(X, Wih, Whh, has_bias, peep, gidx, cifg, mask, has_mask, reverse,
+                  h0, c0, Z, OUT, C, HP, CP, dOUT, dh, dc, dZ, dX,
+                  gWih, gWhh, gbih, gbhh, gpeep, scratch, ones):
+    """Backpropagation through time. dh, dc (B, H): the gradient at the final state on entry,
+    at the initial state on return. dZ (T, B, G, H), dX (T, B, D): outputs. Gradients are
+    accumulated into gWih, gWhh, gbih, gbhh (if has_bias) and gpeep (3, H)."""
+    T, B, D = X.shape
+    H = h0.shape[1]
+    G = Z.shape[2]
+    GH = G * H
+    wci = peep[0]
+    wcf = peep[1]
+    wco = peep[2]
+    ki, kf, kg, ko = gidx[0], gidx[1], gidx[2], gidx[3]
+    pacc = np.zeros((3, H), dtype=X.dtype)
+    for s in range(T - 1, -1, -1):
+        t = T - 1 - s if reverse else s
+        if has_mask:
+            c_prev = CP[t]
+        elif s == 0:
+            c_prev = c0
+        else:
+            c_prev = C[t + 1 if reverse else t - 1]
+        zt = Z[t]
+        dzt = dZ[t]
+        for b in range(B):
+            if has_mask and not mask[t, b]:
+                fill1(dzt[b].reshape(GH), 0.0)
+                continue
+            ai = zt[b, ki] if ki >= 0 else ones
+            af = zt[b, kf] if kf >= 0 else ones
+            ao = zt[b, ko] if ko >= 0 else ones
+            dzi = dzt[b, ki] if ki >= 0 else scratch[0]
+            dzf = dzt[b, kf] if kf >= 0 else scratch[1]
+            dzo = dzt[b, ko] if ko >= 0 else scratch[3]
+            _cell_backward(ai, af, zt[b, kg], ao, C[t, b], c_prev[b], dh[b], dOUT[t, b], dc[b],
+                           dzi, dzf, dzt[b, kg], dzo, wci, wcf, wco, pacc[0], pacc[1], pacc[2],
+                           cifg)
+            if has_mask:
+                fill1(dh[b], 0.0)
+        # dh_prev = dZ[t] W_hh (masked rows keep their passed-through gradient: beta = 1)
+        gemm(False, False, 1.0, dzt.reshape(B, GH), Whh, 1.0 if has_mask else 0.0, dh)
+    TB = T * B
+    dZ2 = dZ.reshape(TB, GH)
+    X2 = X.reshape(TB, D)
+    gemm(True, False, 1.0, dZ2, X2, 1.0, gWih)
+    gemm(False, False, 1.0, dZ2, Wih, 0.0, dX.reshape(TB, D))
+    if has_mask:
+        gemm(True, False, 1.0, dZ2, HP.reshape(TB, H), 1.0, gWhh)
+    else:
+        O2 = OUT.reshape(TB, H)
+        first = T - 1 if reverse else 0
+        if T > 1:
+            if reverse:  # step t follows step t + 1
+                gemm(True, False, 1.0, dZ2[:TB - B], O2[B:], 1.0, gWhh)
+            else:
+                gemm(True, False, 1.0, dZ2[B:], O2[:TB - B], 1.0, gWhh)
+        gemm(True, False, 1.0, dZ[first].reshape(B, GH), h0, 1.0, gWhh)
+    if has_bias:
+        db = np.zeros(GH, dtype=X.dtype)
+        add_rows(db, dZ2)
+        add_rows(gbih, db.reshape(1, GH))
+        add_rows(gbhh, db.reshape(1, GH))
+    for k in range(3):
+        add_rows(gpeep[k], pacc[k:k + 1])
+    # flush-to-zero for what the GEMMs produced (the element-wise results already are)
+    for a in (dX.reshape(TB * D), dh.reshape(B * H), gWih.reshape(GH * D), gWhh.reshape(GH * H),
+              gbih, gbhh, gpeep.reshape(3 * H)):
+        flush_all(a)

@@ -1,0 +1,319 @@
+"""``FusedRecurrence``: the interface of ``ReferenceRecurrence`` on the compiled kernels.
+
+This module prepares the buffers and arguments (NumPy) and calls the Numba kernels of
+``lstm``, ``gru`` and ``rnn``; the arithmetic lives there. The cache it returns is a dict of
+the buffers the forward pass filled; ``backward`` reads it without changing it (so backward
+may be called more than once on one forward pass, as with the reference).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from lstmkit.cells import GRUCell, LSTMCell, RNNCell
+from lstmkit.kernels import gru as _gru
+from lstmkit.kernels import lstm as _lstm
+from lstmkit.kernels import rnn as _rnn
+
+Array = np.ndarray
+State = tuple[Array, ...]
+
+# no_grad forward passes project the input in chunks of about this many bytes (the chunk is
+# reused, so inference memory does not grow with T beyond the output itself)
+CHUNK_BYTES = 2 << 20
+_NO_MASK = np.ones((1, 1), dtype=np.bool_)
+
+
+def _c(a: Array, dtype: np.dtype) -> Array:
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def _chunk_steps(T: int, B: int, width: int, itemsize: int) -> int:
+    return int(min(T, max(1, CHUNK_BYTES // max(1, B * width * itemsize))))
+
+
+def _mask_args(mask: Array | None) -> tuple[Array, bool]:
+    if mask is None:
+        return _NO_MASK, False
+    return np.ascontiguousarray(mask, dtype=np.bool_), True
+
+
+def _bias(cell: Any, p: dict[str, Array], size: int, dtype: np.dtype) -> Array:
+    if cell.bias:
+        return _c(p["bias_ih"], dtype) + _c(p["bias_hh"], dtype)
+    return np.zeros(size, dtype=dtype)
+
+
+def _dummy(dtype: np.dtype, ndim: int) -> Array:
+    return np.zeros((1,) * ndim, dtype=dtype)
+
+
+class _Accumulate:
+    """A contiguous array to accumulate into, written back to ``target`` if it had to copy."""
+
+    def __init__(self, target: Array | None, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.target = target
+        if target is not None and target.flags.c_contiguous and target.dtype == dtype:
+            self.array = target
+        else:
+            self.array = np.zeros(shape, dtype=dtype)
+
+    def finish(self) -> None:
+        if self.target is not None and self.array is not self.target:
+            self.target += self.array
+
+
+def _state_out(x: Array) -> Array:
+    return np.array(x, copy=True)
+
+
+# -- LSTM --------------------------------------------------------------------------------------
+
+
+def _lstm_gate_layout(cell: LSTMCell) -> Array:
+    gates = cell.gates
+    return np.array([gates.index(g) if g in gates else -1 for g in "ifgo"], dtype=np.int64)
+
+
+def _lstm_peep(cell: LSTMCell, p: dict[str, Array], H: int, dtype: np.dtype) -> Array:
+    peep = np.zeros((3, H), dtype=dtype)
+    for k, gate in enumerate("ifo"):
+        name = f"weight_c{gate}"
+        if name in p:
+            peep[k] = p[name]
+    return peep
+
+
+def lstm_forward(cell: LSTMCell, p: dict[str, Array], x: Array, state0: State,
+                 mask: Array | None, reverse: bool, keep: bool) -> tuple[Array, State, Any]:
+    dtype = x.dtype
+    x = _c(x, dtype)
+    T, B, D = x.shape
+    H = cell.hidden_size
+    G = len(cell.gates)
+    wih, whh = _c(p["weight_ih"], dtype), _c(p["weight_hh"], dtype)
+    bias = _bias(cell, p, G * H, dtype)
+    peep = _lstm_peep(cell, p, H, dtype)
+    gidx = _lstm_gate_layout(cell)
+    mask_arr, has_mask = _mask_args(mask)
+    h0, c0 = _c(state0[0], dtype), _c(state0[1], dtype)
+    Tc = T if keep else _chunk_steps(T, B, G * H, dtype.itemsize)
+    Z = np.empty((Tc, B, G, H), dtype=dtype)
+    out = np.empty((T, B, H), dtype=dtype)
+    C = np.empty((T if keep else 2, B, H), dtype=dtype)
+    if keep and has_mask:
+        HP = np.empty((T, B, H), dtype=dtype)
+        CP = np.empty((T, B, H), dtype=dtype)
+    else:
+        HP = CP = _dummy(dtype, 3)
+    hs = np.empty((B, H), dtype=dtype)
+    cs = np.empty((B, H), dtype=dtype)
+    scratch = np.empty((4, H), dtype=dtype)
+    big = np.full(H, _lstm.BIG, dtype=dtype)
+    _lstm.lstm_forward(x, wih, whh, bias, cell.bias, peep, gidx, cell.coupled_input_forget,
+                       mask_arr, has_mask, reverse, keep, h0, c0, Z, out, C, HP, CP, hs, cs,
+                       scratch, big)
+    cache = None
+    if keep:
+        cache = {"kind": "lstm", "x": x, "Z": Z, "out": out, "C": C, "HP": HP, "CP": CP,
+                 "h0": h0, "c0": c0, "mask": mask_arr, "has_mask": has_mask,
+                 "reverse": reverse, "gidx": gidx}
+        out = out.copy()  # the cache keeps its own h sequence: the caller may modify `out`
+    return out, (hs, cs), cache
+
+
+def lstm_backward(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Array,
+                  d_state: State, grads: dict[str, Array]) -> tuple[Array, State]:
+    x, Z = cache["x"], cache["Z"]
+    dtype = x.dtype
+    T, B, D = x.shape
+    H = cell.hidden_size
+    G = len(cell.gates)
+    wih, whh = _c(p["weight_ih"], dtype), _c(p["weight_hh"], dtype)
+    peep = _lstm_peep(cell, p, H, dtype)
+    d_out = _c(d_out, dtype)
+    dh = np.array(d_state[0], dtype=dtype, order="C", copy=True)
+    dc = np.array(d_state[1], dtype=dtype, order="C", copy=True)
+    dZ = np.empty_like(Z)
+    dX = np.empty((T, B, D), dtype=dtype)
+    g_wih = _Accumulate(grads.get("weight_ih"), (G * H, D), dtype)
+    g_whh = _Accumulate(grads.get("weight_hh"), (G * H, H), dtype)
+    g_bih = _Accumulate(grads.get("bias_ih"), (G * H,), dtype)
+    g_bhh = _Accumulate(grads.get("bias_hh"), (G * H,), dtype)
+    gpeep = np.zeros((3, H), dtype=dtype)
+    scratch = np.empty((4, H), dtype=dtype)
+    ones = np.ones(H, dtype=dtype)
+    _lstm.lstm_backward(x, wih, whh, cell.bias, peep, cache["gidx"],
+                        cell.coupled_input_forget, cache["mask"], cache["has_mask"],
+                        cache["reverse"], cache["h0"], cache["c0"], Z, cache["out"], cache["C"],
+                        cache["HP"], cache["CP"], d_out, dh, dc, dZ, dX, g_wih.array,
+                        g_whh.array, g_bih.array, g_bhh.array, gpeep, scratch, ones)
+    for acc in (g_wih, g_whh, g_bih, g_bhh):
+        acc.finish()
+    for k, gate in enumerate("ifo"):
+        name = f"weight_c{gate}"
+        if name in grads:
+            grads[name] += gpeep[k]
+    return dX, (dh, dc)
+
+
+def lstm_gate_sequences(cell: LSTMCell, cache: Any) -> dict[str, Array]:
+    Z, gidx = cache["Z"], cache["gidx"]
+    result: dict[str, Array] = {}
+    for k, name in enumerate("ifgo"):
+        if gidx[k] >= 0:
+            result[name] = np.ascontiguousarray(Z[:, :, gidx[k]])
+        elif name == "f" and cell.coupled_input_forget:
+            result[name] = 1.0 - result["i"]
+        else:
+            result[name] = np.ones(Z.shape[:2] + Z.shape[3:], dtype=Z.dtype)
+    result["c"] = cache["C"].copy()
+    return result
+
+
+# -- GRU ---------------------------------------------------------------------------------------
+
+
+def gru_forward(cell: GRUCell, p: dict[str, Array], x: Array, state0: State,
+                mask: Array | None, reverse: bool, keep: bool) -> tuple[Array, State, Any]:
+    dtype = x.dtype
+    x = _c(x, dtype)
+    T, B, D = x.shape
+    H = cell.hidden_size
+    wih, whh = _c(p["weight_ih"], dtype), _c(p["weight_hh"], dtype)
+    if cell.bias:
+        bih, bhh = _c(p["bias_ih"], dtype), _c(p["bias_hh"], dtype)
+    else:
+        bih = bhh = np.zeros(3 * H, dtype=dtype)
+    mask_arr, has_mask = _mask_args(mask)
+    h0 = _c(state0[0], dtype)
+    Tc = T if keep else _chunk_steps(T, B, 3 * H, dtype.itemsize)
+    Z = np.empty((Tc, B, 3, H), dtype=dtype)
+    HN = np.empty((T if keep else 1, B, H), dtype=dtype)
+    out = np.empty((T, B, H), dtype=dtype)
+    HP = np.empty((T, B, H), dtype=dtype) if keep and has_mask else _dummy(dtype, 3)
+    hs = np.empty((B, H), dtype=dtype)
+    gh = np.empty((B, 3, H), dtype=dtype)
+    _gru.gru_forward(x, wih, whh, bih, bhh, cell.bias, mask_arr, has_mask, reverse, keep, h0,
+                     Z, HN, out, HP, hs, gh)
+    cache = None
+    if keep:
+        cache = {"kind": "gru", "x": x, "Z": Z, "HN": HN, "out": out, "HP": HP, "h0": h0,
+                 "mask": mask_arr, "has_mask": has_mask, "reverse": reverse}
+        out = out.copy()
+    return out, (hs,), cache
+
+
+def gru_backward(cell: GRUCell, p: dict[str, Array], cache: Any, d_out: Array,
+                 d_state: State, grads: dict[str, Array]) -> tuple[Array, State]:
+    x, Z = cache["x"], cache["Z"]
+    dtype = x.dtype
+    T, B, D = x.shape
+    H = cell.hidden_size
+    wih, whh = _c(p["weight_ih"], dtype), _c(p["weight_hh"], dtype)
+    d_out = _c(d_out, dtype)
+    dh = np.array(d_state[0], dtype=dtype, order="C", copy=True)
+    dGH = np.empty((T, B, 3, H), dtype=dtype)
+    dNI = np.empty((T, B, H), dtype=dtype)
+    dX = np.empty((T, B, D), dtype=dtype)
+    g_wih = _Accumulate(grads.get("weight_ih"), (3 * H, D), dtype)
+    g_whh = _Accumulate(grads.get("weight_hh"), (3 * H, H), dtype)
+    g_bih = _Accumulate(grads.get("bias_ih"), (3 * H,), dtype)
+    g_bhh = _Accumulate(grads.get("bias_hh"), (3 * H,), dtype)
+    dh_new = np.empty((B, H), dtype=dtype)
+    _gru.gru_backward(x, wih, whh, cell.bias, cache["mask"], cache["has_mask"],
+                      cache["reverse"], cache["h0"], Z, cache["HN"], cache["out"], cache["HP"],
+                      d_out, dh, dh_new, dGH, dNI, dX, g_wih.array, g_whh.array, g_bih.array,
+                      g_bhh.array)
+    for acc in (g_wih, g_whh, g_bih, g_bhh):
+        acc.finish()
+    return dX, (dh,)
+
+
+def gru_gate_sequences(cell: GRUCell, cache: Any) -> dict[str, Array]:
+    Z = cache["Z"]
+    return {name: np.ascontiguousarray(Z[:, :, k]) for k, name in enumerate(("r", "z", "n"))}
+
+
+# -- RNN ---------------------------------------------------------------------------------------
+
+
+def rnn_forward(cell: RNNCell, p: dict[str, Array], x: Array, state0: State,
+                mask: Array | None, reverse: bool, keep: bool) -> tuple[Array, State, Any]:
+    dtype = x.dtype
+    x = _c(x, dtype)
+    T, B, D = x.shape
+    H = cell.hidden_size
+    wih, whh = _c(p["weight_ih"], dtype), _c(p["weight_hh"], dtype)
+    bias = _bias(cell, p, H, dtype)
+    mask_arr, has_mask = _mask_args(mask)
+    h0 = _c(state0[0], dtype)
+    A = np.empty((T, B, H), dtype=dtype)  # the activations h of every step (masked too)
+    out = np.empty((T, B, H), dtype=dtype) if has_mask else A
+    HP = np.empty((T, B, H), dtype=dtype) if keep and has_mask else _dummy(dtype, 3)
+    hs = np.empty((B, H), dtype=dtype)
+    relu = cell.nonlinearity == "relu"
+    _rnn.rnn_forward(x, wih, whh, bias, cell.bias, relu, mask_arr, has_mask, reverse, keep, h0,
+                     A, out, HP, hs)
+    cache = None
+    if keep:
+        cache = {"kind": "rnn", "x": x, "A": A, "HP": HP, "h0": h0, "mask": mask_arr,
+                 "has_mask": has_mask, "reverse": reverse}
+        if out is A:
+            out = out.copy()
+    return out, (hs,), cache
+
+
+def rnn_backward(cell: RNNCell, p: dict[str, Array], cache: Any, d_out: Array,
+                 d_state: State, grads: dict[str, Array]) -> tuple[Array, State]:
+    x, A = cache["x"], cache["A"]
+    dtype = x.dtype
+    T, B, D = x.shape
+    H = cell.hidden_size
+    wih, whh = _c(p["weight_ih"], dtype), _c(p["weight_hh"], dtype)
+    d_out = _c(d_out, dtype)
+    dh = np.array(d_state[0], dtype=dtype, order="C", copy=True)
+    dA = np.empty((T, B, H), dtype=dtype)
+    dX = np.empty((T, B, D), dtype=dtype)
+    g_wih = _Accumulate(grads.get("weight_ih"), (H, D), dtype)
+    g_whh = _Accumulate(grads.get("weight_hh"), (H, H), dtype)
+    g_bih = _Accumulate(grads.get("bias_ih"), (H,), dtype)
+    g_bhh = _Accumulate(grads.get("bias_hh"), (H,), dtype)
+    relu = cell.nonlinearity == "relu"
+    _rnn.rnn_backward(x, wih, whh, cell.bias, relu, cache["mask"], cache["has_mask"],
+                      cache["reverse"], cache["h0"], A, cache["HP"], d_out, dh, dA, dX,
+                      g_wih.array, g_whh.array, g_bih.array, g_bhh.array)
+    for acc in (g_wih, g_whh, g_bih, g_bhh):
+        acc.finish()
+    return dX, (dh,)
+
+
+# -- dispatch ----------------------------------------------------------------------------------
+
+_FORWARD = {LSTMCell: lstm_forward, GRUCell: gru_forward, RNNCell: rnn_forward}
+_BACKWARD = {"lstm": lstm_backward, "gru": gru_backward, "rnn": rnn_backward}
+
+
+def supports(cell: Any, dtype: np.dtype) -> bool:
+    """Whether the fused kernels run this cell type and dtype."""
+    return type(cell) in _FORWARD and np.dtype(dtype) in (np.float32, np.float64)
+
+
+def forward(cell: Any, p: dict[str, Array], x: Array, state0: State, mask: Array | None,
+            reverse: bool, keep: bool) -> tuple[Array, State, Any]:
+    return _FORWARD[type(cell)](cell, p, x, state0, mask, reverse, keep)
+
+
+def backward(cell: Any, p: dict[str, Array], cache: Any, d_out: Array, d_state: State,
+             grads: dict[str, Array]) -> tuple[Array, State]:
+    return _BACKWARD[cache["kind"]](cell, p, cache, d_out, d_state, grads)
+
+
+def gate_sequences(cell: Any, cache: Any) -> dict[str, Array]:
+    if cache["kind"] == "lstm":
+        return lstm_gate_sequences(cell, cache)
+    if cache["kind"] == "gru":
+        return gru_gate_sequences(cell, cache)
+    return {}

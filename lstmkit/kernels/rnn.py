@@ -1,0 +1,116 @@
+"""The fused simple RNN (tanh or relu, ``lstmkit.cells.rnn``), whole loops in Numba.
+
+A (T, B, H) holds ``b + X W_ih^T`` (one GEMM), then per step ``A[t] += h_prev W_hh^T`` (one
+GEMM) and the activation in place: A ends as h at every step (masked rows included). Without a
+mask A is the output itself.
+"""
+
+from __future__ import annotations
+
+from numba import njit
+
+from lstmkit.kernels.blas import gemm
+from lstmkit.kernels.gates import flush, one_like, tanh
+from lstmkit.kernels.loops import add_rows, copy1, copy2, fill1, fill_rows, flush_all
+
+_OPTS = {"cache": True, "error_model": "numpy", "fastmath": {"contract"}, "nogil": True}
+
+
+@njit(**_OPTS)
+def _act_forward(a, relu):
+    for j in range(a.shape[0]):
+        v = a[j]
+        if relu:
+            a[j] = max(v, v - v)
+        else:
+            a[j] = tanh(v)
+
+
+@njit(**_OPTS)
+def _act_backward(h, dh, dho, da, relu):
+    for j in range(h.shape[0]):
+        hj = h[j]
+        d = flush(dh[j]) + dho[j]
+        one = one_like(hj)
+        if relu:
+            da[j] = flush(d) if hj > 0 else d - d
+        else:
+            da[j] = flush(d * (one - hj * hj))
+
+
+@njit(**_OPTS)
+def rnn_forward(X, Wih, Whh, bias, has_bias, relu, mask, has_mask, reverse, keep, h0,
+                A, OUT, HP, hs):
+    """A: (T, B, H) activations; OUT: the output (A itself without a mask); HP: (T, B, H)
+    states before each step (keep with a mask); hs (B, H): the final state."""
+    T, B, D = X.shape
+    H = h0.shape[1]
+    A2 = A.reshape(T * B, H)
+    if has_bias:
+        fill_rows(A2, bias)
+    gemm(False, True, 1.0, X.reshape(T * B, D), Wih, 1.0 if has_bias else 0.0, A2)
+    copy2(hs, h0)
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        if has_mask:
+            h_prev = hs
+            if keep:
+                copy2(HP[t], hs)
+        elif s == 0:
+            h_prev = h0
+        else:
+            h_prev = A[t + 1 if reverse else t - 1]
+        at = A[t]
+        gemm(False, True, 1.0, h_prev, Whh, 1.0, at)
+        for b in range(B):
+            _act_forward(at[b], relu)
+        if has_mask:
+            for b in range(B):
+                if mask[t, b]:
+                    copy1(hs[b], at[b])
+                    copy1(OUT[t, b], at[b])
+                else:
+                    fill1(OUT[t, b], 0.0)
+    if not has_mask:
+        copy2(hs, A[0 if reverse else T - 1])
+
+
+@njit(**_OPTS)
+def rnn_backward(X, Wih, Whh, has_bias, relu, mask, has_mask, reverse, h0, A, HP, dOUT, dh,
+                 dA, dX, gWih, gWhh, gbih, gbhh):
+    """dh (B, H): gradient at the final state on entry, at the initial state on return."""
+    T, B, D = X.shape
+    H = h0.shape[1]
+    for s in range(T - 1, -1, -1):
+        t = T - 1 - s if reverse else s
+        da = dA[t]
+        for b in range(B):
+            if has_mask and not mask[t, b]:
+                fill1(da[b], 0.0)
+                continue
+            _act_backward(A[t, b], dh[b], dOUT[t, b], da[b], relu)
+            if has_mask:
+                fill1(dh[b], 0.0)
+        gemm(False, False, 1.0, da, Whh, 1.0 if has_mask else 0.0, dh)
+    TB = T * B
+    dA2 = dA.reshape(TB, H)
+    X2 = X.reshape(TB, D)
+    gemm(True, False, 1.0, dA2, X2, 1.0, gWih)
+    gemm(False, False, 1.0, dA2, Wih, 0.0, dX.reshape(TB, D))
+    if has_mask:
+        gemm(True, False, 1.0, dA2, HP.reshape(TB, H), 1.0, gWhh)
+    else:
+        A2 = A.reshape(TB, H)
+        first = T - 1 if reverse else 0
+        if T > 1:
+            if reverse:
+                gemm(True, False, 1.0, dA2[:TB - B], A2[B:], 1.0, gWhh)
+            else:
+                gemm(True, False, 1.0, dA2[B:], A2[:TB - B], 1.0, gWhh)
+        gemm(True, False, 1.0, dA[first], h0, 1.0, gWhh)
+    if has_bias:
+        add_rows(gbih, dA2)
+        add_rows(gbhh, dA2)
+    for a in (dX.reshape(TB * D), dh.reshape(B * H), gWih.reshape(H * D), gWhh.reshape(H * H),
+              gbih, gbhh):
+        flush_all(a)
