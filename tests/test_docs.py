@@ -39,7 +39,7 @@ GUIDES = {"en": ROOT / "docs" / "guide.md", "ja": ROOT / "docs" / "guide.ja.md"}
 OTHER = {"en": "guide.ja.md", "ja": "guide.md"}
 
 FENCE = re.compile(r"^```([\w-]*)\n(.*?)^```\s*$", re.M | re.S)
-CITATION = re.compile(r"`(lstmkit/[\w/]+\.py)`, `([\w.]+)`, L(\d+)-L(\d+)")
+CITATION = re.compile(r"`(lstmkit/[\w/]+\.py)`,\s+`([\w.]+)`,\s+L(\d+)-L(\d+)")
 NUMBER = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?")
 
 
@@ -143,6 +143,16 @@ def test_guides_have_the_same_structure():
     en, ja = shape("en"), shape("ja")
     for part in en:
         assert en[part] == ja[part], f"the guides' {part} differ"
+
+
+@pytest.mark.parametrize("lang", list(GUIDES))
+def test_every_line_range_is_a_checked_citation(lang):
+    """A line range written any other way would escape the citation check."""
+    text = guide_text(lang)
+    ranges = len(re.findall(r"\bL\d+-L\d+\b", text))
+    assert ranges == len(CITATION.findall(text)), (
+        f"{GUIDES[lang].name}: write every line range as `lstmkit/path.py`, `Name`, L1-L2"
+    )
 
 
 @pytest.mark.parametrize("lang", list(GUIDES))
