@@ -23,8 +23,8 @@ import numpy as np
 
 from lstmkit.cells import GRUCell, LSTMCell, RNNCell
 from lstmkit.grad_mode import is_grad_enabled
+from lstmkit.kernels import ReferenceRecurrence, select_recurrence
 from lstmkit.nn.module import Module, resolve_rng
-from lstmkit.recurrence import ReferenceRecurrence
 
 Array = np.ndarray
 
@@ -86,7 +86,7 @@ class RecurrentLayer(Module):
         dtype: Any = "float32",
         seed: int | np.random.Generator | None = None,
         recurrent_init: str = "uniform",
-        stateful: bool = False,
+        stateful: bool = False, fast: bool = True,
     ) -> None:
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
                             ("num_layers", num_layers)):
@@ -109,7 +109,7 @@ class RecurrentLayer(Module):
         self.num_directions = 2 if bidirectional else 1
         self.dtype = _as_dtype(dtype)
         self.stateful = bool(stateful)
-        self.recurrence: Any = REFERENCE
+        self.recurrence: Any = select_recurrence(fast)  # fused kernels unless fast=False
         self._rng = resolve_rng(seed)
         self._cells = [
             self._make_cell(self.input_size if k == 0 else self.num_directions * self.hidden_size)
@@ -474,7 +474,7 @@ class LSTM(RecurrentLayer):
         dtype: Any = "float32",
         seed: int | np.random.Generator | None = None,
         recurrent_init: str = "uniform",
-        stateful: bool = False,
+        stateful: bool = False, fast: bool = True,
     ) -> None:
         self.cell_options = {
             "peepholes": bool(peepholes), "forget_gate": bool(forget_gate),
@@ -487,7 +487,7 @@ class LSTM(RecurrentLayer):
         if self.forget_bias != 0.0 and not forget_gate:
             raise ValueError("forget_bias needs a forget gate; got forget_gate=False")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, dtype, seed, recurrent_init, stateful)
+                         bidirectional, dtype, seed, recurrent_init, stateful, fast)
 
     def _make_cell(self, input_size: int) -> LSTMCell:
         return LSTMCell(input_size, self.hidden_size, self.bias, **self.cell_options)
@@ -536,11 +536,11 @@ class RNN(RecurrentLayer):
                  nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
                  dropout: float = 0.0, bidirectional: bool = False, dtype: Any = "float32",
                  seed: int | np.random.Generator | None = None, recurrent_init: str = "uniform",
-                 stateful: bool = False) -> None:
+                 stateful: bool = False, fast: bool = True) -> None:
         RNNCell(1, 1, nonlinearity=nonlinearity)  # validates the name before any work
         self.nonlinearity = nonlinearity
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, dtype, seed, recurrent_init, stateful)
+                         bidirectional, dtype, seed, recurrent_init, stateful, fast)
 
     def _make_cell(self, input_size: int) -> RNNCell:
         return RNNCell(input_size, self.hidden_size, self.bias, self.nonlinearity)

@@ -92,9 +92,12 @@ class FusedRecurrence:
 FUSED = FusedRecurrence()
 
 
-def select(fast: bool = True) -> Any:
+def select_recurrence(fast: bool = True) -> Any:
     """The recurrence a layer runs: ``FUSED`` (which honours ``set_enabled``) or the reference."""
     return FUSED if fast else _REFERENCE
 
 
-__all__ = ["FUSED", "FusedRecurrence", "is_enabled", "select", "set_enabled"]
+select = select_recurrence
+
+__all__ = ["FUSED", "FusedRecurrence", "ReferenceRecurrence", "is_enabled", "select",
+           "select_recurrence", "set_enabled"]

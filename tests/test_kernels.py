@@ -1,0 +1,445 @@
+"""The fused kernels (``lstmkit.kernels``) against the readable reference.
+
+Every fast path must give what ``ReferenceRecurrence`` gives, to floating-point rounding:
+forward outputs, final states, gate sequences, dx, the gradient at the initial state and every
+parameter gradient, for each LSTM variant, GRU and RNN (tanh, relu), with padded sequences,
+in the reverse direction, float32 and float64; and through the layers (stacked,
+bidirectional, initial state, batch_first, return_gates). Timing is not tested here: see
+``benchmarks/bench_lstm.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+import lstmkit
+from lstmkit import kernels
+from lstmkit.cells import GRUCell, LSTMCell, RNNCell
+from lstmkit.kernels import FUSED
+from lstmkit.kernels import recurrence as fused_recurrence
+from lstmkit.recurrence import ReferenceRecurrence
+
+REF = ReferenceRecurrence()
+RTOL = {np.float32: 1e-5, np.float64: 1e-10}
+
+LSTM_VARIANTS = [
+    {},
+    {"peepholes": True},
+    {"forget_gate": False},
+    {"input_gate": False},
+    {"output_gate": False},
+    {"coupled_input_forget": True},
+    {"coupled_input_forget": True, "peepholes": True},
+    {"forget_gate": False, "output_gate": False, "peepholes": True},
+    {"input_gate": False, "peepholes": True, "bias": False},
+]
+
+
+def assert_close(actual, expected, dtype, what):
+    """Relative to the largest magnitude: |a - e| <= rtol * (|e| + max|e|)."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    assert np.isfinite(actual).all(), f"{what}: not finite"
+    rtol = RTOL[dtype]
+    scale = max(float(np.abs(expected).max(initial=0.0)), 1e-30)
+    err = np.abs(actual - expected) / (np.abs(expected) + scale)
+    assert err.max(initial=0.0) <= rtol, f"{what}: relative error {err.max():.3g} > {rtol}"
+
+
+def run_recurrence(R, cell, p, x, state0, mask, reverse, d_out, d_state):
+    out, final, cache = R.forward(cell, p, x, state0, mask, reverse, True)
+    gates = R.gate_sequences(cell, cache)
+    grads = {name: np.zeros_like(v) for name, v in p.items()}
+    dx, d0 = R.backward(cell, p, cache, d_out, d_state, grads)
+    return {"out": out, "final": final, "gates": gates, "grads": grads, "dx": dx, "d0": d0}
+
+
+def random_problem(cell, dtype, T, B, masked, seed, scale=0.5):
+    rng = np.random.default_rng(seed)
+    p = {k: rng.uniform(-scale, scale, size=s).astype(dtype)
+         for k, s in cell.param_shapes().items()}
+    x = rng.standard_normal((T, B, cell.input_size)).astype(dtype)
+    state0 = tuple(rng.standard_normal((B, cell.hidden_size)).astype(dtype)
+                   for _ in cell.state_names)
+    mask = None
+    if masked:
+        lengths = rng.integers(1, T + 1, size=B)
+        lengths[0] = T
+        mask = np.arange(T)[:, None] < lengths[None, :]
+    d_out = rng.standard_normal((T, B, cell.hidden_size)).astype(dtype)
+    d_state = tuple(rng.standard_normal((B, cell.hidden_size)).astype(dtype)
+                    for _ in cell.state_names)
+    return p, x, state0, mask, d_out, d_state
+
+
+def compare(cell, dtype, T=6, B=3, masked=False, reverse=False, seed=0):
+    p, x, state0, mask, d_out, d_state = random_problem(cell, dtype, T, B, masked, seed)
+    ref = run_recurrence(REF, cell, p, x, state0, mask, reverse, d_out, d_state)
+    fast = run_recurrence(FUSED, cell, p, x, state0, mask, reverse, d_out, d_state)
+    assert_close(fast["out"], ref["out"], dtype, "output")
+    for k, (a, e) in enumerate(zip(fast["final"], ref["final"])):
+        assert_close(a, e, dtype, f"final state {cell.state_names[k]}")
+    assert set(fast["gates"]) == set(ref["gates"])
+    for name in ref["gates"]:
+        assert_close(fast["gates"][name], ref["gates"][name], dtype, f"gate {name}")
+    assert_close(fast["dx"], ref["dx"], dtype, "dx")
+    for k, (a, e) in enumerate(zip(fast["d0"], ref["d0"])):
+        assert_close(a, e, dtype, f"d state0 {cell.state_names[k]}")
+    for name in p:
+        assert_close(fast["grads"][name], ref["grads"][name], dtype, f"grad {name}")
+    for value in (*fast["final"], *fast["d0"], fast["dx"]):
+        assert value.dtype == dtype
+
+
+# -- recurrence level: every variant, masks, reverse, dtypes -----------------------------------
+
+
+@pytest.mark.parametrize("variant", LSTM_VARIANTS, ids=lambda v: ",".join(v) or "full")
+@pytest.mark.parametrize("masked,reverse", [(False, False), (False, True), (True, False),
+                                            (True, True)])
+def test_lstm_variants_float32(variant, masked, reverse):
+    compare(LSTMCell(5, 7, **variant), np.float32, masked=masked, reverse=reverse)
+
+
+@pytest.mark.parametrize("variant", LSTM_VARIANTS, ids=lambda v: ",".join(v) or "full")
+@pytest.mark.parametrize("masked,reverse", [(False, False), (True, True)])
+def test_lstm_variants_float64(variant, masked, reverse):
+    compare(LSTMCell(5, 7, **variant), np.float64, masked=masked, reverse=reverse, seed=1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("masked,reverse", [(False, False), (False, True), (True, False),
+                                            (True, True)])
+def test_gru(dtype, bias, masked, reverse):
+    compare(GRUCell(5, 7, bias=bias), dtype, masked=masked, reverse=reverse, seed=2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("masked,reverse", [(False, False), (False, True), (True, False),
+                                            (True, True)])
+def test_rnn(dtype, nonlinearity, masked, reverse):
+    compare(RNNCell(5, 7, nonlinearity=nonlinearity), dtype, masked=masked, reverse=reverse,
+            seed=3)
+
+
+@pytest.mark.parametrize("cell", [LSTMCell(3, 4, peepholes=True), GRUCell(3, 4), RNNCell(3, 4)],
+                         ids=["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("T,B", [(1, 1), (1, 5), (9, 1), (4, 2)])
+def test_edge_shapes(cell, T, B):
+    """Single step, single sequence (the BLAS gemv path), both directions."""
+    compare(cell, np.float32, T=T, B=B, reverse=False, seed=4)
+    compare(cell, np.float32, T=T, B=B, masked=B > 1, reverse=True, seed=5)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_shapes(seed):
+    rng = np.random.default_rng(100 + seed)
+    T, B, D, H = (int(v) for v in rng.integers(1, 12, size=4))
+    variant = LSTM_VARIANTS[seed % len(LSTM_VARIANTS)]
+    masked, reverse = bool(seed % 2), bool(seed // 2)
+    compare(LSTMCell(D, H, **variant), np.float32, T=T, B=B, masked=masked and B > 1,
+            reverse=reverse, seed=seed)
+    compare(GRUCell(D, H), np.float32, T=T, B=B, masked=masked and B > 1, reverse=reverse,
+            seed=seed)
+
+
+@pytest.mark.parametrize("cell", [LSTMCell(4, 6, peepholes=True), GRUCell(4, 6), RNNCell(4, 6)],
+                         ids=["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_no_grad_forward_in_chunks(cell, masked, reverse, monkeypatch):
+    """Without a cache the input projection runs in chunks: same outputs, nothing kept."""
+    monkeypatch.setattr(fused_recurrence, "CHUNK_BYTES", 1)  # one step per chunk
+    p, x, state0, mask, _, _ = random_problem(cell, np.float32, 7, 3, masked, 6)
+    out, final, cache = FUSED.forward(cell, p, x, state0, mask, reverse, False)
+    ref_out, ref_final, _ = REF.forward(cell, p, x, state0, mask, reverse, False)
+    assert cache is None
+    assert_close(out, ref_out, np.float32, "output")
+    for a, e in zip(final, ref_final):
+        assert_close(a, e, np.float32, "final state")
+
+
+def test_backward_twice_accumulates():
+    """backward leaves the cache intact: a second call adds the same gradients again."""
+    cell = LSTMCell(4, 5, peepholes=True)
+    p, x, state0, mask, d_out, d_state = random_problem(cell, np.float32, 6, 3, True, 7)
+    _, _, cache = FUSED.forward(cell, p, x, state0, mask, False, True)
+    grads = {name: np.zeros_like(v) for name, v in p.items()}
+    dx1, _ = FUSED.backward(cell, p, cache, d_out, d_state, grads)
+    once = {name: g.copy() for name, g in grads.items()}
+    dx2, _ = FUSED.backward(cell, p, cache, d_out, d_state, grads)
+    np.testing.assert_array_equal(dx1, dx2)
+    for name in grads:
+        np.testing.assert_allclose(grads[name], 2 * once[name], rtol=1e-6, atol=1e-7)
+
+
+def test_output_is_not_the_cache():
+    """Changing the returned output in place does not change what backward computes."""
+    cell = LSTMCell(3, 4)
+    p, x, state0, _, d_out, d_state = random_problem(cell, np.float32, 5, 2, False, 8)
+    out, _, cache = FUSED.forward(cell, p, x, state0, None, False, True)
+    grads = {name: np.zeros_like(v) for name, v in p.items()}
+    dx1, _ = FUSED.backward(cell, p, cache, d_out, d_state, grads)
+    out[...] = 1e3
+    grads2 = {name: np.zeros_like(v) for name, v in p.items()}
+    dx2, _ = FUSED.backward(cell, p, cache, d_out, d_state, grads2)
+    np.testing.assert_array_equal(dx1, dx2)
+    for name in grads:
+        np.testing.assert_array_equal(grads[name], grads2[name])
+
+
+# -- numerical safety --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cell", [LSTMCell(3, 4, peepholes=True), GRUCell(3, 4), RNNCell(3, 4)],
+                         ids=["lstm", "gru", "rnn"])
+def test_huge_preactivations(cell, dtype):
+    """|z| ~ 1e4: no warning, finite, and the same saturated values as the reference."""
+    p, x, state0, mask, d_out, d_state = random_problem(cell, dtype, 5, 3, True, 9)
+    for name in p:
+        p[name] *= 2e3
+    x *= 10
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fast = run_recurrence(FUSED, cell, p, x, state0, mask, False, d_out, d_state)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = run_recurrence(REF, cell, p, x, state0, mask, False, d_out, d_state)
+    for value in (fast["out"], fast["dx"], *fast["final"], *fast["d0"], *fast["grads"].values(),
+                  *fast["gates"].values()):
+        assert np.isfinite(value).all()
+    np.testing.assert_allclose(fast["out"], ref["out"], rtol=1e-4, atol=1e-4)
+    for name in ref["gates"]:
+        np.testing.assert_allclose(fast["gates"][name], ref["gates"][name], rtol=1e-4, atol=1e-4)
+
+
+def test_gate_functions_accuracy():
+    """The vectorised float32 sigmoid/tanh are within a few ulp; extremes are exact 0/1."""
+    from numba import njit
+    from scipy.special import expit
+
+    from lstmkit.kernels.gates import sigmoid, tanh
+
+    @njit(error_model="numpy")
+    def apply(x, s, t):
+        for k in range(x.shape[0]):
+            s[k] = sigmoid(x[k])
+            t[k] = tanh(x[k])
+
+    rng = np.random.default_rng(10)
+    x = np.concatenate([rng.standard_normal(20000) * 4, rng.uniform(-90, 90, 20000),
+                        np.linspace(-1e-3, 1e-3, 2001),
+                        [0.0, 1e4, -1e4, 1e30, -1e30, 88.8, -88.8, 1e-30]]).astype(np.float32)
+    s, t = np.empty_like(x), np.empty_like(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        apply(x, s, t)
+    x64 = x.astype(np.float64)
+    s_true = expit(x64)
+    t_true = np.tanh(x64)
+    normal = s_true > 1.2e-38
+    ulp_s = np.abs(s - s_true)[normal] / np.spacing(s_true[normal].astype(np.float32))
+    ulp_t = np.abs(t - t_true) / np.spacing(np.maximum(np.abs(t_true), 1e-37).astype(np.float32))
+    assert ulp_s.max() <= 4 and ulp_t.max() <= 4
+    assert np.abs(s - s_true).max() < 1e-37 + 4 * np.spacing(np.float32(1))
+    assert s[x == 1e4][0] == 1.0 and s[x == -1e4][0] == 0.0
+    assert t[x == 1e4][0] == 1.0 and t[x == -1e4][0] == -1.0
+    assert not np.any((s != 0) & (np.abs(s) < np.finfo(np.float32).tiny))  # no denormals
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
+def test_long_backward_flushes_denormals(mode):
+    """Back through time a decaying gradient goes from normal numbers straight to 0: nothing
+    subnormal is left in dx, the initial-state gradient or any parameter gradient."""
+    T, tiny = 400, np.finfo(np.float32).tiny
+    kw = {"forget_bias": -3.0} if mode == "LSTM" else {}
+    layer = getattr(lstmkit, mode)(4, 8, seed=0, **kw)
+    if mode != "LSTM":  # a contracting recurrence: the gradient shrinks every step
+        for value in layer.params.values():
+            value *= 0.3
+    x = np.random.default_rng(11).standard_normal((T, 2, 4)).astype(np.float32)
+    out, _ = layer(x)
+    d_out = np.zeros_like(out)
+    d_out[-1] = 1.0
+    dx, d0 = layer.backward(d_out)
+    per_step = np.abs(dx).reshape(T, -1).max(axis=1)
+    assert per_step[0] == 0.0 and per_step[-1] > 1e-6  # it did decay all the way to zero
+    nonzero = per_step[per_step > 0]
+    assert nonzero.min() < 1e-30  # ... through the smallest normal numbers
+    for value in (dx, *(d0 if isinstance(d0, tuple) else (d0,)), *layer.grads.values()):
+        magnitude = np.abs(value)
+        assert not np.any((magnitude > 0) & (magnitude < tiny))
+
+
+def test_gemm_strided_views():
+    from numba import njit
+
+    from lstmkit.kernels.blas import gemm
+
+    @njit
+    def call(ta, tb, alpha, a, b, beta, c):
+        gemm(ta, tb, alpha, a, b, beta, c)
+
+    rng = np.random.default_rng(12)
+    for dtype in (np.float32, np.float64):
+        for ta in (False, True):
+            for tb in (False, True):
+                for m in (1, 4):
+                    a = rng.standard_normal((6, 9)).astype(dtype)[:, 1:6]
+                    a = a[:5, :m] if ta else a[:m, :5]
+                    b = rng.standard_normal((7, 10)).astype(dtype)
+                    b = b[:3, 2:7] if tb else b[:5, 2:5]
+                    c_full = rng.standard_normal((m, 8)).astype(dtype)
+                    c = c_full[:, 2:5]
+                    expected = 0.5 * ((a.T if ta else a) @ (b.T if tb else b)) + 2.0 * c
+                    call(ta, tb, 0.5, a, b, 2.0, c)
+                    np.testing.assert_allclose(c, expected, rtol=1e-5)
+
+
+# -- through the layers ------------------------------------------------------------------------
+
+
+def layer_pair(mode, D, H, **kw):
+    fast = getattr(lstmkit, mode)(D, H, seed=3, **kw)
+    slow = getattr(lstmkit, mode)(D, H, seed=3, fast=False, **kw)
+    assert fast.recurrence is FUSED and slow.recurrence is not FUSED
+    return fast, slow
+
+
+def run_layer(layer, x, state, lengths, d_out, d_state):
+    layer.zero_grad()
+    out, state_n, gates = layer(x, state, lengths=lengths, return_gates=True)
+    dx, d0 = layer.backward(d_out, d_state)
+    return out, state_n, gates, dx, d0, {n: g.copy() for n, g in layer.grads.items()}
+
+
+def flat(value):
+    if isinstance(value, (tuple, list)):
+        return [v for item in value for v in flat(item)]
+    return [value]
+
+
+LAYER_CASES = [
+    ("LSTM", {"num_layers": 2, "bidirectional": True, "peepholes": True}, False, True, True),
+    ("LSTM", {"num_layers": 2, "coupled_input_forget": True}, True, True, False),
+    ("LSTM", {"bidirectional": True, "forget_gate": False, "dtype": "float64"}, True, False,
+     True),
+    ("GRU", {"num_layers": 2, "bidirectional": True}, False, True, True),
+    ("RNN", {"nonlinearity": "relu", "bidirectional": True, "num_layers": 2}, True, True, True),
+]
+
+
+@pytest.mark.parametrize("mode,kw,batch_first,with_state,with_lengths", LAYER_CASES)
+def test_layers_fast_equals_reference(mode, kw, batch_first, with_state, with_lengths):
+    T, B, D, H = 7, 4, 5, 6
+    fast, slow = layer_pair(mode, D, H, batch_first=batch_first, **kw)
+    dtype = fast.dtype.type
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((B, T, D) if batch_first else (T, B, D)).astype(dtype)
+    L = fast.num_layers * fast.num_directions
+    n_state = 2 if mode == "LSTM" else 1
+    state = None
+    if with_state:
+        parts = tuple(rng.standard_normal((L, B, H)).astype(dtype) for _ in range(n_state))
+        state = parts if n_state == 2 else parts[0]
+    lengths = np.array([T, 3, 1, 5]) if with_lengths else None
+    out_shape = (B, T, fast.num_directions * H) if batch_first else (T, B,
+                                                                     fast.num_directions * H)
+    d_out = rng.standard_normal(out_shape).astype(dtype)
+    d_parts = tuple(rng.standard_normal((L, B, H)).astype(dtype) for _ in range(n_state))
+    d_state = d_parts if n_state == 2 else d_parts[0]
+    a = run_layer(fast, x, state, lengths, d_out, d_state)
+    e = run_layer(slow, x, state, lengths, d_out, d_state)
+    assert_close(a[0], e[0], dtype, "output")
+    for u, v in zip(flat(a[1]), flat(e[1])):
+        assert_close(u, v, dtype, "state_n")
+    assert a[2].keys() == e[2].keys()
+    for key in e[2]:
+        for name in e[2][key]:
+            assert_close(a[2][key][name], e[2][key][name], dtype, f"gates {key} {name}")
+    assert_close(a[3], e[3], dtype, "dx")
+    for u, v in zip(flat(a[4]), flat(e[4])):
+        assert_close(u, v, dtype, "d state_0")
+    for name in e[5]:
+        assert_close(a[5][name], e[5][name], dtype, f"grad {name}")
+
+
+def test_no_grad_layer_matches():
+    fast, slow = layer_pair("LSTM", 5, 6, num_layers=2, bidirectional=True)
+    x = np.random.default_rng(14).standard_normal((8, 3, 5)).astype(np.float32)
+    with lstmkit.no_grad():
+        out_f, (h_f, c_f) = fast(x, lengths=np.array([8, 2, 5]))
+        out_s, (h_s, c_s) = slow(x, lengths=np.array([8, 2, 5]))
+    assert_close(out_f, out_s, np.float32, "output")
+    assert_close(h_f, h_s, np.float32, "h_n")
+    assert_close(c_f, c_s, np.float32, "c_n")
+
+
+def test_switches():
+    layer = lstmkit.LSTM(3, 4, seed=0)
+    x = np.random.default_rng(15).standard_normal((4, 2, 3)).astype(np.float32)
+    assert kernels.is_enabled()
+    layer(x)
+    assert layer._cache["caches"][0]["kind"] == "lstm"
+    try:
+        kernels.set_enabled(False)
+        assert not kernels.is_enabled()
+        layer(x)
+        assert layer._cache["caches"][0]["kind"] == "reference"
+        layer.backward(np.ones((4, 2, 4), np.float32))
+    finally:
+        kernels.set_enabled(True)
+    assert lstmkit.LSTM(3, 4, fast=False).recurrence is not FUSED
+    assert lstmkit.GRU(3, 4, fast=False).recurrence is not FUSED
+    assert lstmkit.RNN(3, 4, fast=False).recurrence is not FUSED
+
+
+def test_environment_switch():
+    code = ("import numpy as np, lstmkit, lstmkit.kernels as k; layer = lstmkit.LSTM(2, 3); "
+            "layer(np.zeros((2, 1, 2), np.float32)); "
+            "print(k.is_enabled(), layer._cache['caches'][0]['kind'])")
+    for value, expected in (("0", "False reference"), ("1", "True lstm")):
+        env = dict(os.environ, LSTMKIT_KERNELS=value)
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                env=env, check=True)
+        assert result.stdout.strip() == expected
+
+
+# -- against PyTorch, fast path on -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
+def test_quick_parity_with_torch(mode):
+    """The quick PyTorch check (packed variable-length batch) with the default fast path."""
+    torch = pytest.importorskip("torch")
+    T, B, D, H = 8, 3, 4, 5
+    torch.manual_seed(0)
+    module = getattr(torch.nn, mode)(D, H, num_layers=2, bidirectional=True)
+    layer = getattr(lstmkit, mode)(D, H, num_layers=2, bidirectional=True, seed=0)
+    assert layer.recurrence is FUSED
+    layer.load_state_dict(module.state_dict())
+    rng = np.random.default_rng(16)
+    x = rng.standard_normal((T, B, D)).astype(np.float32)
+    lengths = np.array([8, 5, 2])
+    xt = torch.tensor(x, requires_grad=True)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(xt, torch.tensor(lengths),
+                                                     enforce_sorted=False)
+    out_t, _ = module(packed)
+    out_t, _ = torch.nn.utils.rnn.pad_packed_sequence(out_t, total_length=T)
+    out_t.backward(torch.ones_like(out_t))
+    out, _ = layer(x, lengths=lengths)
+    dx, _ = layer.backward(np.ones_like(out))
+    np.testing.assert_allclose(out, out_t.detach().numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-4, atol=1e-5)
+    for name, param in module.named_parameters():
+        np.testing.assert_allclose(layer.grads[name], param.grad.numpy(), rtol=1e-4, atol=1e-5)
