@@ -337,6 +337,6 @@ def _plots(out_dir: Path, runs: list[dict[str, Any]]) -> list[Path]:
     norms = {f"{r['label']} #{r['seed']}": (np.arange(len(r["c_norm"])), r["c_norm"])
              for r in runs}
     cell = plot_curves(out_dir / "cell_state_norm.png", [norms],
-                       ["||c_t|| over the 200-string test stream, never reset (except the "
-                        "control)"], "step", "||c_t||", logy=True)
+                       ["‖c_t‖ over the test stream (reset only in the control)"], "step",
+                       "‖c_t‖", logy=True)
     return [curves, cell]

@@ -45,11 +45,12 @@ NAME = "temporal-order"
 TITLE = "Temporal order (Hochreiter & Schmidhuber 1997, Experiment 6a)"
 PAPER = {"sequences": 31_390, "wrong": "1/2560", "trials": 20}
 N_CLASSES = 4
+LABELS = {"lstm": "LSTM", "lstm-1997": "LSTM without forget gate (1997)", "rnn": "RNN (tanh)"}
 
 
 @dataclass(frozen=True)
 class TemporalOrderConfig:
-    """Settings (``--set NAME=VALUE``). ``models``: among "lstm" and "rnn" (tanh)."""
+    """Settings (``--set NAME=VALUE``). ``models``: among "lstm", "lstm-1997" and "rnn"."""
 
     hidden: int = 16
     batch: int = 32
@@ -73,14 +74,18 @@ PRESETS = {
 
 
 def build_model(kind: str, config: TemporalOrderConfig, seed: int) -> SequenceModel:
-    """"lstm" (forget bias ``config.forget_bias``) or "rnn", read out at the last step."""
+    """"lstm" (forget bias ``config.forget_bias``), "lstm-1997" (no forget gate, the paper's
+    cell) or "rnn", read out at the last step."""
     inputs = len(TEMPORAL_ORDER_SYMBOLS)
     if kind == "lstm":
         return SequenceModel(inputs, config.hidden, N_CLASSES, cell="lstm", seed=seed,
                              forget_bias=config.forget_bias)
+    if kind == "lstm-1997":
+        return SequenceModel(inputs, config.hidden, N_CLASSES, cell="lstm", seed=seed,
+                             forget_gate=False)
     if kind == "rnn":
         return SequenceModel(inputs, config.hidden, N_CLASSES, cell="rnn", seed=seed)
-    raise ValueError(f"unknown model {kind!r}; choose 'lstm' or 'rnn'")
+    raise ValueError(f"unknown model {kind!r}; choose 'lstm', 'lstm-1997' or 'rnn'")
 
 
 def evaluate(model: SequenceModel, test: Any) -> dict[str, float]:
@@ -135,7 +140,7 @@ def train_one(kind: str, config: TemporalOrderConfig, seed: int, test: Any,
         bar.update(config.budget - seen)
     final = evaluate(model, test) if all_finite(model.params) else {
         "loss": float("nan"), "accuracy": 0.0, "paper_accuracy": 0.0, "wrong": len(test.y)}
-    return {"model": kind, "label": "LSTM" if kind == "lstm" else "RNN (tanh)", "seed": seed,
+    return {"model": kind, "label": LABELS[kind], "seed": seed,
             "sequences": seen, "reached_99": reached, "status": status,
             "seconds": timing["seconds"], "curve": curve, **final}
 
