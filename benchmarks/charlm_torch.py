@@ -103,6 +103,36 @@ def main() -> None:
         print(f"step {step} | val loss {val_loss:.4f} | {points[-1]['elapsed']:.0f} s",
               file=sys.stderr, flush=True)
 
+    def plan(replan: bool = False) -> None:
+        """lstmkit's rule: fit the cosine to the time budget, again after each validation."""
+        nonlocal schedule, mark
+        if config.steps is not None or config.time_limit is None:
+            return
+        if mark is None:
+            if step >= 2:
+                mark = (step, train_seconds)
+            return
+        if schedule is not None and not replan:
+            return
+        if not calibration_due(step - mark[0], train_seconds - mark[1], config.time_limit):
+            return
+        total = step + remaining_steps(
+            config.time_limit - (time.perf_counter() - started),
+            (train_seconds - mark[1]) / (step - mark[0]),
+            config.batch_size * config.seq_len, val_ids.size, config.eval_every, eval_seconds,
+        )
+        if schedule is not None and total == schedule.T_max:
+            return
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr
+            group["initial_lr"] = config.lr
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=total, eta_min=config.min_lr)
+        with warnings.catch_warnings():  # advancing a new schedule to this step
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(step):
+                schedule.step()
+
     while True:
         elapsed = time.perf_counter() - started
         if config.steps is not None and step >= config.steps:
@@ -131,25 +161,11 @@ def main() -> None:
         if not math.isfinite(losses[-1]):
             status = "nonfinite"
             break
-        if schedule is None and config.time_limit is not None:
-            if mark is None:
-                if step >= 2:
-                    mark = (step, train_seconds)
-            elif calibration_due(step - mark[0], train_seconds - mark[1], config.time_limit):
-                more = remaining_steps(
-                    config.time_limit - (time.perf_counter() - started),
-                    (train_seconds - mark[1]) / (step - mark[0]),
-                    config.batch_size * config.seq_len, val_ids.size, config.eval_every,
-                    eval_seconds,
-                )
-                schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
-                    optimizer, T_max=step + more, eta_min=config.min_lr)
-                with warnings.catch_warnings():  # advancing a new schedule to this step
-                    warnings.simplefilter("ignore", UserWarning)
-                    for _ in range(step):
-                        schedule.step()
+        if schedule is None:
+            plan()
         if step % config.eval_every == 0:
             validate()
+            plan(replan=True)
     if not points or points[-1]["step"] != step:
         validate()
     output = {

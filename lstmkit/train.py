@@ -109,11 +109,12 @@ class TrainConfig:
     ``min_lr`` over the run, gradients clipped to global norm ``clip`` (0: no clipping).
     Budget: ``steps`` and/or ``time_limit`` (seconds, wall clock, counted over all sessions of a
     resumed run); with only a time limit the cosine's length is estimated from the measured
-    speed once training has warmed up. Evaluation: every ``eval_every`` steps, as
-    ``eval_batch_size`` streams in chunks of ``eval_seq_len``; ``patience`` evaluations without
-    a lower validation loss stop the run (0: never). ``sample_every`` steps (0: never) print
-    ``sample_length`` characters at ``sample_temperature``. ``keep``: checkpoints kept besides
-    the best one. ``seed`` fixes the weights, the dropout masks and the samples.
+    speed once training has warmed up, and re-estimated at every validation. Evaluation: every
+    ``eval_every`` steps, as ``eval_batch_size`` streams in chunks of ``eval_seq_len``;
+    ``patience`` evaluations without a lower validation loss stop the run (0: never).
+    ``sample_every`` steps (0: never) print ``sample_length`` characters at
+    ``sample_temperature``. ``keep``: checkpoints kept besides the best one. ``seed`` fixes
+    the weights, the dropout masks and the samples.
     """
 
     cell: str = "lstm"
@@ -548,6 +549,7 @@ class Trainer:
 
     def _make_schedule(self, total_steps: int, done: int = 0) -> None:
         """Cosine annealing over ``total_steps``, advanced ``done`` steps (PyTorch's values)."""
+        self.optimizer.lr = self.config.lr  # the schedule starts from the optimizer's rate
         self.schedule = CosineAnnealingLR(self.optimizer, T_max=int(total_steps),
                                           eta_min=self.config.min_lr)
         for _ in range(min(done, total_steps)):
@@ -706,24 +708,32 @@ class Trainer:
             return "early_stopped"
         return None
 
-    def _maybe_calibrate(self) -> None:
-        """With only a time limit: fix the cosine's length from the measured speed."""
+    def _maybe_calibrate(self, replan: bool = False) -> None:
+        """With only a time limit: fit the cosine's length to the measured speed.
+
+        First as soon as enough steps have been timed, then (``replan``) after every validation
+        from the average speed since the first steps and the measured validation time, since a
+        shared machine's speed drifts; each new cosine continues from the current step.
+        """
         cfg = self.config
-        if self.schedule is not None or cfg.time_limit is None:
+        if cfg.steps is not None or cfg.time_limit is None:
             return
         if self._rate_mark is None:
             if self.step >= 2:  # after the first steps, which may compile kernels
                 self._rate_mark = (self.step, self.train_seconds)
             return
+        if self.schedule is not None and not replan:
+            return
         mark_step, mark_seconds = self._rate_mark
         seconds = self.train_seconds - mark_seconds
         if not calibration_due(self.step - mark_step, seconds, cfg.time_limit):
             return
-        more = remaining_steps(
+        total = self.step + remaining_steps(
             cfg.time_limit - self.elapsed, seconds / (self.step - mark_step),
             cfg.batch_size * cfg.seq_len, self.val_ids.size, cfg.eval_every, self._eval_seconds,
         )
-        self._make_schedule(self.step + more, done=self.step)
+        if self.schedule is None or total != self.schedule.T_max:
+            self._make_schedule(total, done=self.step)
 
     def _progress_bar(self) -> Any:
         from tqdm import tqdm
@@ -825,6 +835,7 @@ class Trainer:
                 self.callback(self)
             if self.step % cfg.eval_every == 0:
                 self._validate_and_save(self._stop or "running")
+                self._maybe_calibrate(replan=True)
             if cfg.sample_every and self.step % cfg.sample_every == 0 and not self.quiet:
                 text = sample(model, self.vocab, cfg.sample_length,
                               temperature=cfg.sample_temperature, seed=cfg.seed + self.step)

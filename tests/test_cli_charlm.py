@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 import lstmkit.train as train_module
+from lstmkit import kernels
 from lstmkit.cli import main
 from lstmkit.io import CheckpointManager, load_checkpoint
 from lstmkit.nn import softmax_cross_entropy
@@ -24,6 +26,16 @@ from lstmkit.nn import softmax_cross_entropy
 TINY = ["--layers", "1", "--hidden", "16", "--embedding", "8", "--seq-len", "10", "--batch", "2",
         "--sample-every", "0", "--quiet"]
 PRIME_JA = "ところで、とてもお腹が空いたから何か"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def reference_recurrence():
+    """Test the loop on the reference recurrence: for these tiny models it is as fast, and no
+    test waits for the fused kernels to compile."""
+    enabled = kernels.is_enabled()
+    kernels.set_enabled(False)
+    yield
+    kernels.set_enabled(enabled)
 
 
 def english(n: int = 600) -> str:
@@ -228,7 +240,8 @@ def test_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, signum):
                str(text_file), "--out", str(out), "--steps", "1000000", "--time-limit", "2",
                "--eval-every", "20", *[a for a in TINY if a != "--quiet"]]
     with open(stdout, "wb") as out_file, open(stderr, "wb") as err_file:
-        process = subprocess.Popen(command, stdout=out_file, stderr=err_file)
+        env = {**os.environ, "LSTMKIT_KERNELS": "0"}
+        process = subprocess.Popen(command, stdout=out_file, stderr=err_file, env=env)
         try:
             deadline = time.monotonic() + 60
             while not (out / "latest.json").exists():  # the first checkpoint: training runs

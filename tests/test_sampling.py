@@ -5,12 +5,23 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lstmkit import kernels
 from lstmkit.models import CharLM
 from lstmkit.sampling import next_char_probabilities, sample
 from lstmkit.text import UnknownCharactersError, Vocabulary
 from lstmkit.train import TrainConfig, load_charlm, train
 
 JAPANESE = "吾輩は猫である。名前はまだ無い。"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def reference_recurrence():
+    """Test the loop on the reference recurrence: for these tiny models it is as fast, and no
+    test waits for the fused kernels to compile."""
+    enabled = kernels.is_enabled()
+    kernels.set_enabled(False)
+    yield
+    kernels.set_enabled(enabled)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import lstmkit.train as train_module
+from lstmkit import kernels
 from lstmkit.grad_mode import no_grad
 from lstmkit.io import CheckpointManager, load_checkpoint
 from lstmkit.models import CharLM
@@ -39,6 +40,16 @@ def make_text(n: int = 330, seed: int = 0) -> str:
 
 
 TEXT = make_text()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def reference_recurrence():
+    """Test the loop on the reference recurrence: for these tiny models it is as fast, and no
+    test waits for the fused kernels to compile (one test below runs them on purpose)."""
+    enabled = kernels.is_enabled()
+    kernels.set_enabled(False)
+    yield
+    kernels.set_enabled(enabled)
 
 
 def tiny(**changes: object) -> TrainConfig:
@@ -142,6 +153,25 @@ def test_resume_continues_bit_identically(tmp_path, stop_at):
     assert second.status == "completed" and second.step == 16
     assert np.array_equal(second.train_losses, whole.train_losses)
     assert [h["val_loss"] for h in second.history] == [h["val_loss"] for h in whole.history]
+    a, b = params_of(tmp_path / "whole"), params_of(tmp_path / "parts")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_resume_is_bit_identical_with_the_fused_kernels(tmp_path):
+    config = tiny(steps=10, eval_every=5)
+
+    def stop(trainer):
+        if trainer.step == 7:
+            trainer.request_stop()
+
+    kernels.set_enabled(True)
+    try:
+        whole = run(tmp_path, "whole", config)
+        run(tmp_path, "parts", config, callback=stop)
+        resumed = train(TEXT, tmp_path / "parts", resume=True, quiet=True)
+    finally:
+        kernels.set_enabled(False)
+    assert np.array_equal(resumed.train_losses, whole.train_losses)
     a, b = params_of(tmp_path / "whole"), params_of(tmp_path / "parts")
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
