@@ -41,6 +41,25 @@ LSTM_VARIANTS = [
 ]
 
 
+LAYOUTS = ["row", "batch-inner", "2-parts", "3-parts"]
+
+
+@pytest.fixture
+def layout(request, monkeypatch):
+    """Force one code path of the fused LSTM: the row layout (any B), the batch-inner layout
+    on one thread, or split over 2 or 3 parts (threads)."""
+    from lstmkit.kernels import threads
+
+    name = request.param
+    if name == "row":
+        monkeypatch.setattr(fused_recurrence, "BATCH_INNER_MIN_B", 10**9)
+    else:
+        monkeypatch.setattr(fused_recurrence, "BATCH_INNER_MIN_B", 1)
+        parts = {"batch-inner": 1, "2-parts": 2, "3-parts": 3}[name]
+        monkeypatch.setattr(threads, "parts_for", lambda B, H, G: min(parts, H))
+    return name
+
+
 def assert_close(actual, expected, dtype, what):
     """Relative to the largest magnitude: |a - e| <= rtol * (|e| + max|e|)."""
     actual = np.asarray(actual, dtype=np.float64)
@@ -101,17 +120,28 @@ def compare(cell, dtype, T=6, B=3, masked=False, reverse=False, seed=0):
 # -- recurrence level: every variant, masks, reverse, dtypes -----------------------------------
 
 
+@pytest.mark.parametrize("layout", LAYOUTS, indirect=True)
 @pytest.mark.parametrize("variant", LSTM_VARIANTS, ids=lambda v: ",".join(v) or "full")
 @pytest.mark.parametrize("masked,reverse", [(False, False), (False, True), (True, False),
                                             (True, True)])
-def test_lstm_variants_float32(variant, masked, reverse):
+def test_lstm_variants_float32(variant, masked, reverse, layout):
     compare(LSTMCell(5, 7, **variant), np.float32, masked=masked, reverse=reverse)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS, indirect=True)
 @pytest.mark.parametrize("variant", LSTM_VARIANTS, ids=lambda v: ",".join(v) or "full")
 @pytest.mark.parametrize("masked,reverse", [(False, False), (True, True)])
-def test_lstm_variants_float64(variant, masked, reverse):
+def test_lstm_variants_float64(variant, masked, reverse, layout):
     compare(LSTMCell(5, 7, **variant), np.float64, masked=masked, reverse=reverse, seed=1)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, indirect=True)
+@pytest.mark.parametrize("T,B,H", [(1, 1, 9), (6, 1, 17), (5, 4, 16), (4, 9, 24)])
+def test_lstm_layouts_shapes(T, B, H, layout):
+    """Uneven unit splits, single sequences and steps, in every layout."""
+    compare(LSTMCell(3, H, peepholes=True), np.float32, T=T, B=B, masked=B > 1, reverse=True,
+            seed=H)
+    compare(LSTMCell(3, H, coupled_input_forget=True), np.float32, T=T, B=B, seed=B)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -152,11 +182,12 @@ def test_random_shapes(seed):
             seed=seed)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS, indirect=True)
 @pytest.mark.parametrize("cell", [LSTMCell(4, 6, peepholes=True), GRUCell(4, 6), RNNCell(4, 6)],
                          ids=["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_no_grad_forward_in_chunks(cell, masked, reverse, monkeypatch):
+def test_no_grad_forward_in_chunks(cell, masked, reverse, monkeypatch, layout):
     """Without a cache the input projection runs in chunks: same outputs, nothing kept."""
     monkeypatch.setattr(fused_recurrence, "CHUNK_BYTES", 1)  # one step per chunk
     p, x, state0, mask, _, _ = random_problem(cell, np.float32, 7, 3, masked, 6)
@@ -168,7 +199,8 @@ def test_no_grad_forward_in_chunks(cell, masked, reverse, monkeypatch):
         assert_close(a, e, np.float32, "final state")
 
 
-def test_backward_twice_accumulates():
+@pytest.mark.parametrize("layout", LAYOUTS, indirect=True)
+def test_backward_twice_accumulates(layout):
     """backward leaves the cache intact: a second call adds the same gradients again."""
     cell = LSTMCell(4, 5, peepholes=True)
     p, x, state0, mask, d_out, d_state = random_problem(cell, np.float32, 6, 3, True, 7)
@@ -294,13 +326,13 @@ def test_gemm_strided_views():
     for dtype in (np.float32, np.float64):
         for ta in (False, True):
             for tb in (False, True):
-                for m in (1, 4):
+                for m, n in ((1, 3), (4, 3), (4, 1), (1, 1)):
                     a = rng.standard_normal((6, 9)).astype(dtype)[:, 1:6]
                     a = a[:5, :m] if ta else a[:m, :5]
                     b = rng.standard_normal((7, 10)).astype(dtype)
-                    b = b[:3, 2:7] if tb else b[:5, 2:5]
+                    b = b[:n, 2:7] if tb else b[:5, 2:2 + n]
                     c_full = rng.standard_normal((m, 8)).astype(dtype)
-                    c = c_full[:, 2:5]
+                    c = c_full[:, 2:2 + n] if n > 1 else rng.standard_normal((m, 1)).astype(dtype)
                     expected = 0.5 * ((a.T if ta else a) @ (b.T if tb else b)) + 2.0 * c
                     call(ta, tb, 0.5, a, b, 2.0, c)
                     np.testing.assert_allclose(c, expected, rtol=1e-5)

@@ -140,6 +140,17 @@ def gemm(ta, tb, alpha, A, B, beta, C):
             else:  # op(B)^T = B^T, B (k, n) row-major = column-major (n, k)
                 _xgemv(_N, n, k, alpha, B, ldb, x, beta, y)
             return
+    if n == 1 and (m == 1 or C.strides[0] == isz):
+        # one column of C: y = op(A) x with x = column 0 of op(B)
+        if tb or k == 1 or B.strides[0] == isz:
+            x = B[:, 0] if not tb else B[0, :]
+            y = C[:, 0]
+            lda = max(A.strides[0] // isz, A.shape[1], 1)
+            if ta:  # op(A) = A^T, A (k, m) row-major = column-major (m, k)
+                _xgemv(_N, m, k, alpha, A, lda, x, beta, y)
+            else:  # op(A) = A (m, k) row-major = column-major (k, m): transposed
+                _xgemv(_T, k, m, alpha, A, lda, x, beta, y)
+            return
     lda = max(A.strides[0] // isz, A.shape[1], 1)
     ldb = max(B.strides[0] // isz, B.shape[1], 1)
     ldc = max(C.strides[0] // isz, C.shape[1], 1)

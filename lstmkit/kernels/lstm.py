@@ -39,8 +39,13 @@ BIG = 100.0  # sigmoid(BIG) == 1 exactly in float32 and float64: a removed gate'
 
 
 @njit(**_OPTS)
-def _cell_forward(zi, zf, zg, zo, ai, af, ao, cp, cn, hn, wci, wcf, wco, cifg):
-    """One row of the LSTM step: pre-activations z* -> activations a* (g in place), c, h."""
+def _cell_forward(zi, zf, zg, zo, cp, cn, hn, wci, wcf, wco, cifg):
+    """One row of the LSTM step: pre-activations z* -> activations (in place), c, h.
+
+    Each gate is one array, read and written in place at the same index: LLVM then knows a
+    store cannot feed a later load and vectorises (distinct input and output arrays that
+    overlap would force its runtime alias check onto the scalar path).
+    """
     for j in range(cp.shape[0]):
         c_prev = cp[j]
         one = one_like(c_prev)
@@ -51,17 +56,17 @@ def _cell_forward(zi, zf, zg, zo, ai, af, ao, cp, cn, hn, wci, wcf, wco, cifg):
         g = tanh(zg[j])
         c = f * c_prev + i * g
         o = sigmoid(zo[j] + wco[j] * c)
-        ai[j] = i
-        af[j] = f
+        zi[j] = i
+        zf[j] = f
         zg[j] = g
-        ao[j] = o
+        zo[j] = o
         cn[j] = c
         hn[j] = o * tanh(c)
 
 
 @njit(**_OPTS)
 def _cell_backward(ai, af, ag, ao, c_row, cp, dh, dho, dc, dzi, dzf, dzg, dzo, wci, wcf, wco,
-                   pci, pcf, pco, cifg):
+                   cifg):
     """One row of the LSTM step backward: (dh + dho, dc) -> dz*, dc_prev (into dc)."""
     for j in range(cp.shape[0]):
         i = ai[j]
@@ -86,18 +91,17 @@ def _cell_backward(ai, af, ag, ao, c_row, cp, dh, dho, dc, dzi, dzf, dzg, dzo, w
         d_f = df * f * (one - f)
         d_i = di * i * (one - i)
         dc_prev = dcj * f + d_f * wcf[j] + d_i * wci[j]
-        d_i = flush(d_i)
-        d_f = flush(d_f)
-        d_g = flush(d_g)
-        d_o = flush(d_o)
-        dzi[j] = d_i
-        dzf[j] = d_f
-        dzg[j] = d_g
-        dzo[j] = d_o
+        dzi[j] = flush(d_i)
+        dzf[j] = flush(d_f)
+        dzg[j] = flush(d_g)
+        dzo[j] = flush(d_o)
         dc[j] = flush(dc_prev)
-        pci[j] += d_i * c_prev
-        pcf[j] += d_f * c_prev
-        pco[j] += d_o * c
+
+
+@njit(**_OPTS)
+def _mul_add(acc, a, b):
+    for j in range(acc.shape[0]):
+        acc[j] += a[j] * b[j]
 
 
 @njit(**_OPTS)
@@ -108,7 +112,7 @@ def lstm_forward(X, Wih, Whh, bias, has_bias, peep, gidx, cifg, mask, has_mask, 
     Z: (T, B, G, H) when ``keep`` (holds the gate activations afterwards), else a chunk
     (Tc, B, G, H) reused for Tc steps at a time. C: (T, B, H) cell states when ``keep``, else
     (2, B, H). HP, CP: (T, B, H) states before each step (only with ``keep`` and a mask).
-    hs, cs: (B, H), the final state on return. scratch: (4, H). big: (H,) of BIG.
+    hs, cs: (B, H), the final state on return. scratch, big: (4, H), big filled with BIG.
     ``gidx[k]`` is the block of gate k (i, f, g, o) in Z, or -1 if the gate is removed.
     """
     T, B, D = X.shape
@@ -154,14 +158,14 @@ def lstm_forward(X, Wih, Whh, bias, has_bias, peep, gidx, cifg, mask, has_mask, 
                 c_prev = C[tp if keep else (s - 1) % 2]
             gemm(False, True, 1.0, h_prev, Whh, 1.0, zt.reshape(B, GH))
             for b in range(B):
-                zi = zt[b, ki] if ki >= 0 else big
-                zf = zt[b, kf] if kf >= 0 else big
-                zo = zt[b, ko] if ko >= 0 else big
-                ai = zt[b, ki] if ki >= 0 else scratch[0]
-                af = zt[b, kf] if kf >= 0 else scratch[1]
-                ao = zt[b, ko] if ko >= 0 else scratch[3]
-                _cell_forward(zi, zf, zt[b, kg], zo, ai, af, ao, c_prev[b], C[cslot, b],
-                              OUT[t, b], wci, wcf, wco, cifg)
+                # a removed gate computes on scratch holding BIG: its sigmoid is exactly 1
+                if ki < 0 or kf < 0 or ko < 0:
+                    copy2(scratch, big)
+                zi = zt[b, ki] if ki >= 0 else scratch[0]
+                zf = zt[b, kf] if kf >= 0 else scratch[1]
+                zo = zt[b, ko] if ko >= 0 else scratch[3]
+                _cell_forward(zi, zf, zt[b, kg], zo, c_prev[b], C[cslot, b], OUT[t, b],
+                              wci, wcf, wco, cifg)
             if has_mask:
                 for b in range(B):
                     if mask[t, b]:
@@ -177,12 +181,12 @@ def lstm_forward(X, Wih, Whh, bias, has_bias, peep, gidx, cifg, mask, has_mask, 
 
 
 @njit(**_OPTS)
-def lstm_backward(X, Wih, Whh, has_bias, peep, gidx, cifg, mask, has_mask, reverse,
+def lstm_backward(X, Wih, Whh, has_bias, peep, has_peep, gidx, cifg, mask, has_mask, reverse,
                   h0, c0, Z, OUT, C, HP, CP, dOUT, dh, dc, dZ, dX,
                   gWih, gWhh, gbih, gbhh, gpeep, scratch, ones):
     """Backpropagation through time. dh, dc (B, H): the gradient at the final state on entry,
     at the initial state on return. dZ (T, B, G, H), dX (T, B, D): outputs. Gradients are
-    accumulated into gWih, gWhh, gbih, gbhh (if has_bias) and gpeep (3, H)."""
+    accumulated into gWih, gWhh, gbih, gbhh (if has_bias) and gpeep (3, H) (if has_peep)."""
     T, B, D = X.shape
     H = h0.shape[1]
     G = Z.shape[2]
@@ -191,7 +195,6 @@ def lstm_backward(X, Wih, Whh, has_bias, peep, gidx, cifg, mask, has_mask, rever
     wcf = peep[1]
     wco = peep[2]
     ki, kf, kg, ko = gidx[0], gidx[1], gidx[2], gidx[3]
-    pacc = np.zeros((3, H), dtype=X.dtype)
     for s in range(T - 1, -1, -1):
         t = T - 1 - s if reverse else s
         if has_mask:
@@ -213,8 +216,7 @@ def lstm_backward(X, Wih, Whh, has_bias, peep, gidx, cifg, mask, has_mask, rever
             dzf = dzt[b, kf] if kf >= 0 else scratch[1]
             dzo = dzt[b, ko] if ko >= 0 else scratch[3]
             _cell_backward(ai, af, zt[b, kg], ao, C[t, b], c_prev[b], dh[b], dOUT[t, b], dc[b],
-                           dzi, dzf, dzt[b, kg], dzo, wci, wcf, wco, pacc[0], pacc[1], pacc[2],
-                           cifg)
+                           dzi, dzf, dzt[b, kg], dzo, wci, wcf, wco, cifg)
             if has_mask:
                 fill1(dh[b], 0.0)
         # dh_prev = dZ[t] W_hh (masked rows keep their passed-through gradient: beta = 1)
@@ -240,8 +242,22 @@ def lstm_backward(X, Wih, Whh, has_bias, peep, gidx, cifg, mask, has_mask, rever
         add_rows(db, dZ2)
         add_rows(gbih, db.reshape(1, GH))
         add_rows(gbhh, db.reshape(1, GH))
-    for k in range(3):
-        add_rows(gpeep[k], pacc[k:k + 1])
+    if has_peep:  # sum over steps of dz_i c_prev, dz_f c_prev, dz_o c
+        for s in range(T):
+            t = T - 1 - s if reverse else s
+            if has_mask:
+                c_prev = CP[t]
+            elif s == 0:
+                c_prev = c0
+            else:
+                c_prev = C[t + 1 if reverse else t - 1]
+            for b in range(B):
+                if ki >= 0:
+                    _mul_add(gpeep[0], dZ[t, b, ki], c_prev[b])
+                if kf >= 0:
+                    _mul_add(gpeep[1], dZ[t, b, kf], c_prev[b])
+                if ko >= 0:
+                    _mul_add(gpeep[2], dZ[t, b, ko], C[t, b])
     # flush-to-zero for what the GEMMs produced (the element-wise results already are)
     for a in (dX.reshape(TB * D), dh.reshape(B * H), gWih.reshape(GH * D), gWhh.reshape(GH * H),
               gbih, gbhh, gpeep.reshape(3 * H)):

@@ -15,7 +15,9 @@ import numpy as np
 from lstmkit.cells import GRUCell, LSTMCell, RNNCell
 from lstmkit.kernels import gru as _gru
 from lstmkit.kernels import lstm as _lstm
+from lstmkit.kernels import lstm_t as _lstm_t
 from lstmkit.kernels import rnn as _rnn
+from lstmkit.kernels import threads
 
 Array = np.ndarray
 State = tuple[Array, ...]
@@ -23,6 +25,8 @@ State = tuple[Array, ...]
 # no_grad forward passes project the input in chunks of about this many bytes (the chunk is
 # reused, so inference memory does not grow with T beyond the output itself)
 CHUNK_BYTES = 2 << 20
+# batches at least this large run the batch-inner layout (faster per-step GEMMs, see lstm_t)
+BATCH_INNER_MIN_B = 2
 _NO_MASK = np.ones((1, 1), dtype=np.bool_)
 
 
@@ -99,6 +103,9 @@ def lstm_forward(cell: LSTMCell, p: dict[str, Array], x: Array, state0: State,
     gidx = _lstm_gate_layout(cell)
     mask_arr, has_mask = _mask_args(mask)
     h0, c0 = _c(state0[0], dtype), _c(state0[1], dtype)
+    if B >= BATCH_INNER_MIN_B:
+        return _lstm_forward_t(cell, x, wih, whh, bias, peep, gidx, mask_arr, has_mask, h0, c0,
+                               reverse, keep)
     Tc = T if keep else _chunk_steps(T, B, G * H, dtype.itemsize)
     Z = np.empty((Tc, B, G, H), dtype=dtype)
     out = np.empty((T, B, H), dtype=dtype)
@@ -111,7 +118,7 @@ def lstm_forward(cell: LSTMCell, p: dict[str, Array], x: Array, state0: State,
     hs = np.empty((B, H), dtype=dtype)
     cs = np.empty((B, H), dtype=dtype)
     scratch = np.empty((4, H), dtype=dtype)
-    big = np.full(H, _lstm.BIG, dtype=dtype)
+    big = np.full((4, H), _lstm.BIG, dtype=dtype)
     _lstm.lstm_forward(x, wih, whh, bias, cell.bias, peep, gidx, cell.coupled_input_forget,
                        mask_arr, has_mask, reverse, keep, h0, c0, Z, out, C, HP, CP, hs, cs,
                        scratch, big)
@@ -122,6 +129,105 @@ def lstm_forward(cell: LSTMCell, p: dict[str, Array], x: Array, state0: State,
                  "reverse": reverse, "gidx": gidx}
         out = out.copy()  # the cache keeps its own h sequence: the caller may modify `out`
     return out, (hs, cs), cache
+
+
+def _lstm_forward_t(cell: LSTMCell, x: Array, wih: Array, whh: Array, bias: Array,
+                    peep: Array, gidx: Array, mask_arr: Array, has_mask: bool, h0: Array,
+                    c0: Array, reverse: bool, keep: bool) -> tuple[Array, State, Any]:
+    dtype = x.dtype
+    T, B, D = x.shape
+    H = cell.hidden_size
+    G = len(cell.gates)
+    GH = G * H
+    parts = threads.parts_for(B, H, G)
+    bounds = threads.unit_bounds(H, parts)
+    perm = threads.row_permutation(G, H, bounds)
+    if perm is not None:
+        wih, whh, bias = wih[perm], whh[perm], bias[perm]
+    Tc = _chunk_steps(T, B, GH, dtype.itemsize)
+    P = np.empty((GH, Tc, B), dtype=dtype)
+    Z = np.empty((T if keep else 1, GH, B), dtype=dtype)
+    out = np.empty((T, B, H), dtype=dtype)
+    CT = np.empty((T if keep else 2, H, B), dtype=dtype)
+    if keep and has_mask:
+        HP = np.empty((T, B, H), dtype=dtype)
+        CPT = np.empty((T, H, B), dtype=dtype)
+    else:
+        HP = CPT = _dummy(dtype, 3)
+    hT = np.empty((2, H, B), dtype=dtype)
+    cT = np.empty((H, B), dtype=dtype)
+    hnew = np.empty((H, B), dtype=dtype)
+    hs = np.empty((B, H), dtype=dtype)
+    cs = np.empty((B, H), dtype=dtype)
+    wexp = np.ascontiguousarray(np.broadcast_to(peep[:, :, None], (3, H, B)))
+    width = int(np.max(np.diff(bounds))) * B
+    scratch = np.empty((len(bounds) - 1, 3, width), dtype=dtype)
+    run = _lstm_t.lstm_forward_t if parts > 1 else _lstm_t.lstm_forward_t_serial
+    with threads.blas_single_threaded():
+        run(x, wih, whh, bias, cell.bias, wexp, gidx,
+                               cell.coupled_input_forget, mask_arr, has_mask, reverse, keep, h0,
+                               c0, P, Z, out, CT, HP, CPT, hT, cT, hnew, hs, cs, scratch, bounds)
+    cache = None
+    if keep:
+        cache = {"kind": "lstm", "layout": "batch-inner", "x": x, "Z": Z, "out": out,
+                 "C": CT, "HP": HP, "CP": CPT, "h0": h0, "c0": c0, "mask": mask_arr,
+                 "has_mask": has_mask, "reverse": reverse, "gidx": gidx, "bounds": bounds,
+                 "perm": perm}
+        out = out.copy()
+    return out, (hs, cs), cache
+
+
+def _lstm_backward_t(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Array,
+                     dh: Array, dc: Array, grads: dict[str, Array]) -> tuple[Array, State]:
+    x, Z = cache["x"], cache["Z"]
+    dtype = x.dtype
+    T, B, D = x.shape
+    H = cell.hidden_size
+    G = len(cell.gates)
+    GH = G * H
+    bounds, perm = cache["bounds"], cache["perm"]
+    wih, whh = _c(p["weight_ih"], dtype), _c(p["weight_hh"], dtype)
+    if perm is not None:
+        wih, whh = wih[perm], whh[perm]
+    whhT = np.ascontiguousarray(whh.T)
+    peep = _lstm_peep(cell, p, H, dtype)
+    wexp = np.ascontiguousarray(np.broadcast_to(peep[:, :, None], (3, H, B)))
+    dZ = np.empty((GH, T, B), dtype=dtype)
+    dZs2 = np.empty((2, GH, B), dtype=dtype)
+    dX = np.empty((T, B, D), dtype=dtype)
+    if perm is None:
+        accs = [_Accumulate(grads.get(name), shape, dtype) for name, shape in
+                (("weight_ih", (GH, D)), ("weight_hh", (GH, H)), ("bias_ih", (GH,)),
+                 ("bias_hh", (GH,)))]
+        g_arrays = [acc.array for acc in accs]
+    else:
+        accs = []
+        g_arrays = [np.zeros((GH, D), dtype), np.zeros((GH, H), dtype), np.zeros(GH, dtype),
+                    np.zeros(GH, dtype)]
+    gpeep = np.zeros((3, H), dtype=dtype)
+    work = [np.empty((H, B), dtype=dtype) for _ in range(4)]
+    ones = np.ones(max(T * B, H * B), dtype=dtype)
+    width = int(np.max(np.diff(bounds))) * B
+    scratch = np.empty((len(bounds) - 1, 3, width), dtype=dtype)
+    run = _lstm_t.lstm_backward_t if len(bounds) > 2 else _lstm_t.lstm_backward_t_serial
+    with threads.blas_single_threaded():
+        run(
+            x, wih, whhT, cell.bias, wexp, cache["gidx"], cell.coupled_input_forget,
+            cache["mask"], cache["has_mask"], cache["reverse"], cache["h0"], cache["c0"], Z,
+            cache["out"], cache["C"], cache["HP"], cache["CP"], d_out, dh, dc, dZs2, dZ, dX,
+            *g_arrays, gpeep, cell.peepholes, *work, ones, scratch, bounds)
+    if perm is None:
+        for acc in accs:
+            acc.finish()
+    else:
+        for name, g in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), g_arrays):
+            if name in grads:
+                grads[name][perm] += g
+    for k, gate in enumerate("ifo"):
+        name = f"weight_c{gate}"
+        if name in grads:
+            grads[name] += gpeep[k]
+    return dX, (dh, dc)
 
 
 def lstm_backward(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Array,
@@ -136,6 +242,8 @@ def lstm_backward(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Array,
     d_out = _c(d_out, dtype)
     dh = np.array(d_state[0], dtype=dtype, order="C", copy=True)
     dc = np.array(d_state[1], dtype=dtype, order="C", copy=True)
+    if cache.get("layout") == "batch-inner":
+        return _lstm_backward_t(cell, p, cache, d_out, dh, dc, grads)
     dZ = np.empty_like(Z)
     dX = np.empty((T, B, D), dtype=dtype)
     g_wih = _Accumulate(grads.get("weight_ih"), (G * H, D), dtype)
@@ -145,7 +253,7 @@ def lstm_backward(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Array,
     gpeep = np.zeros((3, H), dtype=dtype)
     scratch = np.empty((4, H), dtype=dtype)
     ones = np.ones(H, dtype=dtype)
-    _lstm.lstm_backward(x, wih, whh, cell.bias, peep, cache["gidx"],
+    _lstm.lstm_backward(x, wih, whh, cell.bias, peep, cell.peepholes, cache["gidx"],
                         cell.coupled_input_forget, cache["mask"], cache["has_mask"],
                         cache["reverse"], cache["h0"], cache["c0"], Z, cache["out"], cache["C"],
                         cache["HP"], cache["CP"], d_out, dh, dc, dZ, dX, g_wih.array,
@@ -161,6 +269,14 @@ def lstm_backward(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Array,
 
 def lstm_gate_sequences(cell: LSTMCell, cache: Any) -> dict[str, Array]:
     Z, gidx = cache["Z"], cache["gidx"]
+    if cache.get("layout") == "batch-inner":  # (T, GH, B), rows permuted -> (T, B, G, H)
+        T, GH, B = Z.shape
+        if cache["perm"] is not None:
+            unpermuted = np.empty_like(Z)
+            unpermuted[:, cache["perm"]] = Z
+            Z = unpermuted
+        Z = Z.reshape(T, len(cell.gates), cell.hidden_size, B).transpose(0, 3, 1, 2)
+        cache = dict(cache, C=cache["C"].transpose(0, 2, 1))
     result: dict[str, Array] = {}
     for k, name in enumerate("ifgo"):
         if gidx[k] >= 0:
@@ -169,7 +285,7 @@ def lstm_gate_sequences(cell: LSTMCell, cache: Any) -> dict[str, Array]:
             result[name] = 1.0 - result["i"]
         else:
             result[name] = np.ones(Z.shape[:2] + Z.shape[3:], dtype=Z.dtype)
-    result["c"] = cache["C"].copy()
+    result["c"] = np.array(cache["C"], order="C")  # a copy, in (T, B, H)
     return result
 
 

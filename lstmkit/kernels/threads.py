@@ -1,0 +1,112 @@
+"""How many threads the fused kernels use, and keeping BLAS single-threaded meanwhile.
+
+The kernels split each step over ``parts`` threads themselves (Numba ``prange``), each thread
+calling BLAS on its own rows; BLAS's own thread pool must then stay out of the way (two pools
+spinning on two cores would fight). ``blas_single_threaded()`` sets the OpenBLAS that the
+kernels call (SciPy's, through Numba) to one thread for the duration of a kernel call.
+
+The thread count is Numba's (``numba.set_num_threads`` or ``NUMBA_NUM_THREADS``); a layer
+runs single-threaded when a step is too small to be worth splitting (see ``parts_for``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+# a step is split over threads when its recurrent GEMM has at least this many flops
+PARALLEL_MIN_FLOPS = 3.0e6
+
+_blas_handle: Any = None
+_searched = False
+
+
+def _scipy_openblas() -> Any:
+    """ctypes handle on the OpenBLAS that scipy.linalg.cython_blas uses, or None."""
+    global _blas_handle, _searched
+    if _searched:
+        return _blas_handle
+    _searched = True
+    import scipy.linalg.cython_blas  # noqa: F401  (loads the library)
+
+    candidates = []
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split()[-1]
+                name = os.path.basename(path).lower()
+                if "openblas" in name and "scipy" in path and "numpy" not in path:
+                    candidates.append(path)
+    except OSError:
+        return None
+    for path in dict.fromkeys(candidates):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for setter, getter in (("scipy_openblas_set_num_threads",
+                                "scipy_openblas_get_num_threads"),
+                               ("openblas_set_num_threads", "openblas_get_num_threads")):
+            if hasattr(lib, setter) and hasattr(lib, getter):
+                _blas_handle = (getattr(lib, setter), getattr(lib, getter))
+                return _blas_handle
+    return None
+
+
+@contextlib.contextmanager
+def blas_single_threaded() -> Iterator[None]:
+    """Run the block with the kernels' BLAS on one thread (restored afterwards)."""
+    handle = _scipy_openblas()
+    if handle is None:
+        yield
+        return
+    setter, getter = handle
+    previous = int(getter())
+    if previous != 1:
+        setter(ctypes.c_int(1))
+    try:
+        yield
+    finally:
+        if previous != 1:
+            setter(ctypes.c_int(previous))
+
+
+def kernel_threads() -> int:
+    import numba
+
+    return int(numba.get_num_threads())
+
+
+def parts_for(B: int, H: int, G: int) -> int:
+    """How many threads split a step: 1 unless the step's recurrent GEMM is large enough."""
+    threads = kernel_threads()
+    if threads < 2 or 2.0 * B * G * H * H < PARALLEL_MIN_FLOPS:
+        return 1
+    return max(1, min(threads, H // 8))
+
+
+def unit_bounds(H: int, parts: int) -> np.ndarray:
+    """Split H units into ``parts`` contiguous ranges (multiples of 8 where possible)."""
+    if parts <= 1:
+        return np.array([0, H], dtype=np.int64)
+    cuts = [0]
+    for p in range(1, parts):
+        cut = int(round(H * p / parts / 8.0)) * 8
+        cuts.append(min(max(cut, cuts[-1] + 1), H - (parts - p)))
+    cuts.append(H)
+    return np.array(cuts, dtype=np.int64)
+
+
+def row_permutation(G: int, H: int, bounds: np.ndarray) -> np.ndarray | None:
+    """Rows of a (G*H, ...) gate matrix so that each part's G gate blocks are contiguous:
+    part p, gate k, unit u (in the part's range) comes from row k * H + u. None if one part."""
+    if bounds.shape[0] <= 2:
+        return None
+    rows = [np.arange(k * H + bounds[p], k * H + bounds[p + 1])
+            for p in range(bounds.shape[0] - 1) for k in range(G)]
+    return np.concatenate(rows).astype(np.int64)
