@@ -138,10 +138,12 @@ class Linear(Module):
             )
         x = x.astype(self.dtype, copy=False)
         self._x = x
-        y = x @ self.weight.T
+        # One 2-D GEMM over all leading axes: x (T, B, in) @ W.T as a batch of T small
+        # products is much slower than (T*B, in) @ (in, out).
+        y = x.reshape(-1, self.in_features) @ self.weight.T  # (N, out)
         if "bias" in self.params:
             y += self.params["bias"]
-        return y
+        return y.reshape(x.shape[:-1] + (self.out_features,))
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         """Accumulate dW and db from ``dout`` (``(..., out_features)``); return dx ``(..., in)``."""
@@ -159,4 +161,4 @@ class Linear(Module):
         dweight += d2.T @ x2
         if "bias" in self.grads:
             self.grads["bias"] += d2.sum(axis=0)
-        return dout @ self.weight
+        return (d2 @ self.weight).reshape(x.shape)
