@@ -167,6 +167,75 @@ def _forward_part(u0, u1, G, gidx, cifg, zt, P, zs, Whh, hprev, cprev, cnew, hou
                 OUT[t, b, u] = hout[u, b]
 
 
+@njit(**_OPTS)
+def _project_part(r0, r1, P2, m, Wih, bias, has_bias, Xc):
+    """Rows [r0, r1) of the projection panel: P2[r0:r1, :m] = bias + W_ih[r0:r1] Xc^T."""
+    pc = P2[r0:r1, 0:m]
+    if has_bias:
+        for r in range(r1 - r0):
+            v = bias[r0 + r]
+            for j in range(m):
+                pc[r, j] = v
+    gemm(False, True, 1.0, Wih[r0:r1], Xc, 1.0 if has_bias else 0.0, pc)
+
+
+@njit(**_OPTS)
+def _weights_part(p, parts, u0, u1, G, gidx, reverse, has_mask, has_bias, has_peep, WhhT, last,
+                  dhT, dZ, X2, gWih, HP, gWhh, O2, h0, ones, db, gbih, gbhh, Wih, dX2, CPT, c0T,
+                  CT, gpeep):
+    """After the time loop, part p: dh_0 of its units, the weight and bias gradients of its
+    rows, its share of the rows of dX, the peephole gradients of its units."""
+    GH, T, B = dZ.shape
+    H = WhhT.shape[0]
+    TB = T * B
+    dZ2 = dZ.reshape(GH, TB)
+    first = T - 1 if reverse else 0
+    r0 = G * u0
+    r1 = G * u1
+    # dh_0^T of these units, then the weight gradients of these rows
+    gemm(False, False, 1.0, WhhT[u0:u1], last, 1.0 if has_mask else 0.0, dhT[u0:u1])
+    gemm(False, False, 1.0, dZ2[r0:r1], X2, 1.0, gWih[r0:r1])
+    if has_mask:
+        gemm(False, False, 1.0, dZ2[r0:r1], HP.reshape(TB, H), 1.0, gWhh[r0:r1])
+    else:
+        if T > 1:
+            if reverse:
+                gemm(False, False, 1.0, dZ2[r0:r1, :TB - B], O2[B:], 1.0, gWhh[r0:r1])
+            else:
+                gemm(False, False, 1.0, dZ2[r0:r1, B:], O2[:TB - B], 1.0, gWhh[r0:r1])
+        gemm(False, False, 1.0, dZ[r0:r1, first, :], h0, 1.0, gWhh[r0:r1])
+    if has_bias:  # row sums of dZ: a BLAS gemv with a vector of ones
+        gemm(False, True, 1.0, ones[:TB].reshape(1, TB), dZ2[r0:r1], 0.0, db[:, r0:r1])
+        for r in range(r0, r1):
+            gbih[r] += db[0, r]
+            gbhh[r] += db[0, r]
+    # dX rows of this part's share of the steps
+    q0 = (TB * p) // parts
+    q1 = (TB * (p + 1)) // parts
+    gemm(True, False, 1.0, dZ2[:, q0:q1], Wih, 0.0, dX2[q0:q1])
+    if has_peep:
+        hp = u1 - u0
+        for s in range(T):
+            t = T - 1 - s if reverse else s
+            if has_mask:
+                cp = CPT[t]
+            elif s == 0:
+                cp = c0T
+            else:
+                cp = CT[t + 1 if reverse else t - 1]
+            for u in range(u0, u1):
+                for k in range(3):
+                    kk = gidx[0] if k == 0 else gidx[1] if k == 1 else gidx[3]
+                    if kk < 0:
+                        continue
+                    row = r0 + kk * hp + (u - u0)
+                    acc = 0.0
+                    for b in range(B):
+                        cv = CT[t, u, b] if k == 2 else cp[u, b]
+                        acc += dZ[row, t, b] * cv
+                    gpeep[k, u] += acc
+
+
 def _forward_driver(loop):
     def lstm_forward_t(X, Wih, Whh, bias, has_bias, wexp, gidx, cifg, mask, has_mask, reverse,
                        keep, h0, c0, P, Z, OUT, CT, HP, CPT, hT, cT, hnew, hs, cs, scratch,
@@ -194,16 +263,8 @@ def _forward_driver(loop):
             n = min(Tc, T - done)
             t0 = T - done - n if reverse else done
             for p in loop(parts):
-                r0 = G * bounds[p]
-                r1 = G * bounds[p + 1]
-                pc = P2[r0:r1, 0:n * B]
-                if has_bias:
-                    for r in range(r1 - r0):
-                        v = bias[r0 + r]
-                        for j in range(n * B):
-                            pc[r, j] = v
-                gemm(False, True, 1.0, Wih[r0:r1], X2[t0 * B:(t0 + n) * B],
-                     1.0 if has_bias else 0.0, pc)
+                _project_part(G * bounds[p], G * bounds[p + 1], P2, n * B, Wih, bias,
+                              has_bias, X2[t0 * B:(t0 + n) * B])
             for k in range(n):
                 s = done + k
                 t = T - 1 - s if reverse else s
@@ -328,58 +389,13 @@ def _backward_driver(loop):
                                scratch[p], mask, has_mask, saved)
         last = dZs2[0]  # the gradient of the first step processed last: s == 0
         TB = T * B
-        dZ2 = dZ.reshape(GH, TB)
         X2 = X.reshape(TB, D)
         dX2 = dX.reshape(TB, D)
         O2 = OUT.reshape(TB, H)
-        first = T - 1 if reverse else 0
         for p in loop(parts):
-            u0 = bounds[p]
-            u1 = bounds[p + 1]
-            r0 = G * u0
-            r1 = G * u1
-            # dh_0^T of these units, then the weight gradients of these rows
-            gemm(False, False, 1.0, WhhT[u0:u1], last, 1.0 if has_mask else 0.0, dhT[u0:u1])
-            gemm(False, False, 1.0, dZ2[r0:r1], X2, 1.0, gWih[r0:r1])
-            if has_mask:
-                gemm(False, False, 1.0, dZ2[r0:r1], HP.reshape(TB, H), 1.0, gWhh[r0:r1])
-            else:
-                if T > 1:
-                    if reverse:
-                        gemm(False, False, 1.0, dZ2[r0:r1, :TB - B], O2[B:], 1.0, gWhh[r0:r1])
-                    else:
-                        gemm(False, False, 1.0, dZ2[r0:r1, B:], O2[:TB - B], 1.0, gWhh[r0:r1])
-                gemm(False, False, 1.0, dZ[r0:r1, first, :], h0, 1.0, gWhh[r0:r1])
-            if has_bias:  # row sums of dZ: a BLAS gemv with a vector of ones
-                gemm(False, True, 1.0, ones[:TB].reshape(1, TB), dZ2[r0:r1], 0.0, db[:, r0:r1])
-                for r in range(r0, r1):
-                    gbih[r] += db[0, r]
-                    gbhh[r] += db[0, r]
-            # dX rows of this part's share of the steps
-            q0 = (TB * p) // parts
-            q1 = (TB * (p + 1)) // parts
-            gemm(True, False, 1.0, dZ2[:, q0:q1], Wih, 0.0, dX2[q0:q1])
-            if has_peep:
-                hp = u1 - u0
-                for s in range(T):
-                    t = T - 1 - s if reverse else s
-                    if has_mask:
-                        cp = CPT[t]
-                    elif s == 0:
-                        cp = c0T
-                    else:
-                        cp = CT[t + 1 if reverse else t - 1]
-                    for u in range(u0, u1):
-                        for k in range(3):
-                            kk = gidx[0] if k == 0 else gidx[1] if k == 1 else gidx[3]
-                            if kk < 0:
-                                continue
-                            row = r0 + kk * hp + (u - u0)
-                            acc = 0.0
-                            for b in range(B):
-                                cv = CT[t, u, b] if k == 2 else cp[u, b]
-                                acc += dZ[row, t, b] * cv
-                            gpeep[k, u] += acc
+            _weights_part(p, parts, bounds[p], bounds[p + 1], G, gidx, reverse, has_mask,
+                          has_bias, has_peep, WhhT, last, dhT, dZ, X2, gWih, HP, gWhh, O2,
+                          h0, ones, db, gbih, gbhh, Wih, dX2, CPT, c0T, CT, gpeep)
         _transpose_into(dh, dhT)
         _transpose_into(dc, dcT)
         for a in (dX.reshape(TB * D), dh.reshape(B * H), dc.reshape(B * H), gWih.reshape(GH * D),

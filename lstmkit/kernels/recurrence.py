@@ -25,13 +25,18 @@ State = tuple[Array, ...]
 # no_grad forward passes project the input in chunks of about this many bytes (the chunk is
 # reused, so inference memory does not grow with T beyond the output itself)
 CHUNK_BYTES = 2 << 20
-# batches at least this large run the batch-inner layout (faster per-step GEMMs, see lstm_t)
+# float32 batches at least this large run the batch-inner layout (faster per-step GEMMs, see
+# lstm_t); B = 1 and float64 run the row layout (float64: supported, not the fast path, and
+# one kernel less to compile)
 BATCH_INNER_MIN_B = 2
 _NO_MASK = np.ones((1, 1), dtype=np.bool_)
 
 
 def _c(a: Array, dtype: np.dtype) -> Array:
-    return np.ascontiguousarray(a, dtype=dtype)
+    """Contiguous, of this dtype, and writeable: Numba compiles separate code for read-only
+    arrays, so one is copied rather than paying a second compilation."""
+    a = np.ascontiguousarray(a, dtype=dtype)
+    return a if a.flags.writeable else a.copy()
 
 
 def _chunk_steps(T: int, B: int, width: int, itemsize: int) -> int:
@@ -103,7 +108,7 @@ def lstm_forward(cell: LSTMCell, p: dict[str, Array], x: Array, state0: State,
     gidx = _lstm_gate_layout(cell)
     mask_arr, has_mask = _mask_args(mask)
     h0, c0 = _c(state0[0], dtype), _c(state0[1], dtype)
-    if B >= BATCH_INNER_MIN_B:
+    if B >= BATCH_INNER_MIN_B and dtype == np.float32:
         return _lstm_forward_t(cell, x, wih, whh, bias, peep, gidx, mask_arr, has_mask, h0, c0,
                                reverse, keep)
     Tc = T if keep else _chunk_steps(T, B, G * H, dtype.itemsize)
