@@ -475,3 +475,22 @@ def test_quick_parity_with_torch(mode):
     np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-4, atol=1e-5)
     for name, param in module.named_parameters():
         np.testing.assert_allclose(layer.grads[name], param.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_bench_command_runs_without_torch(tmp_path, monkeypatch):
+    """``lstmkit bench`` works with PyTorch absent (simulated) and writes its JSON."""
+    import json
+
+    from click.testing import CliRunner
+
+    from lstmkit.cli import main
+
+    monkeypatch.setenv("LSTMKIT_BENCH_NO_TORCH", "1")
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(main, ["bench", "--quick", "--shapes", "5,2,3,4", "--reps", "1",
+                                       "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["results"][0]["shape"] == [5, 2, 3, 4]
+    assert report["results"][0]["train"]["lstmkit"]["median_s"] > 0
+    assert "torch" not in report["results"][0]["train"]
