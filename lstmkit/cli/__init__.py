@@ -26,5 +26,7 @@ def _register() -> None:
             main.add_command(command)
 
 
-_COMMAND_MODULES: list[str] = ["demo", "interop", "charlm", "gates", "experiment", "export"]
+_COMMAND_MODULES: list[str] = [
+    "demo", "interop", "charlm", "gates", "experiment", "export", "bench",
+]
 _register()
