@@ -68,24 +68,30 @@ def _i32_as_f32(typingctx, value):
 
 
 @njit(fastmath={"contract"}, error_model="numpy")
-def exp32(x):
-    """exp(x) for float32 x: Cephes ``expf`` (about 1 ulp). 0 below -87.3, clamped above."""
-    x = min(x, _EXP_HI)
-    small = x < _EXP_LO
-    x = max(x, _EXP_LO)
+def _exp32_core(x):
+    """exp(x) for float32 x in [-87.33, 88.37] (no range check): Cephes ``expf``, ~1 ulp."""
     n = np.floor(x * _LOG2E + _HALF)
     r = x - n * _LN2_HI - n * _LN2_LO
     r2 = r * r
     p = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
     p = p * r2 + r + _F1
-    scale = _i32_as_f32(np.int32((np.int32(n) + np.int32(127)) << np.int32(23)))
-    return _F0 if small else p * scale
+    return p * _i32_as_f32(np.int32((np.int32(n) + np.int32(127)) << np.int32(23)))
+
+
+@njit(fastmath={"contract"}, error_model="numpy")
+def exp32(x):
+    """exp(x) for any float32 x: 0 below -87.33 (no denormals), clamped above 88.37."""
+    small = x < _EXP_LO
+    e = _exp32_core(max(min(x, _EXP_HI), _EXP_LO))
+    return _F0 if small else e
 
 
 @njit(fastmath={"contract"}, error_model="numpy")
 def sigmoid32(x):
     """1 / (1 + exp(-x)), computed from exp(-|x|) so neither tail loses precision."""
-    e = exp32(-abs(x))
+    y = -abs(x)  # <= 0: only the lower end of exp's range needs a guard
+    e = _exp32_core(max(y, _EXP_LO))
+    e = _F0 if y < _EXP_LO else e
     s = _F1 / (_F1 + e)
     return s if x >= _F0 else e * s
 
@@ -96,9 +102,8 @@ def tanh32(x):
     a = abs(x)
     z = x * x
     small = (((((_T0 * z + _T1) * z + _T2) * z + _T3) * z + _T4) * z) * x + x
-    e = exp32(_F2 * min(a, _TANH_BIG))
-    big = _F1 - _F2 / (e + _F1)
-    big = big if x >= _F0 else -big
+    e = _exp32_core(_F2 * min(a, _TANH_BIG))  # in [0, 18.2]: no range check needed
+    big = math.copysign(_F1 - _F2 / (e + _F1), x)
     return small if a < _TANH_SMALL else big
 
 
