@@ -494,3 +494,29 @@ def test_bench_command_runs_without_torch(tmp_path, monkeypatch):
     assert report["results"][0]["shape"] == [5, 2, 3, 4]
     assert report["results"][0]["train"]["lstmkit"]["median_s"] > 0
     assert "torch" not in report["results"][0]["train"]
+
+
+def test_parallel_kernels_survive_fork():
+    """A child forked after parallel kernels ran still trains (serially), without aborting."""
+    import multiprocessing
+
+    from lstmkit.kernels import threads
+
+    if threads.kernel_threads() < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("needs 2 threads and fork")
+    code = (
+        "import multiprocessing as mp, numpy as np, lstmkit\n"
+        "layer = lstmkit.LSTM(8, 256, seed=0)\n"
+        "x = np.ones((3, 64, 8), np.float32)\n"
+        "layer(x)\n"
+        "def child(q):\n"
+        "    out, _ = layer(x)\n"
+        "    q.put(float(out.sum()))\n"
+        "q = mp.get_context('fork').Queue()\n"
+        "p = mp.get_context('fork').Process(target=child, args=(q,))\n"
+        "p.start(); p.join(120)\n"
+        "print(p.exitcode, q.get(timeout=5) if p.exitcode == 0 else None)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.stdout.split()[0] == "0", result.stdout + result.stderr

@@ -19,8 +19,11 @@ from typing import Any
 
 import numpy as np
 
-# a step is split over threads when its recurrent GEMM has at least this many flops
+# a step is split over threads when its recurrent GEMM has at least this many flops (with an
+# OpenMP or TBB thread pool: a parallel region costs a few microseconds; Numba's fallback
+# "workqueue" pool costs ~100 us per region, so steps must then be much larger)
 PARALLEL_MIN_FLOPS = 3.0e6
+PARALLEL_MIN_FLOPS_WORKQUEUE = 1.0e8
 
 _blas_handle: Any = None
 _searched = False
@@ -82,10 +85,47 @@ def kernel_threads() -> int:
     return int(numba.get_num_threads())
 
 
+_fast_pool: bool | None = None
+
+
+def _has_fast_pool() -> bool:
+    """Whether Numba can use an OpenMP or TBB thread pool (not only its slow workqueue)."""
+    global _fast_pool
+    if _fast_pool is None:
+        import numba
+
+        layer = str(numba.config.THREADING_LAYER).lower()
+        if layer == "workqueue":
+            _fast_pool = False
+        else:
+            _fast_pool = False
+            for module in ("numba.np.ufunc.omppool", "numba.np.ufunc.tbbpool"):
+                try:
+                    __import__(module)
+                    _fast_pool = True
+                    break
+                except ImportError:
+                    continue
+    return _fast_pool
+
+
+_parallel_pid: int | None = None
+
+
 def parts_for(B: int, H: int, G: int) -> int:
-    """How many threads split a step: 1 unless the step's recurrent GEMM is large enough."""
+    """How many threads split a step: 1 unless the step's recurrent GEMM is large enough.
+
+    Also 1 in a process forked from one that already ran parallel kernels: GNU OpenMP cannot
+    be used again after a fork (Numba would abort the child), so such children run serially.
+    """
+    global _parallel_pid
     threads = kernel_threads()
-    if threads < 2 or 2.0 * B * G * H * H < PARALLEL_MIN_FLOPS:
+    limit = PARALLEL_MIN_FLOPS if _has_fast_pool() else PARALLEL_MIN_FLOPS_WORKQUEUE
+    if threads < 2 or 2.0 * B * G * H * H < limit:
+        return 1
+    if _parallel_pid is None:
+        _parallel_pid = os.getpid()
+    elif _parallel_pid != os.getpid():
         return 1
     return max(1, min(threads, H // 8))
 
