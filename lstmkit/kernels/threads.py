@@ -110,6 +110,56 @@ def _has_fast_pool() -> bool:
 
 
 _parallel_pid: int | None = None
+# look at how many other threads are running before splitting a step (see busy_elsewhere)
+ADAPT_TO_LOAD = True
+
+
+def busy_elsewhere() -> int:
+    """How many threads of other processes are running right now (Linux; 0 if unknown).
+
+    A step split over threads waits at a barrier at its end; if another process holds one of
+    the cores, the thread that lost its core stalls the step for a scheduler time slice, so a
+    parallel loop ends up much slower than a serial one. Counting the running threads
+    (runnable threads in /proc/loadavg, less this process's own) before a call avoids that.
+    """
+    try:
+        with open("/proc/loadavg", "rb") as f:
+            running = int(f.read().split()[3].split(b"/")[0])
+        if running <= 1:  # only the thread reading the file
+            return 0
+        own = 0
+        for task in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{task}/stat", "rb") as f:
+                    state = f.read().rsplit(b")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            own += state == b"R"
+        return max(0, running - max(own, 1))
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+_busy_cache = [-1.0, 0]
+
+
+def _busy_recently(max_age: float = 0.05) -> int:
+    """``busy_elsewhere()``, re-read at most every ``max_age`` seconds (reading /proc costs
+    tens of microseconds, as much as a small step)."""
+    import time
+
+    now = time.monotonic()
+    if now - _busy_cache[0] > max_age:
+        _busy_cache[0] = now
+        _busy_cache[1] = busy_elsewhere()
+    return int(_busy_cache[1])
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def parts_for(B: int, H: int, G: int) -> int:
@@ -123,11 +173,14 @@ def parts_for(B: int, H: int, G: int) -> int:
     limit = PARALLEL_MIN_FLOPS if _has_fast_pool() else PARALLEL_MIN_FLOPS_WORKQUEUE
     if threads < 2 or 2.0 * B * G * H * H < limit:
         return 1
-    if _parallel_pid is None:
-        _parallel_pid = os.getpid()
-    elif _parallel_pid != os.getpid():
+    if _parallel_pid is not None and _parallel_pid != os.getpid():
         return 1
-    return max(1, min(threads, H // 8))
+    if ADAPT_TO_LOAD:
+        threads = min(threads, _cpus() - _busy_recently())
+    parts = max(1, min(threads, H // 8))
+    if parts > 1 and _parallel_pid is None:
+        _parallel_pid = os.getpid()
+    return parts
 
 
 def unit_bounds(H: int, parts: int) -> np.ndarray:
