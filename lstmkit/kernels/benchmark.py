@@ -5,8 +5,11 @@ Protocol (everything in one process, so both frameworks see the same machine sta
 - Threads: NumPy's and SciPy's OpenBLAS, Numba and ``torch.set_num_threads`` are all set to
   the same count (``--threads``, default: every core).
 - Time: for each shape, a warm-up call of each, then ``reps`` rounds; a round runs lstmkit
-  then PyTorch, alternately, so that a noisy neighbour slows both. Reported: the median (and
-  the minimum) of the rounds; ratio = torch time / lstmkit time (> 1: lstmkit is faster).
+  then PyTorch, alternately, so that a noisy neighbour slows both, with a 50 ms pause before
+  each timed run (the previous run's spinning worker threads go idle). Reported: the median
+  (and the minimum) of the rounds; ratio = torch time / lstmkit time (> 1: lstmkit faster).
+  The load average at the start and the end of the run is recorded: on a shared machine,
+  compare runs made under similar load only.
 - Training step = forward + backward of the layer (d_output given, input gradient computed,
   weight gradients accumulated), float32. Inference = forward under ``lstmkit.no_grad()``
   vs ``torch.no_grad()``.
@@ -146,12 +149,16 @@ class Timing:
         return float(np.min(self.runs))
 
 
+PAUSE_S = 0.05  # between timed runs: lets the previous run's spinning worker threads go idle
+
+
 def _alternate(fns: dict[str, Any], reps: int) -> dict[str, Timing]:
     timings = {name: Timing() for name in fns}
     for fn in fns.values():  # warm-up (and, for lstmkit, loading the compiled kernels)
         fn()
     for _ in range(reps):
         for name, fn in fns.items():
+            time.sleep(PAUSE_S)
             start = time.perf_counter()
             fn()
             timings[name].runs.append(time.perf_counter() - start)
