@@ -524,3 +524,20 @@ def test_parallel_kernels_survive_fork():
     words = result.stdout.split()
     assert words[0] == "0", result.stdout + result.stderr
     assert words[-1] != "None"  # the parent did run parallel kernels before the fork
+
+
+def test_stale_compiled_kernels_are_dropped(tmp_path, monkeypatch):
+    """When a kernel source changes, cached machine code built from the old one is deleted."""
+    from lstmkit import kernels as k
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    here = os.path.dirname(os.path.abspath(k.__file__))
+    mirror = tmp_path / os.path.splitdrive(here)[1].lstrip(os.sep)
+    mirror.mkdir(parents=True)
+    (mirror / "lstm.lstm_forward-1.py311.nbi").write_bytes(b"old")
+    (mirror / "lstmkit-kernels.sha256").write_text("not the digest")
+    k._drop_stale_compiled_kernels()
+    assert not (mirror / "lstm.lstm_forward-1.py311.nbi").exists()
+    (mirror / "lstm.lstm_forward-1.py311.nbi").write_bytes(b"current")
+    k._drop_stale_compiled_kernels()  # digest now matches: the cache stays
+    assert (mirror / "lstm.lstm_forward-1.py311.nbi").exists()

@@ -33,6 +33,46 @@ Array = np.ndarray
 State = tuple[Array, ...]
 
 _REFERENCE = ReferenceRecurrence()
+
+
+def _drop_stale_compiled_kernels() -> None:
+    """Delete Numba's cached machine code when any kernel source changed.
+
+    Numba checks only the source file of each cached function itself; a kernel compiled with
+    an older ``gates.py`` (inlined into it) would otherwise be loaded as is. A digest of all
+    the kernel modules is kept next to the cache, and the cache is dropped when it differs.
+    """
+    import glob
+    import hashlib
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        digest = hashlib.sha256()
+        for path in sorted(glob.glob(os.path.join(here, "*.py"))):
+            with open(path, "rb") as f:
+                digest.update(os.path.basename(path).encode() + b"\0" + f.read())
+        cache_dir = os.environ.get("NUMBA_CACHE_DIR")
+        if cache_dir:  # Numba mirrors the source directory under it
+            cache_dir = os.path.join(cache_dir, os.path.splitdrive(here)[1].lstrip(os.sep))
+        else:
+            cache_dir = os.path.join(here, "__pycache__")
+        stamp = os.path.join(cache_dir, "lstmkit-kernels.sha256")
+        try:
+            with open(stamp) as f:
+                if f.read().strip() == digest.hexdigest():
+                    return
+        except OSError:
+            pass
+        for path in glob.glob(os.path.join(cache_dir, "*.nb[ic]")):
+            os.remove(path)
+        os.makedirs(cache_dir, exist_ok=True)
+        with open(stamp, "w") as f:
+            f.write(digest.hexdigest())
+    except OSError:  # a read-only installation: nothing to do
+        pass
+
+
+_drop_stale_compiled_kernels()
 _enabled = os.environ.get("LSTMKIT_KERNELS", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
