@@ -4,10 +4,13 @@ Protocol (everything in one process, so both frameworks see the same machine sta
 
 - Threads: NumPy's and SciPy's OpenBLAS, Numba and ``torch.set_num_threads`` are all set to
   the same count (``--threads``, default: every core).
-- Time: for each shape, a warm-up call of each, then ``reps`` rounds; a round runs lstmkit
-  then PyTorch, alternately, so that a noisy neighbour slows both, with a 50 ms pause before
-  each timed run (the previous run's spinning worker threads go idle). Reported: the median
-  (and the minimum) of the rounds; ratio = torch time / lstmkit time (> 1: lstmkit faster).
+- Time: for each shape, lstmkit and PyTorch alternate in blocks: one untimed run then 3
+  timed runs of one framework, then of the other, and so on until each has ``reps`` timed
+  runs (at least). Blocks keep a framework's worker threads warm, as in a training loop, and
+  the untimed run absorbs the switch: BLAS and OpenMP threads spin for up to ~0.1 s after a
+  call and would otherwise compete with the other framework's first run. Reported: the
+  median (and the minimum) of the timed runs; ratio = torch time / lstmkit time (> 1:
+  lstmkit is faster).
   The load average at the start and the end of the run is recorded: on a shared machine,
   compare runs made under similar load only.
 - Training step = forward + backward of the layer (d_output given, input gradient computed,
@@ -149,19 +152,27 @@ class Timing:
         return float(np.min(self.runs))
 
 
-PAUSE_S = 0.05  # between timed runs: lets the previous run's spinning worker threads go idle
+BLOCK = 3  # timed runs in a row per framework, after one untimed run
 
 
-def _alternate(fns: dict[str, Any], reps: int) -> dict[str, Timing]:
+def _alternate(fns: dict[str, Any], reps: int, block: int = BLOCK) -> dict[str, Timing]:
+    """Time each function ``reps`` times (at least), in alternating blocks.
+
+    A block is one untimed run, then ``block`` timed runs of the same function; blocks of the
+    frameworks alternate (lstmkit, torch, lstmkit, ...) so that slow drifts of the machine hit
+    both. Inside a block a framework's worker threads are warm, as in a training loop; the
+    untimed run absorbs the switch (BLAS and OpenMP threads of the other framework spin for up
+    to ~0.1 s after its last call, which would otherwise compete with the first timed run).
+    """
     timings = {name: Timing() for name in fns}
-    for fn in fns.values():  # warm-up (and, for lstmkit, loading the compiled kernels)
-        fn()
-    for _ in range(reps):
+    rounds = -(-reps // block)
+    for _ in range(rounds):
         for name, fn in fns.items():
-            time.sleep(PAUSE_S)
-            start = time.perf_counter()
             fn()
-            timings[name].runs.append(time.perf_counter() - start)
+            for _ in range(block):
+                start = time.perf_counter()
+                fn()
+                timings[name].runs.append(time.perf_counter() - start)
     return timings
 
 

@@ -78,6 +78,14 @@ def _state_out(x: Array) -> Array:
     return np.array(x, copy=True)
 
 
+def _row_blas(B: int) -> Any:
+    """BLAS threads for the row-layout kernels: one for a single sequence (a BLAS gemv per step
+    is too small to split, and idle BLAS threads spin), BLAS's own choice otherwise."""
+    import contextlib
+
+    return threads.blas_single_threaded() if B == 1 else contextlib.nullcontext()
+
+
 # -- LSTM --------------------------------------------------------------------------------------
 
 
@@ -124,9 +132,10 @@ def lstm_forward(cell: LSTMCell, p: dict[str, Array], x: Array, state0: State,
     cs = np.empty((B, H), dtype=dtype)
     scratch = np.empty((4, H), dtype=dtype)
     big = np.full((4, H), _lstm.BIG, dtype=dtype)
-    _lstm.lstm_forward(x, wih, whh, bias, cell.bias, peep, gidx, cell.coupled_input_forget,
-                       mask_arr, has_mask, reverse, keep, h0, c0, Z, out, C, HP, CP, hs, cs,
-                       scratch, big)
+    with _row_blas(B):
+        _lstm.lstm_forward(x, wih, whh, bias, cell.bias, peep, gidx, cell.coupled_input_forget,
+                           mask_arr, has_mask, reverse, keep, h0, c0, Z, out, C, HP, CP, hs, cs,
+                           scratch, big)
     cache = None
     if keep:
         cache = {"kind": "lstm", "x": x, "Z": Z, "out": out, "C": C, "HP": HP, "CP": CP,
@@ -258,11 +267,12 @@ def lstm_backward(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Array,
     gpeep = np.zeros((3, H), dtype=dtype)
     scratch = np.empty((4, H), dtype=dtype)
     ones = np.ones(H, dtype=dtype)
-    _lstm.lstm_backward(x, wih, whh, cell.bias, peep, cell.peepholes, cache["gidx"],
-                        cell.coupled_input_forget, cache["mask"], cache["has_mask"],
-                        cache["reverse"], cache["h0"], cache["c0"], Z, cache["out"], cache["C"],
-                        cache["HP"], cache["CP"], d_out, dh, dc, dZ, dX, g_wih.array,
-                        g_whh.array, g_bih.array, g_bhh.array, gpeep, scratch, ones)
+    with _row_blas(B):
+        _lstm.lstm_backward(x, wih, whh, cell.bias, peep, cell.peepholes, cache["gidx"],
+                            cell.coupled_input_forget, cache["mask"], cache["has_mask"],
+                            cache["reverse"], cache["h0"], cache["c0"], Z, cache["out"], cache["C"],
+                            cache["HP"], cache["CP"], d_out, dh, dc, dZ, dX, g_wih.array,
+                            g_whh.array, g_bih.array, g_bhh.array, gpeep, scratch, ones)
     for acc in (g_wih, g_whh, g_bih, g_bhh):
         acc.finish()
     for k, gate in enumerate("ifo"):
@@ -317,8 +327,9 @@ def gru_forward(cell: GRUCell, p: dict[str, Array], x: Array, state0: State,
     HP = np.empty((T, B, H), dtype=dtype) if keep and has_mask else _dummy(dtype, 3)
     hs = np.empty((B, H), dtype=dtype)
     gh = np.empty((B, 3, H), dtype=dtype)
-    _gru.gru_forward(x, wih, whh, bih, bhh, cell.bias, mask_arr, has_mask, reverse, keep, h0,
-                     Z, HN, out, HP, hs, gh)
+    with _row_blas(B):
+        _gru.gru_forward(x, wih, whh, bih, bhh, cell.bias, mask_arr, has_mask, reverse, keep, h0,
+                         Z, HN, out, HP, hs, gh)
     cache = None
     if keep:
         cache = {"kind": "gru", "x": x, "Z": Z, "HN": HN, "out": out, "HP": HP, "h0": h0,
@@ -344,10 +355,11 @@ def gru_backward(cell: GRUCell, p: dict[str, Array], cache: Any, d_out: Array,
     g_bih = _Accumulate(grads.get("bias_ih"), (3 * H,), dtype)
     g_bhh = _Accumulate(grads.get("bias_hh"), (3 * H,), dtype)
     dh_new = np.empty((B, H), dtype=dtype)
-    _gru.gru_backward(x, wih, whh, cell.bias, cache["mask"], cache["has_mask"],
-                      cache["reverse"], cache["h0"], Z, cache["HN"], cache["out"], cache["HP"],
-                      d_out, dh, dh_new, dGH, dNI, dX, g_wih.array, g_whh.array, g_bih.array,
-                      g_bhh.array)
+    with _row_blas(B):
+        _gru.gru_backward(x, wih, whh, cell.bias, cache["mask"], cache["has_mask"],
+                          cache["reverse"], cache["h0"], Z, cache["HN"], cache["out"], cache["HP"],
+                          d_out, dh, dh_new, dGH, dNI, dX, g_wih.array, g_whh.array, g_bih.array,
+                          g_bhh.array)
     for acc in (g_wih, g_whh, g_bih, g_bhh):
         acc.finish()
     return dX, (dh,)
@@ -376,8 +388,9 @@ def rnn_forward(cell: RNNCell, p: dict[str, Array], x: Array, state0: State,
     HP = np.empty((T, B, H), dtype=dtype) if keep and has_mask else _dummy(dtype, 3)
     hs = np.empty((B, H), dtype=dtype)
     relu = cell.nonlinearity == "relu"
-    _rnn.rnn_forward(x, wih, whh, bias, cell.bias, relu, mask_arr, has_mask, reverse, keep, h0,
-                     A, out, HP, hs)
+    with _row_blas(B):
+        _rnn.rnn_forward(x, wih, whh, bias, cell.bias, relu, mask_arr, has_mask, reverse, keep, h0,
+                         A, out, HP, hs)
     cache = None
     if keep:
         cache = {"kind": "rnn", "x": x, "A": A, "HP": HP, "h0": h0, "mask": mask_arr,
@@ -403,9 +416,10 @@ def rnn_backward(cell: RNNCell, p: dict[str, Array], cache: Any, d_out: Array,
     g_bih = _Accumulate(grads.get("bias_ih"), (H,), dtype)
     g_bhh = _Accumulate(grads.get("bias_hh"), (H,), dtype)
     relu = cell.nonlinearity == "relu"
-    _rnn.rnn_backward(x, wih, whh, cell.bias, relu, cache["mask"], cache["has_mask"],
-                      cache["reverse"], cache["h0"], A, cache["HP"], d_out, dh, dA, dX,
-                      g_wih.array, g_whh.array, g_bih.array, g_bhh.array)
+    with _row_blas(B):
+        _rnn.rnn_backward(x, wih, whh, cell.bias, relu, cache["mask"], cache["has_mask"],
+                          cache["reverse"], cache["h0"], A, cache["HP"], d_out, dh, dA, dX,
+                          g_wih.array, g_whh.array, g_bih.array, g_bhh.array)
     for acc in (g_wih, g_whh, g_bih, g_bhh):
         acc.finish()
     return dX, (dh,)
