@@ -22,7 +22,7 @@ import numpy as np
 # a step is split over threads when its recurrent GEMM has at least this many flops (with an
 # OpenMP or TBB thread pool: a parallel region costs a few microseconds; Numba's fallback
 # "workqueue" pool costs ~100 us per region, so steps must then be much larger)
-PARALLEL_MIN_FLOPS = 3.0e6
+PARALLEL_MIN_FLOPS = 2.5e5
 PARALLEL_MIN_FLOPS_WORKQUEUE = 1.0e8
 
 _blas_handle: Any = None
