@@ -140,19 +140,22 @@ def busy_elsewhere() -> int:
         return 0
 
 
-_busy_cache = [-1.0, 0]
+_busy_cache = [-1.0, 0, 0]
 
 
 def _busy_recently(max_age: float = 0.05) -> int:
     """``busy_elsewhere()``, re-read at most every ``max_age`` seconds (reading /proc costs
-    tens of microseconds, as much as a small step)."""
+    tens of microseconds, as much as a small step), and the smaller of the last two readings:
+    a kernel thread or a short process that happens to be running at one reading does not
+    switch the kernels to serial."""
     import time
 
     now = time.monotonic()
     if now - _busy_cache[0] > max_age:
         _busy_cache[0] = now
+        _busy_cache[2] = _busy_cache[1]
         _busy_cache[1] = busy_elsewhere()
-    return int(_busy_cache[1])
+    return int(min(_busy_cache[1], _busy_cache[2]))
 
 
 def _cpus() -> int:
