@@ -286,7 +286,9 @@ cell, framework = sys.argv[1], sys.argv[2]
 T, B, D, H, threads = map(int, sys.argv[3:8])
 fast = sys.argv[8] == "1"
 from lstmkit.kernels.benchmark import set_threads, MODES
+from lstmkit.kernels import threads as kernel_threads
 set_threads(threads)
+kernel_threads.ADAPT_TO_LOAD = False  # same code path in every step, whatever the load
 
 def status(key):
     for line in open("/proc/self/status"):
