@@ -541,3 +541,29 @@ def test_stale_compiled_kernels_are_dropped(tmp_path, monkeypatch):
     (mirror / "lstm.lstm_forward-1.py311.nbi").write_bytes(b"current")
     k._drop_stale_compiled_kernels()  # digest now matches: the cache stays
     assert (mirror / "lstm.lstm_forward-1.py311.nbi").exists()
+
+
+def test_torch_keeps_its_own_openmp_after_parallel_kernels():
+    """Parallel kernels run before ``import torch`` must not hand PyTorch the system's OpenMP
+    runtime (PyTorch's GRU/RNN are then tens of times slower): PyTorch's copy stays loaded."""
+    torch_spec = __import__("importlib.util").util.find_spec("torch")
+    if torch_spec is None or not sys.platform.startswith("linux"):
+        pytest.skip("needs PyTorch on Linux")
+    bundled = [os.path.join(folder, "lib", "libgomp.so.1")
+               for folder in torch_spec.submodule_search_locations]
+    if not any(os.path.exists(path) for path in bundled):
+        pytest.skip("this PyTorch build has no bundled OpenMP runtime")
+    code = (
+        "import os, numpy as np, lstmkit\n"
+        "from lstmkit.kernels import threads\n"
+        "threads.ADAPT_TO_LOAD = False\n"
+        "threads.parts_for = lambda B, H, G: 2\n"
+        "lstmkit.LSTM(4, 32)(np.ones((3, 8, 4), np.float32))\n"
+        "import torch\n"
+        "torch.nn.GRU(4, 8)(torch.ones(3, 2, 4))\n"
+        "maps = open('/proc/self/maps').read()\n"
+        "print(any('torch/lib/libgomp' in line for line in maps.splitlines()))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.stdout.strip().endswith("True"), result.stdout + result.stderr

@@ -4,13 +4,13 @@ Protocol (everything in one process, so both frameworks see the same machine sta
 
 - Threads: NumPy's and SciPy's OpenBLAS, Numba and ``torch.set_num_threads`` are all set to
   the same count (``--threads``, default: every core).
-- Time: for each shape, lstmkit and PyTorch alternate in blocks: one untimed run then 3
-  timed runs of one framework, then of the other, and so on until each has ``reps`` timed
-  runs (at least). Blocks keep a framework's worker threads warm, as in a training loop, and
-  the untimed run absorbs the switch: BLAS and OpenMP threads spin for up to ~0.1 s after a
-  call and would otherwise compete with the other framework's first run. Reported: the
-  median (and the minimum) of the timed runs; ratio = torch time / lstmkit time (> 1:
-  lstmkit is faster).
+- Time: for each shape, lstmkit and PyTorch alternate in blocks: a 0.2 s pause, one untimed
+  run, then 3 timed runs of one framework, then of the other, and so on until each has
+  ``reps`` timed runs (at least). Blocks keep a framework's worker threads warm, as in a
+  training loop; the pause lets the other framework's BLAS and OpenMP threads (which spin
+  for up to ~0.1 s after a call) go idle rather than compete for the cores; the untimed run
+  absorbs the cold start. Reported: the median (and the minimum) of the timed runs;
+  ratio = torch time / lstmkit time (> 1: lstmkit is faster).
   The load average at the start and the end of the run is recorded: on a shared machine,
   compare runs made under similar load only.
 - Training step = forward + backward of the layer (d_output given, input gradient computed,
@@ -99,6 +99,8 @@ def set_threads(n: int) -> dict[str, Any]:
     """Give NumPy's and SciPy's OpenBLAS, Numba and PyTorch (if present) ``n`` threads."""
     import scipy.linalg.cython_blas  # noqa: F401  (load SciPy's BLAS, the kernels' BLAS)
 
+    torch = _torch()  # imported before Numba's OpenMP pool starts (see threads.py)
+
     done: dict[str, Any] = {}
     for path in _openblas_libraries():
         try:
@@ -115,11 +117,13 @@ def set_threads(n: int) -> dict[str, Any]:
     try:
         import numba
 
+        from lstmkit.kernels.threads import keep_torch_openmp_apart
+
+        keep_torch_openmp_apart()
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
         done["numba"] = numba.get_num_threads()
     except (ImportError, ValueError):
         pass
-    torch = _torch()
     if torch is not None:
         torch.set_num_threads(n)
         done["torch"] = torch.get_num_threads()
@@ -152,22 +156,25 @@ class Timing:
         return float(np.min(self.runs))
 
 
-BLOCK = 3  # timed runs in a row per framework, after one untimed run
+BLOCK = 3  # timed runs in a row per framework, after a pause and one untimed run
+PAUSE_S = 0.2  # OpenBLAS worker threads spin for ~0.1 s after their last call
 
 
 def _alternate(fns: dict[str, Any], reps: int, block: int = BLOCK) -> dict[str, Timing]:
     """Time each function ``reps`` times (at least), in alternating blocks.
 
-    A block is one untimed run, then ``block`` timed runs of the same function; blocks of the
-    frameworks alternate (lstmkit, torch, lstmkit, ...) so that slow drifts of the machine hit
-    both. Inside a block a framework's worker threads are warm, as in a training loop; the
-    untimed run absorbs the switch (BLAS and OpenMP threads of the other framework spin for up
-    to ~0.1 s after its last call, which would otherwise compete with the first timed run).
+    A block is a pause, one untimed run, then ``block`` timed runs of the same function;
+    blocks of the frameworks alternate (lstmkit, torch, lstmkit, ...) so that slow drifts of
+    the machine hit both. Inside a block a framework's worker threads are warm, as in a
+    training loop; the pause lets the other framework's BLAS and OpenMP threads, which spin
+    for up to ~0.1 s after their last call, go idle instead of competing for the cores, and
+    the untimed run absorbs the cold start after the pause.
     """
     timings = {name: Timing() for name in fns}
     rounds = -(-reps // block)
     for _ in range(rounds):
         for name, fn in fns.items():
+            time.sleep(PAUSE_S)
             fn()
             for _ in range(block):
                 start = time.perf_counter()

@@ -176,6 +176,8 @@ def _lstm_forward_t(cell: LSTMCell, x: Array, wih: Array, whh: Array, bias: Arra
     wexp = np.ascontiguousarray(np.broadcast_to(peep[:, :, None], (3, H, B)))
     width = int(np.max(np.diff(bounds))) * B
     scratch = np.empty((len(bounds) - 1, 3, width), dtype=dtype)
+    if parts > 1:
+        threads.keep_torch_openmp_apart()  # before Numba's OpenMP pool starts
     run = _lstm_t.lstm_forward_t if parts > 1 else _lstm_t.lstm_forward_t_serial
     with threads.blas_single_threaded():
         run(x, wih, whh, bias, cell.bias, wexp, gidx,
@@ -223,6 +225,8 @@ def _lstm_backward_t(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Arr
     ones = np.ones(max(T * B, H * B), dtype=dtype)
     width = int(np.max(np.diff(bounds))) * B
     scratch = np.empty((len(bounds) - 1, 3, width), dtype=dtype)
+    if len(bounds) > 2:
+        threads.keep_torch_openmp_apart()
     run = _lstm_t.lstm_backward_t if len(bounds) > 2 else _lstm_t.lstm_backward_t_serial
     with threads.blas_single_threaded():
         run(
