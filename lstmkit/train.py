@@ -61,6 +61,7 @@ from lstmkit.clip import clip_grad_norm
 from lstmkit.grad_mode import no_grad
 from lstmkit.io import CheckpointError, CheckpointManager, load_checkpoint, rng_to_json
 from lstmkit.io import rng_state_from_json as _rng_state_from_json
+from lstmkit.kernels.threads import numpy_blas_single_threaded
 from lstmkit.models import CELLS, CharLM
 from lstmkit.nn import softmax_cross_entropy
 from lstmkit.optim import Adam
@@ -780,7 +781,8 @@ class Trainer:
             self._log_fn = bar.write
         message = ""
         try:
-            status, message = self._loop(bar)
+            with numpy_blas_single_threaded():  # one thread pool: the kernels'
+                status, message = self._loop(bar)
         finally:
             bar.close()
             self._log_fn = log_fn

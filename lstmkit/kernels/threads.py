@@ -80,6 +80,24 @@ def blas_single_threaded() -> Iterator[None]:
             setter(ctypes.c_int(previous))
 
 
+@contextlib.contextmanager
+def numpy_blas_single_threaded() -> Iterator[None]:
+    """Run the block with NumPy's BLAS (and every other BLAS in the process) on one thread.
+
+    For training loops that mix the kernels with NumPy code: after each multi-threaded call,
+    OpenBLAS's idle worker threads spin for about 0.1 s before they sleep, and on a machine
+    with few cores they take those cores from the kernels' own threads (measured on 2 cores:
+    a char-LM training step took 267 ms instead of 135 ms). The kernels and
+    ``lstmkit.nn.Linear`` split their work over Numba's thread pool themselves, so nothing
+    that lstmkit runs needs a second pool. Uses ``threadpoolctl``; the limits are restored
+    afterwards.
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
 _openmp_guarded = False
 
 
@@ -207,16 +225,24 @@ def parts_for(B: int, H: int, G: int) -> int:
     Also 1 in a process forked from one that already ran parallel kernels: GNU OpenMP cannot
     be used again after a fork (Numba would abort the child), so such children run serially.
     """
+    return min(parts_for_flops(2.0 * B * G * H * H), max(1, H // 8))
+
+
+def parts_for_flops(flops: float) -> int:
+    """How many threads split a piece of work of ``flops`` floating-point operations: 1 when
+    it is too small to be worth a parallel region (see ``PARALLEL_MIN_FLOPS``), in a forked
+    child (see ``parts_for``), or when other processes hold the cores; else the kernel threads.
+    """
     global _parallel_pid
     threads = kernel_threads()
     limit = PARALLEL_MIN_FLOPS if _has_fast_pool() else PARALLEL_MIN_FLOPS_WORKQUEUE
-    if threads < 2 or 2.0 * B * G * H * H < limit:
+    if threads < 2 or flops < limit:
         return 1
     if _parallel_pid is not None and _parallel_pid != os.getpid():
         return 1
     if ADAPT_TO_LOAD:
         threads = min(threads, _cpus() - _busy_recently())
-    parts = max(1, min(threads, H // 8))
+    parts = max(1, threads)
     if parts > 1 and _parallel_pid is None:
         _parallel_pid = os.getpid()
     return parts

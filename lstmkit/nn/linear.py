@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -140,7 +141,13 @@ class Linear(Module):
         self._x = x
         # One 2-D GEMM over all leading axes: x (T, B, in) @ W.T as a batch of T small
         # products is much slower than (T*B, in) @ (in, out).
-        y = x.reshape(-1, self.in_features) @ self.weight.T  # (N, out)
+        x2 = x.reshape(-1, self.in_features)  # (N, in)
+        fast = _kernels(x2, self.weight)
+        if fast is not None:
+            y = np.empty((x2.shape[0], self.out_features), dtype=self.dtype)
+            fast.forward(x2, self.weight, y)
+        else:
+            y = x2 @ self.weight.T  # (N, out)
         if "bias" in self.params:
             y += self.params["bias"]
         return y.reshape(x.shape[:-1] + (self.out_features,))
@@ -158,7 +165,25 @@ class Linear(Module):
         d2 = dout.reshape(-1, self.out_features)  # (N, out)
         x2 = x.reshape(-1, self.in_features)  # (N, in)
         dweight = self.weight_grad
-        dweight += d2.T @ x2
+        fast = _kernels(d2, x2, self.weight, dweight)
         if "bias" in self.grads:
             self.grads["bias"] += d2.sum(axis=0)
-        return (d2 @ self.weight).reshape(x.shape)
+        if fast is None:
+            dweight += d2.T @ x2
+            return (d2 @ self.weight).reshape(x.shape)
+        fast.weight_grad(d2, x2, dweight)
+        dx = np.empty(x.shape, dtype=self.dtype)
+        fast.input_grad(d2, self.weight, dx.reshape(-1, self.in_features))
+        return dx
+
+
+def _kernels(*arrays: np.ndarray) -> Any:
+    """``lstmkit.kernels.linear`` (the same GEMMs on the kernels' thread pool) when the fused
+    kernels are on and take these operands, else None (NumPy's ``@``)."""
+    from lstmkit import kernels
+
+    if not kernels.is_enabled():
+        return None
+    from lstmkit.kernels import linear
+
+    return linear if linear.supports(*arrays) else None
