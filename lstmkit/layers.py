@@ -450,8 +450,8 @@ class LSTM(RecurrentLayer):
     ``coupled_input_forget`` (the variant switches of ``LSTMCell``); ``forget_bias`` is added to
     the forget gate's bias at initialisation (Gers et al. 2000 and Jozefowicz et al. 2015 use
     1.0; with ``coupled_input_forget`` it is subtracted from the input gate's, since f = 1 - i);
-    ``recurrent_init``; ``stateful`` (carry the state between calls, for truncated BPTT);
-    ``dtype``; ``seed``.
+    ``recurrent_init``; ``stateful`` (carry the state between calls: truncated BPTT); ``dtype``;
+    ``seed``; ``fast`` (False: the readable reference recurrence instead of the fused kernels).
     """
 
     mode = "LSTM"
