@@ -231,6 +231,9 @@ class Adam(Optimizer):
             \frac{m_t}{\sqrt{\hat v_t} / \sqrt{1 - \beta_2^t} + \epsilon}
 
     Buffers: ``exp_avg`` (m), ``exp_avg_sq`` (v), ``max_exp_avg_sq`` (amsgrad only).
+
+    With the fused kernels on (``lstmkit.kernels``, the default), each parameter's update is
+    one compiled pass (``lstmkit.kernels.adam``) with the same result to the bit.
     """
 
     _HYPERPARAMETERS = ("lr", "betas", "eps", "weight_decay", "amsgrad")
@@ -254,6 +257,8 @@ class Adam(Optimizer):
         self.amsgrad = _flag("amsgrad", amsgrad)
 
     def _update(self, name: str, param: np.ndarray, grad: np.ndarray, lr: float) -> None:
+        if self._update_fused(name, param, grad, lr):
+            return
         beta1, beta2 = self.betas
         step = self.step_count
         if self.weight_decay != 0:
@@ -277,6 +282,29 @@ class Adam(Optimizer):
         denom /= bias_correction2_sqrt
         denom += self.eps
         param -= step_size * (exp_avg / denom)
+
+    def _update_fused(self, name: str, param: np.ndarray, grad: np.ndarray, lr: float) -> bool:
+        """The same update as ``_update`` in one compiled pass (``lstmkit.kernels.adam``), equal
+        to the bit; False (nothing done) when the kernels are off or the arrays do not qualify
+        (float32/float64, C-contiguous)."""
+        from lstmkit import kernels
+
+        if not kernels.is_enabled():
+            return False
+        from lstmkit.kernels import adam
+
+        if not adam.supports(param, grad):
+            return False
+        exp_avg = self._buffer("exp_avg", name, param)
+        exp_avg_sq = self._buffer("exp_avg_sq", name, param)
+        max_exp_avg_sq = self._buffer("max_exp_avg_sq", name, param) if self.amsgrad else None
+        if not adam.supports(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq):
+            return False
+        beta1, beta2 = self.betas
+        adam.adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr=lr, beta1=beta1,
+                         beta2=beta2, eps=self.eps, weight_decay=self.weight_decay,
+                         decoupled=self._decoupled_weight_decay, step=self.step_count)
+        return True
 
 
 class AdamW(Adam):

@@ -3,6 +3,10 @@
 Each function computes ``(loss, dinput)`` in one pass, the way a training step needs it:
 ``loss`` follows ``torch.nn.functional`` exactly (same reductions, same ``ignore_index``
 rule), and ``dinput`` is the gradient of that loss with respect to the input.
+
+The code here is the readable definition; with the fused kernels on (``lstmkit.kernels``,
+the default), ``softmax_cross_entropy`` runs on ``lstmkit.kernels.softmax`` instead, one
+compiled pass per row with the same results to rounding.
 """
 
 from __future__ import annotations
@@ -97,6 +101,9 @@ def softmax_cross_entropy(
             f"targets must be in [0, {num_classes}) or equal ignore_index={ignore_index}; "
             f"found {bad.size} out of range, e.g. {bad[0]}"
         )
+    if _fused_kernels_take(z):
+        return _softmax_cross_entropy_fused(z, t, counted, all_counted, logits.shape,
+                                            targets.shape, reduction, compute_grad, out)
     t_safe = t if all_counted else np.where(counted, t, 0)
     rows = np.arange(t.size)
 
@@ -134,6 +141,56 @@ def softmax_cross_entropy(
     work *= (weights / sumexp)[:, None]
     work[rows, t_safe] -= weights
     return loss, work.reshape(logits.shape)
+
+
+def _fused_kernels_take(z: np.ndarray) -> bool:
+    """Whether ``lstmkit.kernels.softmax`` computes the cross-entropy of the (N, V) logits z:
+    the fused kernels are on (``lstmkit.kernels.set_enabled``) and z is float32/float64,
+    C-contiguous."""
+    from lstmkit import kernels
+
+    if not kernels.is_enabled():
+        return False
+    from lstmkit.kernels import softmax
+
+    return softmax.supports(z)
+
+
+def _softmax_cross_entropy_fused(
+    z: np.ndarray,
+    t: np.ndarray,
+    counted: np.ndarray,
+    all_counted: bool,
+    logits_shape: tuple[int, ...],
+    targets_shape: tuple[int, ...],
+    reduction: Reduction,
+    compute_grad: bool,
+    out: np.ndarray | None,
+) -> tuple[np.floating | np.ndarray, np.ndarray | None]:
+    """``softmax_cross_entropy`` on the fused kernel, for checked inputs: the logits z (N, V),
+    the targets t (N,) (valid where ``counted``), the same results to rounding."""
+    from lstmkit.kernels import softmax
+
+    count = t.size if all_counted else int(counted.sum())
+    dtype = z.dtype.type
+    if reduction == "mean":
+        row_weight = 1.0 / count if count else 0.0
+    else:
+        row_weight = 1.0
+    kernel_targets = t.astype(np.int64)  # (N,), -1 marks an ignored row
+    if not all_counted:
+        kernel_targets[~counted] = -1
+    work = None if out is None else out.reshape(z.shape)
+    losses, work = softmax.cross_entropy_rows(z, kernel_targets, row_weight, work, compute_grad)
+    if reduction == "none":
+        loss: np.floating | np.ndarray = losses.astype(z.dtype).reshape(targets_shape)
+    elif reduction == "sum":
+        loss = dtype(losses.sum())
+    elif count == 0:
+        loss = dtype(np.nan)
+    else:
+        loss = dtype(losses.sum() / count)
+    return loss, None if work is None else work.reshape(logits_shape)
 
 
 def mse_loss(
