@@ -122,11 +122,11 @@ class TrainConfig:
     num_layers: int = 2
     hidden_size: int = 256
     embedding_dim: int = 128
-    dropout: float = 0.1
-    seq_len: int = 100
+    dropout: float = 0.2
+    seq_len: int = 50
     batch_size: int = 16
     val_fraction: float = 0.1
-    lr: float = 2e-3
+    lr: float = 3e-3
     min_lr: float = 1e-4
     clip: float = 5.0
     steps: int | None = None
@@ -206,15 +206,20 @@ def _is_number(value: Any) -> bool:
 
 
 #: Named groups of settings (``--preset``); options given explicitly override them.
+#: The defaults favour many optimiser steps (short sequences): on a large vocabulary (the
+#: 3,082 characters of neko.txt) a model sits at the unigram loss until enough *steps* have
+#: been taken, whatever the number of characters (measured on neko.txt, seed 0: after 1,300
+#: steps of 16 x 50 characters, lr 3e-3 reached 3.96 nats/char and lr 2e-3 4.00; 32 x 50
+#: characters, lr 3e-3, 5.03 after 800 steps).
 PRESETS: dict[str, dict[str, Any]] = {
-    "reference": {},
-    "neko": {"embedding_dim": 128, "seq_len": 50, "dropout": 0.2},
+    "reference": {"seq_len": 100, "dropout": 0.1, "lr": 2e-3},
+    "neko": {"embedding_dim": 128, "seq_len": 50, "dropout": 0.2, "lr": 2e-3},
     "tiny": {"num_layers": 1, "hidden_size": 64, "embedding_dim": 32, "seq_len": 50,
              "eval_every": 100},
 }
 PRESET_HELP: dict[str, str] = {
-    "reference": "the defaults: 2x256 LSTM, embedding 128, seq 100, batch 16, dropout 0.1",
-    "neko": "for Japanese novels (thousands of characters): seq 50, dropout 0.2",
+    "reference": "the PyTorch reference protocol for English text: seq 100, dropout 0.1, lr 2e-3",
+    "neko": "the PyTorch reference protocol for neko.txt: seq 50, dropout 0.2, lr 2e-3",
     "tiny": "a 1x64 LSTM for quick experiments and smoke tests",
 }
 
