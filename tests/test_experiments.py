@@ -141,3 +141,31 @@ def test_cli_rejects_bad_settings(tmp_path):
                                        str(tmp_path), "--set", "nonsense"])
     assert result.exit_code != 0
     assert "NAME=VALUE" in result.output
+
+
+def test_carousel_gradient_carries_errors_back_only_through_c(tmp_path):
+    """The paper's truncation: dL/dh_{t-1} gets nothing through W_hh, dL/dc flows on; the
+    weights of the last step get the same gradient as with full BPTT."""
+    import lstmkit
+    from lstmkit.experiments.forget_gate import CarouselGradient
+
+    x = np.random.default_rng(0).standard_normal((6, 2, 3))
+    d_out = np.zeros((6, 2, 4))
+    d_out[-1] = 1.0
+    full = lstmkit.LSTM(3, 4, forget_gate=False, dtype="float64", seed=0, fast=False)
+    cut = lstmkit.LSTM(3, 4, forget_gate=False, dtype="float64", seed=0, fast=False)
+    cut.recurrence = CarouselGradient()
+    full(x)
+    cut(x)
+    dx_full, _ = full.backward(d_out)
+    dx_cut, (dh0, dc0) = cut.backward(d_out)
+    assert np.all(dh0 == 0) and np.abs(dc0).max() > 1e-3
+    np.testing.assert_allclose(dx_cut[-1], dx_full[-1], rtol=1e-12)
+    assert not np.allclose(dx_cut[:-1], dx_full[:-1])
+    result = run_experiment("forget-gate", mode="tiny", out=tmp_path, show_progress=False,
+                            gradient="carousel")
+    assert "errors back in time only through c" in (tmp_path / "results.md").read_text()
+    with pytest.raises(ValueError, match="gradient must be"):
+        run_experiment("forget-gate", mode="tiny", out=tmp_path / "x", show_progress=False,
+                       gradient="sideways")
+    assert result.data["config"].gradient == "carousel"
