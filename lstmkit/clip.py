@@ -61,11 +61,8 @@ def _fused_2_norm(arrays: list[Array]) -> float | None:
     (which also sums unscaled squares: float64 elements beyond 1e154 overflow in both)."""
     from lstmkit import kernels
 
-    if not kernels.is_enabled():
-        return None
-    from lstmkit.kernels import norms
-
-    if not all(norms.supports(a) for a in arrays):
+    norms = kernels.fast_path("norms", *arrays)
+    if norms is None:
         return None
     return math.sqrt(sum(norms.sum_of_squares(a) for a in arrays))
 

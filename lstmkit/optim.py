@@ -289,11 +289,8 @@ class Adam(Optimizer):
         (float32/float64, C-contiguous)."""
         from lstmkit import kernels
 
-        if not kernels.is_enabled():
-            return False
-        from lstmkit.kernels import adam
-
-        if not adam.supports(param, grad):
+        adam = kernels.fast_path("adam", param, grad)
+        if adam is None:
             return False
         exp_avg = self._buffer("exp_avg", name, param)
         exp_avg_sq = self._buffer("exp_avg_sq", name, param)

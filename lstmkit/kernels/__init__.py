@@ -87,6 +87,18 @@ def is_enabled() -> bool:
     return _enabled
 
 
+def fast_path(name: str, *arrays: Array | None) -> Any:
+    """The kernel module ``lstmkit.kernels.<name>`` (``linear``, ``softmax``, ``adam``,
+    ``norms``) when the kernels are on and its ``supports(*arrays)`` accepts these operands,
+    else None: the caller then runs its readable NumPy definition."""
+    if not _enabled:
+        return None
+    import importlib
+
+    module = importlib.import_module(f"lstmkit.kernels.{name}")
+    return module if module.supports(*arrays) else None
+
+
 class FusedRecurrence:
     """The compiled time loops, with the reference as fallback.
 
@@ -139,5 +151,5 @@ def select_recurrence(fast: bool = True) -> Any:
 
 select = select_recurrence
 
-__all__ = ["FUSED", "FusedRecurrence", "ReferenceRecurrence", "is_enabled", "select",
+__all__ = ["FUSED", "FusedRecurrence", "ReferenceRecurrence", "fast_path", "is_enabled", "select",
            "select_recurrence", "set_enabled"]

@@ -136,11 +136,8 @@ def adam_update(
     # two arrays that overlap and give up vectorising)
     v_max = max_exp_avg_sq.reshape(-1) if amsgrad else np.empty(0, dtype=param.dtype)
     parts = min(threads.parts_for_flops(_FLOPS_PER_ELEMENT * n), max(1, n // 64))
-    if parts > 1:
-        threads.keep_torch_openmp_apart()  # before Numba's OpenMP pool starts
-    kernel = _update if parts > 1 else _update_serial
-    kernel(*flat, v_max,
-           dtype(1 - beta1), dtype(beta2), dtype(1 - beta2),
-           dtype(lr / (1 - beta1**step)), dtype((1 - beta2**step) ** 0.5), dtype(eps),
-           dtype(weight_decay), dtype(1 - lr * weight_decay),
-           bool(decoupled and weight_decay != 0), amsgrad, parts)
+    threads.run_parts(_update, _update_serial, parts, *flat, v_max,
+                      dtype(1 - beta1), dtype(beta2), dtype(1 - beta2),
+                      dtype(lr / (1 - beta1**step)), dtype((1 - beta2**step) ** 0.5), dtype(eps),
+                      dtype(weight_decay), dtype(1 - lr * weight_decay),
+                      bool(decoupled and weight_decay != 0), amsgrad)

@@ -115,6 +115,11 @@ def sigmoid64(x):
     return e / (1.0 + e)
 
 
+def exp(x):
+    """exp(x) for a float32 (``exp32``) or float64 scalar (Numba only)."""
+    raise NotImplementedError("exp is only callable from Numba code")
+
+
 def sigmoid(x):
     """Logistic function for a float32 or float64 scalar (Numba only)."""
     raise NotImplementedError("sigmoid is only callable from Numba code")
@@ -128,6 +133,15 @@ def tanh(x):
 def flush(x):
     """x, or 0 where |x| is below the denormal guard (Numba only)."""
     raise NotImplementedError("flush is only callable from Numba code")
+
+
+@overload(exp)
+def _exp_impl(x):
+    if x == types.float32:
+        return lambda x: exp32(x)
+    if x == types.float64:
+        return lambda x: math.exp(x)
+    return None
 
 
 @overload(sigmoid)

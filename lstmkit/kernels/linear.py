@@ -70,10 +70,8 @@ def _parts(m: int, n: int, k: int, rows: int) -> int:
 
 
 def _run(parallel, serial, parts: int, *args) -> None:
-    if parts > 1:
-        threads.keep_torch_openmp_apart()  # before Numba's OpenMP pool starts
     with threads.blas_single_threaded():
-        (parallel if parts > 1 else serial)(*args, parts)
+        threads.run_parts(parallel, serial, parts, *args)
 
 
 def forward(x2: np.ndarray, W: np.ndarray, y2: np.ndarray) -> None:

@@ -55,9 +55,9 @@ _block_sums = njit(parallel=True, **_OPTS)(_split_blocks(prange))
 _block_sums_serial = njit(**_OPTS)(_split_blocks(range))
 
 
-def supports(a: np.ndarray) -> bool:
-    """Whether the array (any shape) can take the kernel: float32/float64, C-contiguous."""
-    return a.dtype in (np.float32, np.float64) and a.flags.c_contiguous
+def supports(*arrays: np.ndarray) -> bool:
+    """Whether the arrays (any shapes) can take the kernel: float32/float64, C-contiguous."""
+    return all(a.dtype in (np.float32, np.float64) and a.flags.c_contiguous for a in arrays)
 
 
 def sum_of_squares(a: np.ndarray) -> float:
@@ -69,7 +69,5 @@ def sum_of_squares(a: np.ndarray) -> float:
         return 0.0
     sums = np.empty((n + BLOCK - 1) // BLOCK, dtype=np.float64)  # (blocks,)
     parts = min(threads.parts_for_flops(2.0 * n), sums.shape[0])
-    if parts > 1:
-        threads.keep_torch_openmp_apart()  # before Numba's OpenMP pool starts
-    (_block_sums if parts > 1 else _block_sums_serial)(x, sums, parts)
+    threads.run_parts(_block_sums, _block_sums_serial, parts, x, sums)
     return float(sums.sum())

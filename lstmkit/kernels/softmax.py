@@ -16,7 +16,7 @@ scratch row when no gradient is wanted):
 
 Every path (gradient or not, into ``out`` or in place, serial or split over threads) runs the
 same passes on the same values, so the loss is the same to the bit on all of them. float32
-uses the vectorisable ``exp32`` of ``lstmkit.kernels.gates``; float64 ``math.exp``.
+uses the vectorisable ``exp`` of ``lstmkit.kernels.gates`` (``exp32``; float64: ``math.exp``).
 
 Rows are split into ``parts`` contiguous ranges, one per thread (``prange``), when the array
 is large enough (``threads.parts_for_flops``); else one serial call.
@@ -32,7 +32,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
 from lstmkit.kernels import threads
-from lstmkit.kernels.gates import exp32
+from lstmkit.kernels.gates import exp
 
 _OPTS = {"cache": True, "nogil": True}
 # reassociation lets LLVM vectorise the block sums (several partial sums at once); no
@@ -43,20 +43,6 @@ _ROW_OPTS = {"fastmath": {"reassoc"}, "error_model": "numpy"}
 _BLOCK = 256
 # rough cost of one element (max, two exponentials, scaling), for the serial/parallel choice
 _FLOPS_PER_ELEMENT = 40.0
-
-
-def _exp(x):
-    """exp(x) for a float32 or float64 scalar (Numba only)."""
-    raise NotImplementedError("_exp is only callable from Numba code")
-
-
-@overload(_exp)
-def _exp_impl(x):
-    if x == types.float32:
-        return lambda x: exp32(x)
-    if x == types.float64:
-        return lambda x: math.exp(x)
-    return None
 
 
 def _as_type_of(x, like):
@@ -103,7 +89,7 @@ def _block_exp_sum(block, m):
     """block (<= _BLOCK,) <- exp(block - m), in place; returns the block's sum (its dtype)."""
     s = _as_type_of(0.0, m)
     for v in range(block.shape[0]):
-        e = _exp(block[v] - m)
+        e = exp(block[v] - m)
         block[v] = e
         s += e
     return s
@@ -212,10 +198,8 @@ def cross_entropy_rows(z: np.ndarray, targets: np.ndarray, weight: float,
     elif np.may_share_memory(out, z):  # a partial overlap: work on a copy of the logits
         z = z.copy()
     targets = np.ascontiguousarray(targets, dtype=np.int64)
-    if parts > 1:
-        threads.keep_torch_openmp_apart()  # before Numba's OpenMP pool starts
-    kernel = _rows if parts > 1 else _rows_serial
-    kernel(z, targets, z.dtype.type(weight), out, inplace, compute_grad, losses, parts)
+    threads.run_parts(_rows, _rows_serial, parts, z, targets, z.dtype.type(weight), out,
+                      inplace, compute_grad, losses)
     return losses, (out if compute_grad else None)
 
 

@@ -248,6 +248,16 @@ def parts_for_flops(flops: float) -> int:
     return parts
 
 
+def run_parts(parallel: Any, serial: Any, parts: int, *args: Any) -> Any:
+    """Call a kernel's twins with ``(*args, parts)``: the ``prange`` one when ``parts > 1``
+    (after ``keep_torch_openmp_apart``, as it may start Numba's OpenMP pool), else the serial
+    one."""
+    if parts > 1:
+        keep_torch_openmp_apart()
+        return parallel(*args, parts)
+    return serial(*args, parts)
+
+
 def unit_bounds(H: int, parts: int) -> np.ndarray:
     """Split H units into ``parts`` contiguous ranges (multiples of 8 where possible)."""
     if parts <= 1:

@@ -182,8 +182,4 @@ def _kernels(*arrays: np.ndarray) -> Any:
     kernels are on and take these operands, else None (NumPy's ``@``)."""
     from lstmkit import kernels
 
-    if not kernels.is_enabled():
-        return None
-    from lstmkit.kernels import linear
-
-    return linear if linear.supports(*arrays) else None
+    return kernels.fast_path("linear", *arrays)

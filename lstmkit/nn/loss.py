@@ -11,7 +11,7 @@ compiled pass per row with the same results to rounding.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -101,8 +101,11 @@ def softmax_cross_entropy(
             f"targets must be in [0, {num_classes}) or equal ignore_index={ignore_index}; "
             f"found {bad.size} out of range, e.g. {bad[0]}"
         )
-    if _fused_kernels_take(z):
-        return _softmax_cross_entropy_fused(z, t, counted, all_counted, logits.shape,
+    from lstmkit import kernels
+
+    fused = kernels.fast_path("softmax", z)
+    if fused is not None:
+        return _softmax_cross_entropy_fused(fused, z, t, counted, all_counted, logits.shape,
                                             targets.shape, reduction, compute_grad, out)
     t_safe = t if all_counted else np.where(counted, t, 0)
     rows = np.arange(t.size)
@@ -143,20 +146,8 @@ def softmax_cross_entropy(
     return loss, work.reshape(logits.shape)
 
 
-def _fused_kernels_take(z: np.ndarray) -> bool:
-    """Whether ``lstmkit.kernels.softmax`` computes the cross-entropy of the (N, V) logits z:
-    the fused kernels are on (``lstmkit.kernels.set_enabled``) and z is float32/float64,
-    C-contiguous."""
-    from lstmkit import kernels
-
-    if not kernels.is_enabled():
-        return False
-    from lstmkit.kernels import softmax
-
-    return softmax.supports(z)
-
-
 def _softmax_cross_entropy_fused(
+    softmax: Any,
     z: np.ndarray,
     t: np.ndarray,
     counted: np.ndarray,
@@ -167,10 +158,9 @@ def _softmax_cross_entropy_fused(
     compute_grad: bool,
     out: np.ndarray | None,
 ) -> tuple[np.floating | np.ndarray, np.ndarray | None]:
-    """``softmax_cross_entropy`` on the fused kernel, for checked inputs: the logits z (N, V),
-    the targets t (N,) (valid where ``counted``), the same results to rounding."""
-    from lstmkit.kernels import softmax
-
+    """``softmax_cross_entropy`` on the fused kernel (the module ``lstmkit.kernels.softmax``),
+    for checked inputs: the logits z (N, V), the targets t (N,) (valid where ``counted``), the
+    same results to rounding."""
     count = t.size if all_counted else int(counted.sum())
     dtype = z.dtype.type
     if reduction == "mean":
