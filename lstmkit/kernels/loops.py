@@ -46,6 +46,18 @@ def add_rows(acc, src):
 
 
 @njit(**_OPTS)
+def state_before(s, t, reverse, has_mask, saved, initial, states):
+    """The cell state entering processing step s (time index t): ``saved[t]`` when a mask
+    kept a copy of every step's incoming state, ``initial`` for the first step, else the state
+    computed by the previous step, ``states[t - 1]`` (``states[t + 1]`` in reverse)."""
+    if has_mask:
+        return saved[t]
+    if s == 0:
+        return initial
+    return states[t + 1 if reverse else t - 1]
+
+
+@njit(**_OPTS)
 def flush_all(a):
     """Zero the subnormal entries of a contiguous 1-D view (see ``gates.flush``)."""
     for j in range(a.shape[0]):

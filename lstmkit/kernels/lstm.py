@@ -32,7 +32,15 @@ from numba import njit
 
 from lstmkit.kernels.blas import gemm
 from lstmkit.kernels.gates import flush, one_like, sigmoid, tanh
-from lstmkit.kernels.loops import add_rows, copy1, copy2, fill1, fill_rows, flush_all
+from lstmkit.kernels.loops import (
+    add_rows,
+    copy1,
+    copy2,
+    fill1,
+    fill_rows,
+    flush_all,
+    state_before,
+)
 
 _OPTS = {"cache": True, "error_model": "numpy", "fastmath": {"contract"}, "nogil": True}
 BIG = 100.0  # sigmoid(BIG) == 1 exactly in float32 and float64: a removed gate's input
@@ -207,12 +215,7 @@ def lstm_backward(X, Wih, Whh, has_bias, peep, has_peep, gidx, cifg, mask, has_m
     ki, kf, kg, ko = gidx[0], gidx[1], gidx[2], gidx[3]
     for s in range(T - 1, -1, -1):
         t = T - 1 - s if reverse else s
-        if has_mask:
-            c_prev = CP[t]
-        elif s == 0:
-            c_prev = c0
-        else:
-            c_prev = C[t + 1 if reverse else t - 1]
+        c_prev = state_before(s, t, reverse, has_mask, CP, c0, C)
         zt = Z[t]
         dzt = dZ[t]
         for b in range(B):
@@ -255,12 +258,7 @@ def lstm_backward(X, Wih, Whh, has_bias, peep, has_peep, gidx, cifg, mask, has_m
     if has_peep:  # sum over steps of dz_i c_prev, dz_f c_prev, dz_o c
         for s in range(T):
             t = T - 1 - s if reverse else s
-            if has_mask:
-                c_prev = CP[t]
-            elif s == 0:
-                c_prev = c0
-            else:
-                c_prev = C[t + 1 if reverse else t - 1]
+            c_prev = state_before(s, t, reverse, has_mask, CP, c0, C)
             for b in range(B):
                 if ki >= 0:
                     _mul_add(gpeep[0], dZ[t, b, ki], c_prev[b])

@@ -31,7 +31,7 @@ from numba import njit, prange
 
 from lstmkit.kernels.blas import gemm
 from lstmkit.kernels.gates import flush, one_like, sigmoid, tanh
-from lstmkit.kernels.loops import copy2, flush_all
+from lstmkit.kernels.loops import copy2, flush_all, state_before
 
 _OPTS = {"cache": True, "error_model": "numpy", "fastmath": {"contract"}, "nogil": True}
 BIG = 100.0
@@ -228,12 +228,7 @@ def _weights_part(p, parts, u0, u1, G, gidx, reverse, has_mask, has_bias, has_pe
         hp = u1 - u0
         for s in range(T):
             t = T - 1 - s if reverse else s
-            if has_mask:
-                cp = CPT[t]
-            elif s == 0:
-                cp = c0T
-            else:
-                cp = CT[t + 1 if reverse else t - 1]
+            cp = state_before(s, t, reverse, has_mask, CPT, c0T, CT)
             for u in range(u0, u1):
                 for k in range(3):
                     kk = gidx[0] if k == 0 else gidx[1] if k == 1 else gidx[3]
@@ -386,12 +381,7 @@ def _backward_driver(loop):
         db = np.empty((1, GH), dtype=X.dtype)
         for s in range(T - 1, -1, -1):
             t = T - 1 - s if reverse else s
-            if has_mask:
-                cprev = CPT[t]
-            elif s == 0:
-                cprev = c0T
-            else:
-                cprev = CT[t + 1 if reverse else t - 1]
+            cprev = state_before(s, t, reverse, has_mask, CPT, c0T, CT)
             cur = dZs2[s % 2]
             prev = dZs2[(s + 1) % 2]
             for p in loop(parts):
