@@ -32,6 +32,7 @@ from numba import njit, prange
 from lstmkit.kernels.blas import gemm
 from lstmkit.kernels.gates import flush, one_like, sigmoid, tanh
 from lstmkit.kernels.loops import copy2, flush_all, state_before
+from lstmkit.kernels.packed import pack_rows, packed_gemm
 
 _OPTS = {"cache": True, "error_model": "numpy", "fastmath": {"contract"}, "nogil": True}
 BIG = 100.0
@@ -128,12 +129,12 @@ def _gate(flat, r0, kk, hp, B, n, other):
 
 
 @njit(**_OPTS)
-def _forward_part(u0, u1, G, gidx, cifg, zt, P, zs, Whh, hprev, cprev, cnew, hout, OUT, t,
-                  wexp, scratch, mask, has_mask, hstate, cstate):
+def _forward_part(u0, u1, G, gidx, cifg, zt, P, zs, Wp, w_off, hprev, cprev, cnew, hout, OUT,
+                  t, wexp, scratch, mask, has_mask, hstate, cstate):
     """Step t for the units [u0, u1): copy their rows of the projection P[:, zs] into the
-    step's block zt, add W_hh h_prev (one BLAS call), then gates, c (into cnew), h (into hout),
-    and OUT[t] for these units. With a mask, masked columns keep their state (hstate, cstate:
-    the state after the step, updated in place) and output 0."""
+    step's block zt, add W_hh h_prev (their rows of W_hh, packed at Wp[w_off:]), then gates, c
+    (into cnew), h (into hout), and OUT[t] for these units. With a mask, masked columns keep
+    their state (hstate, cstate: the state after the step, updated in place) and output 0."""
     H, B = hprev.shape
     hp = u1 - u0
     r0 = G * u0
@@ -142,7 +143,7 @@ def _forward_part(u0, u1, G, gidx, cifg, zt, P, zs, Whh, hprev, cprev, cnew, hou
     for r in range(r0, r1):
         for b in range(B):
             zt[r, b] = P[r, zs, b]
-    gemm(False, False, 1.0, Whh[r0:r1], hprev, 1.0, zt[r0:r1])
+    packed_gemm(Wp, w_off, r1 - r0, hprev, zt[r0:r1], True)
     flat = zt.reshape(zt.shape[0] * B)
     if gidx[0] < 0 or gidx[1] < 0 or gidx[3] < 0:
         for k in range(3):
@@ -245,7 +246,7 @@ def _weights_part(p, parts, u0, u1, G, gidx, reverse, has_mask, has_bias, has_pe
 def _forward_driver(loop):
     def lstm_forward_t(X, Wih, Whh, bias, has_bias, wexp, gidx, cifg, mask, has_mask, reverse,
                        keep, h0, c0, P, Z, OUT, CT, HP, CPT, hT, cT, hnew, hs, cs, scratch,
-                       bounds):
+                       bounds, Wp, w_off):
         """The whole sequence. Weights, bias and Z rows in the parts' order (see the module doc).
 
         P (GH, Tc, B): the projection of a chunk of Tc steps. Z (T, GH, B) with ``keep`` (the gate
@@ -253,7 +254,8 @@ def _forward_driver(loop):
         else (2, H, B). HP (T, B, H), CPT (T, H, B): the state before each step (``keep`` with a
         mask). hT (2, H, B), cT, hnew (H, B): work. hs, cs (B, H): the final state on return.
         wexp (3, H, B): peephole weights i, f, o per element. scratch (parts, 3, max units * B).
-        bounds (parts + 1,): the unit ranges of the parts.
+        bounds (parts + 1,): the unit ranges of the parts. Wp, w_off (parts,): room for W_hh,
+        packed part by part (``packed.pack_rows``), and where each part's rows start.
         """
         T, B, D = X.shape
         H = h0.shape[1]
@@ -264,6 +266,8 @@ def _forward_driver(loop):
         P2 = P.reshape(GH, Tc * B)
         _transpose_into(hT[0], h0)
         _transpose_into(cT, c0)
+        for p in loop(parts):
+            pack_rows(Whh, G * bounds[p], G * bounds[p + 1], Wp, w_off[p])
         done = 0
         while done < T:
             n = min(Tc, T - done)
@@ -294,9 +298,9 @@ def _forward_driver(loop):
                     else:
                         cprev = CT[(s - 1) % 2]
                 for p in loop(parts):
-                    _forward_part(bounds[p], bounds[p + 1], G, gidx, cifg, zt, P, zs, Whh, hprev,
-                                  cprev, CT[cslot], hout, OUT, t, wexp, scratch[p], mask,
-                                  has_mask, hstate, cT)
+                    _forward_part(bounds[p], bounds[p + 1], G, gidx, cifg, zt, P, zs, Wp,
+                                  w_off[p], hprev, cprev, CT[cslot], hout, OUT, t, wexp,
+                                  scratch[p], mask, has_mask, hstate, cT)
             done += n
         if not has_mask:
             last = 0 if reverse else T - 1
@@ -308,12 +312,12 @@ def _forward_driver(loop):
 
 
 @njit(**_OPTS)
-def _backward_part(u0, u1, G, gidx, cifg, first, Z, t, dZs_prev, dZs, dZ, WhhT, C, CP, dhT,
-                   dOUT, dOT, dcT, wexp, ones, scratch, mask, has_mask, saved):
-    """Step t backward for the units [u0, u1): dh^T of these units = W_hh^T dZ_{t+1} (one
-    BLAS call, unless this is the first step processed), then the element-wise pass into
-    this part's rows of dZs (GH, B), copied into dZ[:, t]. A masked column gets dZ = 0 and
-    passes its dh, dc through."""
+def _backward_part(u0, u1, G, gidx, cifg, first, Z, t, dZs_prev, dZs, dZ, Wp, w_off, C, CP,
+                   dhT, dOUT, dOT, dcT, wexp, ones, scratch, mask, has_mask, saved):
+    """Step t backward for the units [u0, u1): dh^T of these units = W_hh^T dZ_{t+1} (their
+    rows of W_hh^T, packed at Wp[w_off:]; not for the first step processed), then the
+    element-wise pass into this part's rows of dZs (GH, B), copied into dZ[:, t]. A masked
+    column gets dZ = 0 and passes its dh, dc through."""
     H, B = dhT.shape
     hp = u1 - u0
     r0 = G * u0
@@ -322,7 +326,7 @@ def _backward_part(u0, u1, G, gidx, cifg, first, Z, t, dZs_prev, dZs, dZ, WhhT, 
     a0 = u0 * B
     a1 = u1 * B
     if not first:
-        gemm(False, False, 1.0, WhhT[u0:u1], dZs_prev, 1.0 if has_mask else 0.0, dhT[u0:u1])
+        packed_gemm(Wp, w_off, hp, dZs_prev, dhT[u0:u1], has_mask)
     for b in range(B):
         for u in range(u0, u1):
             dOT[u, b] = dOUT[t, b, u]
@@ -363,12 +367,14 @@ def _backward_part(u0, u1, G, gidx, cifg, first, Z, t, dZs_prev, dZs, dZ, WhhT, 
 def _backward_driver(loop):
     def lstm_backward_t(X, Wih, WhhT, has_bias, wexp, gidx, cifg, mask, has_mask, reverse, h0,
                         c0, Z, OUT, CT, HP, CPT, dOUT, dh, dc, dZs2, dZ, dX, gWih, gWhh, gbih,
-                        gbhh, gpeep, has_peep, dhT, dcT, dOT, saved, ones, scratch, bounds):
+                        gbhh, gpeep, has_peep, dhT, dcT, dOT, saved, ones, scratch, bounds, Wp,
+                        w_off):
         """Backpropagation through time (rows in the parts' order). dh, dc (B, H): the gradient
         at the final state on entry, at the initial state on return. dZs2 (2, GH, B): work;
         dZ (GH, T, B), dX (T, B, D): outputs. Gradients are accumulated into gWih, gWhh, gbih,
         gbhh (rows in the parts' order) and gpeep (3, H). WhhT: W_hh^T (H, GH), contiguous.
-        ones: at least max(T * B, H * B) ones."""
+        ones: at least max(T * B, H * B) ones. Wp, w_off (parts,): room for W_hh^T packed
+        part by part, and where each part's rows start."""
         T, B, D = X.shape
         H = h0.shape[1]
         GH = Z.shape[1]
@@ -379,6 +385,8 @@ def _backward_driver(loop):
         c0T = np.empty((H, B), dtype=X.dtype)
         _transpose_into(c0T, c0)
         db = np.empty((1, GH), dtype=X.dtype)
+        for p in loop(parts):
+            pack_rows(WhhT, bounds[p], bounds[p + 1], Wp, w_off[p])
         for s in range(T - 1, -1, -1):
             t = T - 1 - s if reverse else s
             cprev = state_before(s, t, reverse, has_mask, CPT, c0T, CT)
@@ -386,8 +394,8 @@ def _backward_driver(loop):
             prev = dZs2[(s + 1) % 2]
             for p in loop(parts):
                 _backward_part(bounds[p], bounds[p + 1], G, gidx, cifg, s == T - 1, Z, t, prev,
-                               cur, dZ, WhhT, CT[t], cprev, dhT, dOUT, dOT, dcT, wexp, ones,
-                               scratch[p], mask, has_mask, saved)
+                               cur, dZ, Wp, w_off[p], CT[t], cprev, dhT, dOUT, dOT, dcT, wexp,
+                               ones, scratch[p], mask, has_mask, saved)
         last = dZs2[0]  # the gradient of the first step processed last: s == 0
         TB = T * B
         X2 = X.reshape(TB, D)

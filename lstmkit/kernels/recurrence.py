@@ -16,8 +16,8 @@ from lstmkit.cells import GRUCell, LSTMCell, RNNCell
 from lstmkit.kernels import gru as _gru
 from lstmkit.kernels import lstm as _lstm
 from lstmkit.kernels import lstm_t as _lstm_t
+from lstmkit.kernels import packed, threads
 from lstmkit.kernels import rnn as _rnn
-from lstmkit.kernels import threads
 
 Array = np.ndarray
 State = tuple[Array, ...]
@@ -87,6 +87,15 @@ def _row_blas(B: int) -> Any:
 
 
 # -- LSTM --------------------------------------------------------------------------------------
+
+
+def _packed_room(row_bounds: Array, K: int) -> tuple[Array, Array]:
+    """Room for a (rows, K) float32 matrix packed part by part (``packed.pack_rows``): each
+    part p owns rows [row_bounds[p], row_bounds[p + 1]) and starts at offset w_off[p]."""
+    sizes = [packed.packed_size(int(r1 - r0), K) for r0, r1 in zip(row_bounds[:-1],
+                                                                   row_bounds[1:])]
+    w_off = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    return np.empty(int(sum(sizes)), dtype=np.float32), w_off
 
 
 def _lstm_gate_layout(cell: LSTMCell) -> Array:
@@ -178,11 +187,12 @@ def _lstm_forward_t(cell: LSTMCell, x: Array, wih: Array, whh: Array, bias: Arra
     scratch = np.empty((len(bounds) - 1, 3, width), dtype=dtype)
     if parts > 1:
         threads.keep_torch_openmp_apart()  # before Numba's OpenMP pool starts
+    Wp, w_off = _packed_room(G * bounds, H)
     run = _lstm_t.lstm_forward_t if parts > 1 else _lstm_t.lstm_forward_t_serial
     with threads.blas_single_threaded():
-        run(x, wih, whh, bias, cell.bias, wexp, gidx,
-                               cell.coupled_input_forget, mask_arr, has_mask, reverse, keep, h0,
-                               c0, P, Z, out, CT, HP, CPT, hT, cT, hnew, hs, cs, scratch, bounds)
+        run(x, wih, whh, bias, cell.bias, wexp, gidx, cell.coupled_input_forget, mask_arr,
+            has_mask, reverse, keep, h0, c0, P, Z, out, CT, HP, CPT, hT, cT, hnew, hs, cs, scratch,
+            bounds, Wp, w_off)
     cache = None
     if keep:
         cache = {"kind": "lstm", "layout": "batch-inner", "x": x, "Z": Z, "out": out,
@@ -227,13 +237,14 @@ def _lstm_backward_t(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Arr
     scratch = np.empty((len(bounds) - 1, 3, width), dtype=dtype)
     if len(bounds) > 2:
         threads.keep_torch_openmp_apart()
+    Wp, w_off = _packed_room(bounds, GH)
     run = _lstm_t.lstm_backward_t if len(bounds) > 2 else _lstm_t.lstm_backward_t_serial
     with threads.blas_single_threaded():
         run(
             x, wih, whhT, cell.bias, wexp, cache["gidx"], cell.coupled_input_forget,
             cache["mask"], cache["has_mask"], cache["reverse"], cache["h0"], cache["c0"], Z,
             cache["out"], cache["C"], cache["HP"], cache["CP"], d_out, dh, dc, dZs2, dZ, dX,
-            *g_arrays, gpeep, cell.peepholes, *work, ones, scratch, bounds)
+            *g_arrays, gpeep, cell.peepholes, *work, ones, scratch, bounds, Wp, w_off)
     if perm is None:
         for acc in accs:
             acc.finish()

@@ -1,0 +1,56 @@
+"""The packed-weight product of one recurrent step (``lstmkit.kernels.packed``) equals NumPy's
+``A @ X`` to float32 rounding, on every tile remainder (rows not a multiple of 16, batch
+columns not a multiple of 6), writing only its own block of rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numba import njit
+
+from lstmkit.kernels import packed
+
+
+@njit(cache=False)
+def _rows_product(a, a_off, X, C, r0, r1, beta):
+    packed.packed_gemm(a, a_off, r1 - r0, X, C[r0:r1], beta)
+
+
+SHAPES = [(1, 1, 1), (16, 3, 6), (17, 5, 7), (33, 19, 13), (64, 64, 16), (100, 37, 20),
+          (128, 128, 1), (5, 200, 12)]
+
+
+@pytest.mark.parametrize("M,K,B", SHAPES)
+@pytest.mark.parametrize("beta", [True, False])
+def test_packed_gemm_equals_numpy(M, K, B, beta):
+    rng = np.random.default_rng(M * 1000 + K * 10 + B)
+    A = rng.standard_normal((M, K)).astype(np.float32)
+    X = rng.standard_normal((K, B)).astype(np.float32)
+    C = rng.standard_normal((M + 7, B)).astype(np.float32)  # rows 3 .. 3 + M are the block
+    before = C.copy()
+    room = np.full(packed.packed_size(M, K) + 5, np.nan, dtype=np.float32)
+    packed.pack_rows(A, 0, M, room, 5)  # at an offset, as each thread's part is
+    _rows_product(room, 5, X, C, 3, 3 + M, beta)
+    expect = A.astype(np.float64) @ X.astype(np.float64)
+    if beta:
+        expect += before[3:3 + M]
+    scale = np.sqrt(K) + np.abs(before).max()
+    np.testing.assert_allclose(C[3:3 + M], expect, rtol=0, atol=2e-6 * scale)
+    np.testing.assert_array_equal(C[:3], before[:3])
+    np.testing.assert_array_equal(C[3 + M:], before[3 + M:])
+
+
+def test_pack_layout_is_tiles_of_16_rows_zero_padded():
+    A = np.arange(20 * 3, dtype=np.float32).reshape(20, 3)
+    p = packed.pack(A).reshape(2, 3, 16)  # 2 tiles of (K, 16)
+    np.testing.assert_array_equal(p[0], A[:16].T)
+    np.testing.assert_array_equal(p[1, :, :4], A[16:].T)
+    np.testing.assert_array_equal(p[1, :, 4:], 0.0)
+
+
+def test_pack_rows_of_a_part():
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((40, 9)).astype(np.float32)
+    room = np.empty(packed.packed_size(24, 9), dtype=np.float32)
+    packed.pack_rows(A, 16, 40, room, 0)
+    np.testing.assert_array_equal(room, packed.pack(A[16:40]))
