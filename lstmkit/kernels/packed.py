@@ -169,11 +169,14 @@ def packed_gemm(a, a_off, M, X, C, beta):
     xf = X.reshape(K * B)
     cf = C.reshape(M * B)
     tiles = (M + TILE - 1) // TILE
+    blocks = (B + MAX_NB - 1) // MAX_NB  # as few column blocks as possible, of equal widths
     for t in range(tiles):
         rows = min(TILE, M - t * TILE)
-        for b0 in range(0, B, MAX_NB):
-            _block(min(MAX_NB, B - b0), a, a_off + t * K * TILE, xf, b0, B, K, cf,
-                   t * TILE * B + b0, B, rows, beta)
+        for q in range(blocks):
+            b0 = (B * q) // blocks
+            b1 = (B * (q + 1)) // blocks
+            _block(b1 - b0, a, a_off + t * K * TILE, xf, b0, B, K, cf, t * TILE * B + b0, B,
+                   rows, beta)
 
 
 def pack(A: np.ndarray) -> np.ndarray:
