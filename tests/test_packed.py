@@ -29,7 +29,7 @@ def test_packed_gemm_equals_numpy(M, K, B, beta):
     C = rng.standard_normal((M + 7, B)).astype(np.float32)  # rows 3 .. 3 + M are the block
     before = C.copy()
     room = np.full(packed.packed_size(M, K) + 5, np.nan, dtype=np.float32)
-    packed.pack_rows(A, 0, M, room, 5)  # at an offset, as each thread's part is
+    packed.pack_rows(A, np.arange(M), 0, M, room, 5)  # at an offset, as each thread's part is
     _rows_product(room, 5, X, C, 3, 3 + M, beta)
     expect = A.astype(np.float64) @ X.astype(np.float64)
     if beta:
@@ -48,9 +48,20 @@ def test_pack_layout_is_tiles_of_16_rows_zero_padded():
     np.testing.assert_array_equal(p[1, :, 4:], 0.0)
 
 
-def test_pack_rows_of_a_part():
+def test_pack_rows_of_a_part_with_permuted_rows():
     rng = np.random.default_rng(0)
     A = rng.standard_normal((40, 9)).astype(np.float32)
+    order = rng.permutation(40)
     room = np.empty(packed.packed_size(24, 9), dtype=np.float32)
-    packed.pack_rows(A, 16, 40, room, 0)
-    np.testing.assert_array_equal(room, packed.pack(A[16:40]))
+    packed.pack_rows(A, order, 16, 40, room, 0)
+    np.testing.assert_array_equal(room, packed.pack(A[order][16:40]))
+
+
+@pytest.mark.parametrize("c0,c1", [(0, 40), (8, 29), (16, 17)])
+def test_pack_columns_packs_the_transpose_of_the_permuted_matrix(c0, c1):
+    rng = np.random.default_rng(c1)
+    A = rng.standard_normal((37, 40)).astype(np.float32)
+    order = rng.permutation(37)
+    room = np.full(packed.packed_size(c1 - c0, 37) + 3, np.nan, dtype=np.float32)
+    packed.pack_columns(A, order, c0, c1, room, 3)
+    np.testing.assert_array_equal(room[3:], packed.pack(A[order].T[c0:c1]))

@@ -32,7 +32,7 @@ from numba import njit, prange
 from lstmkit.kernels.blas import gemm
 from lstmkit.kernels.gates import flush, one_like, sigmoid, tanh
 from lstmkit.kernels.loops import copy2, flush_all, state_before
-from lstmkit.kernels.packed import pack_rows, packed_gemm
+from lstmkit.kernels.packed import pack_columns, pack_rows, packed_gemm
 
 _OPTS = {"cache": True, "error_model": "numpy", "fastmath": {"contract"}, "nogil": True}
 BIG = 100.0
@@ -192,20 +192,20 @@ def _project_part(r0, r1, P2, m, Wih, bias, has_bias, Xc):
 
 
 @njit(**_OPTS)
-def _weights_part(p, parts, u0, u1, G, gidx, reverse, has_mask, has_bias, has_peep, WhhT, last,
+def _weights_part(p, parts, u0, u1, G, gidx, reverse, has_mask, has_bias, has_peep, Wp, w_off, last,
                   dhT, dZ, X2, gWih, HP, gWhh, O2, h0, ones, db, gbih, gbhh, Wih, dX2, CPT, c0T,
                   CT, gpeep):
     """After the time loop, part p: dh_0 of its units, the weight and bias gradients of its
     rows, its share of the rows of dX, the peephole gradients of its units."""
     GH, T, B = dZ.shape
-    H = WhhT.shape[0]
+    H = h0.shape[1]
     TB = T * B
     dZ2 = dZ.reshape(GH, TB)
     first = T - 1 if reverse else 0
     r0 = G * u0
     r1 = G * u1
     # dh_0^T of these units, then the weight gradients of these rows
-    gemm(False, False, 1.0, WhhT[u0:u1], last, 1.0 if has_mask else 0.0, dhT[u0:u1])
+    packed_gemm(Wp, w_off, u1 - u0, last, dhT[u0:u1], has_mask)
     gemm(False, False, 1.0, dZ2[r0:r1], X2, 1.0, gWih[r0:r1])
     if has_mask:
         gemm(False, False, 1.0, dZ2[r0:r1], HP.reshape(TB, H), 1.0, gWhh[r0:r1])
@@ -244,10 +244,11 @@ def _weights_part(p, parts, u0, u1, G, gidx, reverse, has_mask, has_bias, has_pe
 
 
 def _forward_driver(loop):
-    def lstm_forward_t(X, Wih, Whh, bias, has_bias, wexp, gidx, cifg, mask, has_mask, reverse,
-                       keep, h0, c0, P, Z, OUT, CT, HP, CPT, hT, cT, hnew, hs, cs, scratch,
-                       bounds, Wp, w_off):
-        """The whole sequence. Weights, bias and Z rows in the parts' order (see the module doc).
+    def lstm_forward_t(X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, mask, has_mask,
+                       reverse, keep, h0, c0, P, Z, OUT, CT, HP, CPT, hT, cT, hnew, hs, cs,
+                       scratch, bounds, Wp, w_off):
+        """The whole sequence. W_ih, bias and Z rows in the parts' order (see the module doc);
+        W_hh as the layer holds it, ``order``: its rows in the parts' order.
 
         P (GH, Tc, B): the projection of a chunk of Tc steps. Z (T, GH, B) with ``keep`` (the gate
         activations afterwards) else (1, GH, B). CT (T, H, B) computed cell states with ``keep``,
@@ -267,7 +268,7 @@ def _forward_driver(loop):
         _transpose_into(hT[0], h0)
         _transpose_into(cT, c0)
         for p in loop(parts):
-            pack_rows(Whh, G * bounds[p], G * bounds[p + 1], Wp, w_off[p])
+            pack_rows(Whh, order, G * bounds[p], G * bounds[p + 1], Wp, w_off[p])
         done = 0
         while done < T:
             n = min(Tc, T - done)
@@ -365,16 +366,17 @@ def _backward_part(u0, u1, G, gidx, cifg, first, Z, t, dZs_prev, dZs, dZ, Wp, w_
 
 
 def _backward_driver(loop):
-    def lstm_backward_t(X, Wih, WhhT, has_bias, wexp, gidx, cifg, mask, has_mask, reverse, h0,
+    def lstm_backward_t(X, Wih, Whh, order, has_bias, wexp, gidx, cifg, mask, has_mask, reverse, h0,
                         c0, Z, OUT, CT, HP, CPT, dOUT, dh, dc, dZs2, dZ, dX, gWih, gWhh, gbih,
                         gbhh, gpeep, has_peep, dhT, dcT, dOT, saved, ones, scratch, bounds, Wp,
                         w_off):
         """Backpropagation through time (rows in the parts' order). dh, dc (B, H): the gradient
         at the final state on entry, at the initial state on return. dZs2 (2, GH, B): work;
         dZ (GH, T, B), dX (T, B, D): outputs. Gradients are accumulated into gWih, gWhh, gbih,
-        gbhh (rows in the parts' order) and gpeep (3, H). WhhT: W_hh^T (H, GH), contiguous.
+        gbhh (rows in the parts' order) and gpeep (3, H). Whh: W_hh (GH, H) as the layer
+        holds it, ``order``: its rows in the parts' order.
         ones: at least max(T * B, H * B) ones. Wp, w_off (parts,): room for W_hh^T packed
-        part by part, and where each part's rows start."""
+        part by part (``packed.pack_columns``), and where each part's rows start."""
         T, B, D = X.shape
         H = h0.shape[1]
         GH = Z.shape[1]
@@ -386,7 +388,7 @@ def _backward_driver(loop):
         _transpose_into(c0T, c0)
         db = np.empty((1, GH), dtype=X.dtype)
         for p in loop(parts):
-            pack_rows(WhhT, bounds[p], bounds[p + 1], Wp, w_off[p])
+            pack_columns(Whh, order, bounds[p], bounds[p + 1], Wp, w_off[p])
         for s in range(T - 1, -1, -1):
             t = T - 1 - s if reverse else s
             cprev = state_before(s, t, reverse, has_mask, CPT, c0T, CT)
@@ -403,7 +405,7 @@ def _backward_driver(loop):
         O2 = OUT.reshape(TB, H)
         for p in loop(parts):
             _weights_part(p, parts, bounds[p], bounds[p + 1], G, gidx, reverse, has_mask,
-                          has_bias, has_peep, WhhT, last, dhT, dZ, X2, gWih, HP, gWhh, O2,
+                          has_bias, has_peep, Wp, w_off[p], last, dhT, dZ, X2, gWih, HP, gWhh, O2,
                           h0, ones, db, gbih, gbhh, Wih, dX2, CPT, c0T, CT, gpeep)
         _transpose_into(dh, dhT)
         _transpose_into(dc, dcT)

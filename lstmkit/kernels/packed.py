@@ -4,8 +4,9 @@ Every step of a recurrence multiplies the same weight matrix (W_hh, or W_hh^T ba
 thin matrix: the state h^T (H, B) or the gate gradients dZ^T (GH, B), with B the batch. A BLAS
 ``gemm`` call copies ("packs") the weight matrix into its own cache-friendly layout on every
 call, i.e. on every time step; for small batches that copy costs as much as the arithmetic.
-Here the weights are packed once per forward or backward pass (``pack_rows``) and each step
-runs a register-tiled micro-kernel on them:
+Here the weights are packed once per forward or backward pass (``pack_rows``, or
+``pack_columns`` for W_hh^T, straight from W_hh) and each step runs a register-tiled
+micro-kernel on them:
 
 - ``A`` (M, K) is stored as ceil(M/16) tiles of (K, 16): tile t holds rows 16t..16t+15, one
   cache line per k (rows past M are zero);
@@ -143,8 +144,9 @@ def packed_size(M: int, K: int) -> int:
 
 
 @njit(**_OPTS)
-def pack_rows(A, r0, r1, out, off):
-    """Pack rows [r0, r1) of A (M, K) into out[off : off + packed_size(r1 - r0, K)]."""
+def pack_rows(A, order, r0, r1, out, off):
+    """Pack rows r0 .. r1-1 of A[order] (A (M, K), ``order`` a row permutation of A) into
+    out[off : off + packed_size(r1 - r0, K)]."""
     K = A.shape[1]
     M = r1 - r0
     tiles = (M + TILE - 1) // TILE
@@ -153,11 +155,33 @@ def pack_rows(A, r0, r1, out, off):
         for r in range(TILE):
             row = r0 + t * TILE + r
             if row < r1:
+                src = order[row]
                 for k in range(K):
-                    out[base + k * TILE + r] = A[row, k]
+                    out[base + k * TILE + r] = A[src, k]
             else:
                 for k in range(K):
                     out[base + k * TILE + r] = 0.0
+
+
+@njit(**_OPTS)
+def pack_columns(A, order, c0, c1, out, off):
+    """Pack rows c0 .. c1-1 of (A[order])^T, i.e. columns c0 .. c1-1 of A with its rows
+    permuted (A (K, N)), into out[off : off + packed_size(c1 - c0, K)]: the transpose is
+    packed straight from A, reading runs of 16 contiguous numbers, with no transposed copy."""
+    K = order.shape[0]
+    M = c1 - c0
+    tiles = (M + TILE - 1) // TILE
+    for t in range(tiles):
+        base = off + t * K * TILE
+        width = min(TILE, M - t * TILE)
+        col = c0 + t * TILE
+        for k in range(K):
+            src = order[k]
+            dst = base + k * TILE
+            for r in range(width):
+                out[dst + r] = A[src, col + r]
+            for r in range(width, TILE):
+                out[dst + r] = 0.0
 
 
 @njit(**_OPTS)
@@ -183,5 +207,5 @@ def pack(A: np.ndarray) -> np.ndarray:
     """The packed copy of a float32 (M, K) matrix (for tests and one-off use)."""
     A = np.ascontiguousarray(A, dtype=np.float32)
     out = np.empty(packed_size(*A.shape), dtype=np.float32)
-    pack_rows(A, 0, A.shape[0], out, 0)
+    pack_rows(A, np.arange(A.shape[0]), 0, A.shape[0], out, 0)
     return out

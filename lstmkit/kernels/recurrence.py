@@ -98,6 +98,11 @@ def _packed_room(row_bounds: Array, K: int) -> tuple[Array, Array]:
     return np.empty(int(sum(sizes)), dtype=np.float32), w_off
 
 
+def _row_order(perm: Array | None, rows: int) -> Array:
+    """The rows of a weight matrix in the parts' order (``threads.row_permutation``)."""
+    return np.arange(rows, dtype=np.int64) if perm is None else perm.astype(np.int64)
+
+
 def _lstm_gate_layout(cell: LSTMCell) -> Array:
     gates = cell.gates
     return np.array([gates.index(g) if g in gates else -1 for g in "ifgo"], dtype=np.int64)
@@ -166,7 +171,7 @@ def _lstm_forward_t(cell: LSTMCell, x: Array, wih: Array, whh: Array, bias: Arra
     bounds = threads.unit_bounds(H, parts)
     perm = threads.row_permutation(G, H, bounds)
     if perm is not None:
-        wih, whh, bias = wih[perm], whh[perm], bias[perm]
+        wih, bias = wih[perm], bias[perm]
     Tc = _chunk_steps(T, B, GH, dtype.itemsize)
     P = np.empty((GH, Tc, B), dtype=dtype)
     Z = np.empty((T if keep else 1, GH, B), dtype=dtype)
@@ -190,9 +195,9 @@ def _lstm_forward_t(cell: LSTMCell, x: Array, wih: Array, whh: Array, bias: Arra
     Wp, w_off = _packed_room(G * bounds, H)
     run = _lstm_t.lstm_forward_t if parts > 1 else _lstm_t.lstm_forward_t_serial
     with threads.blas_single_threaded():
-        run(x, wih, whh, bias, cell.bias, wexp, gidx, cell.coupled_input_forget, mask_arr,
-            has_mask, reverse, keep, h0, c0, P, Z, out, CT, HP, CPT, hT, cT, hnew, hs, cs, scratch,
-            bounds, Wp, w_off)
+        run(x, wih, whh, _row_order(perm, GH), bias, cell.bias, wexp, gidx,
+            cell.coupled_input_forget, mask_arr, has_mask, reverse, keep, h0, c0, P, Z, out, CT, HP,
+            CPT, hT, cT, hnew, hs, cs, scratch, bounds, Wp, w_off)
     cache = None
     if keep:
         cache = {"kind": "lstm", "layout": "batch-inner", "x": x, "Z": Z, "out": out,
@@ -214,8 +219,7 @@ def _lstm_backward_t(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Arr
     bounds, perm = cache["bounds"], cache["perm"]
     wih, whh = _c(p["weight_ih"], dtype), _c(p["weight_hh"], dtype)
     if perm is not None:
-        wih, whh = wih[perm], whh[perm]
-    whhT = np.ascontiguousarray(whh.T)
+        wih = wih[perm]
     peep = _lstm_peep(cell, p, H, dtype)
     wexp = np.ascontiguousarray(np.broadcast_to(peep[:, :, None], (3, H, B)))
     dZ = np.empty((GH, T, B), dtype=dtype)
@@ -241,7 +245,8 @@ def _lstm_backward_t(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Arr
     run = _lstm_t.lstm_backward_t if len(bounds) > 2 else _lstm_t.lstm_backward_t_serial
     with threads.blas_single_threaded():
         run(
-            x, wih, whhT, cell.bias, wexp, cache["gidx"], cell.coupled_input_forget,
+            x, wih, whh, _row_order(perm, GH), cell.bias, wexp, cache["gidx"],
+            cell.coupled_input_forget,
             cache["mask"], cache["has_mask"], cache["reverse"], cache["h0"], cache["c0"], Z,
             cache["out"], cache["C"], cache["HP"], cache["CP"], d_out, dh, dc, dZs2, dZ, dX,
             *g_arrays, gpeep, cell.peepholes, *work, ones, scratch, bounds, Wp, w_off)
