@@ -199,11 +199,12 @@ class RecurrentLayer(Module):
     # -- forward ------------------------------------------------------------------------------
 
     def __call__(self, x: Any, state: Any = None, lengths: Any = None,
-                 return_gates: bool = False) -> Any:
-        return self.forward(x, state, lengths=lengths, return_gates=return_gates)
+                 return_gates: bool = False, rows_of: Any = None) -> Any:
+        return self.forward(x, state, lengths=lengths, return_gates=return_gates,
+                            rows_of=rows_of)
 
     def forward(self, x: Any, state: Any = None, lengths: Any = None,
-                return_gates: bool = False) -> Any:
+                return_gates: bool = False, rows_of: Any = None) -> Any:
         """Run the layer over a sequence.
 
         Args:
@@ -214,11 +215,18 @@ class RecurrentLayer(Module):
             lengths: (B,) ints in [1, T]: the true length of each padded sequence.
             return_gates: also return ``{"l0": {"i": (T, B, H), ...}, "l0_reverse": ...}``,
                 the value of every gate and of the cell state at every step.
+            rows_of: ``(ids, E)`` with ids (T, B) ints and E (V, input_size): a promise that
+                ``x = E[ids]`` (an embedding lookup, as in ``CharLM``). Where the fused
+                kernels can use it (float32 LSTM, B >= 2, V < T * B), the first layer's input
+                projection is taken from the (4H, V) table ``W_ih E^T`` instead of computed
+                for every step, and ``backward`` then returns dL/dE (V, input_size) in place
+                of dL/dx; see ``folds_rows``. Elsewhere it is ignored.
 
         Returns: ``(output, state_n)``, or ``(output, state_n, gates)``.
         """
         x, unbatched = self._check_input(x)
         T, B, _ = x.shape
+        fold = self._fold(rows_of, x, unbatched)
         mask = self._lengths_mask(lengths, T, B)
         state0 = self._initial_state(state, B, unbatched)
         keep = is_grad_enabled()
@@ -230,10 +238,12 @@ class RecurrentLayer(Module):
             outs = []
             for d in range(nd):
                 j = k * nd + d
-                out, final, cache = self.recurrence.forward(
-                    cell, self._direction(self.params, k, d), layer_in,
-                    tuple(s[j] for s in state0), mask, d == 1, keep or return_gates,
-                )
+                args = (cell, self._direction(self.params, k, d), layer_in,
+                        tuple(s[j] for s in state0), mask, d == 1, keep or return_gates)
+                if fold is not None and k == 0:
+                    out, final, cache = self.recurrence.forward(*args, rows_of=fold)
+                else:
+                    out, final, cache = self.recurrence.forward(*args)
                 outs.append(out)
                 caches.append(cache)
                 for n, s in enumerate(final):
@@ -253,7 +263,7 @@ class RecurrentLayer(Module):
         gates = self._gates(caches, unbatched) if return_gates else None
         self._cache = (
             {"caches": caches, "drop": drop_masks, "mask": mask, "shape": (T, B),
-             "unbatched": unbatched}
+             "unbatched": unbatched, "folded": fold is not None}
             if keep else None
         )
         output = self._to_user(layer_in, unbatched)
@@ -261,6 +271,32 @@ class RecurrentLayer(Module):
             tuple(s[:, 0] for s in state_n) if unbatched else state_n
         )
         return (output, packed, gates) if return_gates else (output, packed)
+
+    @property
+    def folds_rows(self) -> bool:
+        """Whether the last forward call folded its ``rows_of`` (then ``backward`` returns
+        dL/dE instead of dL/dx)."""
+        return self._cache is not None and self._cache["folded"]
+
+    def _fold(self, rows_of: Any, x: Array, unbatched: bool) -> tuple[Array, Array] | None:
+        """The checked ``(ids, E)`` if this call folds the lookup into the kernels, else None."""
+        if rows_of is None:
+            return None
+        T, B, D = x.shape
+        ids, E = (np.asarray(a) for a in rows_of)
+        if unbatched or self.batch_first:
+            ids = ids.reshape(T, B) if unbatched and ids.shape == (T,) else ids
+            if self.batch_first and not unbatched and ids.shape == (B, T):
+                ids = ids.T
+        if ids.shape != (T, B) or not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"rows_of: ids must be integers shaped like the input's (T, B) = "
+                             f"{(T, B)}, got {ids.dtype} {ids.shape}")
+        if E.ndim != 2 or E.shape[1] != D:
+            raise ValueError(f"rows_of: E must be (V, {D}), got shape {E.shape}")
+        can_fold = getattr(self.recurrence, "can_fold", None)
+        if can_fold is None or not can_fold(self._cells[0], x.dtype, T, B, E.shape[0]):
+            return None
+        return ids, E
 
     def _direction(self, store: dict[str, Array], k: int, d: int) -> dict[str, Array]:
         """The parameters (or gradients) of layer k, direction d, under the cell's short names."""
@@ -387,8 +423,9 @@ class RecurrentLayer(Module):
             d_state: dL/d(state_n), shaped like the returned state; zeros if None.
 
         Returns: ``(dx, d_state_0)``, the gradients with respect to the input and the initial
-        state. Parameter gradients are accumulated into ``self.grads``. With ``stateful``,
-        the gradient stops at the state carried in from the previous call (truncated BPTT).
+        state (``dx`` is dL/dE (V, input_size) when the forward call folded ``rows_of``).
+        Parameter gradients are accumulated into ``self.grads``. With ``stateful``, the
+        gradient stops at the state carried in from the previous call (truncated BPTT).
         """
         if self._cache is None:
             raise RuntimeError(
@@ -428,6 +465,8 @@ class RecurrentLayer(Module):
                     d_state0[n][j] = s
             d_layer = dx
         d_state_0 = tuple(np.stack(parts) for parts in d_state0)
+        if cache["folded"]:
+            return d_layer, self._pack_state(d_state_0)
         if unbatched:
             d_state_0 = tuple(s[:, 0] for s in d_state_0)
         return self._to_user(d_layer, unbatched), self._pack_state(d_state_0)

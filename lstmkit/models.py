@@ -97,7 +97,9 @@ class CharLM(Module):
         if ids.ndim != 2:
             raise ValueError(f"ids must be 2-D (T, B) character indices, got shape {ids.shape}")
         emb = self.embedding(ids)  # (T, B, E)
-        result = self.rnn(emb, state, return_gates=return_gates)
+        rows_of = None if self.embedding.padding_idx is not None else (ids, self.embedding.weight)
+        # the first layer may take its input projection from W_ih E^T (see LSTM.forward)
+        result = self.rnn(emb, state, return_gates=return_gates, rows_of=rows_of)
         hidden = self.drop(result[0])  # (T, B, H)
         logits = self.decoder(hidden)  # (T, B, V)
         return (logits, *result[1:])
@@ -105,8 +107,12 @@ class CharLM(Module):
     def backward(self, d_logits: Array) -> None:
         """Accumulate every parameter's gradient from dL/dlogits (T, B, V)."""
         d_hidden = self.drop.backward(self.decoder.backward(d_logits))
+        folded = self.rnn.folds_rows
         d_emb, _ = self.rnn.backward(d_hidden)
-        self.embedding.backward(d_emb)
+        if folded:  # dL/dE directly
+            self.embedding.grads["weight"] += d_emb
+        else:
+            self.embedding.backward(d_emb)
 
 
 class SequenceModel(Module):

@@ -116,14 +116,24 @@ class FusedRecurrence:
 
         return recurrence.supports(cell, dtype)
 
+    def can_fold(self, cell: Any, dtype: np.dtype, T: int, B: int, V: int) -> bool:
+        """Whether ``forward(..., rows_of=(ids, E))`` folds an embedding lookup x = E[ids]
+        (E: (V, D)) into the input projection (``recurrence.can_fold``)."""
+        if not self._fast(cell, dtype):
+            return False
+        from lstmkit.kernels import recurrence
+
+        return recurrence.can_fold(cell, dtype, T, B, V)
+
     def forward(self, cell: Any, p: dict[str, Array], x: Array, state0: State,
-                mask: Array | None, reverse: bool, keep_cache: bool) -> tuple[Array, State, Any]:
+                mask: Array | None, reverse: bool, keep_cache: bool,
+                rows_of: tuple[Array, Array] | None = None) -> tuple[Array, State, Any]:
         if not self._fast(cell, x.dtype):
             out, state, cache = _REFERENCE.forward(cell, p, x, state0, mask, reverse, keep_cache)
             return out, state, (None if cache is None else {"kind": "reference", "ref": cache})
         from lstmkit.kernels import recurrence
 
-        return recurrence.forward(cell, p, x, state0, mask, reverse, keep_cache)
+        return recurrence.forward(cell, p, x, state0, mask, reverse, keep_cache, rows_of)
 
     def backward(self, cell: Any, p: dict[str, Array], cache: Any, d_out: Array,
                  d_state: State, grads: dict[str, Array]) -> tuple[Array, State]:

@@ -130,19 +130,27 @@ def _gate(flat, r0, kk, hp, B, n, other):
 
 @njit(**_OPTS)
 def _forward_part(u0, u1, G, gidx, cifg, zt, P, zs, Wp, w_off, hprev, cprev, cnew, hout, OUT,
-                  t, wexp, scratch, mask, has_mask, hstate, cstate):
+                  t, wexp, scratch, mask, has_mask, hstate, cstate, fold, table, ids, order):
     """Step t for the units [u0, u1): copy their rows of the projection P[:, zs] into the
     step's block zt, add W_hh h_prev (their rows of W_hh, packed at Wp[w_off:]), then gates, c
     (into cnew), h (into hout), and OUT[t] for these units. With a mask, masked columns keep
-    their state (hstate, cstate: the state after the step, updated in place) and output 0."""
+    their state (hstate, cstate: the state after the step, updated in place) and output 0.
+    With ``fold`` the input rows come from ``table`` (GH, V) = W_ih E^T + b instead of P:
+    z[r, b] = table[order[r], ids[t, b]]."""
     H, B = hprev.shape
     hp = u1 - u0
     r0 = G * u0
     r1 = G * u1
     n = hp * B
-    for r in range(r0, r1):
-        for b in range(B):
-            zt[r, b] = P[r, zs, b]
+    if fold:
+        for r in range(r0, r1):
+            src = order[r]
+            for b in range(B):
+                zt[r, b] = table[src, ids[t, b]]
+    else:
+        for r in range(r0, r1):
+            for b in range(B):
+                zt[r, b] = P[r, zs, b]
     packed_gemm(Wp, w_off, r1 - r0, hprev, zt[r0:r1], True)
     flat = zt.reshape(zt.shape[0] * B)
     if gidx[0] < 0 or gidx[1] < 0 or gidx[3] < 0:
@@ -194,9 +202,11 @@ def _project_part(r0, r1, P2, m, Wih, bias, has_bias, Xc):
 @njit(**_OPTS)
 def _weights_part(p, parts, u0, u1, G, gidx, reverse, has_mask, has_bias, has_peep, Wp, w_off, last,
                   dhT, dZ, X2, gWih, HP, gWhh, O2, h0, ones, db, gbih, gbhh, Wih, dX2, CPT, c0T,
-                  CT, gpeep):
+                  CT, gpeep, fold, ids, E, S, dE):
     """After the time loop, part p: dh_0 of its units, the weight and bias gradients of its
-    rows, its share of the rows of dX, the peephole gradients of its units."""
+    rows, its share of the rows of dX, the peephole gradients of its units. With ``fold``
+    (X = E[ids]): S = dZ summed by input id (its rows, (GH, V)), dW_ih = S E, and instead of
+    dX this part's term of dE = S^T W_ih, into dE[p] (V, D)."""
     GH, T, B = dZ.shape
     H = h0.shape[1]
     TB = T * B
@@ -206,7 +216,17 @@ def _weights_part(p, parts, u0, u1, G, gidx, reverse, has_mask, has_bias, has_pe
     r1 = G * u1
     # dh_0^T of these units, then the weight gradients of these rows
     packed_gemm(Wp, w_off, u1 - u0, last, dhT[u0:u1], has_mask)
-    gemm(False, False, 1.0, dZ2[r0:r1], X2, 1.0, gWih[r0:r1])
+    if fold:
+        V = S.shape[1]
+        for r in range(r0, r1):
+            for v in range(V):
+                S[r, v] = 0.0
+            for j in range(TB):
+                S[r, ids[j]] += dZ2[r, j]
+        gemm(False, False, 1.0, S[r0:r1], E, 1.0, gWih[r0:r1])
+        gemm(True, False, 1.0, S[r0:r1], Wih[r0:r1], 0.0, dE[p])
+    else:
+        gemm(False, False, 1.0, dZ2[r0:r1], X2, 1.0, gWih[r0:r1])
     if has_mask:
         gemm(False, False, 1.0, dZ2[r0:r1], HP.reshape(TB, H), 1.0, gWhh[r0:r1])
     else:
@@ -221,10 +241,10 @@ def _weights_part(p, parts, u0, u1, G, gidx, reverse, has_mask, has_bias, has_pe
         for r in range(r0, r1):
             gbih[r] += db[0, r]
             gbhh[r] += db[0, r]
-    # dX rows of this part's share of the steps
-    q0 = (TB * p) // parts
-    q1 = (TB * (p + 1)) // parts
-    gemm(True, False, 1.0, dZ2[:, q0:q1], Wih, 0.0, dX2[q0:q1])
+    if not fold:  # dX rows of this part's share of the steps
+        q0 = (TB * p) // parts
+        q1 = (TB * (p + 1)) // parts
+        gemm(True, False, 1.0, dZ2[:, q0:q1], Wih, 0.0, dX2[q0:q1])
     if has_peep:
         hp = u1 - u0
         for s in range(T):
@@ -246,7 +266,7 @@ def _weights_part(p, parts, u0, u1, G, gidx, reverse, has_mask, has_bias, has_pe
 def _forward_driver(loop):
     def lstm_forward_t(X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, mask, has_mask,
                        reverse, keep, h0, c0, P, Z, OUT, CT, HP, CPT, hT, cT, hnew, hs, cs,
-                       scratch, bounds, Wp, w_off):
+                       scratch, bounds, Wp, w_off, fold, table, ids):
         """The whole sequence. W_ih, bias and Z rows in the parts' order (see the module doc);
         W_hh as the layer holds it, ``order``: its rows in the parts' order.
 
@@ -257,6 +277,8 @@ def _forward_driver(loop):
         wexp (3, H, B): peephole weights i, f, o per element. scratch (parts, 3, max units * B).
         bounds (parts + 1,): the unit ranges of the parts. Wp, w_off (parts,): room for W_hh,
         packed part by part (``packed.pack_rows``), and where each part's rows start.
+        fold: X[t, b] is row ids[t, b] of an embedding E, and table (GH, V) = W_ih E^T + b (rows
+        in the layer's order) replaces the input projection (see ``recurrence.lstm_forward``).
         """
         T, B, D = X.shape
         H = h0.shape[1]
@@ -273,9 +295,10 @@ def _forward_driver(loop):
         while done < T:
             n = min(Tc, T - done)
             t0 = T - done - n if reverse else done
-            for p in loop(parts):
-                _project_part(G * bounds[p], G * bounds[p + 1], P2, n * B, Wih, bias,
-                              has_bias, X2[t0 * B:(t0 + n) * B])
+            if not fold:
+                for p in loop(parts):
+                    _project_part(G * bounds[p], G * bounds[p + 1], P2, n * B, Wih, bias,
+                                  has_bias, X2[t0 * B:(t0 + n) * B])
             for k in range(n):
                 s = done + k
                 t = T - 1 - s if reverse else s
@@ -301,7 +324,8 @@ def _forward_driver(loop):
                 for p in loop(parts):
                     _forward_part(bounds[p], bounds[p + 1], G, gidx, cifg, zt, P, zs, Wp,
                                   w_off[p], hprev, cprev, CT[cslot], hout, OUT, t, wexp,
-                                  scratch[p], mask, has_mask, hstate, cT)
+                                  scratch[p], mask, has_mask, hstate, cT, fold, table, ids,
+                                  order)
             done += n
         if not has_mask:
             last = 0 if reverse else T - 1
@@ -369,14 +393,16 @@ def _backward_driver(loop):
     def lstm_backward_t(X, Wih, Whh, order, has_bias, wexp, gidx, cifg, mask, has_mask, reverse, h0,
                         c0, Z, OUT, CT, HP, CPT, dOUT, dh, dc, dZs2, dZ, dX, gWih, gWhh, gbih,
                         gbhh, gpeep, has_peep, dhT, dcT, dOT, saved, ones, scratch, bounds, Wp,
-                        w_off):
+                        w_off, fold, ids, E, S, dE):
         """Backpropagation through time (rows in the parts' order). dh, dc (B, H): the gradient
         at the final state on entry, at the initial state on return. dZs2 (2, GH, B): work;
         dZ (GH, T, B), dX (T, B, D): outputs. Gradients are accumulated into gWih, gWhh, gbih,
         gbhh (rows in the parts' order) and gpeep (3, H). Whh: W_hh (GH, H) as the layer
         holds it, ``order``: its rows in the parts' order.
         ones: at least max(T * B, H * B) ones. Wp, w_off (parts,): room for W_hh^T packed
-        part by part (``packed.pack_columns``), and where each part's rows start."""
+        part by part (``packed.pack_columns``), and where each part's rows start. With ``fold``
+        (X = E[ids], ids flat (T * B,)): dX is not computed; each part's term of dE = dL/dE goes
+        to dE[p] (parts, V, D); S (GH, V): work."""
         T, B, D = X.shape
         H = h0.shape[1]
         GH = Z.shape[1]
@@ -406,12 +432,17 @@ def _backward_driver(loop):
         for p in loop(parts):
             _weights_part(p, parts, bounds[p], bounds[p + 1], G, gidx, reverse, has_mask,
                           has_bias, has_peep, Wp, w_off[p], last, dhT, dZ, X2, gWih, HP, gWhh, O2,
-                          h0, ones, db, gbih, gbhh, Wih, dX2, CPT, c0T, CT, gpeep)
+                          h0, ones, db, gbih, gbhh, Wih, dX2, CPT, c0T, CT, gpeep, fold, ids,
+                          E, S, dE)
         _transpose_into(dh, dhT)
         _transpose_into(dc, dcT)
-        for a in (dX.reshape(TB * D), dh.reshape(B * H), dc.reshape(B * H), gWih.reshape(GH * D),
+        for a in (dh.reshape(B * H), dc.reshape(B * H), gWih.reshape(GH * D),
                   gWhh.reshape(GH * H), gbih, gbhh, gpeep.reshape(3 * H)):
             flush_all(a)
+        if fold:
+            flush_all(dE.reshape(dE.size))
+        else:
+            flush_all(dX.reshape(TB * D))
 
     return lstm_backward_t
 

@@ -118,7 +118,13 @@ def _lstm_peep(cell: LSTMCell, p: dict[str, Array], H: int, dtype: np.dtype) -> 
 
 
 def lstm_forward(cell: LSTMCell, p: dict[str, Array], x: Array, state0: State,
-                 mask: Array | None, reverse: bool, keep: bool) -> tuple[Array, State, Any]:
+                 mask: Array | None, reverse: bool, keep: bool,
+                 rows_of: tuple[Array, Array] | None = None) -> tuple[Array, State, Any]:
+    """``rows_of = (ids, E)``: the caller's promise that x[t, b] = E[ids[t, b]] (an
+    embedding lookup, see ``can_fold``). The input projection W_ih x + b then comes from the
+    (GH, V) table W_ih E^T + b, and backward returns dL/dE (V, D) instead of dL/dx: for a
+    vocabulary smaller than T * B this replaces three (GH x D x T*B) products by three of
+    (GH x D x V)."""
     dtype = x.dtype
     x = _c(x, dtype)
     T, B, D = x.shape
@@ -132,7 +138,9 @@ def lstm_forward(cell: LSTMCell, p: dict[str, Array], x: Array, state0: State,
     h0, c0 = _c(state0[0], dtype), _c(state0[1], dtype)
     if B >= BATCH_INNER_MIN_B and dtype == np.float32:
         return _lstm_forward_t(cell, x, wih, whh, bias, peep, gidx, mask_arr, has_mask, h0, c0,
-                               reverse, keep)
+                               reverse, keep, rows_of)
+    if rows_of is not None:
+        raise ValueError("rows_of needs the batch-inner float32 LSTM kernels (see can_fold)")
     Tc = T if keep else _chunk_steps(T, B, G * H, dtype.itemsize)
     Z = np.empty((Tc, B, G, H), dtype=dtype)
     out = np.empty((T, B, H), dtype=dtype)
@@ -161,19 +169,27 @@ def lstm_forward(cell: LSTMCell, p: dict[str, Array], x: Array, state0: State,
 
 def _lstm_forward_t(cell: LSTMCell, x: Array, wih: Array, whh: Array, bias: Array,
                     peep: Array, gidx: Array, mask_arr: Array, has_mask: bool, h0: Array,
-                    c0: Array, reverse: bool, keep: bool) -> tuple[Array, State, Any]:
+                    c0: Array, reverse: bool, keep: bool,
+                    rows_of: tuple[Array, Array] | None) -> tuple[Array, State, Any]:
     dtype = x.dtype
     T, B, D = x.shape
     H = cell.hidden_size
     G = len(cell.gates)
     GH = G * H
+    fold = rows_of is not None
+    if fold:
+        ids = np.ascontiguousarray(rows_of[0], dtype=np.int64)
+        E = _c(rows_of[1], dtype)
+        table = np.ascontiguousarray(wih @ E.T + bias[:, None], dtype=dtype)
+    else:
+        ids, E, table = np.zeros((1, 1), np.int64), _dummy(dtype, 2), _dummy(dtype, 2)
     parts = threads.parts_for(B, H, G)
     bounds = threads.unit_bounds(H, parts)
     perm = threads.row_permutation(G, H, bounds)
     if perm is not None:
         wih, bias = wih[perm], bias[perm]
     Tc = _chunk_steps(T, B, GH, dtype.itemsize)
-    P = np.empty((GH, Tc, B), dtype=dtype)
+    P = np.empty((GH, 1 if fold else Tc, B), dtype=dtype)
     Z = np.empty((T if keep else 1, GH, B), dtype=dtype)
     out = np.empty((T, B, H), dtype=dtype)
     CT = np.empty((T if keep else 2, H, B), dtype=dtype)
@@ -197,13 +213,13 @@ def _lstm_forward_t(cell: LSTMCell, x: Array, wih: Array, whh: Array, bias: Arra
     with threads.blas_single_threaded():
         run(x, wih, whh, _row_order(perm, GH), bias, cell.bias, wexp, gidx,
             cell.coupled_input_forget, mask_arr, has_mask, reverse, keep, h0, c0, P, Z, out, CT, HP,
-            CPT, hT, cT, hnew, hs, cs, scratch, bounds, Wp, w_off)
+            CPT, hT, cT, hnew, hs, cs, scratch, bounds, Wp, w_off, fold, table, ids)
     cache = None
     if keep:
         cache = {"kind": "lstm", "layout": "batch-inner", "x": x, "Z": Z, "out": out,
                  "C": CT, "HP": HP, "CP": CPT, "h0": h0, "c0": c0, "mask": mask_arr,
                  "has_mask": has_mask, "reverse": reverse, "gidx": gidx, "bounds": bounds,
-                 "perm": perm}
+                 "perm": perm, "rows_of": (ids, E) if fold else None}
         out = out.copy()
     return out, (hs, cs), cache
 
@@ -224,7 +240,15 @@ def _lstm_backward_t(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Arr
     wexp = np.ascontiguousarray(np.broadcast_to(peep[:, :, None], (3, H, B)))
     dZ = np.empty((GH, T, B), dtype=dtype)
     dZs2 = np.empty((2, GH, B), dtype=dtype)
-    dX = np.empty((T, B, D), dtype=dtype)
+    dX = np.empty((T, B, D), dtype=dtype)  # not written (nor touched) when folding
+    fold = cache["rows_of"] is not None
+    if fold:
+        ids, E = cache["rows_of"]
+        ids = ids.reshape(T * B)
+        S = np.empty((GH, E.shape[0]), dtype=dtype)
+        dE = np.empty((len(bounds) - 1, E.shape[0], D), dtype=dtype)
+    else:
+        ids, E, S, dE = np.zeros(1, np.int64), _dummy(dtype, 2), _dummy(dtype, 2), _dummy(dtype, 3)
     if perm is None:
         accs = [_Accumulate(grads.get(name), shape, dtype) for name, shape in
                 (("weight_ih", (GH, D)), ("weight_hh", (GH, H)), ("bias_ih", (GH,)),
@@ -249,7 +273,8 @@ def _lstm_backward_t(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Arr
             cell.coupled_input_forget,
             cache["mask"], cache["has_mask"], cache["reverse"], cache["h0"], cache["c0"], Z,
             cache["out"], cache["C"], cache["HP"], cache["CP"], d_out, dh, dc, dZs2, dZ, dX,
-            *g_arrays, gpeep, cell.peepholes, *work, ones, scratch, bounds, Wp, w_off)
+            *g_arrays, gpeep, cell.peepholes, *work, ones, scratch, bounds, Wp, w_off, fold, ids, E,
+            S, dE)
     if perm is None:
         for acc in accs:
             acc.finish()
@@ -261,7 +286,7 @@ def _lstm_backward_t(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Arr
         name = f"weight_c{gate}"
         if name in grads:
             grads[name] += gpeep[k]
-    return dX, (dh, dc)
+    return (dE.sum(axis=0) if fold else dX), (dh, dc)
 
 
 def lstm_backward(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Array,
@@ -456,8 +481,19 @@ def supports(cell: Any, dtype: np.dtype) -> bool:
     return type(cell) in _FORWARD and np.dtype(dtype) in (np.float32, np.float64)
 
 
+def can_fold(cell: Any, dtype: np.dtype, T: int, B: int, V: int) -> bool:
+    """Whether ``forward(..., rows_of=(ids, E))`` runs for an input x = E[ids] of T x B
+    rows of a (V, D) embedding, and pays: the float32 batch-inner LSTM kernels, with fewer
+    embedding rows than input rows."""
+    return (type(cell) is LSTMCell and np.dtype(dtype) == np.float32
+            and B >= BATCH_INNER_MIN_B and V < T * B)
+
+
 def forward(cell: Any, p: dict[str, Array], x: Array, state0: State, mask: Array | None,
-            reverse: bool, keep: bool) -> tuple[Array, State, Any]:
+            reverse: bool, keep: bool,
+            rows_of: tuple[Array, Array] | None = None) -> tuple[Array, State, Any]:
+    if rows_of is not None:
+        return lstm_forward(cell, p, x, state0, mask, reverse, keep, rows_of)
     return _FORWARD[type(cell)](cell, p, x, state0, mask, reverse, keep)
 
 

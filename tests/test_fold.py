@@ -1,0 +1,99 @@
+"""Folding an embedding lookup into the LSTM's input projection (``rows_of=(ids, E)``) gives
+the same outputs, states and weight gradients as running the layer on x = E[ids], and dL/dE
+equal to dL/dx summed by id."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import lstmkit
+from lstmkit.kernels import recurrence, threads
+from lstmkit.models import CharLM
+
+TOL = {"rtol": 2e-4, "atol": 2e-5}
+
+
+@pytest.fixture(params=[1, 2], ids=["serial", "2-parts"])
+def parts(request, monkeypatch):
+    monkeypatch.setattr(threads, "parts_for_flops", lambda flops: request.param)
+    return request.param
+
+
+def _run(layer, x, d_out, rows_of=None):
+    layer.zero_grad()
+    out, state = layer(x, rows_of=rows_of)
+    dx, d0 = layer.backward(d_out)
+    return out, state, dx, d0, {k: v.copy() for k, v in layer.grads.items()}
+
+
+@pytest.mark.parametrize("options", [{}, {"peepholes": True}, {"bias": False},
+                                     {"bidirectional": True}, {"num_layers": 2}],
+                         ids=["plain", "peepholes", "no-bias", "bidirectional", "2-layers"])
+def test_folded_layer_equals_the_layer_on_the_looked_up_rows(options, parts):
+    T, B, V, D, H = 9, 4, 7, 5, 16
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, V, size=(T, B))
+    E = rng.standard_normal((V, D)).astype(np.float32)
+    x = E[ids]
+    layer = lstmkit.LSTM(D, H, seed=1, **options)
+    d_out = rng.standard_normal((T, B, H * (2 if options.get("bidirectional") else 1)))
+    d_out = d_out.astype(np.float32)
+    assert recurrence.can_fold(layer._cells[0], np.float32, T, B, V)
+    out, state, dx, d0, grads = _run(layer, x, d_out)
+    out_f, state_f, dE, d0_f, grads_f = _run(layer, x, d_out, rows_of=(ids, E))
+    np.testing.assert_allclose(out_f, out, **TOL)
+    for a, b in zip(state_f + d0_f, state + d0):
+        np.testing.assert_allclose(a, b, **TOL)
+    for name in grads:
+        np.testing.assert_allclose(grads_f[name], grads[name], err_msg=name, **TOL)
+    expect = np.zeros_like(E)
+    np.add.at(expect, ids, dx)
+    assert dE.shape == (V, D)
+    np.testing.assert_allclose(dE, expect, **TOL)
+
+
+def test_rows_of_is_ignored_where_it_does_not_pay_or_run():
+    T, B, V, D, H = 3, 2, 50, 4, 8  # V >= T * B: no folding, the usual dx
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, V, size=(T, B))
+    E = rng.standard_normal((V, D)).astype(np.float32)
+    for layer in (lstmkit.LSTM(D, H, seed=0), lstmkit.LSTM(D, H, seed=0, fast=False),
+                  lstmkit.GRU(D, H, seed=0)):
+        layer(E[ids], rows_of=(ids, E))
+        dx, _ = layer.backward(np.ones((T, B, H), np.float32))
+        assert dx.shape == (T, B, D)
+
+
+def test_rows_of_is_checked():
+    layer = lstmkit.LSTM(4, 8, seed=0)
+    x = np.zeros((5, 3, 4), np.float32)
+    with pytest.raises(ValueError, match="ids"):
+        layer(x, rows_of=(np.zeros((5, 2), np.int64), np.zeros((6, 4), np.float32)))
+    with pytest.raises(ValueError, match="E"):
+        layer(x, rows_of=(np.zeros((5, 3), np.int64), np.zeros((6, 5), np.float32)))
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_charlm_gradients_are_the_same_with_and_without_folding(tie, monkeypatch):
+    V, T, B = 11, 12, 4
+    rng = np.random.default_rng(5)
+    ids = rng.integers(0, V, size=(T, B))
+
+    def grads(fold: bool):
+        if not fold:
+            monkeypatch.setattr(recurrence, "can_fold", lambda *a: False)
+        model = CharLM(V, hidden_size=16, num_layers=2, embedding_dim=16 if tie else 6,
+                       tie_weights=tie, seed=2)
+        model.zero_grad()
+        logits, _ = model(ids)
+        model.backward(np.tanh(logits))
+        monkeypatch.undo()
+        return logits, {k: v.copy() for k, v in model.grads.items()}
+
+    logits_f, g_f = grads(True)
+    logits, g = grads(False)
+    np.testing.assert_allclose(logits_f, logits, **TOL)
+    assert g.keys() == g_f.keys()
+    for name in g:
+        np.testing.assert_allclose(g_f[name], g[name], err_msg=name, **TOL)
