@@ -206,16 +206,21 @@ def _weights_part(p, parts, u0, u1, G, gidx, reverse, has_mask, has_bias, has_pe
     """After the time loop, part p: dh_0 of its units, the weight and bias gradients of its
     rows, its share of the rows of dX, the peephole gradients of its units. With ``fold``
     (X = E[ids]): S = dZ summed by input id (its rows, (GH, V)), dW_ih = S E, and instead of
-    dX this part's term of dE = S^T W_ih, into dE[p] (V, D)."""
+    dX this part's term of dE = S^T W_ih, into dE[p] (V, D).
+
+    dZ, S, Wih have their rows in the parts' order; gWih, gWhh, gbih, gbhh are the layer's
+    gradients, in its own order (gate k, unit u at row k * H + u): each of the part's G gate
+    blocks (rows r0 + k * hp ...) is accumulated into its own block (rows k * H + u0 ...)."""
     GH, T, B = dZ.shape
     H = h0.shape[1]
     TB = T * B
     dZ2 = dZ.reshape(GH, TB)
     first = T - 1 if reverse else 0
+    hp = u1 - u0
     r0 = G * u0
     r1 = G * u1
     # dh_0^T of these units, then the weight gradients of these rows
-    packed_gemm(Wp, w_off, u1 - u0, last, dhT[u0:u1], has_mask)
+    packed_gemm(Wp, w_off, hp, last, dhT[u0:u1], has_mask)
     if fold:
         V = S.shape[1]
         for r in range(r0, r1):
@@ -223,30 +228,36 @@ def _weights_part(p, parts, u0, u1, G, gidx, reverse, has_mask, has_bias, has_pe
                 S[r, v] = 0.0
             for j in range(TB):
                 S[r, ids[j]] += dZ2[r, j]
-        gemm(False, False, 1.0, S[r0:r1], E, 1.0, gWih[r0:r1])
         gemm(True, False, 1.0, S[r0:r1], Wih[r0:r1], 0.0, dE[p])
-    else:
-        gemm(False, False, 1.0, dZ2[r0:r1], X2, 1.0, gWih[r0:r1])
-    if has_mask:
-        gemm(False, False, 1.0, dZ2[r0:r1], HP.reshape(TB, H), 1.0, gWhh[r0:r1])
-    else:
-        if T > 1:
-            if reverse:
-                gemm(False, False, 1.0, dZ2[r0:r1, :TB - B], O2[B:], 1.0, gWhh[r0:r1])
-            else:
-                gemm(False, False, 1.0, dZ2[r0:r1, B:], O2[:TB - B], 1.0, gWhh[r0:r1])
-        gemm(False, False, 1.0, dZ[r0:r1, first, :], h0, 1.0, gWhh[r0:r1])
     if has_bias:  # row sums of dZ: a BLAS gemv with a vector of ones
         gemm(False, True, 1.0, ones[:TB].reshape(1, TB), dZ2[r0:r1], 0.0, db[:, r0:r1])
-        for r in range(r0, r1):
-            gbih[r] += db[0, r]
-            gbhh[r] += db[0, r]
+    for k in range(G):
+        a0 = r0 + k * hp  # this gate block: rows a0 .. a0 + hp here, k*H + u0 .. in the layer
+        a1 = a0 + hp
+        g0 = k * H + u0
+        g1 = g0 + hp
+        if fold:
+            gemm(False, False, 1.0, S[a0:a1], E, 1.0, gWih[g0:g1])
+        else:
+            gemm(False, False, 1.0, dZ2[a0:a1], X2, 1.0, gWih[g0:g1])
+        if has_mask:
+            gemm(False, False, 1.0, dZ2[a0:a1], HP.reshape(TB, H), 1.0, gWhh[g0:g1])
+        else:
+            if T > 1:
+                if reverse:
+                    gemm(False, False, 1.0, dZ2[a0:a1, :TB - B], O2[B:], 1.0, gWhh[g0:g1])
+                else:
+                    gemm(False, False, 1.0, dZ2[a0:a1, B:], O2[:TB - B], 1.0, gWhh[g0:g1])
+            gemm(False, False, 1.0, dZ[a0:a1, first, :], h0, 1.0, gWhh[g0:g1])
+        if has_bias:
+            for j in range(hp):
+                gbih[g0 + j] += db[0, a0 + j]
+                gbhh[g0 + j] += db[0, a0 + j]
     if not fold:  # dX rows of this part's share of the steps
         q0 = (TB * p) // parts
         q1 = (TB * (p + 1)) // parts
         gemm(True, False, 1.0, dZ2[:, q0:q1], Wih, 0.0, dX2[q0:q1])
     if has_peep:
-        hp = u1 - u0
         for s in range(T):
             t = T - 1 - s if reverse else s
             cp = state_before(s, t, reverse, has_mask, CPT, c0T, CT)
@@ -397,7 +408,7 @@ def _backward_driver(loop):
         """Backpropagation through time (rows in the parts' order). dh, dc (B, H): the gradient
         at the final state on entry, at the initial state on return. dZs2 (2, GH, B): work;
         dZ (GH, T, B), dX (T, B, D): outputs. Gradients are accumulated into gWih, gWhh, gbih,
-        gbhh (rows in the parts' order) and gpeep (3, H). Whh: W_hh (GH, H) as the layer
+        gbhh (rows in the layer's order) and gpeep (3, H). Whh: W_hh (GH, H) as the layer
         holds it, ``order``: its rows in the parts' order.
         ones: at least max(T * B, H * B) ones. Wp, w_off (parts,): room for W_hh^T packed
         part by part (``packed.pack_columns``), and where each part's rows start. With ``fold``

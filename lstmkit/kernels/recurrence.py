@@ -249,15 +249,10 @@ def _lstm_backward_t(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Arr
         dE = np.empty((len(bounds) - 1, E.shape[0], D), dtype=dtype)
     else:
         ids, E, S, dE = np.zeros(1, np.int64), _dummy(dtype, 2), _dummy(dtype, 2), _dummy(dtype, 3)
-    if perm is None:
-        accs = [_Accumulate(grads.get(name), shape, dtype) for name, shape in
-                (("weight_ih", (GH, D)), ("weight_hh", (GH, H)), ("bias_ih", (GH,)),
-                 ("bias_hh", (GH,)))]
-        g_arrays = [acc.array for acc in accs]
-    else:
-        accs = []
-        g_arrays = [np.zeros((GH, D), dtype), np.zeros((GH, H), dtype), np.zeros(GH, dtype),
-                    np.zeros(GH, dtype)]
+    accs = [_Accumulate(grads.get(name), shape, dtype) for name, shape in
+            (("weight_ih", (GH, D)), ("weight_hh", (GH, H)), ("bias_ih", (GH,)),
+             ("bias_hh", (GH,)))]
+    g_arrays = [acc.array for acc in accs]
     gpeep = np.zeros((3, H), dtype=dtype)
     work = [np.empty((H, B), dtype=dtype) for _ in range(4)]
     ones = np.ones(max(T * B, H * B), dtype=dtype)
@@ -275,13 +270,8 @@ def _lstm_backward_t(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Arr
             cache["out"], cache["C"], cache["HP"], cache["CP"], d_out, dh, dc, dZs2, dZ, dX,
             *g_arrays, gpeep, cell.peepholes, *work, ones, scratch, bounds, Wp, w_off, fold, ids, E,
             S, dE)
-    if perm is None:
-        for acc in accs:
-            acc.finish()
-    else:
-        for name, g in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), g_arrays):
-            if name in grads:
-                grads[name][perm] += g
+    for acc in accs:
+        acc.finish()
     for k, gate in enumerate("ifo"):
         name = f"weight_c{gate}"
         if name in grads:
