@@ -57,8 +57,9 @@ def main() -> None:
         sizes = [packed_size(int(r1 - r0), H) for r0, r1 in zip(rows[:-1], rows[1:])]
         w_off = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         Wp = np.empty(sum(sizes), dtype=np.float32)
+        order = np.arange(G * H)
         for p in range(parts):
-            pack_rows(W, rows[p], rows[p + 1], Wp, w_off[p])
+            pack_rows(W, order, rows[p], rows[p + 1], Wp, w_off[p])
         blas, pk = [], []
         with threads.blas_single_threaded():
             blas_steps(W, hT, Z, T, rows)
