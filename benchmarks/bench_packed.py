@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--shapes", default=None, help="T,B,D,H;... (default: the standard grid)")
     args = ap.parse_args()
     shapes = parse_shapes(args.shapes) if args.shapes else GRID
+    threads.ADAPT_TO_LOAD = False  # the layers' split, whatever the machine's load right now
     G = 4
     print("shape (T,B,D,H)      parts | BLAS ms  GF/s | packed ms  GF/s | speed-up")
     for T, B, D, H in shapes:
