@@ -17,13 +17,15 @@ micro-kernel on them:
 
 The micro-kernels are written directly in LLVM IR (``numba.extending.intrinsic``) with explicit
 ``<8 x float>`` vectors and ``llvm.fmuladd``: Numba-compiled loops over small register tiles do
-not vectorise (measured: 3-8 GFLOP/s), these run at 60-75 GFLOP/s on one Zen 3 core, 1.1-1.5x
-OpenBLAS's ``sgemm`` on the same per-step products (``benchmarks/bench_packed.py``). On a CPU
-without 8-wide vectors LLVM splits them, and ``fmuladd`` becomes a multiply and an add where
-there is no fused instruction: the results stay correct everywhere.
+not vectorise (measured: 3-8 GFLOP/s), these run at 65-95 GFLOP/s on one Zen 3 core; on the
+per-step products of the standard benchmark grid they are 1.0-1.5x as fast as OpenBLAS's
+``sgemm``, the most for small batches (``benchmarks/bench_packed.py``; a single sequence,
+B = 1, keeps BLAS's ``gemv``, which is faster there). On a CPU without 8-wide vectors LLVM
+splits them, and ``fmuladd`` becomes a multiply and an add where there is no fused
+instruction: the results stay correct everywhere.
 
 float32 only (the batch-inner LSTM kernels are float32 only). The sums run in a different order
-than BLAS's, so results agree with ``X @ A.T`` to float32 rounding, not bit for bit.
+than BLAS's, so results agree with ``A @ X`` to float32 rounding, not bit for bit.
 """
 
 from __future__ import annotations
