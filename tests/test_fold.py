@@ -97,3 +97,21 @@ def test_charlm_gradients_are_the_same_with_and_without_folding(tie, monkeypatch
     assert g.keys() == g_f.keys()
     for name in g:
         np.testing.assert_allclose(g_f[name], g[name], err_msg=name, **TOL)
+
+
+def test_folding_with_batch_first_input(parts):
+    T, B, V, D, H = 6, 6, 5, 3, 8  # T == B: the ids' orientation must come from batch_first
+    rng = np.random.default_rng(11)
+    ids = rng.integers(0, V, size=(B, T))  # batch first, like x
+    E = rng.standard_normal((V, D)).astype(np.float32)
+    layer = lstmkit.LSTM(D, H, seed=4, batch_first=True)
+    d_out = rng.standard_normal((B, T, H)).astype(np.float32)
+    out, _, dx, _, grads = _run(layer, E[ids], d_out)
+    out_f, _, dE, _, grads_f = _run(layer, E[ids], d_out, rows_of=(ids, E))
+    assert layer.folds_rows
+    np.testing.assert_allclose(out_f, out, **TOL)
+    for name in grads:
+        np.testing.assert_allclose(grads_f[name], grads[name], err_msg=name, **TOL)
+    expect = np.zeros_like(E)
+    np.add.at(expect, ids, dx)
+    np.testing.assert_allclose(dE, expect, **TOL)
