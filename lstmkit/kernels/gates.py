@@ -135,31 +135,24 @@ def flush(x):
     raise NotImplementedError("flush is only callable from Numba code")
 
 
-@overload(exp)
-def _exp_impl(x):
-    if x == types.float32:
-        return lambda x: exp32(x)
-    if x == types.float64:
-        return lambda x: math.exp(x)
-    return None
+def _overload_by_precision(generic, f32, f64):
+    """Register the Numba implementation of ``generic``: ``f32`` for float32, ``f64`` for
+    float64 scalars."""
+
+    @overload(generic)
+    def _impl(x):
+        if x == types.float32:
+            return lambda x: f32(x)
+        if x == types.float64:
+            return lambda x: f64(x)
+        return None
+
+    return _impl
 
 
-@overload(sigmoid)
-def _sigmoid_impl(x):
-    if x == types.float32:
-        return lambda x: sigmoid32(x)
-    if x == types.float64:
-        return lambda x: sigmoid64(x)
-    return None
-
-
-@overload(tanh)
-def _tanh_impl(x):
-    if x == types.float32:
-        return lambda x: tanh32(x)
-    if x == types.float64:
-        return lambda x: math.tanh(x)
-    return None
+_overload_by_precision(exp, exp32, math.exp)
+_overload_by_precision(sigmoid, sigmoid32, sigmoid64)
+_overload_by_precision(tanh, tanh32, math.tanh)
 
 
 @overload(flush)
