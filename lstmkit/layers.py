@@ -284,10 +284,10 @@ class RecurrentLayer(Module):
             return None
         T, B, D = x.shape
         ids, E = (np.asarray(a) for a in rows_of)
-        if unbatched or self.batch_first:
-            ids = ids.reshape(T, B) if unbatched and ids.shape == (T,) else ids
-            if self.batch_first and not unbatched and ids.shape == (B, T):
-                ids = ids.T
+        if unbatched and ids.shape == (T,):
+            ids = ids[:, None]
+        elif self.batch_first and not unbatched and ids.shape == (B, T):
+            ids = ids.T
         if ids.shape != (T, B) or not np.issubdtype(ids.dtype, np.integer):
             raise ValueError(f"rows_of: ids must be integers shaped like the input's (T, B) = "
                              f"{(T, B)}, got {ids.dtype} {ids.shape}")

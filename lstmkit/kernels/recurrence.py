@@ -186,7 +186,7 @@ def _lstm_forward_t(cell: LSTMCell, x: Array, wih: Array, whh: Array, bias: Arra
     parts = threads.parts_for(B, H, G)
     bounds = threads.unit_bounds(H, parts)
     perm = threads.row_permutation(G, H, bounds)
-    if perm is not None:
+    if perm is not None and not fold:  # folded, the table replaces W_ih and the bias
         wih, bias = wih[perm], bias[perm]
     Tc = _chunk_steps(T, B, GH, dtype.itemsize)
     P = np.empty((GH, 1 if fold else Tc, B), dtype=dtype)
