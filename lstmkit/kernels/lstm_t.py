@@ -203,60 +203,50 @@ def _project_part(r0, r1, P2, m, Wih, bias, has_bias, Xc):
 def _weights_part(p, parts, u0, u1, G, gidx, reverse, has_mask, has_bias, has_peep, Wp, w_off, last,
                   dhT, dZ, X2, gWih, HP, gWhh, O2, h0, ones, db, gbih, gbhh, Wih, dX2, CPT, c0T,
                   CT, gpeep, fold, ids, E, S, dE):
-    """After the time loop, part p: dh_0 of its units, the weight and bias gradients of its
-    rows, its share of the rows of dX, the peephole gradients of its units. With ``fold``
-    (X = E[ids]): S = dZ summed by input id (its rows, (GH, V)), dW_ih = S E, and instead of
-    dX this part's term of dE = S^T W_ih, into dE[p] (V, D).
-
-    dZ, S, Wih have their rows in the parts' order; gWih, gWhh, gbih, gbhh are the layer's
-    gradients, in its own order (gate k, unit u at row k * H + u): each of the part's G gate
-    blocks (rows r0 + k * hp ...) is accumulated into its own block (rows k * H + u0 ...)."""
+    """After the time loop, part p: dh_0 of its units [u0, u1), then its share of the weight
+    gradients: the rows [q0, q1) of dZ (GH, T, B), which holds the gate gradients in the layer's
+    own order (gate k, unit u at row k * H + u, as gWih, gWhh, gbih, gbhh and Wih): one GEMM
+    each for dW_ih, dW_hh, the bias sums; its share of the rows of dX; the peephole gradients of
+    its units. With ``fold`` (X = E[ids]): S = dZ summed by input id (its rows, (GH, V)),
+    dW_ih = S E, and instead of dX this part's term of dE = S^T W_ih, into dE[p] (V, D)."""
     GH, T, B = dZ.shape
     H = h0.shape[1]
     TB = T * B
     dZ2 = dZ.reshape(GH, TB)
     first = T - 1 if reverse else 0
-    hp = u1 - u0
-    r0 = G * u0
-    r1 = G * u1
-    # dh_0^T of these units, then the weight gradients of these rows
-    packed_gemm(Wp, w_off, hp, last, dhT[u0:u1], has_mask)
+    q0 = (GH * p) // parts
+    q1 = (GH * (p + 1)) // parts
+    # dh_0^T of these units (the last step's gradients are still in the parts' order)
+    packed_gemm(Wp, w_off, u1 - u0, last, dhT[u0:u1], has_mask)
     if fold:
         V = S.shape[1]
-        for r in range(r0, r1):
+        for r in range(q0, q1):
             for v in range(V):
                 S[r, v] = 0.0
             for j in range(TB):
                 S[r, ids[j]] += dZ2[r, j]
-        gemm(True, False, 1.0, S[r0:r1], Wih[r0:r1], 0.0, dE[p])
+        gemm(True, False, 1.0, S[q0:q1], Wih[q0:q1], 0.0, dE[p])
+        gemm(False, False, 1.0, S[q0:q1], E, 1.0, gWih[q0:q1])
+    else:
+        gemm(False, False, 1.0, dZ2[q0:q1], X2, 1.0, gWih[q0:q1])
     if has_bias:  # row sums of dZ: a BLAS gemv with a vector of ones
-        gemm(False, True, 1.0, ones[:TB].reshape(1, TB), dZ2[r0:r1], 0.0, db[:, r0:r1])
-    for k in range(G):
-        a0 = r0 + k * hp  # this gate block: rows a0 .. a0 + hp here, k*H + u0 .. in the layer
-        a1 = a0 + hp
-        g0 = k * H + u0
-        g1 = g0 + hp
-        if fold:
-            gemm(False, False, 1.0, S[a0:a1], E, 1.0, gWih[g0:g1])
-        else:
-            gemm(False, False, 1.0, dZ2[a0:a1], X2, 1.0, gWih[g0:g1])
-        if has_mask:
-            gemm(False, False, 1.0, dZ2[a0:a1], HP.reshape(TB, H), 1.0, gWhh[g0:g1])
-        else:
-            if T > 1:
-                if reverse:
-                    gemm(False, False, 1.0, dZ2[a0:a1, :TB - B], O2[B:], 1.0, gWhh[g0:g1])
-                else:
-                    gemm(False, False, 1.0, dZ2[a0:a1, B:], O2[:TB - B], 1.0, gWhh[g0:g1])
-            gemm(False, False, 1.0, dZ[a0:a1, first, :], h0, 1.0, gWhh[g0:g1])
-        if has_bias:
-            for j in range(hp):
-                gbih[g0 + j] += db[0, a0 + j]
-                gbhh[g0 + j] += db[0, a0 + j]
+        gemm(False, True, 1.0, ones[:TB].reshape(1, TB), dZ2[q0:q1], 0.0, db[:, q0:q1])
+        for r in range(q0, q1):
+            gbih[r] += db[0, r]
+            gbhh[r] += db[0, r]
+    if has_mask:
+        gemm(False, False, 1.0, dZ2[q0:q1], HP.reshape(TB, H), 1.0, gWhh[q0:q1])
+    else:
+        if T > 1:
+            if reverse:
+                gemm(False, False, 1.0, dZ2[q0:q1, :TB - B], O2[B:], 1.0, gWhh[q0:q1])
+            else:
+                gemm(False, False, 1.0, dZ2[q0:q1, B:], O2[:TB - B], 1.0, gWhh[q0:q1])
+        gemm(False, False, 1.0, dZ[q0:q1, first, :], h0, 1.0, gWhh[q0:q1])
     if not fold:  # dX rows of this part's share of the steps
-        q0 = (TB * p) // parts
-        q1 = (TB * (p + 1)) // parts
-        gemm(True, False, 1.0, dZ2[:, q0:q1], Wih, 0.0, dX2[q0:q1])
+        j0 = (TB * p) // parts
+        j1 = (TB * (p + 1)) // parts
+        gemm(True, False, 1.0, dZ2[:, j0:j1], Wih, 0.0, dX2[j0:j1])
     if has_peep:
         for s in range(T):
             t = T - 1 - s if reverse else s
@@ -266,7 +256,7 @@ def _weights_part(p, parts, u0, u1, G, gidx, reverse, has_mask, has_bias, has_pe
                     kk = gidx[0] if k == 0 else gidx[1] if k == 1 else gidx[3]
                     if kk < 0:
                         continue
-                    row = r0 + kk * hp + (u - u0)
+                    row = kk * H + u
                     acc = 0.0
                     for b in range(B):
                         cv = CT[t, u, b] if k == 2 else cp[u, b]
@@ -348,11 +338,12 @@ def _forward_driver(loop):
 
 
 @njit(**_OPTS)
-def _backward_part(u0, u1, G, gidx, cifg, first, Z, t, dZs_prev, dZs, dZ, Wp, w_off, C, CP,
-                   dhT, dOUT, dOT, dcT, wexp, ones, scratch, mask, has_mask, saved):
+def _backward_part(u0, u1, G, gidx, cifg, first, Z, t, dZs_prev, dZs, dZ, order, Wp, w_off, C,
+                   CP, dhT, dOUT, dOT, dcT, wexp, ones, scratch, mask, has_mask, saved):
     """Step t backward for the units [u0, u1): dh^T of these units = W_hh^T dZ_{t+1} (their
     rows of W_hh^T, packed at Wp[w_off:]; not for the first step processed), then the
-    element-wise pass into this part's rows of dZs (GH, B), copied into dZ[:, t]. A masked
+    element-wise pass into this part's rows of dZs (GH, B, the parts' order), copied into
+    dZ[:, t] (the layer's order: row r of dZs goes to row order[r]). A masked
     column gets dZ = 0 and passes its dh, dc through."""
     H, B = dhT.shape
     hp = u1 - u0
@@ -395,9 +386,10 @@ def _backward_part(u0, u1, G, gidx, cifg, first, Z, t, dZs_prev, dZs, dZ, Wp, w_
                     dZs[r, b] = 0.0
                 for u in range(u0, u1):
                     dcT[u, b] = saved[u, b]
-    for r in range(r0, r1):
+    for r in range(r0, r1):  # into dZ in the layer's row order
+        dst = order[r]
         for b in range(B):
-            dZ[r, t, b] = dZs[r, b]
+            dZ[dst, t, b] = dZs[r, b]
 
 
 def _backward_driver(loop):
@@ -405,11 +397,12 @@ def _backward_driver(loop):
                         c0, Z, OUT, CT, HP, CPT, dOUT, dh, dc, dZs2, dZ, dX, gWih, gWhh, gbih,
                         gbhh, gpeep, has_peep, dhT, dcT, dOT, saved, ones, scratch, bounds, Wp,
                         w_off, fold, ids, E, S, dE):
-        """Backpropagation through time (rows in the parts' order). dh, dc (B, H): the gradient
-        at the final state on entry, at the initial state on return. dZs2 (2, GH, B): work;
-        dZ (GH, T, B), dX (T, B, D): outputs. Gradients are accumulated into gWih, gWhh, gbih,
-        gbhh (rows in the layer's order) and gpeep (3, H). Whh: W_hh (GH, H) as the layer
-        holds it, ``order``: its rows in the parts' order.
+        """Backpropagation through time. Z (T, GH, B): the forward's activations, rows in the
+        parts' order (``order``: those rows in the layer's order). dh, dc (B, H): the gradient
+        at the final state on entry, at the initial state on return. dZs2 (2, GH, B): work
+        (the parts' order); dZ (GH, T, B) (the layer's order), dX (T, B, D): outputs. Wih,
+        Whh as the layer holds them. Gradients are accumulated into gWih, gWhh, gbih, gbhh
+        (the layer's order) and gpeep (3, H).
         ones: at least max(T * B, H * B) ones. Wp, w_off (parts,): room for W_hh^T packed
         part by part (``packed.pack_columns``), and where each part's rows start. With ``fold``
         (X = E[ids], ids flat (T * B,)): dX is not computed; each part's term of dE = dL/dE goes
@@ -433,8 +426,8 @@ def _backward_driver(loop):
             prev = dZs2[(s + 1) % 2]
             for p in loop(parts):
                 _backward_part(bounds[p], bounds[p + 1], G, gidx, cifg, s == T - 1, Z, t, prev,
-                               cur, dZ, Wp, w_off[p], CT[t], cprev, dhT, dOUT, dOT, dcT, wexp,
-                               ones, scratch[p], mask, has_mask, saved)
+                               cur, dZ, order, Wp, w_off[p], CT[t], cprev, dhT, dOUT, dOT, dcT,
+                               wexp, ones, scratch[p], mask, has_mask, saved)
         last = dZs2[0]  # the gradient of the first step processed last: s == 0
         TB = T * B
         X2 = X.reshape(TB, D)

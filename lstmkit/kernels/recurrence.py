@@ -234,8 +234,6 @@ def _lstm_backward_t(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Arr
     GH = G * H
     bounds, perm = cache["bounds"], cache["perm"]
     wih, whh = _c(p["weight_ih"], dtype), _c(p["weight_hh"], dtype)
-    if perm is not None:
-        wih = wih[perm]
     peep = _lstm_peep(cell, p, H, dtype)
     wexp = np.ascontiguousarray(np.broadcast_to(peep[:, :, None], (3, H, B)))
     dZ = np.empty((GH, T, B), dtype=dtype)
