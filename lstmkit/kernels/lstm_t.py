@@ -18,10 +18,11 @@ GEMM each over all steps.
 
 Threads ("parts"): the hidden units are split into ``parts`` contiguous ranges, and the rows of
 every weight matrix are permuted (by the caller) so that the G gate rows of each part's units
-are contiguous. Each step is then one ``prange`` over the parts: part p multiplies its own rows
-(one single-threaded BLAS call) and runs the element-wise pass for its own units; the only
-synchronisation is the end of the step. With ``parts == 1`` the permutation is the identity and
-the loop runs on the calling thread (BLAS may then use its own threads).
+are contiguous. A pass is one ``prange`` region over the parts, in which every worker runs the
+whole time loop: at each step worker p multiplies its own rows (the packed product) and runs the
+element-wise pass for its own units, then waits until every part of the step is done
+(``sync.py``: a spinning wait on atomic counters, ~0.2 us, where a region per step cost ~1.6 us).
+With ``parts == 1`` the permutation is the identity and the loop runs on the calling thread.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from lstmkit.kernels.blas import gemm
 from lstmkit.kernels.gates import flush, one_like, sigmoid, tanh
 from lstmkit.kernels.loops import copy2, flush_all, state_before
 from lstmkit.kernels.packed import pack_columns, pack_rows, packed_gemm
+from lstmkit.kernels.sync import claim, finish, wait
 
 _OPTS = {"cache": True, "error_model": "numpy", "fastmath": {"contract"}, "nogil": True}
 BIG = 100.0
@@ -264,6 +266,79 @@ def _weights_part(p, parts, u0, u1, G, gidx, reverse, has_mask, has_bias, has_pe
                     gpeep[k, u] += acc
 
 
+@njit(**_OPTS)
+def _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, mask, has_mask,
+                    reverse, keep, h0, P, Z, OUT, CT, HP, CPT, hT, cT, hnew, scratch, bounds, Wp,
+                    w_off, fold, table, ids, claimed, finished):
+    """The forward pass as worker w of the region runs it: the packing of W_hh, each chunk's
+    projection and each step are done part by part, worker w doing part w (``sync.claim``),
+    and every worker waits for all parts of one before the next (slots: 0 for the packing,
+    then one per projection chunk and one per step, in order)."""
+    T, B, D = X.shape
+    H = h0.shape[1]
+    GH, Tc, _ = P.shape
+    G = GH // H
+    parts = bounds.shape[0] - 1
+    X2 = X.reshape(T * B, D)
+    P2 = P.reshape(GH, Tc * B)
+    for q in range(parts):
+        p = claim(claimed, 0, w, q, parts)
+        if p >= 0:
+            pack_rows(Whh, order, G * bounds[p], G * bounds[p + 1], Wp, w_off[p])
+            finish(finished, 0)
+    wait(finished, 0, parts)
+    slot = 1
+    done = 0
+    while done < T:
+        n = min(Tc, T - done)
+        t0 = T - done - n if reverse else done
+        if not fold:
+            for q in range(parts):
+                p = claim(claimed, slot, w, q, parts)
+                if p >= 0:
+                    _project_part(G * bounds[p], G * bounds[p + 1], P2, n * B, Wih, bias, has_bias,
+                                  X2[t0 * B:(t0 + n) * B])
+                    finish(finished, slot)
+            wait(finished, slot, parts)
+            slot += 1
+        for k in range(n):
+            s = done + k
+            t = T - 1 - s if reverse else s
+            zs = t - t0
+            zt = Z[t] if keep else Z[0]
+            cslot = t if keep else s % 2
+            hprev = hT[s % 2]
+            hstate = hT[(s + 1) % 2]
+            if has_mask:
+                cprev = cT
+                hout = hnew
+            else:
+                hout = hstate
+                if s == 0:
+                    cprev = cT
+                elif keep:
+                    cprev = CT[t + 1 if reverse else t - 1]
+                else:
+                    cprev = CT[(s - 1) % 2]
+            for q in range(parts):
+                p = claim(claimed, slot, w, q, parts)
+                if p >= 0:
+                    if has_mask and keep:  # the state before the step, this part's units
+                        u0 = bounds[p]
+                        u1 = bounds[p + 1]
+                        for b in range(B):
+                            for u in range(u0, u1):
+                                HP[t, b, u] = hprev[u, b]
+                        copy2(CPT[t, u0:u1], cT[u0:u1])
+                    _forward_part(bounds[p], bounds[p + 1], G, gidx, cifg, zt, P, zs, Wp, w_off[p],
+                                  hprev, cprev, CT[cslot], hout, OUT, t, wexp, scratch[p], mask,
+                                  has_mask, hstate, cT, fold, table, ids, order)
+                    finish(finished, slot)
+            wait(finished, slot, parts)
+            slot += 1
+        done += n
+
+
 def _forward_driver(loop):
     def lstm_forward_t(X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, mask, has_mask,
                        reverse, keep, h0, c0, P, Z, OUT, CT, HP, CPT, hT, cT, hnew, hs, cs,
@@ -281,53 +356,16 @@ def _forward_driver(loop):
         fold: X[t, b] is row ids[t, b] of an embedding E, and table (GH, V) = W_ih E^T + b (rows
         in the layer's order) replaces the input projection (see ``recurrence.lstm_forward``).
         """
-        T, B, D = X.shape
-        H = h0.shape[1]
-        GH, Tc, _ = P.shape
-        G = GH // H
+        T = X.shape[0]
         parts = bounds.shape[0] - 1
-        X2 = X.reshape(T * B, D)
-        P2 = P.reshape(GH, Tc * B)
         _transpose_into(hT[0], h0)
         _transpose_into(cT, c0)
-        for p in loop(parts):
-            pack_rows(Whh, order, G * bounds[p], G * bounds[p + 1], Wp, w_off[p])
-        done = 0
-        while done < T:
-            n = min(Tc, T - done)
-            t0 = T - done - n if reverse else done
-            if not fold:
-                for p in loop(parts):
-                    _project_part(G * bounds[p], G * bounds[p + 1], P2, n * B, Wih, bias,
-                                  has_bias, X2[t0 * B:(t0 + n) * B])
-            for k in range(n):
-                s = done + k
-                t = T - 1 - s if reverse else s
-                zs = t - t0
-                zt = Z[t] if keep else Z[0]
-                cslot = t if keep else s % 2
-                hprev = hT[s % 2]
-                hstate = hT[(s + 1) % 2]
-                if has_mask:
-                    cprev = cT
-                    hout = hnew
-                    if keep:
-                        _transpose_into(HP[t], hprev)
-                        copy2(CPT[t], cT)
-                else:
-                    hout = hstate
-                    if s == 0:
-                        cprev = cT
-                    elif keep:
-                        cprev = CT[t + 1 if reverse else t - 1]
-                    else:
-                        cprev = CT[(s - 1) % 2]
-                for p in loop(parts):
-                    _forward_part(bounds[p], bounds[p + 1], G, gidx, cifg, zt, P, zs, Wp,
-                                  w_off[p], hprev, cprev, CT[cslot], hout, OUT, t, wexp,
-                                  scratch[p], mask, has_mask, hstate, cT, fold, table, ids,
-                                  order)
-            done += n
+        claimed = np.zeros((2 * T + 1) * parts, dtype=np.int64)
+        finished = np.zeros(2 * T + 1, dtype=np.int64)
+        for w in loop(parts):  # one region: every worker runs the time loop (see sync.py)
+            _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, mask, has_mask,
+                            reverse, keep, h0, P, Z, OUT, CT, HP, CPT, hT, cT, hnew, scratch,
+                            bounds, Wp, w_off, fold, table, ids, claimed, finished)
         if not has_mask:
             last = 0 if reverse else T - 1
             copy2(cT, CT[last] if keep else CT[(T - 1) % 2])
@@ -392,6 +430,55 @@ def _backward_part(u0, u1, G, gidx, cifg, first, Z, t, dZs_prev, dZs, dZ, order,
             dZ[dst, t, b] = dZs[r, b]
 
 
+@njit(**_OPTS)
+def _backward_thread(w, X, Wih, Whh, order, has_bias, wexp, gidx, cifg, mask, has_mask, reverse, h0,
+                     Z, OUT, CT, HP, CPT, dOUT, dZs2, dZ, dX, gWih, gWhh, gbih, gbhh, gpeep,
+                     has_peep, dhT, dcT, dOT, saved, ones, scratch, bounds, Wp, w_off, fold, ids,
+                     E, S, dE, c0T, db, claimed, finished):
+    """Backpropagation through time as worker w of the region runs it: the packing of W_hh^T,
+    each step and the weight gradients are done part by part, worker w doing part w
+    (``sync.claim``; slots: 0 for the packing, T - s for step s, T + 1 for the weight
+    gradients)."""
+    T, B, D = X.shape
+    H = h0.shape[1]
+    GH = Z.shape[1]
+    G = GH // H
+    parts = bounds.shape[0] - 1
+    for q in range(parts):
+        p = claim(claimed, 0, w, q, parts)
+        if p >= 0:
+            pack_columns(Whh, order, bounds[p], bounds[p + 1], Wp, w_off[p])
+            finish(finished, 0)
+    wait(finished, 0, parts)
+    for s in range(T - 1, -1, -1):
+        t = T - 1 - s if reverse else s
+        cprev = state_before(s, t, reverse, has_mask, CPT, c0T, CT)
+        cur = dZs2[s % 2]
+        prev = dZs2[(s + 1) % 2]
+        slot = T - s
+        for q in range(parts):
+            p = claim(claimed, slot, w, q, parts)
+            if p >= 0:
+                _backward_part(bounds[p], bounds[p + 1], G, gidx, cifg, s == T - 1, Z, t, prev,
+                               cur, dZ, order, Wp, w_off[p], CT[t], cprev, dhT, dOUT, dOT, dcT,
+                               wexp, ones, scratch[p], mask, has_mask, saved)
+                finish(finished, slot)
+        wait(finished, slot, parts)
+    last = dZs2[0]  # the gradient of the first step processed last: s == 0
+    TB = T * B
+    X2 = X.reshape(TB, D)
+    dX2 = dX.reshape(TB, D)
+    O2 = OUT.reshape(TB, H)
+    for q in range(parts):
+        p = claim(claimed, T + 1, w, q, parts)
+        if p >= 0:
+            _weights_part(p, parts, bounds[p], bounds[p + 1], G, gidx, reverse, has_mask,
+                          has_bias, has_peep, Wp, w_off[p], last, dhT, dZ, X2, gWih, HP, gWhh, O2,
+                          h0, ones, db, gbih, gbhh, Wih, dX2, CPT, c0T, CT, gpeep, fold, ids, E, S,
+                          dE)
+            finish(finished, T + 1)
+
+
 def _backward_driver(loop):
     def lstm_backward_t(X, Wih, Whh, order, has_bias, wexp, gidx, cifg, mask, has_mask, reverse, h0,
                         c0, Z, OUT, CT, HP, CPT, dOUT, dh, dc, dZs2, dZ, dX, gWih, gWhh, gbih,
@@ -410,34 +497,20 @@ def _backward_driver(loop):
         T, B, D = X.shape
         H = h0.shape[1]
         GH = Z.shape[1]
-        G = GH // H
         parts = bounds.shape[0] - 1
         _transpose_into(dhT, dh)
         _transpose_into(dcT, dc)
         c0T = np.empty((H, B), dtype=X.dtype)
         _transpose_into(c0T, c0)
         db = np.empty((1, GH), dtype=X.dtype)
-        for p in loop(parts):
-            pack_columns(Whh, order, bounds[p], bounds[p + 1], Wp, w_off[p])
-        for s in range(T - 1, -1, -1):
-            t = T - 1 - s if reverse else s
-            cprev = state_before(s, t, reverse, has_mask, CPT, c0T, CT)
-            cur = dZs2[s % 2]
-            prev = dZs2[(s + 1) % 2]
-            for p in loop(parts):
-                _backward_part(bounds[p], bounds[p + 1], G, gidx, cifg, s == T - 1, Z, t, prev,
-                               cur, dZ, order, Wp, w_off[p], CT[t], cprev, dhT, dOUT, dOT, dcT,
-                               wexp, ones, scratch[p], mask, has_mask, saved)
-        last = dZs2[0]  # the gradient of the first step processed last: s == 0
+        claimed = np.zeros((T + 2) * parts, dtype=np.int64)
+        finished = np.zeros(T + 2, dtype=np.int64)
+        for w in loop(parts):  # one region: every worker runs the time loop (see sync.py)
+            _backward_thread(w, X, Wih, Whh, order, has_bias, wexp, gidx, cifg, mask, has_mask,
+                             reverse, h0, Z, OUT, CT, HP, CPT, dOUT, dZs2, dZ, dX, gWih, gWhh,
+                             gbih, gbhh, gpeep, has_peep, dhT, dcT, dOT, saved, ones, scratch,
+                             bounds, Wp, w_off, fold, ids, E, S, dE, c0T, db, claimed, finished)
         TB = T * B
-        X2 = X.reshape(TB, D)
-        dX2 = dX.reshape(TB, D)
-        O2 = OUT.reshape(TB, H)
-        for p in loop(parts):
-            _weights_part(p, parts, bounds[p], bounds[p + 1], G, gidx, reverse, has_mask,
-                          has_bias, has_peep, Wp, w_off[p], last, dhT, dZ, X2, gWih, HP, gWhh, O2,
-                          h0, ones, db, gbih, gbhh, Wih, dX2, CPT, c0T, CT, gpeep, fold, ids,
-                          E, S, dE)
         _transpose_into(dh, dhT)
         _transpose_into(dc, dcT)
         for a in (dh.reshape(B * H), dc.reshape(B * H), gWih.reshape(GH * D),
