@@ -70,8 +70,10 @@ def _forward_cell_o(zi, zf, zg, zo, cp, cn, hn, wco):
 
 
 @njit(**_OPTS)
-def _cell_forward(zi, zf, zg, zo, cp, cn, hn, wci, wcf, wco, cifg):
-    """One row of the LSTM step: pre-activations z* -> activations (in place), c, h.
+def cell_forward(zi, zf, zg, zo, cp, cn, hn, wci, wcf, wco, cifg):
+    """The LSTM step on runs of n numbers (one row of the row layout here, one gate block of
+    the batch-inner layout in ``lstm_t.py``): pre-activations z* -> activations (in place),
+    c_prev (cp) -> c (cn), h (hn); peephole weights one per element (0 when absent).
 
     Each gate is one array, read and written in place at the same index: LLVM then knows a
     store cannot feed a later load and vectorises (distinct input and output arrays that
@@ -83,9 +85,10 @@ def _cell_forward(zi, zf, zg, zo, cp, cn, hn, wci, wcf, wco, cifg):
 
 
 @njit(**_OPTS)
-def _cell_backward(ai, af, ag, ao, c_row, cp, dh, dho, dc, dzi, dzf, dzg, dzo, wci, wcf, wco,
-                   cifg):
-    """One row of the LSTM step backward: (dh + dho, dc) -> dz*, dc_prev (into dc)."""
+def cell_backward(ai, af, ag, ao, c_row, cp, dh, dho, dc, dzi, dzf, dzg, dzo, wci, wcf, wco,
+                  cifg):
+    """The LSTM step backward on runs of n numbers (as ``cell_forward``): activations a*, c,
+    c_prev, (dh + dho, dc) -> dz*, and dc_prev (into dc)."""
     for j in range(cp.shape[0]):
         i = ai[j]
         g = ag[j]
@@ -182,7 +185,7 @@ def lstm_forward(X, Wih, Whh, bias, has_bias, peep, gidx, cifg, mask, has_mask, 
                 zi = zt[b, ki] if ki >= 0 else scratch[0]
                 zf = zt[b, kf] if kf >= 0 else scratch[1]
                 zo = zt[b, ko] if ko >= 0 else scratch[3]
-                _cell_forward(zi, zf, zt[b, kg], zo, c_prev[b], C[cslot, b], OUT[t, b],
+                cell_forward(zi, zf, zt[b, kg], zo, c_prev[b], C[cslot, b], OUT[t, b],
                               wci, wcf, wco, cifg)
             if has_mask:
                 for b in range(B):
@@ -228,8 +231,8 @@ def lstm_backward(X, Wih, Whh, has_bias, peep, has_peep, gidx, cifg, mask, has_m
             dzi = dzt[b, ki] if ki >= 0 else scratch[0]
             dzf = dzt[b, kf] if kf >= 0 else scratch[1]
             dzo = dzt[b, ko] if ko >= 0 else scratch[3]
-            _cell_backward(ai, af, zt[b, kg], ao, C[t, b], c_prev[b], dh[b], dOUT[t, b], dc[b],
-                           dzi, dzf, dzt[b, kg], dzo, wci, wcf, wco, cifg)
+            cell_backward(ai, af, zt[b, kg], ao, C[t, b], c_prev[b], dh[b], dOUT[t, b], dc[b],
+                          dzi, dzf, dzt[b, kg], dzo, wci, wcf, wco, cifg)
             if has_mask:
                 fill1(dh[b], 0.0)
         # dh_prev = dZ[t] W_hh (masked rows keep their passed-through gradient: beta = 1)

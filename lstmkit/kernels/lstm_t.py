@@ -1,20 +1,20 @@
 """The fused LSTM in the batch-inner layout, optionally split over threads.
 
-Same arithmetic as ``lstm.py`` (the row layout, the simplest form of the kernels), with every
-per-step array transposed so that the batch is the contiguous axis: a step's pre-activations
-are a (GH, B) block, the states h^T, c^T are (H, B). Two reasons:
+Same arithmetic as ``lstm.py`` (the row layout, the simplest form of the kernels; its
+``cell_forward`` and ``cell_backward`` run here on each gate block), with every per-step array
+transposed so that the batch is the contiguous axis: a step's pre-activations are a (GH, B)
+block, the states h^T, c^T are (H, B). Two reasons:
 
-- the BLAS call of each step: with the small batch as BLAS's M dimension,
-  ``Z_t^T += W_hh h^T`` (M = B, N = GH, K = H in column-major terms) and backward's
-  ``dh^T = W_hh^T dZ_t^T`` (with W_hh^T materialised) run markedly faster in OpenBLAS than the
-  row layout's ``h W_hh^T`` and ``dZ_t W_hh``: 1.1x to 2x on the standard shapes;
+- the recurrent product of each step, ``Z_t^T += W_hh h^T`` (and backward's
+  ``dh^T = W_hh^T dZ_t^T``), has the thin batch as its columns, which is what the packed
+  micro-kernels of ``packed.py`` compute (W_hh packed once per pass, not once per step);
 - every gate block of a step is one contiguous run of H*B numbers, so the element-wise pass is
   one long vectorised loop per gate, whatever B (no short rows, no scalar remainders).
 
 The input projection is one GEMM per chunk of steps into a (GH, Tc*B) panel, whose rows are
 then copied into each step's block; backward copies each step's gate gradients into a
-(GH, T*B) matrix, so that ``dW_ih = dZ X``, ``dW_hh = dZ H_prev``, ``dX = dZ^T W_ih`` stay one
-GEMM each over all steps.
+(GH, T*B) matrix (in the layer's row order), so that ``dW_ih = dZ X``,
+``dW_hh = dZ H_prev``, ``dX = dZ^T W_ih`` stay one GEMM each over all steps (per thread).
 
 Threads ("parts"): the hidden units are split into ``parts`` contiguous ranges, and the rows of
 every weight matrix are permuted (by the caller) so that the G gate rows of each part's units
@@ -31,8 +31,8 @@ import numpy as np
 from numba import njit, prange
 
 from lstmkit.kernels.blas import gemm
-from lstmkit.kernels.gates import flush, one_like, sigmoid, tanh
 from lstmkit.kernels.loops import copy2, flush_all, state_before
+from lstmkit.kernels.lstm import cell_backward, cell_forward
 from lstmkit.kernels.packed import pack_columns, pack_rows, packed_gemm
 from lstmkit.kernels.sync import claim, finish, wait
 
@@ -49,76 +49,6 @@ def _transpose_into(dst, src):
             for i in range(i0, min(i0 + 16, m)):
                 for j in range(j0, min(j0 + 16, n)):
                     dst[j, i] = src[i, j]
-
-
-@njit(**_OPTS)
-def _forward_gates_ifg(zi, zf, zg, cp, wi, wf, cifg):
-    for j in range(cp.shape[0]):
-        c_prev = cp[j]
-        i = sigmoid(zi[j] + wi[j] * c_prev)
-        f = sigmoid(zf[j] + wf[j] * c_prev)
-        if cifg:
-            f = one_like(i) - i
-        zi[j] = i
-        zf[j] = f
-        zg[j] = tanh(zg[j])
-
-
-@njit(**_OPTS)
-def _forward_cell_o(zi, zf, zg, zo, cp, cn, hn, wo):
-    for j in range(cp.shape[0]):
-        c = zf[j] * cp[j] + zi[j] * zg[j]
-        o = sigmoid(zo[j] + wo[j] * c)
-        zo[j] = o
-        cn[j] = c
-        hn[j] = o * tanh(c)
-
-
-@njit(**_OPTS)
-def _forward_flat(zi, zf, zg, zo, cp, cn, hn, wi, wf, wo, cifg):
-    """The LSTM step on flat runs of n numbers: z* (in place -> activations), c_prev -> c, h.
-
-    Each gate array is read and written at the same index (so LLVM needs no alias check
-    between them); peephole weights come expanded to one per element (0 when absent). Two
-    passes (i, f, g; then c, o, h): each loop keeps few enough values live to stay in
-    registers, which makes the pair ~30% faster than one fused loop.
-    """
-    _forward_gates_ifg(zi, zf, zg, cp, wi, wf, cifg)
-    _forward_cell_o(zi, zf, zg, zo, cp, cn, hn, wo)
-
-
-@njit(**_OPTS)
-def _backward_flat(ai, af, ag, ao, c_row, cp, dh, dho, dc, dzi, dzf, dzg, dzo, wi, wf, wo,
-                   cifg):
-    """The step backward on flat runs: (dh + dho, dc) -> dz*, dc <- dc_prev."""
-    for j in range(cp.shape[0]):
-        i = ai[j]
-        g = ag[j]
-        o = ao[j]
-        one = one_like(i)
-        f = af[j]
-        if cifg:
-            f = one - i
-        c = c_row[j]
-        c_prev = cp[j]
-        tc = tanh(c)
-        dhj = flush(dh[j]) + dho[j]
-        d_o = dhj * tc * o * (one - o)
-        dcj = dc[j] + dhj * o * (one - tc * tc)
-        dcj = dcj + d_o * wo[j]
-        di = dcj * g
-        df = dcj * c_prev
-        d_g = dcj * i * (one - g * g)
-        if cifg:
-            di = di - df
-        d_f = df * f * (one - f)
-        d_i = di * i * (one - i)
-        dc_prev = dcj * f + d_f * wf[j] + d_i * wi[j]
-        dzi[j] = flush(d_i)
-        dzf[j] = flush(d_f)
-        dzg[j] = flush(d_g)
-        dzo[j] = flush(d_o)
-        dc[j] = flush(dc_prev)
 
 
 @njit(**_OPTS)
@@ -161,7 +91,7 @@ def _forward_part(u0, u1, G, gidx, cifg, zt, P, zs, Wp, w_off, hprev, cprev, cne
                 scratch[k, j] = BIG
     a0 = u0 * B
     a1 = u1 * B
-    _forward_flat(_gate(flat, r0, gidx[0], hp, B, n, scratch[0, :n]),
+    cell_forward(_gate(flat, r0, gidx[0], hp, B, n, scratch[0, :n]),
                   _gate(flat, r0, gidx[1], hp, B, n, scratch[1, :n]),
                   _gate(flat, r0, gidx[2], hp, B, n, scratch[2, :n]),
                   _gate(flat, r0, gidx[3], hp, B, n, scratch[2, :n]),
@@ -401,7 +331,7 @@ def _backward_part(u0, u1, G, gidx, cifg, first, Z, t, dZs_prev, dZs, dZ, order,
                 saved[u, b] = dcT[u, b]
     zflat = Z[t].reshape(Z.shape[1] * B)
     dflat = dZs.reshape(dZs.shape[0] * B)
-    _backward_flat(_gate(zflat, r0, gidx[0], hp, B, n, ones[:n]),
+    cell_backward(_gate(zflat, r0, gidx[0], hp, B, n, ones[:n]),
                    _gate(zflat, r0, gidx[1], hp, B, n, ones[:n]),
                    _gate(zflat, r0, gidx[2], hp, B, n, ones[:n]),
                    _gate(zflat, r0, gidx[3], hp, B, n, ones[:n]),
