@@ -27,6 +27,7 @@ arrays of zeros (``claimed``: slots * parts, ``finished``: slots), each slot use
 
 from __future__ import annotations
 
+from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
@@ -34,38 +35,31 @@ from numba.extending import intrinsic
 _OPTS = {"cache": True, "nogil": True}
 
 
-def _slot_pointer(context, builder, array_type, array, index, index_type):
-    data = cgutils.create_struct_proxy(array_type)(context, builder, value=array).data
-    return builder.gep(data, [context.cast(builder, index, index_type, types.int64)])
+def _counter_op(emit):
+    """An intrinsic ``op(counters, slot) -> int64`` on an int64 array: ``emit(builder, ptr)``
+    writes the LLVM instruction on the address of counters[slot] and returns its value."""
+
+    @intrinsic
+    def op(typingctx, counters, slot):
+        if not (isinstance(counters, types.Array) and counters.dtype == types.int64):
+            return None
+
+        def codegen(context, builder, signature, args):
+            data = cgutils.create_struct_proxy(signature.args[0])(context, builder,
+                                                                  value=args[0]).data
+            index = context.cast(builder, args[1], signature.args[1], types.int64)
+            return emit(builder, builder.gep(data, [index]))
+
+        return types.int64(counters, slot), codegen
+
+    return op
 
 
-@intrinsic
-def _fetch_add(typingctx, counters, slot):
-    """counters[slot] += 1, atomically; returns the value before."""
-    if not (isinstance(counters, types.Array) and counters.dtype == types.int64):
-        return None
-
-    def codegen(context, builder, signature, args):
-        ptr = _slot_pointer(context, builder, signature.args[0], args[0], args[1],
-                            signature.args[1])
-        one = context.get_constant(types.int64, 1)
-        return builder.atomic_rmw("add", ptr, one, "seq_cst")
-
-    return types.int64(counters, slot), codegen
-
-
-@intrinsic
-def _load_acquire(typingctx, counters, slot):
-    """counters[slot], read atomically (acquire)."""
-    if not (isinstance(counters, types.Array) and counters.dtype == types.int64):
-        return None
-
-    def codegen(context, builder, signature, args):
-        ptr = _slot_pointer(context, builder, signature.args[0], args[0], args[1],
-                            signature.args[1])
-        return builder.load_atomic(ptr, "acquire", 8)
-
-    return types.int64(counters, slot), codegen
+# counters[slot] += 1, atomically, returning the value before; counters[slot] read atomically
+_fetch_add = _counter_op(
+    lambda builder, ptr: builder.atomic_rmw("add", ptr, ir.Constant(ir.IntType(64), 1),
+                                            "seq_cst"))
+_load_acquire = _counter_op(lambda builder, ptr: builder.load_atomic(ptr, "acquire", 8))
 
 
 PATIENCE = 100_000  # spins (~0.1-1 ms) to wait for a part's own thread before taking it
