@@ -1,9 +1,11 @@
 """How many threads the fused kernels use, and keeping BLAS single-threaded meanwhile.
 
-The kernels split each step over ``parts`` threads themselves (Numba ``prange``), each thread
-calling BLAS on its own rows; BLAS's own thread pool must then stay out of the way (two pools
-spinning on two cores would fight). ``blas_single_threaded()`` sets the OpenBLAS that the
-kernels call (SciPy's, through Numba) to one thread for the duration of a kernel call.
+The kernels split each step over ``parts`` threads themselves (Numba ``prange``; the LSTM's
+time loop as one region per pass, see ``sync.py``), each thread computing its own rows (with
+the packed micro-kernels or a BLAS call); BLAS's own thread pool must then stay out of the
+way (two pools spinning on two cores would fight). ``blas_single_threaded()`` sets the
+OpenBLAS that the kernels call (SciPy's, through Numba) to one thread for the duration of a
+kernel call.
 
 The thread count is Numba's (``numba.set_num_threads`` or ``NUMBA_NUM_THREADS``); a layer
 runs single-threaded when a step is too small to be worth splitting (see ``parts_for``).
@@ -171,9 +173,10 @@ ADAPT_TO_LOAD = True
 def busy_elsewhere() -> int:
     """How many threads of other processes are running right now (Linux; 0 if unknown).
 
-    A step split over threads waits at a barrier at its end; if another process holds one of
-    the cores, the thread that lost its core stalls the step for a scheduler time slice, so a
-    parallel loop ends up much slower than a serial one. Counting the running threads
+    A step split over threads waits at its end for every thread; if another process holds one
+    of the cores, the thread that lost its core stalls the step (for a scheduler time slice, or
+    for ``sync.PATIENCE`` spins in the LSTM's time loop, after which its share is taken over),
+    so a parallel loop ends up slower than a serial one. Counting the running threads
     (runnable threads in /proc/loadavg, less this process's own) before a call avoids that.
     """
     try:
