@@ -186,7 +186,7 @@ def lstm_forward(X, Wih, Whh, bias, has_bias, peep, gidx, cifg, mask, has_mask, 
                 zf = zt[b, kf] if kf >= 0 else scratch[1]
                 zo = zt[b, ko] if ko >= 0 else scratch[3]
                 cell_forward(zi, zf, zt[b, kg], zo, c_prev[b], C[cslot, b], OUT[t, b],
-                              wci, wcf, wco, cifg)
+                             wci, wcf, wco, cifg)
             if has_mask:
                 for b in range(B):
                     if mask[t, b]:

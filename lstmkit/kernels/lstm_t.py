@@ -92,12 +92,12 @@ def _forward_part(u0, u1, G, gidx, cifg, zt, P, zs, Wp, w_off, hprev, cprev, cne
     a0 = u0 * B
     a1 = u1 * B
     cell_forward(_gate(flat, r0, gidx[0], hp, B, n, scratch[0, :n]),
-                  _gate(flat, r0, gidx[1], hp, B, n, scratch[1, :n]),
-                  _gate(flat, r0, gidx[2], hp, B, n, scratch[2, :n]),
-                  _gate(flat, r0, gidx[3], hp, B, n, scratch[2, :n]),
-                  cprev.reshape(H * B)[a0:a1], cnew.reshape(H * B)[a0:a1],
-                  hout.reshape(H * B)[a0:a1], wexp[0].reshape(H * B)[a0:a1],
-                  wexp[1].reshape(H * B)[a0:a1], wexp[2].reshape(H * B)[a0:a1], cifg)
+                 _gate(flat, r0, gidx[1], hp, B, n, scratch[1, :n]),
+                 _gate(flat, r0, gidx[2], hp, B, n, scratch[2, :n]),
+                 _gate(flat, r0, gidx[3], hp, B, n, scratch[2, :n]),
+                 cprev.reshape(H * B)[a0:a1], cnew.reshape(H * B)[a0:a1],
+                 hout.reshape(H * B)[a0:a1], wexp[0].reshape(H * B)[a0:a1],
+                 wexp[1].reshape(H * B)[a0:a1], wexp[2].reshape(H * B)[a0:a1], cifg)
     if has_mask:
         for u in range(u0, u1):
             for b in range(B):
@@ -132,7 +132,7 @@ def _project_part(r0, r1, P2, m, Wih, bias, has_bias, Xc):
 
 
 @njit(**_OPTS)
-def _weights_part(p, parts, u0, u1, G, gidx, reverse, has_mask, has_bias, has_peep, Wp, w_off, last,
+def _weights_part(p, parts, u0, u1, gidx, reverse, has_mask, has_bias, has_peep, Wp, w_off, last,
                   dhT, dZ, X2, gWih, HP, gWhh, O2, h0, ones, db, gbih, gbhh, Wih, dX2, CPT, c0T,
                   CT, gpeep, fold, ids, E, S, dE):
     """After the time loop, part p: dh_0 of its units [u0, u1), then its share of the weight
@@ -256,9 +256,7 @@ def _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, mas
                     if has_mask and keep:  # the state before the step, this part's units
                         u0 = bounds[p]
                         u1 = bounds[p + 1]
-                        for b in range(B):
-                            for u in range(u0, u1):
-                                HP[t, b, u] = hprev[u, b]
+                        _transpose_into(HP[t, :, u0:u1], hprev[u0:u1])
                         copy2(CPT[t, u0:u1], cT[u0:u1])
                     _forward_part(bounds[p], bounds[p + 1], G, gidx, cifg, zt, P, zs, Wp, w_off[p],
                                   hprev, cprev, CT[cslot], hout, OUT, t, wexp, scratch[p], mask,
@@ -332,18 +330,18 @@ def _backward_part(u0, u1, G, gidx, cifg, first, Z, t, dZs_prev, dZs, dZ, order,
     zflat = Z[t].reshape(Z.shape[1] * B)
     dflat = dZs.reshape(dZs.shape[0] * B)
     cell_backward(_gate(zflat, r0, gidx[0], hp, B, n, ones[:n]),
-                   _gate(zflat, r0, gidx[1], hp, B, n, ones[:n]),
-                   _gate(zflat, r0, gidx[2], hp, B, n, ones[:n]),
-                   _gate(zflat, r0, gidx[3], hp, B, n, ones[:n]),
-                   C.reshape(H * B)[a0:a1], CP.reshape(H * B)[a0:a1],
-                   dhT.reshape(H * B)[a0:a1], dOT.reshape(H * B)[a0:a1],
-                   dcT.reshape(H * B)[a0:a1],
-                   _gate(dflat, r0, gidx[0], hp, B, n, scratch[0, :n]),
-                   _gate(dflat, r0, gidx[1], hp, B, n, scratch[1, :n]),
-                   _gate(dflat, r0, gidx[2], hp, B, n, scratch[2, :n]),
-                   _gate(dflat, r0, gidx[3], hp, B, n, scratch[2, :n]),
-                   wexp[0].reshape(H * B)[a0:a1], wexp[1].reshape(H * B)[a0:a1],
-                   wexp[2].reshape(H * B)[a0:a1], cifg)
+                  _gate(zflat, r0, gidx[1], hp, B, n, ones[:n]),
+                  _gate(zflat, r0, gidx[2], hp, B, n, ones[:n]),
+                  _gate(zflat, r0, gidx[3], hp, B, n, ones[:n]),
+                  C.reshape(H * B)[a0:a1], CP.reshape(H * B)[a0:a1],
+                  dhT.reshape(H * B)[a0:a1], dOT.reshape(H * B)[a0:a1],
+                  dcT.reshape(H * B)[a0:a1],
+                  _gate(dflat, r0, gidx[0], hp, B, n, scratch[0, :n]),
+                  _gate(dflat, r0, gidx[1], hp, B, n, scratch[1, :n]),
+                  _gate(dflat, r0, gidx[2], hp, B, n, scratch[2, :n]),
+                  _gate(dflat, r0, gidx[3], hp, B, n, scratch[2, :n]),
+                  wexp[0].reshape(H * B)[a0:a1], wexp[1].reshape(H * B)[a0:a1],
+                  wexp[2].reshape(H * B)[a0:a1], cifg)
     if has_mask:
         for b in range(B):
             if mask[t, b]:
@@ -402,7 +400,7 @@ def _backward_thread(w, X, Wih, Whh, order, has_bias, wexp, gidx, cifg, mask, ha
     for q in range(parts):
         p = claim(claimed, T + 1, w, q, parts)
         if p >= 0:
-            _weights_part(p, parts, bounds[p], bounds[p + 1], G, gidx, reverse, has_mask,
+            _weights_part(p, parts, bounds[p], bounds[p + 1], gidx, reverse, has_mask,
                           has_bias, has_peep, Wp, w_off[p], last, dhT, dZ, X2, gWih, HP, gWhh, O2,
                           h0, ones, db, gbih, gbhh, Wih, dX2, CPT, c0T, CT, gpeep, fold, ids, E, S,
                           dE)
