@@ -35,20 +35,10 @@ from lstmkit.kernels.loops import copy2, flush_all, state_before
 from lstmkit.kernels.lstm import cell_backward, cell_forward
 from lstmkit.kernels.packed import pack_columns, pack_rows, packed_gemm
 from lstmkit.kernels.sync import claim, finish, wait
+from lstmkit.kernels.transpose import transpose_into
 
 _OPTS = {"cache": True, "error_model": "numpy", "fastmath": {"contract"}, "nogil": True}
 BIG = 100.0
-
-
-@njit(**_OPTS)
-def _transpose_into(dst, src):
-    """dst (n, m) = src (m, n)^T, in blocks that stay in L1."""
-    m, n = src.shape
-    for i0 in range(0, m, 16):
-        for j0 in range(0, n, 16):
-            for i in range(i0, min(i0 + 16, m)):
-                for j in range(j0, min(j0 + 16, n)):
-                    dst[j, i] = src[i, j]
 
 
 @njit(**_OPTS)
@@ -106,17 +96,12 @@ def _forward_part(u0, u1, G, gidx, cifg, zt, P, zs, Wp, w_off, hprev, cprev, cne
                     cstate[u, b] = cnew[u, b]
                 else:
                     hstate[u, b] = hprev[u, b]
+    transpose_into(OUT[t, :, u0:u1], hout[u0:u1])
+    if has_mask:
         for b in range(B):
-            if mask[t, b]:
-                for u in range(u0, u1):
-                    OUT[t, b, u] = hout[u, b]
-            else:
+            if not mask[t, b]:
                 for u in range(u0, u1):
                     OUT[t, b, u] = 0.0
-    else:
-        for b in range(B):
-            for u in range(u0, u1):
-                OUT[t, b, u] = hout[u, b]
 
 
 @njit(**_OPTS)
@@ -256,7 +241,7 @@ def _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, mas
                     if has_mask and keep:  # the state before the step, this part's units
                         u0 = bounds[p]
                         u1 = bounds[p + 1]
-                        _transpose_into(HP[t, :, u0:u1], hprev[u0:u1])
+                        transpose_into(HP[t, :, u0:u1], hprev[u0:u1])
                         copy2(CPT[t, u0:u1], cT[u0:u1])
                     _forward_part(bounds[p], bounds[p + 1], G, gidx, cifg, zt, P, zs, Wp, w_off[p],
                                   hprev, cprev, CT[cslot], hout, OUT, t, wexp, scratch[p], mask,
@@ -286,8 +271,8 @@ def _forward_driver(loop):
         """
         T = X.shape[0]
         parts = bounds.shape[0] - 1
-        _transpose_into(hT[0], h0)
-        _transpose_into(cT, c0)
+        transpose_into(hT[0], h0)
+        transpose_into(cT, c0)
         claimed = np.zeros((2 * T + 1) * parts, dtype=np.int64)
         finished = np.zeros(2 * T + 1, dtype=np.int64)
         for w in loop(parts):  # one region: every worker runs the time loop (see sync.py)
@@ -297,8 +282,8 @@ def _forward_driver(loop):
         if not has_mask:
             last = 0 if reverse else T - 1
             copy2(cT, CT[last] if keep else CT[(T - 1) % 2])
-        _transpose_into(hs, hT[T % 2])
-        _transpose_into(cs, cT)
+        transpose_into(hs, hT[T % 2])
+        transpose_into(cs, cT)
 
     return lstm_forward_t
 
@@ -320,9 +305,7 @@ def _backward_part(u0, u1, G, gidx, cifg, first, Z, t, dZs_prev, dZs, dZ, order,
     a1 = u1 * B
     if not first:
         packed_gemm(Wp, w_off, hp, dZs_prev, dhT[u0:u1], has_mask)
-    for b in range(B):
-        for u in range(u0, u1):
-            dOT[u, b] = dOUT[t, b, u]
+    transpose_into(dOT[u0:u1], dOUT[t, :, u0:u1])
     if has_mask:
         for u in range(u0, u1):
             for b in range(B):
@@ -426,10 +409,10 @@ def _backward_driver(loop):
         H = h0.shape[1]
         GH = Z.shape[1]
         parts = bounds.shape[0] - 1
-        _transpose_into(dhT, dh)
-        _transpose_into(dcT, dc)
+        transpose_into(dhT, dh)
+        transpose_into(dcT, dc)
         c0T = np.empty((H, B), dtype=X.dtype)
-        _transpose_into(c0T, c0)
+        transpose_into(c0T, c0)
         db = np.empty((1, GH), dtype=X.dtype)
         claimed = np.zeros((T + 2) * parts, dtype=np.int64)
         finished = np.zeros(T + 2, dtype=np.int64)
@@ -439,8 +422,8 @@ def _backward_driver(loop):
                              gbih, gbhh, gpeep, has_peep, dhT, dcT, dOT, saved, ones, scratch,
                              bounds, Wp, w_off, fold, ids, E, S, dE, c0T, db, claimed, finished)
         TB = T * B
-        _transpose_into(dh, dhT)
-        _transpose_into(dc, dcT)
+        transpose_into(dh, dhT)
+        transpose_into(dc, dcT)
         for a in (dh.reshape(B * H), dc.reshape(B * H), gWih.reshape(GH * D),
                   gWhh.reshape(GH * H), gbih, gbhh, gpeep.reshape(3 * H)):
             flush_all(a)
