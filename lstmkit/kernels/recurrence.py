@@ -26,9 +26,12 @@ State = tuple[Array, ...]
 # reused, so inference memory does not grow with T beyond the output itself)
 CHUNK_BYTES = 2 << 20
 # float32 batches at least this large run the batch-inner layout (faster per-step GEMMs, see
-# lstm_t); B = 1 and float64 run the row layout (float64: supported, not the fast path, and
-# one kernel less to compile)
+# lstm_t); float64 runs the row layout (supported, not the fast path, and one kernel less to
+# compile), and so does B = 1 on one thread (BLAS's gemv beats the packed kernel there)
 BATCH_INNER_MIN_B = 2
+# a single sequence (B = 1) whose steps are worth splitting over threads (threads.parts_for)
+# runs the batch-inner layout, which can split a step (the row layout cannot)
+SPLIT_SINGLE_SEQUENCE = True
 _NO_MASK = np.ones((1, 1), dtype=np.bool_)
 
 
@@ -136,9 +139,11 @@ def lstm_forward(cell: LSTMCell, p: dict[str, Array], x: Array, state0: State,
     gidx = _lstm_gate_layout(cell)
     mask_arr, has_mask = _mask_args(mask)
     h0, c0 = _c(state0[0], dtype), _c(state0[1], dtype)
-    if B >= BATCH_INNER_MIN_B and dtype == np.float32:
-        return _lstm_forward_t(cell, x, wih, whh, bias, peep, gidx, mask_arr, has_mask, h0, c0,
-                               reverse, keep, rows_of)
+    if dtype == np.float32:
+        parts = threads.parts_for(B, H, G)
+        if B >= BATCH_INNER_MIN_B or (B == 1 and parts > 1 and SPLIT_SINGLE_SEQUENCE):
+            return _lstm_forward_t(cell, x, wih, whh, bias, peep, gidx, mask_arr, has_mask, h0,
+                                   c0, reverse, keep, rows_of, parts)
     if rows_of is not None:
         raise ValueError("rows_of needs the batch-inner float32 LSTM kernels (see can_fold)")
     Tc = T if keep else _chunk_steps(T, B, G * H, dtype.itemsize)
@@ -170,7 +175,7 @@ def lstm_forward(cell: LSTMCell, p: dict[str, Array], x: Array, state0: State,
 def _lstm_forward_t(cell: LSTMCell, x: Array, wih: Array, whh: Array, bias: Array,
                     peep: Array, gidx: Array, mask_arr: Array, has_mask: bool, h0: Array,
                     c0: Array, reverse: bool, keep: bool,
-                    rows_of: tuple[Array, Array] | None) -> tuple[Array, State, Any]:
+                    rows_of: tuple[Array, Array] | None, parts: int) -> tuple[Array, State, Any]:
     dtype = x.dtype
     T, B, D = x.shape
     H = cell.hidden_size
@@ -183,7 +188,6 @@ def _lstm_forward_t(cell: LSTMCell, x: Array, wih: Array, whh: Array, bias: Arra
         table = np.ascontiguousarray(wih @ E.T + bias[:, None], dtype=dtype)
     else:
         ids, E, table = np.zeros((1, 1), np.int64), _dummy(dtype, 2), _dummy(dtype, 2)
-    parts = threads.parts_for(B, H, G)
     bounds = threads.unit_bounds(H, parts)
     perm = threads.row_permutation(G, H, bounds)
     if perm is not None and not fold:  # folded, the table replaces W_ih and the bias
