@@ -8,7 +8,8 @@ may be called more than once on one forward pass, as with the reference).
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -92,18 +93,46 @@ def _row_blas(B: int) -> Any:
 # -- LSTM --------------------------------------------------------------------------------------
 
 
-def _packed_room(row_bounds: Array, K: int) -> tuple[Array, Array]:
-    """Room for a (rows, K) float32 matrix packed part by part (``packed.pack_rows``): each
-    part p owns rows [row_bounds[p], row_bounds[p + 1]) and starts at offset w_off[p]."""
+class _Layout(NamedTuple):
+    """How the batch-inner kernels split a layer of H units over ``parts`` threads."""
+
+    bounds: Array  # (parts + 1,) the unit ranges (threads.unit_bounds)
+    perm: Array | None  # the gate rows in the parts' order (threads.row_permutation)
+    order: Array  # the same as int64 row indices (identity for one part)
+    units: int  # the largest part's unit count
+    w_off: Array  # forward: where each part's rows of W_hh start, packed (packed.pack_rows)
+    w_size: int  # and the packed size
+    wt_off: Array  # backward: the same for W_hh^T (packed.pack_columns)
+    wt_size: int
+
+
+def _packed_offsets(row_bounds: Array, K: int) -> tuple[Array, int]:
+    """Where each part's rows start in a (rows, K) float32 matrix packed part by part (part p
+    owns rows [row_bounds[p], row_bounds[p + 1])), and the total size."""
     sizes = [packed.packed_size(int(r1 - r0), K) for r0, r1 in zip(row_bounds[:-1],
                                                                    row_bounds[1:])]
-    w_off = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-    return np.empty(int(sum(sizes)), dtype=np.float32), w_off
+    offsets = [0]
+    for size in sizes[:-1]:
+        offsets.append(offsets[-1] + size)
+    return np.array(offsets, dtype=np.int64), sum(sizes)
 
 
-def _row_order(perm: Array | None, rows: int) -> Array:
-    """The rows of a weight matrix in the parts' order (``threads.row_permutation``)."""
-    return np.arange(rows, dtype=np.int64) if perm is None else perm.astype(np.int64)
+@functools.lru_cache(maxsize=256)
+def _parts_layout(G: int, H: int, parts: int) -> _Layout:
+    """The layout for G gates of H units split over ``parts`` threads. Cached: a layer runs
+    the same few layouts at every call (the arrays are never modified)."""
+    bounds = threads.unit_bounds(H, parts)
+    perm = threads.row_permutation(G, H, bounds)
+    order = np.arange(G * H, dtype=np.int64) if perm is None else perm.astype(np.int64)
+    return _Layout(bounds, perm, order, int(np.max(np.diff(bounds))),
+                   *_packed_offsets(G * bounds, H), *_packed_offsets(bounds, G * H))
+
+
+def _peephole_block(peep: Array, B: int) -> Array:
+    """(3, H) peephole weights -> (3, H, B), each repeated over the batch."""
+    wexp = np.empty((3, peep.shape[1], B), dtype=peep.dtype)
+    wexp[...] = peep[:, :, None]
+    return wexp
 
 
 def _lstm_gate_layout(cell: LSTMCell) -> Array:
@@ -188,10 +217,10 @@ def _lstm_forward_t(cell: LSTMCell, x: Array, wih: Array, whh: Array, bias: Arra
         table = np.ascontiguousarray(wih @ E.T + bias[:, None], dtype=dtype)
     else:
         ids, E, table = np.zeros((1, 1), np.int64), _dummy(dtype, 2), _dummy(dtype, 2)
-    bounds = threads.unit_bounds(H, parts)
-    perm = threads.row_permutation(G, H, bounds)
+    layout = _parts_layout(G, H, parts)
+    bounds, perm = layout.bounds, layout.perm
     if perm is not None and not fold:  # folded, the table replaces W_ih and the bias
-        wih, bias = wih[perm], bias[perm]
+        wih, bias = np.take(wih, perm, axis=0), np.take(bias, perm)
     Tc = _chunk_steps(T, B, GH, dtype.itemsize)
     P = np.empty((GH, 1 if fold else Tc, B), dtype=dtype)
     Z = np.empty((T if keep else 1, GH, B), dtype=dtype)
@@ -207,17 +236,16 @@ def _lstm_forward_t(cell: LSTMCell, x: Array, wih: Array, whh: Array, bias: Arra
     hnew = np.empty((H, B), dtype=dtype)
     hs = np.empty((B, H), dtype=dtype)
     cs = np.empty((B, H), dtype=dtype)
-    wexp = np.ascontiguousarray(np.broadcast_to(peep[:, :, None], (3, H, B)))
-    width = int(np.max(np.diff(bounds))) * B
-    scratch = np.empty((len(bounds) - 1, 3, width), dtype=dtype)
+    wexp = _peephole_block(peep, B)
+    scratch = np.empty((parts, 3, layout.units * B), dtype=dtype)
     if parts > 1:
         threads.keep_torch_openmp_apart()  # before Numba's OpenMP pool starts
-    Wp, w_off = _packed_room(G * bounds, H)
+    Wp = np.empty(layout.w_size, dtype=np.float32)
     run = _lstm_t.lstm_forward_t if parts > 1 else _lstm_t.lstm_forward_t_serial
     with threads.blas_single_threaded():
-        run(x, wih, whh, _row_order(perm, GH), bias, cell.bias, wexp, gidx,
+        run(x, wih, whh, layout.order, bias, cell.bias, wexp, gidx,
             cell.coupled_input_forget, mask_arr, has_mask, reverse, keep, h0, c0, P, Z, out, CT, HP,
-            CPT, hT, cT, hnew, hs, cs, scratch, bounds, Wp, w_off, fold, table, ids)
+            CPT, hT, cT, hnew, hs, cs, scratch, bounds, Wp, layout.w_off, fold, table, ids)
     cache = None
     if keep:
         cache = {"kind": "lstm", "layout": "batch-inner", "x": x, "Z": Z, "out": out,
@@ -236,10 +264,11 @@ def _lstm_backward_t(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Arr
     H = cell.hidden_size
     G = len(cell.gates)
     GH = G * H
-    bounds, perm = cache["bounds"], cache["perm"]
+    layout = _parts_layout(G, H, len(cache["bounds"]) - 1)
+    bounds = layout.bounds
     wih, whh = _c(p["weight_ih"], dtype), _c(p["weight_hh"], dtype)
     peep = _lstm_peep(cell, p, H, dtype)
-    wexp = np.ascontiguousarray(np.broadcast_to(peep[:, :, None], (3, H, B)))
+    wexp = _peephole_block(peep, B)
     dZ = np.empty((GH, T, B), dtype=dtype)
     dZs2 = np.empty((2, GH, B), dtype=dtype)
     dX = np.empty((T, B, D), dtype=dtype)  # not written (nor touched) when folding
@@ -258,20 +287,19 @@ def _lstm_backward_t(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Arr
     gpeep = np.zeros((3, H), dtype=dtype)
     work = [np.empty((H, B), dtype=dtype) for _ in range(4)]
     ones = np.ones(max(T * B, H * B), dtype=dtype)
-    width = int(np.max(np.diff(bounds))) * B
-    scratch = np.empty((len(bounds) - 1, 3, width), dtype=dtype)
+    scratch = np.empty((len(bounds) - 1, 3, layout.units * B), dtype=dtype)
     if len(bounds) > 2:
         threads.keep_torch_openmp_apart()
-    Wp, w_off = _packed_room(bounds, GH)
+    Wp = np.empty(layout.wt_size, dtype=np.float32)
     run = _lstm_t.lstm_backward_t if len(bounds) > 2 else _lstm_t.lstm_backward_t_serial
     with threads.blas_single_threaded():
         run(
-            x, wih, whh, _row_order(perm, GH), cell.bias, wexp, cache["gidx"],
+            x, wih, whh, layout.order, cell.bias, wexp, cache["gidx"],
             cell.coupled_input_forget,
             cache["mask"], cache["has_mask"], cache["reverse"], cache["h0"], cache["c0"], Z,
             cache["out"], cache["C"], cache["HP"], cache["CP"], d_out, dh, dc, dZs2, dZ, dX,
-            *g_arrays, gpeep, cell.peepholes, *work, ones, scratch, bounds, Wp, w_off, fold, ids, E,
-            S, dE)
+            *g_arrays, gpeep, cell.peepholes, *work, ones, scratch, bounds, Wp, layout.wt_off, fold,
+            ids, E, S, dE)
     for acc in accs:
         acc.finish()
     for k, gate in enumerate("ifo"):
