@@ -257,7 +257,7 @@ class RecurrentLayer(Module):
                 layer_out = layer_out * drop
             drop_masks.append(drop)
             layer_in = layer_out
-        state_n = tuple(np.stack(f) for f in finals)
+        state_n = tuple(_stack(f) for f in finals)
         if self.stateful:
             self._carried = tuple(s.copy() for s in state_n)
         gates = self._gates(caches, unbatched) if return_gates else None
@@ -464,7 +464,7 @@ class RecurrentLayer(Module):
                 for n, s in enumerate(d0):
                     d_state0[n][j] = s
             d_layer = dx
-        d_state_0 = tuple(np.stack(parts) for parts in d_state0)
+        d_state_0 = tuple(_stack(parts) for parts in d_state0)
         if cache["folded"]:
             return d_layer, self._pack_state(d_state_0)
         if unbatched:
@@ -583,3 +583,9 @@ class RNN(RecurrentLayer):
 
     def _make_cell(self, input_size: int) -> RNNCell:
         return RNNCell(input_size, self.hidden_size, self.bias, self.nonlinearity)
+
+
+def _stack(arrays: list[Array]) -> Array:
+    """np.stack(arrays), a new array (the caller may modify it); for the one array of a
+    single-layer, one-direction layer without np.stack's overhead."""
+    return arrays[0][None].copy() if len(arrays) == 1 else np.stack(arrays)
