@@ -58,6 +58,22 @@ def test_pack_rows_of_a_part_with_permuted_rows():
     np.testing.assert_array_equal(room, packed.pack(A[order][16:40]))
 
 
+@pytest.mark.parametrize("part", [0, 1])
+def test_pack_rows_of_the_parts_gate_blocks(part):
+    """The layer's own permutation (threads.row_permutation): runs of consecutive rows, which
+    pack as 8 x 8 transposes, and tiles that straddle two gate blocks, which do not."""
+    from lstmkit.kernels import threads
+
+    G, H = 4, 40
+    bounds = np.array([0, 24, 40])
+    order = threads.row_permutation(G, H, bounds)
+    A = np.random.default_rng(part).standard_normal((G * H, 13)).astype(np.float32)
+    r0, r1 = G * bounds[part], G * bounds[part + 1]
+    room = np.full(packed.packed_size(r1 - r0, 13) + 2, np.nan, dtype=np.float32)
+    packed.pack_rows(A, order, r0, r1, room, 2)
+    np.testing.assert_array_equal(room[2:], packed.pack(A[order][r0:r1]))
+
+
 @pytest.mark.parametrize("c0,c1", [(0, 40), (8, 29), (16, 17)])
 def test_pack_columns_packs_the_transpose_of_the_permuted_matrix(c0, c1):
     rng = np.random.default_rng(c1)

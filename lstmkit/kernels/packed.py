@@ -36,6 +36,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from lstmkit.kernels.transpose import transpose_into
+
 _OPTS = {"cache": True, "error_model": "numpy", "nogil": True}
 
 LANES = 8  # floats per vector register (AVX)
@@ -215,6 +217,15 @@ def packed_size(M: int, K: int) -> int:
 
 
 @njit(**_OPTS)
+def _consecutive(order, first, n):
+    """Whether order[first:first + n] are n consecutive row numbers."""
+    for r in range(1, n):
+        if order[first + r] != order[first] + r:
+            return False
+    return True
+
+
+@njit(**_OPTS)
 def pack_rows(A, order, r0, r1, out, off):
     """Pack rows r0 .. r1-1 of A[order] (A (M, K), ``order`` a row permutation of A) into
     out[off : off + packed_size(r1 - r0, K)]."""
@@ -223,8 +234,14 @@ def pack_rows(A, order, r0, r1, out, off):
     tiles = (M + TILE - 1) // TILE
     for t in range(tiles):
         base = off + t * K * TILE
+        first = r0 + t * TILE
+        if first + TILE <= r1 and _consecutive(order, first, TILE):
+            # 16 whole rows of A, one after the other: the tile is their transpose
+            transpose_into(out[base:base + K * TILE].reshape(K, TILE),
+                           A[order[first]:order[first] + TILE])
+            continue
         for r in range(TILE):
-            row = r0 + t * TILE + r
+            row = first + r
             if row < r1:
                 src = order[row]
                 for k in range(K):
@@ -246,6 +263,13 @@ def pack_columns(A, order, c0, c1, out, off):
         base = off + t * K * TILE
         width = min(TILE, M - t * TILE)
         col = c0 + t * TILE
+        if width == TILE:  # a fixed count: two vector copies per k
+            for k in range(K):
+                row = A[order[k]]
+                dst = base + k * TILE
+                for r in range(TILE):
+                    out[dst + r] = row[col + r]
+            continue
         for k in range(K):
             src = order[k]
             dst = base + k * TILE
