@@ -55,6 +55,40 @@ _I64 = ir.IntType(64)
 _VEC = ir.VectorType(_F32, LANES)
 
 
+def _arguments(context, builder, signature, args):
+    """Accessors for an intrinsic's arguments in its codegen: ``data(i)``, the data pointer of
+    array argument i; ``int64(i)``, argument i as an int64; ``flag(i)``, argument i as an i1."""
+    st = signature.args
+
+    def data(i: int) -> ir.Value:
+        return cgutils.create_struct_proxy(st[i])(context, builder, value=args[i]).data
+
+    def int64(i: int) -> ir.Value:
+        return context.cast(builder, args[i], st[i], types.int64)
+
+    def flag(i: int) -> ir.Value:
+        value = context.cast(builder, args[i], st[i], types.boolean)
+        if value.type != ir.IntType(1):
+            value = builder.icmp_unsigned("!=", value, ir.Constant(value.type, 0))
+        return value
+
+    return data, int64, flag
+
+
+def _fmuladd(builder: ir.IRBuilder) -> ir.Function:
+    """LLVM's fused multiply-add on 8-float vectors (a multiply and an add where no FMA)."""
+    return cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(_VEC, [_VEC, _VEC, _VEC]), "llvm.fmuladd.v8f32")
+
+
+def _splat(builder: ir.IRBuilder, ptr: ir.Value) -> ir.Value:
+    """The float at ptr in all 8 lanes (a broadcast load)."""
+    value = builder.insert_element(ir.Constant(_VEC, ir.Undefined), builder.load(ptr),
+                                   ir.Constant(_I32, 0))
+    return builder.shuffle_vector(value, ir.Constant(_VEC, ir.Undefined),
+                                  ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
+
+
 def _store_rows(builder: ir.IRBuilder, columns: list[list[ir.Value]], c_ptr: ir.Value,
                 c_off: ir.Value, ldc: ir.Value, beta: ir.Value) -> None:
     """A whole 16 x nb block into C (row r at c_off + r * ldc, nb contiguous numbers), from the
@@ -102,25 +136,12 @@ def _micro_kernel(nb: int):
         sig = types.void(a, a_off, x, x_off, ldx, K, c, c_off, ldc, rows, beta)
 
         def codegen(context, builder, signature, args):
-            st = signature.args
-
-            def data(i):
-                return cgutils.create_struct_proxy(st[i])(context, builder, value=args[i]).data
-
-            def int64(i):
-                return context.cast(builder, args[i], st[i], types.int64)
-
+            data, int64, flag = _arguments(context, builder, signature, args)
             a_ptr, x_ptr, c_ptr = data(0), data(2), data(6)
             a_off, x_off, ldx, K = int64(1), int64(3), int64(4), int64(5)
-            c_off, ldc, rows = int64(7), int64(8), int64(9)
-            beta = context.cast(builder, args[10], st[10], types.boolean)
-            if beta.type != ir.IntType(1):
-                beta = builder.icmp_unsigned("!=", beta, ir.Constant(beta.type, 0))
-            fmuladd = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(_VEC, [_VEC, _VEC, _VEC]), "llvm.fmuladd.v8f32")
+            c_off, ldc, rows, beta = int64(7), int64(8), int64(9), flag(10)
+            fmuladd = _fmuladd(builder)
             zero = ir.Constant(_VEC, [0.0] * LANES)
-            undef = ir.Constant(_VEC, ir.Undefined)
-            splat = ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES)
             acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(VECTORS)]
                    for _ in range(nb)]
             with cgutils.for_range(builder, K) as loop:
@@ -132,9 +153,7 @@ def _micro_kernel(nb: int):
                      for v in range(VECTORS)]
                 x_k = builder.gep(x_ptr, [builder.add(x_off, builder.mul(k, ldx))])
                 for j in range(nb):
-                    s = builder.load(builder.gep(x_k, [ir.Constant(_I64, j)]))
-                    s = builder.insert_element(undef, s, ir.Constant(_I32, 0))
-                    s = builder.shuffle_vector(s, undef, splat)
+                    s = _splat(builder, builder.gep(x_k, [ir.Constant(_I64, j)]))
                     for v in range(VECTORS):
                         builder.store(builder.call(fmuladd, [w[v], s, builder.load(acc[j][v])]),
                                       acc[j][v])
@@ -186,31 +205,16 @@ def _column_kernel():
         sig = types.void(a, a_off, K, x, c, c_off, beta)
 
         def codegen(context, builder, signature, args):
-            st = signature.args
-
-            def data(i):
-                return cgutils.create_struct_proxy(st[i])(context, builder, value=args[i]).data
-
-            def int64(i):
-                return context.cast(builder, args[i], st[i], types.int64)
-
+            data, int64, flag = _arguments(context, builder, signature, args)
             a_ptr, x_ptr, c_ptr = data(0), data(3), data(4)
-            a_off, K, c_off = int64(1), int64(2), int64(5)
-            beta = context.cast(builder, args[6], st[6], types.boolean)
-            if beta.type != ir.IntType(1):
-                beta = builder.icmp_unsigned("!=", beta, ir.Constant(beta.type, 0))
-            fmuladd = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(_VEC, [_VEC, _VEC, _VEC]), "llvm.fmuladd.v8f32")
+            a_off, K, c_off, beta = int64(1), int64(2), int64(5), flag(6)
+            fmuladd = _fmuladd(builder)
             zero = ir.Constant(_VEC, [0.0] * LANES)
-            undef = ir.Constant(_VEC, ir.Undefined)
-            splat = ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES)
             acc = [cgutils.alloca_once_value(builder, zero) for _ in range(TALL * VECTORS)]
             tile_stride = builder.mul(K, ir.Constant(_I64, TILE))
             with cgutils.for_range(builder, K) as loop:
                 k = loop.index
-                s = builder.load(builder.gep(x_ptr, [k]))
-                s = builder.insert_element(undef, s, ir.Constant(_I32, 0))
-                s = builder.shuffle_vector(s, undef, splat)
+                s = _splat(builder, builder.gep(x_ptr, [k]))
                 a_k = builder.add(a_off, builder.mul(k, ir.Constant(_I64, TILE)))
                 for t in range(TALL):
                     a_t = builder.add(a_k, builder.mul(tile_stride, ir.Constant(_I64, t)))
