@@ -33,9 +33,11 @@ Protocol (everything in one process, so both frameworks see the same machine sta
   operating system really handed out. For lstmkit the peak of NumPy's traced allocations
   (``tracemalloc``) over two steps is reported as well.
 - First call: a subprocess imports lstmkit and times its first training step of a small LSTM
-  (Numba loads the compiled kernels from its on-disk cache) and a second one; another
-  subprocess does the same with an empty cache directory (``NUMBA_CACHE_DIR``): the one-time
-  compilation cost on a new machine. PyTorch's first call is timed the same way.
+  (Numba loads the compiled kernels from its on-disk cache) and a second one, then the first
+  training step of a (10, 32, 64, 128) layer, whose steps are split over the threads (with 2
+  or more: the kernels' threaded variant, compiled separately); another subprocess does the
+  same with an empty cache directory (``NUMBA_CACHE_DIR``): the one-time compilation cost on a
+  new machine. PyTorch's first calls are timed the same way.
 
 Results are printed as a table and returned (and written with ``--json``) as a dict.
 """
@@ -381,12 +383,17 @@ import numpy as np
 rng = np.random.default_rng(0)
 x = rng.standard_normal((10, 4, 8)).astype(np.float32)
 d = rng.standard_normal((10, 4, 16)).astype(np.float32)
+xb = rng.standard_normal((10, 32, 64)).astype(np.float32)  # steps large enough to split
+db = rng.standard_normal((10, 32, 128)).astype(np.float32)
 if framework == "lstmkit":
     import lstmkit
     t_import = time.perf_counter() - t0
     layer = lstmkit.LSTM(8, 16, seed=0)
+    big = lstmkit.LSTM(64, 128, seed=0)
     def train():
         layer(x); layer.backward(d)
+    def train_big():
+        big(xb); big.backward(db)
     def infer():
         with lstmkit.no_grad():
             layer(x)
@@ -394,16 +401,21 @@ else:
     import torch
     t_import = time.perf_counter() - t0
     module = torch.nn.LSTM(8, 16)
+    big = torch.nn.LSTM(64, 128)
     xt = torch.from_numpy(x).requires_grad_(True)
     dt = torch.from_numpy(d)
+    xbt = torch.from_numpy(xb).requires_grad_(True)
+    dbt = torch.from_numpy(db)
     def train():
         out, _ = module(xt); out.backward(dt)
+    def train_big():
+        out, _ = big(xbt); out.backward(dbt)
     def infer():
         with torch.no_grad():
             module(xt)
 times = {}
 for name, fn in (("first_train", train), ("second_train", train), ("first_infer", infer),
-                 ("second_infer", infer)):
+                 ("second_infer", infer), ("first_train_big", train_big)):
     t = time.perf_counter(); fn(); times[name] = time.perf_counter() - t
 times["import"] = t_import
 print(json.dumps(times))
@@ -603,7 +615,9 @@ def format_table(report: dict[str, Any]) -> str:
             lines.append(
                 f"first call {key:<15}: import {v['import']:.2f} s, first train step "
                 f"{v['first_train']:.3f} s (second {v['second_train'] * 1e3:.1f} ms), first "
-                f"inference {v['first_infer']:.3f} s (second {v['second_infer'] * 1e3:.1f} ms)")
+                f"inference {v['first_infer']:.3f} s (second {v['second_infer'] * 1e3:.1f} ms)"
+                + (f"; then a (10, 32, 64, 128) layer's first train step "
+                   f"{v['first_train_big']:.3f} s" if "first_train_big" in v else ""))
     s = report["summary"]
     lines.append("")
     for mode in ("train", "infer"):
