@@ -22,8 +22,10 @@ The micro-kernels are written directly in LLVM IR (``numba.extending.intrinsic``
 ``<8 x float>`` vectors and ``llvm.fmuladd``: Numba-compiled loops over small register tiles do
 not vectorise (measured: 3-8 GFLOP/s), these run at 65-95 GFLOP/s on one Zen 3 core; on the
 per-step products of the standard benchmark grid they are 1.0-1.5x as fast as OpenBLAS's
-``sgemm``, the most for small batches (``benchmarks/bench_packed.py``; a single sequence,
-B = 1, keeps BLAS's ``gemv``, which is faster there). On a CPU without 8-wide vectors LLVM
+``sgemm``, the most for small batches (``benchmarks/bench_packed.py``). A single sequence,
+B = 1, has a kernel of its own (``_column_kernel``: four tiles at once, so that its
+multiply-adds do not wait on each other; faster than BLAS's ``gemv``, which the row layout
+still uses on one thread). On a CPU without 8-wide vectors LLVM
 splits them, and ``fmuladd`` becomes a multiply and an add where there is no fused
 instruction: the results stay correct everywhere.
 
@@ -39,7 +41,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from lstmkit.kernels.transpose import _shuffle_8x8, transpose_into
+from lstmkit.kernels.transpose import shuffle_8x8, transpose_into
 
 _OPTS = {"cache": True, "error_model": "numpy", "nogil": True}
 
@@ -105,7 +107,7 @@ def _store_rows(builder: ir.IRBuilder, columns: list[list[ir.Value]], c_ptr: ir.
             pieces.append((lane, width))
             lane += width
     for v in range(VECTORS):
-        rows = _shuffle_8x8(builder, [columns[j][v] for j in range(nb)] + [zero] * (LANES - nb))
+        rows = shuffle_8x8(builder, [columns[j][v] for j in range(nb)] + [zero] * (LANES - nb))
         for r in range(LANES):
             start = builder.add(c_off, builder.mul(ir.Constant(_I64, LANES * v + r), ldc))
             for first, width in pieces:

@@ -46,7 +46,7 @@ _LO_HI = (
 )
 
 
-def _shuffle_8x8(builder: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
+def shuffle_8x8(builder: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
     """The eight columns of the 8 x 8 block whose rows are ``rows``."""
     v = list(rows)
     for pairs, (lo, hi) in zip(_STAGES, _LO_HI):
@@ -93,7 +93,7 @@ def _block8(typingctx, dst, src, i, j):
         rows = [builder.load(element(s_ptr, s_stride, builder.add(i0, ir.Constant(_I64, r)), j0),
                              align=4)
                 for r in range(8)]
-        for c, column in enumerate(_shuffle_8x8(builder, rows)):
+        for c, column in enumerate(shuffle_8x8(builder, rows)):
             builder.store(column, element(d_ptr, d_stride, builder.add(j0, ir.Constant(_I64, c)),
                                           i0), align=4)
         return context.get_dummy_value()
