@@ -93,6 +93,7 @@ def _forward_part(u0, u1, G, gidx, cifg, zt, P, zs, Wp, w_off, hprev, cprev, cne
                  cprev.reshape(H * B)[a0:a1], cnew.reshape(H * B)[a0:a1],
                  hout.reshape(H * B)[a0:a1], wexp[0].reshape(H * B)[a0:a1],
                  wexp[1].reshape(H * B)[a0:a1], wexp[2].reshape(H * B)[a0:a1], cifg)
+    transpose_into(OUT[t, :, u0:u1], hout[u0:u1])
     if has_mask:
         for u in range(u0, u1):
             for b in range(B):
@@ -101,8 +102,6 @@ def _forward_part(u0, u1, G, gidx, cifg, zt, P, zs, Wp, w_off, hprev, cprev, cne
                     cstate[u, b] = cnew[u, b]
                 else:
                     hstate[u, b] = hprev[u, b]
-    transpose_into(OUT[t, :, u0:u1], hout[u0:u1])
-    if has_mask:
         for b in range(B):
             if not mask[t, b]:
                 for u in range(u0, u1):
