@@ -283,7 +283,8 @@ def test_huge_preactivations(cell, dtype):
 
 
 def test_gate_functions_accuracy():
-    """The vectorised float32 sigmoid/tanh are within a few ulp; extremes are exact 0/1."""
+    """The vectorised float32 sigmoid/tanh are within the ulp their docstrings state (2.3 and
+    about 1); extremes are exact 0/1; nothing denormal near the clamps."""
     from numba import njit
     from scipy.special import expit
 
@@ -297,7 +298,8 @@ def test_gate_functions_accuracy():
 
     rng = np.random.default_rng(10)
     x = np.concatenate([rng.standard_normal(20000) * 4, rng.uniform(-90, 90, 20000),
-                        np.linspace(-1e-3, 1e-3, 2001),
+                        np.linspace(-1e-3, 1e-3, 2001), np.linspace(-100, 100, 400001),
+                        np.linspace(-87.4, -87.3, 1001), np.linspace(87.3, 87.4, 1001),
                         [0.0, 1e4, -1e4, 1e30, -1e30, 88.8, -88.8, 1e-30]]).astype(np.float32)
     s, t = np.empty_like(x), np.empty_like(x)
     with warnings.catch_warnings():
@@ -309,7 +311,7 @@ def test_gate_functions_accuracy():
     normal = s_true > 1.2e-38
     ulp_s = np.abs(s - s_true)[normal] / np.spacing(s_true[normal].astype(np.float32))
     ulp_t = np.abs(t - t_true) / np.spacing(np.maximum(np.abs(t_true), 1e-37).astype(np.float32))
-    assert ulp_s.max() <= 4 and ulp_t.max() <= 4
+    assert ulp_s.max() <= 2.5 and ulp_t.max() <= 1.5
     assert np.abs(s - s_true).max() < 1e-37 + 4 * np.spacing(np.float32(1))
     assert s[x == 1e4][0] == 1.0 and s[x == -1e4][0] == 0.0
     assert t[x == 1e4][0] == 1.0 and t[x == -1e4][0] == -1.0

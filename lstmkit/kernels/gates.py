@@ -1,9 +1,11 @@
 """Element-wise activations for the fused kernels: ``sigmoid``, ``tanh``, ``flush``.
 
 Numba (without Intel's SVML) calls the C library's scalar ``expf``/``tanhf``, which stops LLVM
-from vectorising the gate loops. For float32 these are therefore written out as the classic
-Cephes single-precision approximations (polynomial + exponent bits, within 1-2 ulp of the
-correctly rounded value), plain arithmetic that LLVM turns into AVX/NEON code. float64 uses
+from vectorising the gate loops. For float32 these are therefore written out from the classic
+Cephes single-precision ``expf`` (exponent bits times a polynomial), plain arithmetic that LLVM
+turns into AVX/NEON code: ``exp32`` and Cephes's ``tanhf`` within ~1 ulp of the correctly
+rounded value, the sigmoid as one quotient of exp's polynomial and exponent bits (within 2.3
+ulp, and 20% faster than 1 / (1 + exp(-|x|)) from a whole exp). float64 uses
 ``math.exp``/``math.tanh`` (exact, scalar: float64 is supported, not the fast path).
 
 Both are stable for any finite input: the argument is clamped before the exponential, so
@@ -68,14 +70,24 @@ def _i32_as_f32(typingctx, value):
 
 
 @njit(fastmath={"contract"}, error_model="numpy")
+def _exp32_split(y):
+    """exp(y) = s (1 + q) for float32 y in [-87.33, 88.37] (no range check), as Cephes ``expf``
+    computes it: s = 2^n, q = expm1(r) for r = y - n ln2 in [-ln2 / 2, ln2 / 2] (a polynomial).
+    Callers combine s and q with their own constants: fewer roundings (and operations) than
+    combining exp(y) with them."""
+    n = np.floor(y * _LOG2E + _HALF)
+    r = y - n * _LN2_HI - n * _LN2_LO
+    p = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
+    q = p * (r * r) + r
+    s = _i32_as_f32(np.int32((np.int32(n) + np.int32(127)) << np.int32(23)))
+    return s, q
+
+
+@njit(fastmath={"contract"}, error_model="numpy")
 def _exp32_core(x):
     """exp(x) for float32 x in [-87.33, 88.37] (no range check): Cephes ``expf``, ~1 ulp."""
-    n = np.floor(x * _LOG2E + _HALF)
-    r = x - n * _LN2_HI - n * _LN2_LO
-    r2 = r * r
-    p = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
-    p = p * r2 + r + _F1
-    return p * _i32_as_f32(np.int32((np.int32(n) + np.int32(127)) << np.int32(23)))
+    s, q = _exp32_split(x)
+    return (q + _F1) * s
 
 
 @njit(fastmath={"contract"}, error_model="numpy")
@@ -88,12 +100,12 @@ def exp32(x):
 
 @njit(fastmath={"contract"}, error_model="numpy")
 def sigmoid32(x):
-    """1 / (1 + exp(-x)), computed from exp(-|x|) so neither tail loses precision."""
-    y = -abs(x)  # <= 0: only the lower end of exp's range needs a guard
-    e = _exp32_core(max(y, _EXP_LO))
-    e = _F0 if y < _EXP_LO else e
-    s = _F1 / (_F1 + e)
-    return s if x >= _F0 else e * s
+    """1 / (1 + exp(-x)) = 1 / ((1 + s) + s q) with exp(-x) = s (1 + q) (``_exp32_split``;
+    within 2.3 ulp, no cancellation in either tail); 0 below -87.33 (the result would be
+    below the smallest normal number)."""
+    s, q = _exp32_split(max(min(-x, -_EXP_LO), _EXP_LO))
+    v = _F1 / ((_F1 + s) + s * q)
+    return _F0 if x < _EXP_LO else v
 
 
 @njit(fastmath={"contract"}, error_model="numpy")
