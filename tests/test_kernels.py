@@ -316,6 +316,12 @@ def test_gate_functions_accuracy():
     assert s[x == 1e4][0] == 1.0 and s[x == -1e4][0] == 0.0
     assert t[x == 1e4][0] == 1.0 and t[x == -1e4][0] == -1.0
     assert not np.any((s != 0) & (np.abs(s) < np.finfo(np.float32).tiny))  # no denormals
+    special = np.tile(np.array([np.nan, np.inf, -np.inf], dtype=np.float32), 8)  # + vector path
+    s, t = np.empty_like(special), np.empty_like(special)
+    apply(special, s, t)  # NaN propagates (a diverged run must show), infinities saturate
+    assert np.isnan(s[::3]).all() and np.isnan(t[::3]).all()
+    assert (s[1::3] == 1).all() and (s[2::3] == 0).all()
+    assert (t[1::3] == 1).all() and (t[2::3] == -1).all()
 
 
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
