@@ -250,8 +250,8 @@ def _lstm_forward_t(cell: LSTMCell, x: Array, wih: Array, whh: Array, bias: Arra
     if keep:
         cache = {"kind": "lstm", "layout": "batch-inner", "x": x, "Z": Z, "out": out,
                  "C": CT, "HP": HP, "CP": CPT, "h0": h0, "c0": c0, "mask": mask_arr,
-                 "has_mask": has_mask, "reverse": reverse, "gidx": gidx, "bounds": bounds,
-                 "perm": perm, "rows_of": (ids, E) if fold else None}
+                 "has_mask": has_mask, "reverse": reverse, "gidx": gidx, "parts": parts,
+                 "rows_of": (ids, E) if fold else None}
         out = out.copy()
     return out, (hs, cs), cache
 
@@ -264,8 +264,8 @@ def _lstm_backward_t(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Arr
     H = cell.hidden_size
     G = len(cell.gates)
     GH = G * H
-    layout = _parts_layout(G, H, len(cache["bounds"]) - 1)
-    bounds = layout.bounds
+    parts = cache["parts"]
+    layout = _parts_layout(G, H, parts)
     wih, whh = _c(p["weight_ih"], dtype), _c(p["weight_hh"], dtype)
     peep = _lstm_peep(cell, p, H, dtype)
     wexp = _peephole_block(peep, B)
@@ -277,7 +277,7 @@ def _lstm_backward_t(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Arr
         ids, E = cache["rows_of"]
         ids = ids.reshape(T * B)
         S = np.empty((GH, E.shape[0]), dtype=dtype)
-        dE = np.empty((len(bounds) - 1, E.shape[0], D), dtype=dtype)
+        dE = np.empty((parts, E.shape[0], D), dtype=dtype)
     else:
         ids, E, S, dE = np.zeros(1, np.int64), _dummy(dtype, 2), _dummy(dtype, 2), _dummy(dtype, 3)
     accs = [_Accumulate(grads.get(name), shape, dtype) for name, shape in
@@ -287,19 +287,19 @@ def _lstm_backward_t(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Arr
     gpeep = np.zeros((3, H), dtype=dtype)
     work = [np.empty((H, B), dtype=dtype) for _ in range(4)]
     ones = np.ones(max(T * B, H * B), dtype=dtype)
-    scratch = np.empty((len(bounds) - 1, 3, layout.units * B), dtype=dtype)
-    if len(bounds) > 2:
+    scratch = np.empty((parts, 3, layout.units * B), dtype=dtype)
+    if parts > 1:
         threads.keep_torch_openmp_apart()
     Wp = np.empty(layout.wt_size, dtype=np.float32)
-    run = _lstm_t.lstm_backward_t if len(bounds) > 2 else _lstm_t.lstm_backward_t_serial
+    run = _lstm_t.lstm_backward_t if parts > 1 else _lstm_t.lstm_backward_t_serial
     with threads.blas_single_threaded():
         run(
             x, wih, whh, layout.order, cell.bias, wexp, cache["gidx"],
             cell.coupled_input_forget,
             cache["mask"], cache["has_mask"], cache["reverse"], cache["h0"], cache["c0"], Z,
             cache["out"], cache["C"], cache["HP"], cache["CP"], d_out, dh, dc, dZs2, dZ, dX,
-            *g_arrays, gpeep, cell.peepholes, *work, ones, scratch, bounds, Wp, layout.wt_off, fold,
-            ids, E, S, dE)
+            *g_arrays, gpeep, cell.peepholes, *work, ones, scratch, layout.bounds, Wp,
+            layout.wt_off, fold, ids, E, S, dE)
     for acc in accs:
         acc.finish()
     for k, gate in enumerate("ifo"):
@@ -351,9 +351,10 @@ def lstm_gate_sequences(cell: LSTMCell, cache: Any) -> dict[str, Array]:
     Z, gidx = cache["Z"], cache["gidx"]
     if cache.get("layout") == "batch-inner":  # (T, GH, B), rows permuted -> (T, B, G, H)
         T, GH, B = Z.shape
-        if cache["perm"] is not None:
+        perm = _parts_layout(len(cell.gates), cell.hidden_size, cache["parts"]).perm
+        if perm is not None:
             unpermuted = np.empty_like(Z)
-            unpermuted[:, cache["perm"]] = Z
+            unpermuted[:, perm] = Z
             Z = unpermuted
         Z = Z.reshape(T, len(cell.gates), cell.hidden_size, B).transpose(0, 3, 1, 2)
         cache = dict(cache, C=cache["C"].transpose(0, 2, 1))
