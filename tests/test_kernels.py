@@ -41,13 +41,15 @@ LSTM_VARIANTS = [
 ]
 
 
-LAYOUTS = ["row", "batch-inner", "2-parts", "3-parts"]
+LAYOUTS = ["row", "batch-inner", "2-parts", "3-parts", "2-parts-panel"]
 
 
 @pytest.fixture
 def layout(request, monkeypatch):
     """Force one code path of the fused LSTM: the row layout (any B), the batch-inner layout
-    on one thread, or split over 2 or 3 parts (threads)."""
+    on one thread, or split over 2 or 3 parts (threads). The batch-inner ones take the direct
+    input projection for these small tests' batches (B > 1), except "2-parts-panel", which
+    takes the projection panel (the way of wide batches and inputs)."""
     from lstmkit.kernels import threads
 
     name = request.param
@@ -56,8 +58,10 @@ def layout(request, monkeypatch):
         monkeypatch.setattr(fused_recurrence, "SPLIT_SINGLE_SEQUENCE", False)
     else:
         monkeypatch.setattr(fused_recurrence, "BATCH_INNER_MIN_B", 1)
-        parts = {"batch-inner": 1, "2-parts": 2, "3-parts": 3}[name]
+        parts = {"batch-inner": 1, "2-parts": 2, "3-parts": 3, "2-parts-panel": 2}[name]
         monkeypatch.setattr(threads, "parts_for", lambda B, H, G: min(parts, H))
+        if name.endswith("panel"):
+            monkeypatch.setattr(fused_recurrence, "DIRECT_MAX_B", 0)
     return name
 
 
@@ -169,6 +173,16 @@ def test_single_sequence_splits_its_steps_when_large_enough(monkeypatch):
         if layout:
             assert cache["parts"] == 2
         compare(cell, dtype, T=4, B=1, seed=H)
+
+
+def test_direct_input_projection_for_thin_batches_and_inputs():
+    """The batch-inner LSTM projects each step's input in the step for B <= 64 and D <= 256
+    (measured faster there), with a panel per chunk of steps otherwise; B = 1 keeps its
+    step-major panel. (Both ways equal the reference: the layouts above.)"""
+    direct = fused_recurrence.direct_projection
+    assert direct(2, 1) and direct(16, 16) and direct(32, 64) and direct(64, 256)
+    assert not direct(1, 32)
+    assert not direct(128, 128) and not direct(20, 650) and not direct(65, 16)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

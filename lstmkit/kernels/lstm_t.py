@@ -11,8 +11,12 @@ block, the states h^T, c^T are (H, B). Two reasons:
 - every gate block of a step is one contiguous run of H*B numbers, so the element-wise pass is
   one long vectorised loop per gate, whatever B (no short rows, no scalar remainders).
 
-The input projection is one GEMM per chunk of steps into a (GH, Tc*B) panel, whose rows are
-then copied into each step's block; backward copies each step's gate gradients into a
+The input projection is either one GEMM per chunk of steps into a (GH, Tc*B) panel, whose
+rows are then copied into each step's block, or ("direct", for thin batches and inputs, see
+``recurrence.direct_projection``) computed in each step by the packed kernel straight into the
+step's block, as ``[W_ih | b] [x_t^T; 1]`` with [W_ih | b] packed once per pass like W_hh: no
+panel and no copy, whose rows, far apart in a panel larger than the cache, cost more than the
+product for small B. Backward copies each step's gate gradients into a
 (GH, T*B) matrix (in the layer's row order), so that ``dW_ih = dZ X``,
 ``dW_hh = dZ H_prev``, ``dX = dZ^T W_ih`` stay one GEMM each over all steps (per thread).
 
@@ -52,20 +56,25 @@ def _gate(flat, r0, kk, hp, B, n, other):
 
 @njit(**_OPTS)
 def _forward_part(u0, u1, G, gidx, cifg, zt, P, zs, Wp, w_off, hprev, cprev, cnew, hout, OUT,
-                  t, wexp, scratch, mask, has_mask, hstate, cstate, fold, table, ids, order):
+                  t, wexp, scratch, mask, has_mask, hstate, cstate, fold, table, ids, order,
+                  direct, xt, Wxp, wx_off):
     """Step t for the units [u0, u1): copy their rows of the projection P[:, zs] (for B = 1
     held as (Tc, GH): P.reshape(Tc, GH)[zs]) into the step's block zt, add W_hh h_prev (their
     rows of W_hh, packed at Wp[w_off:]), then gates, c (into cnew), h (into hout), and OUT[t]
     for these units. With a mask, masked columns keep their state (hstate, cstate: the state
     after the step, updated in place) and output 0.
     With ``fold`` the input rows come from ``table`` (GH, V) = W_ih E^T + b instead of P:
-    z[r, b] = table[order[r], ids[t, b]]."""
+    z[r, b] = table[order[r], ids[t, b]]. With ``direct`` there is no P: the rows are
+    [W_ih | b] [x_t^T; 1] (packed at Wxp[wx_off:]; xt (D + 1, B) is x_t^T with a row of ones),
+    written straight into zt by the packed kernel."""
     H, B = hprev.shape
     hp = u1 - u0
     r0 = G * u0
     r1 = G * u1
     n = hp * B
-    if fold:
+    if direct:
+        packed_gemm(Wxp, wx_off, r1 - r0, xt, zt[r0:r1], False)
+    elif fold:
         for r in range(r0, r1):
             src = order[r]
             for b in range(B):
@@ -106,6 +115,18 @@ def _forward_part(u0, u1, G, gidx, cifg, zt, P, zs, Wp, w_off, hprev, cprev, cne
             if not mask[t, b]:
                 for u in range(u0, u1):
                     OUT[t, b, u] = 0.0
+
+
+@njit(**_OPTS)
+def _next_input(X, XT, t, k, p, parts):
+    """Part p's share of the rows of x_t^T into XT[k] (XT (2, D + 1, B): x^T of two steps,
+    whose last rows stay ones). During step s the parts fill XT[(s + 1) % 2], which no part
+    reads before all have finished step s; XT[s % 2] is not written before all have
+    finished step s either (its next fill is during step s + 1)."""
+    D = X.shape[2]
+    d0 = (D * p) // parts
+    d1 = (D * (p + 1)) // parts
+    transpose_into(XT[k, d0:d1], X[t, :, d0:d1])
 
 
 @njit(**_OPTS)
@@ -201,21 +222,27 @@ def _weights_part(p, parts, u0, u1, gidx, reverse, has_mask, has_bias, has_peep,
 @njit(**_OPTS)
 def _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, mask, has_mask,
                     reverse, keep, h0, P, Z, OUT, CT, HP, CPT, hT, cT, hnew, scratch, bounds, Wp,
-                    w_off, fold, table, ids, claimed, finished):
+                    w_off, fold, table, ids, claimed, finished, direct, Wx, XT, Wxp, wx_off):
     """The forward pass as worker w of the region runs it: the packing of W_hh, each chunk's
     projection and each step are done part by part, worker w doing part w (``sync.claim``),
     and every worker waits for all parts of one before the next (slots: 0 for the packing,
-    then one per projection chunk and one per step, in order)."""
+    then one per projection chunk and one per step, in order). With ``direct`` (no chunks),
+    part p also packs its rows of Wx = [W_ih | b] and, during each step, transposes its share
+    of the next step's x into the other half of XT (see ``_next_input``)."""
     T, B, D = X.shape
     H = h0.shape[1]
-    GH, Tc, _ = P.shape
+    GH = Z.shape[1]
     G = GH // H
+    Tc = T if direct else P.shape[1]
     parts = bounds.shape[0] - 1
     X2 = X.reshape(T * B, D)
     for q in range(parts):
         p = claim(claimed, 0, w, q, parts)
         if p >= 0:
             pack_rows(Whh, order, G * bounds[p], G * bounds[p + 1], Wp, w_off[p])
+            if direct:
+                pack_rows(Wx, order, G * bounds[p], G * bounds[p + 1], Wxp, wx_off[p])
+                _next_input(X, XT, T - 1 if reverse else 0, 0, p, parts)
             finish(finished, 0)
     wait(finished, 0, parts)
     slot = 1
@@ -223,7 +250,7 @@ def _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, mas
     while done < T:
         n = min(Tc, T - done)
         t0 = T - done - n if reverse else done
-        if not fold:
+        if not fold and not direct:
             for q in range(parts):
                 p = claim(claimed, slot, w, q, parts)
                 if p >= 0:
@@ -261,7 +288,10 @@ def _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, mas
                         copy2(CPT[t, u0:u1], cT[u0:u1])
                     _forward_part(bounds[p], bounds[p + 1], G, gidx, cifg, zt, P, zs, Wp, w_off[p],
                                   hprev, cprev, CT[cslot], hout, OUT, t, wexp, scratch[p], mask,
-                                  has_mask, hstate, cT, fold, table, ids, order)
+                                  has_mask, hstate, cT, fold, table, ids, order, direct,
+                                  XT[s % 2], Wxp, wx_off[p])
+                    if direct and s + 1 < T:
+                        _next_input(X, XT, t - 1 if reverse else t + 1, (s + 1) % 2, p, parts)
                     finish(finished, slot)
             wait(finished, slot, parts)
             slot += 1
@@ -271,7 +301,7 @@ def _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, mas
 def _forward_driver(loop):
     def lstm_forward_t(X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, mask, has_mask,
                        reverse, keep, h0, c0, P, Z, OUT, CT, HP, CPT, hT, cT, hnew, hs, cs,
-                       scratch, bounds, Wp, w_off, fold, table, ids):
+                       scratch, bounds, Wp, w_off, fold, table, ids, direct, Wx, XT, Wxp, wx_off):
         """The whole sequence. W_ih, bias and Z rows in the parts' order (see the module doc);
         W_hh as the layer holds it, ``order``: its rows in the parts' order.
 
@@ -285,6 +315,9 @@ def _forward_driver(loop):
         packed part by part (``packed.pack_rows``), and where each part's rows start.
         fold: X[t, b] is row ids[t, b] of an embedding E, and table (GH, V) = W_ih E^T + b (rows
         in the layer's order) replaces the input projection (see ``recurrence.lstm_forward``).
+        direct: no P; instead Wx (GH, D + 1) = [W_ih | b] (the layer's order), packed part by
+        part into Wxp at wx_off (parts,), and XT (2, D + 1, B) for x_t^T, last row ones: each
+        step's input rows come from one packed product (``_forward_part``).
         """
         T = X.shape[0]
         parts = bounds.shape[0] - 1
@@ -295,7 +328,8 @@ def _forward_driver(loop):
         for w in loop(parts):  # one region: every worker runs the time loop (see sync.py)
             _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, mask, has_mask,
                             reverse, keep, h0, P, Z, OUT, CT, HP, CPT, hT, cT, hnew, scratch,
-                            bounds, Wp, w_off, fold, table, ids, claimed, finished)
+                            bounds, Wp, w_off, fold, table, ids, claimed, finished, direct, Wx, XT,
+                            Wxp, wx_off)
         if not has_mask:
             last = 0 if reverse else T - 1
             copy2(cT, CT[last] if keep else CT[(T - 1) % 2])
