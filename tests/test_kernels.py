@@ -61,7 +61,7 @@ def layout(request, monkeypatch):
         parts = {"batch-inner": 1, "2-parts": 2, "3-parts": 3, "2-parts-panel": 2}[name]
         monkeypatch.setattr(threads, "parts_for", lambda B, H, G: min(parts, H))
         if name.endswith("panel"):
-            monkeypatch.setattr(fused_recurrence, "DIRECT_MAX_B", 0)
+            monkeypatch.setattr(fused_recurrence, "DIRECT_MAX_FLOATS", 0)
     return name
 
 
@@ -175,14 +175,16 @@ def test_single_sequence_splits_its_steps_when_large_enough(monkeypatch):
         compare(cell, dtype, T=4, B=1, seed=H)
 
 
-def test_direct_input_projection_for_thin_batches_and_inputs():
-    """The batch-inner LSTM projects each step's input in the step for B <= 64 and D <= 256
-    (measured faster there), with a panel per chunk of steps otherwise; B = 1 keeps its
-    step-major panel. (Both ways equal the reference: the layouts above.)"""
+def test_direct_input_projection_while_a_parts_weights_fit_the_cache():
+    """The batch-inner LSTM projects each step's input in the step (B > 1) while a part's
+    packed [W_ih | b | W_hh] fits in 1 MiB, with a panel per chunk of steps otherwise; B = 1
+    keeps its step-major panel. (Both ways equal the reference: the layouts above.)"""
     direct = fused_recurrence.direct_projection
-    assert direct(2, 1) and direct(16, 16) and direct(32, 64) and direct(64, 256)
-    assert not direct(1, 32)
-    assert not direct(128, 128) and not direct(20, 650) and not direct(65, 16)
+    assert direct(16, 16, 64, 4, 2) and direct(32, 64, 128, 4, 2) and direct(128, 128, 128, 4, 2)
+    assert direct(64, 128, 256, 4, 2) and direct(2, 1, 1, 4, 1)
+    assert not direct(1, 32, 128, 4, 2)
+    assert not direct(64, 256, 512, 4, 2) and not direct(20, 650, 650, 4, 2)
+    assert not direct(64, 128, 256, 4, 1)  # one thread holds all of W: 1.5 MiB
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

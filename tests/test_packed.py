@@ -41,6 +41,35 @@ def test_packed_gemm_equals_numpy(M, K, B, beta):
     np.testing.assert_array_equal(C[3 + M:], before[3 + M:])
 
 
+@njit(cache=False)
+def _stacked_rows_product(a, a_off, X, X2, C, r0, r1, beta):
+    packed.packed_gemm_stacked(a, a_off, r1 - r0, X, X2, C[r0:r1], beta)
+
+
+@pytest.mark.parametrize("M,K,K2,B", [(1, 1, 1, 2), (16, 3, 5, 6), (17, 5, 16, 7),
+                                      (33, 19, 1, 13), (64, 17, 64, 16), (100, 1, 37, 20),
+                                      (40, 9, 0, 3), (40, 0, 9, 3), (24, 4, 8, 1)])
+@pytest.mark.parametrize("beta", [True, False])
+def test_stacked_product_equals_numpy(M, K, K2, B, beta):
+    """A [X; X2] with A (M, K + K2) packed, X and X2 separate arrays (either may be empty)."""
+    rng = np.random.default_rng(M * 1000 + K * 10 + K2 + B)
+    A = rng.standard_normal((M, K + K2)).astype(np.float32)
+    X = rng.standard_normal((K, B)).astype(np.float32)
+    X2 = rng.standard_normal((K2, B)).astype(np.float32)
+    C = rng.standard_normal((M + 7, B)).astype(np.float32)
+    before = C.copy()
+    room = np.full(packed.packed_size(M, K + K2) + 5, np.nan, dtype=np.float32)
+    packed.pack_rows(A, np.arange(M), 0, M, room, 5)
+    _stacked_rows_product(room, 5, X, X2, C, 3, 3 + M, beta)
+    expect = A.astype(np.float64) @ np.concatenate([X, X2]).astype(np.float64)
+    if beta:
+        expect += before[3:3 + M]
+    scale = np.sqrt(K + K2) + np.abs(before).max()
+    np.testing.assert_allclose(C[3:3 + M], expect, rtol=0, atol=2e-6 * scale)
+    np.testing.assert_array_equal(C[:3], before[:3])
+    np.testing.assert_array_equal(C[3 + M:], before[3 + M:])
+
+
 def test_pack_layout_is_tiles_of_16_rows_zero_padded():
     A = np.arange(20 * 3, dtype=np.float32).reshape(20, 3)
     p = packed.pack(A).reshape(2, 3, 16)  # 2 tiles of (K, 16)

@@ -12,13 +12,16 @@ block, the states h^T, c^T are (H, B). Two reasons:
   one long vectorised loop per gate, whatever B (no short rows, no scalar remainders).
 
 The input projection is either one GEMM per chunk of steps into a (GH, Tc*B) panel, whose
-rows are then copied into each step's block, or ("direct", for thin batches and inputs, see
-``recurrence.direct_projection``) computed in each step by the packed kernel straight into the
-step's block, as ``[W_ih | b] [x_t^T; 1]`` with [W_ih | b] packed once per pass like W_hh: no
-panel and no copy, whose rows, far apart in a panel larger than the cache, cost more than the
-product for small B. Backward copies each step's gate gradients into a
-(GH, T*B) matrix (in the layer's row order), so that ``dW_ih = dZ X``,
-``dW_hh = dZ H_prev``, ``dX = dZ^T W_ih`` stay one GEMM each over all steps (per thread).
+rows are then copied into each step's block, or ("direct", while a thread's share of the
+weights fits its L2 cache, see ``recurrence.direct_projection``) computed in each step with the
+recurrent product, as one packed product ``[W_ih | b | W_hh] [x_t^T; 1; h_prev]`` straight into
+the step's block (that matrix packed once per pass, ``packed.packed_gemm_stacked``): no panel
+and no copy (the panel's rows, far apart in memory, cost more than their few numbers for small
+B), and one pass over the block instead of two.
+
+Backward copies each step's gate gradients into a (GH, T*B) matrix (in the layer's row order),
+so that ``dW_ih = dZ X``, ``dW_hh = dZ H_prev``, ``dX = dZ^T W_ih`` stay one GEMM each over
+all steps (per thread).
 
 Threads ("parts"): the hidden units are split into ``parts`` contiguous ranges, and the rows of
 every weight matrix are permuted (by the caller) so that the G gate rows of each part's units
@@ -37,7 +40,7 @@ from numba import njit, prange
 from lstmkit.kernels.blas import gemm
 from lstmkit.kernels.loops import copy2, flush_all, state_before
 from lstmkit.kernels.lstm import cell_backward, cell_forward
-from lstmkit.kernels.packed import pack_columns, pack_rows, packed_gemm
+from lstmkit.kernels.packed import pack_columns, pack_rows, packed_gemm, packed_gemm_stacked
 from lstmkit.kernels.sync import claim, finish, wait
 from lstmkit.kernels.transpose import transpose_into
 
@@ -64,16 +67,16 @@ def _forward_part(u0, u1, G, gidx, cifg, zt, P, zs, Wp, w_off, hprev, cprev, cne
     for these units. With a mask, masked columns keep their state (hstate, cstate: the state
     after the step, updated in place) and output 0.
     With ``fold`` the input rows come from ``table`` (GH, V) = W_ih E^T + b instead of P:
-    z[r, b] = table[order[r], ids[t, b]]. With ``direct`` there is no P: the rows are
-    [W_ih | b] [x_t^T; 1] (packed at Wxp[wx_off:]; xt (D + 1, B) is x_t^T with a row of ones),
-    written straight into zt by the packed kernel."""
+    z[r, b] = table[order[r], ids[t, b]]. With ``direct`` there is no P, and the whole
+    pre-activation is one packed product, [W_ih | b | W_hh] [x_t^T; 1; h_prev] (packed at
+    Wxp[wx_off:]; xt (D + 1, B) is x_t^T with a row of ones), written straight into zt."""
     H, B = hprev.shape
     hp = u1 - u0
     r0 = G * u0
     r1 = G * u1
     n = hp * B
     if direct:
-        packed_gemm(Wxp, wx_off, r1 - r0, xt, zt[r0:r1], False)
+        packed_gemm_stacked(Wxp, wx_off, r1 - r0, xt, hprev, zt[r0:r1], False)
     elif fold:
         for r in range(r0, r1):
             src = order[r]
@@ -87,7 +90,8 @@ def _forward_part(u0, u1, G, gidx, cifg, zt, P, zs, Wp, w_off, hprev, cprev, cne
         for r in range(r0, r1):
             for b in range(B):
                 zt[r, b] = P[r, zs, b]
-    packed_gemm(Wp, w_off, r1 - r0, hprev, zt[r0:r1], True)
+    if not direct:
+        packed_gemm(Wp, w_off, r1 - r0, hprev, zt[r0:r1], True)
     flat = zt.reshape(zt.shape[0] * B)
     if gidx[0] < 0 or gidx[1] < 0 or gidx[3] < 0:
         for k in range(3):
@@ -227,8 +231,8 @@ def _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, mas
     projection and each step are done part by part, worker w doing part w (``sync.claim``),
     and every worker waits for all parts of one before the next (slots: 0 for the packing,
     then one per projection chunk and one per step, in order). With ``direct`` (no chunks),
-    part p also packs its rows of Wx = [W_ih | b] and, during each step, transposes its share
-    of the next step's x into the other half of XT (see ``_next_input``)."""
+    part p packs its rows of Wx = [W_ih | b | W_hh] instead of W_hh and, during each step,
+    transposes its share of the next step's x into the other half of XT (``_next_input``)."""
     T, B, D = X.shape
     H = h0.shape[1]
     GH = Z.shape[1]
@@ -239,10 +243,11 @@ def _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, mas
     for q in range(parts):
         p = claim(claimed, 0, w, q, parts)
         if p >= 0:
-            pack_rows(Whh, order, G * bounds[p], G * bounds[p + 1], Wp, w_off[p])
             if direct:
                 pack_rows(Wx, order, G * bounds[p], G * bounds[p + 1], Wxp, wx_off[p])
                 _next_input(X, XT, T - 1 if reverse else 0, 0, p, parts)
+            else:
+                pack_rows(Whh, order, G * bounds[p], G * bounds[p + 1], Wp, w_off[p])
             finish(finished, 0)
     wait(finished, 0, parts)
     slot = 1
@@ -315,9 +320,9 @@ def _forward_driver(loop):
         packed part by part (``packed.pack_rows``), and where each part's rows start.
         fold: X[t, b] is row ids[t, b] of an embedding E, and table (GH, V) = W_ih E^T + b (rows
         in the layer's order) replaces the input projection (see ``recurrence.lstm_forward``).
-        direct: no P; instead Wx (GH, D + 1) = [W_ih | b] (the layer's order), packed part by
-        part into Wxp at wx_off (parts,), and XT (2, D + 1, B) for x_t^T, last row ones: each
-        step's input rows come from one packed product (``_forward_part``).
+        direct: no P (nor Wp); instead Wx (GH, D + 1 + H) = [W_ih | b | W_hh] (the layer's
+        order), packed part by part into Wxp at wx_off (parts,), and XT (2, D + 1, B) for x_t^T,
+        last row ones: each step's pre-activations are one packed product (``_forward_part``).
         """
         T = X.shape[0]
         parts = bounds.shape[0] - 1

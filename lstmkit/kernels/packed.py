@@ -29,6 +29,10 @@ still uses on one thread). On a CPU without 8-wide vectors LLVM
 splits them, and ``fmuladd`` becomes a multiply and an add where there is no fused
 instruction: the results stay correct everywhere.
 
+``packed_gemm_stacked`` multiplies by two thin matrices stacked, ``A [X; X2]``, without
+stacking them: the LSTM's "direct" steps compute ``[W_ih | b | W_hh] [x_t^T; 1; h_prev]`` in one
+pass over the step's block (see ``lstm_t``).
+
 float32 only (the batch-inner LSTM kernels are float32 only). The sums run in a different order
 than BLAS's, so results agree with ``A @ X`` to float32 rounding, not bit for bit.
 """
@@ -122,70 +126,107 @@ def _store_rows(builder: ir.IRBuilder, columns: list[list[ir.Value]], c_ptr: ir.
                 builder.store(builder.select(beta, total, val), ptr, align=4)
 
 
-def _micro_kernel(nb: int):
+def _micro_codegen(builder: ir.IRBuilder, nb: int, a_ptr: ir.Value, a_off: ir.Value,
+                   segments: list[tuple[ir.Value, ir.Value]], x_off: ir.Value, ldx: ir.Value,
+                   c_ptr: ir.Value, c_off: ir.Value, ldc: ir.Value, rows: ir.Value,
+                   beta: ir.Value) -> None:
+    """The micro-kernel's code: accumulate a 16 x nb block over the segments (x pointer, row
+    count) one after the other, A's packed columns continuing from one to the next, then add
+    the block into C or write it."""
+    fmuladd = _fmuladd(builder)
+    zero = ir.Constant(_VEC, [0.0] * LANES)
+    acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(VECTORS)]
+           for _ in range(nb)]
+    seg_start = a_off
+    for seg_ptr, seg_len in segments:
+        with cgutils.for_range(builder, seg_len) as loop:
+            k = loop.index
+            a_k = builder.gep(a_ptr, [builder.add(seg_start,
+                                                  builder.mul(k, ir.Constant(_I64, TILE)))])
+            w = [builder.load(builder.bitcast(
+                builder.gep(a_k, [ir.Constant(_I64, LANES * v)]), _VEC.as_pointer()),
+                align=4) for v in range(VECTORS)]
+            x_k = builder.gep(seg_ptr, [builder.add(x_off, builder.mul(k, ldx))])
+            for j in range(nb):
+                s = _splat(builder, builder.gep(x_k, [ir.Constant(_I64, j)]))
+                for v in range(VECTORS):
+                    builder.store(builder.call(fmuladd, [w[v], s,
+                                                         builder.load(acc[j][v])]),
+                                  acc[j][v])
+        seg_start = builder.add(seg_start, builder.mul(seg_len, ir.Constant(_I64, TILE)))
+    full = builder.icmp_signed("==", rows, ir.Constant(_I64, TILE))
+    with builder.if_else(full, likely=True) as (whole, partial):
+        with whole:  # rows of C as short vectors (see _store_rows)
+            _store_rows(builder, [[builder.load(acc[j][v]) for v in range(VECTORS)]
+                                  for j in range(nb)], c_ptr, c_off, ldc, beta)
+        with partial:  # number by number, the rows that exist
+            for j in range(nb):
+                for v in range(VECTORS):
+                    vec = builder.load(acc[j][v])
+                    for lane in range(LANES):
+                        r = ir.Constant(_I64, LANES * v + lane)
+                        with builder.if_then(builder.icmp_signed("<", r, rows)):
+                            idx = builder.add(c_off, builder.add(builder.mul(r, ldc),
+                                                                 ir.Constant(_I64, j)))
+                            ptr = builder.gep(c_ptr, [idx])
+                            val = builder.extract_element(vec, ir.Constant(_I32, lane))
+                            total = builder.fadd(builder.load(ptr), val)
+                            builder.store(builder.select(beta, total, val), ptr)
+
+
+def _micro_kernel(nb: int, stacked: bool = False):
     """The intrinsic for blocks of nb batch columns:
 
     ``micro(a, a_off, x, x_off, ldx, K, c, c_off, ldc, rows, beta)``, on flat float32 arrays:
     for r < rows (<= 16), j < nb:
     ``c[c_off + r*ldc + j] (+)= sum_k a[a_off + 16k + r] * x[x_off + k*ldx + j]``.
+
+    ``stacked``: ``micro(a, a_off, x, x2, x_off, ldx, K, K2, c, c_off, ldc, rows, beta)``, the
+    same over k < K + K2, with x's K rows followed by x2's K2 rows (same ldx and x_off): the
+    product of A with two thin matrices stacked, without stacking them. (A kernel of its own:
+    the one-matrix kernel with an empty second loop measured 2-7% slower.)
     """
 
-    @intrinsic
-    def micro(typingctx, a, a_off, x, x_off, ldx, K, c, c_off, ldc, rows, beta):
-        arrays = (a, x, c)
-        if not all(isinstance(t, types.Array) and t.dtype == types.float32 for t in arrays):
-            return None
-        sig = types.void(a, a_off, x, x_off, ldx, K, c, c_off, ldc, rows, beta)
+    def check(arrays):
+        return all(isinstance(t, types.Array) and t.dtype == types.float32 for t in arrays)
 
-        def codegen(context, builder, signature, args):
-            data, int64, flag = _arguments(context, builder, signature, args)
-            a_ptr, x_ptr, c_ptr = data(0), data(2), data(6)
-            a_off, x_off, ldx, K = int64(1), int64(3), int64(4), int64(5)
-            c_off, ldc, rows, beta = int64(7), int64(8), int64(9), flag(10)
-            fmuladd = _fmuladd(builder)
-            zero = ir.Constant(_VEC, [0.0] * LANES)
-            acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(VECTORS)]
-                   for _ in range(nb)]
-            with cgutils.for_range(builder, K) as loop:
-                k = loop.index
-                a_k = builder.gep(a_ptr, [builder.add(a_off, builder.mul(k, ir.Constant(_I64,
-                                                                                        TILE)))])
-                w = [builder.load(builder.bitcast(builder.gep(a_k, [ir.Constant(_I64, LANES * v)]),
-                                                  _VEC.as_pointer()), align=4)
-                     for v in range(VECTORS)]
-                x_k = builder.gep(x_ptr, [builder.add(x_off, builder.mul(k, ldx))])
-                for j in range(nb):
-                    s = _splat(builder, builder.gep(x_k, [ir.Constant(_I64, j)]))
-                    for v in range(VECTORS):
-                        builder.store(builder.call(fmuladd, [w[v], s, builder.load(acc[j][v])]),
-                                      acc[j][v])
-            full = builder.icmp_signed("==", rows, ir.Constant(_I64, TILE))
-            with builder.if_else(full, likely=True) as (whole, partial):
-                with whole:  # rows of C as short vectors (see _store_rows)
-                    _store_rows(builder, [[builder.load(acc[j][v]) for v in range(VECTORS)]
-                                          for j in range(nb)], c_ptr, c_off, ldc, beta)
-                with partial:  # number by number, the rows that exist
-                    for j in range(nb):
-                        for v in range(VECTORS):
-                            vec = builder.load(acc[j][v])
-                            for lane in range(LANES):
-                                r = ir.Constant(_I64, LANES * v + lane)
-                                with builder.if_then(builder.icmp_signed("<", r, rows)):
-                                    idx = builder.add(c_off, builder.add(builder.mul(r, ldc),
-                                                                         ir.Constant(_I64, j)))
-                                    ptr = builder.gep(c_ptr, [idx])
-                                    val = builder.extract_element(vec, ir.Constant(_I32, lane))
-                                    total = builder.fadd(builder.load(ptr), val)
-                                    builder.store(builder.select(beta, total, val), ptr)
-            return context.get_dummy_value()
+    if stacked:
+        @intrinsic
+        def micro(typingctx, a, a_off, x, x2, x_off, ldx, K, K2, c, c_off, ldc, rows, beta):
+            if not check((a, x, x2, c)):
+                return None
+            sig = types.void(a, a_off, x, x2, x_off, ldx, K, K2, c, c_off, ldc, rows, beta)
 
-        return sig, codegen
+            def codegen(context, builder, signature, args):
+                data, int64, flag = _arguments(context, builder, signature, args)
+                _micro_codegen(builder, nb, data(0), int64(1),
+                               [(data(2), int64(6)), (data(3), int64(7))], int64(4), int64(5),
+                               data(8), int64(9), int64(10), int64(11), flag(12))
+                return context.get_dummy_value()
+
+            return sig, codegen
+    else:
+        @intrinsic
+        def micro(typingctx, a, a_off, x, x_off, ldx, K, c, c_off, ldc, rows, beta):
+            if not check((a, x, c)):
+                return None
+            sig = types.void(a, a_off, x, x_off, ldx, K, c, c_off, ldc, rows, beta)
+
+            def codegen(context, builder, signature, args):
+                data, int64, flag = _arguments(context, builder, signature, args)
+                _micro_codegen(builder, nb, data(0), int64(1), [(data(2), int64(5))], int64(3),
+                               int64(4), data(6), int64(7), int64(8), int64(9), flag(10))
+                return context.get_dummy_value()
+
+            return sig, codegen
 
     return micro
 
 
 _micro1, _micro2, _micro3, _micro4, _micro5, _micro6 = (_micro_kernel(nb)
                                                         for nb in range(1, MAX_NB + 1))
+_stacked1, _stacked2, _stacked3, _stacked4, _stacked5, _stacked6 = (
+    _micro_kernel(nb, stacked=True) for nb in range(1, MAX_NB + 1))
 
 
 def _column_kernel():
@@ -255,6 +296,22 @@ def _block(nb, a, a_off, x, x_off, ldx, K, c, c_off, ldc, rows, beta):
         _micro2(a, a_off, x, x_off, ldx, K, c, c_off, ldc, rows, beta)
     else:
         _micro1(a, a_off, x, x_off, ldx, K, c, c_off, ldc, rows, beta)
+
+
+@njit(**_OPTS)
+def _stacked_block(nb, a, a_off, x, x2, x_off, ldx, K, K2, c, c_off, ldc, rows, beta):
+    if nb == 6:
+        _stacked6(a, a_off, x, x2, x_off, ldx, K, K2, c, c_off, ldc, rows, beta)
+    elif nb == 5:
+        _stacked5(a, a_off, x, x2, x_off, ldx, K, K2, c, c_off, ldc, rows, beta)
+    elif nb == 4:
+        _stacked4(a, a_off, x, x2, x_off, ldx, K, K2, c, c_off, ldc, rows, beta)
+    elif nb == 3:
+        _stacked3(a, a_off, x, x2, x_off, ldx, K, K2, c, c_off, ldc, rows, beta)
+    elif nb == 2:
+        _stacked2(a, a_off, x, x2, x_off, ldx, K, K2, c, c_off, ldc, rows, beta)
+    else:
+        _stacked1(a, a_off, x, x2, x_off, ldx, K, K2, c, c_off, ldc, rows, beta)
 
 
 def packed_size(M: int, K: int) -> int:
@@ -334,12 +391,12 @@ def packed_gemm(a, a_off, M, X, C, beta):
     xf = X.reshape(K * B)
     cf = C.reshape(M * B)
     tiles = (M + TILE - 1) // TILE
-    blocks = (B + MAX_NB - 1) // MAX_NB  # as few column blocks as possible, of equal widths
     first = 0
     if B == 1:  # whole groups of TALL full tiles, then the rest one tile at a time
         first = (M // (TALL * TILE)) * TALL
         for t in range(0, first, TALL):
             _column(a, a_off + t * K * TILE, K, xf, cf, t * TILE, beta)
+    blocks = (B + MAX_NB - 1) // MAX_NB  # as few column blocks as possible, of equal widths
     for t in range(first, tiles):
         rows = min(TILE, M - t * TILE)
         for q in range(blocks):
@@ -347,6 +404,27 @@ def packed_gemm(a, a_off, M, X, C, beta):
             b1 = (B * (q + 1)) // blocks
             _block(b1 - b0, a, a_off + t * K * TILE, xf, b0, B, K, cf, t * TILE * B + b0, B,
                    rows, beta)
+
+
+@njit(**_OPTS)
+def packed_gemm_stacked(a, a_off, M, X, X2, C, beta):
+    """C (M, B) (+)= A [X; X2] for A (M, K + K2) packed at a[a_off:], X (K, B) and X2 (K2, B)
+    contiguous: the product with the two stacked, without stacking them, in one pass over C
+    (two products, A's first K columns times X and its last K2 times X2, would write each
+    block of C twice). Measured on one core, (128, 17 + 64) x 16: 1.22x the two products."""
+    K, B = X.shape
+    K2 = X2.shape[0]
+    xf = X.reshape(K * B)
+    x2f = X2.reshape(K2 * B)
+    cf = C.reshape(M * B)
+    blocks = (B + MAX_NB - 1) // MAX_NB
+    for t in range((M + TILE - 1) // TILE):
+        rows = min(TILE, M - t * TILE)
+        for q in range(blocks):
+            b0 = (B * q) // blocks
+            b1 = (B * (q + 1)) // blocks
+            _stacked_block(b1 - b0, a, a_off + t * (K + K2) * TILE, xf, x2f, b0, B, K, K2, cf,
+                           t * TILE * B + b0, B, rows, beta)
 
 
 def pack(A: np.ndarray) -> np.ndarray:

@@ -33,10 +33,9 @@ BATCH_INNER_MIN_B = 2
 # a single sequence (B = 1) whose steps are worth splitting over threads (threads.parts_for)
 # runs the batch-inner layout, which can split a step (the row layout cannot)
 SPLIT_SINGLE_SEQUENCE = True
-# batches this thin and inputs this narrow take the "direct" input projection of the
-# batch-inner kernels (see lstm_t and direct_projection)
-DIRECT_MAX_B = 64
-DIRECT_MAX_D = 256
+# a part's packed [W_ih | b | W_hh] up to this many floats (1 MiB) takes the "direct" input
+# projection of the batch-inner kernels (see lstm_t and direct_projection)
+DIRECT_MAX_FLOATS = 1 << 18
 _NO_MASK = np.ones((1, 1), dtype=np.bool_)
 
 
@@ -132,20 +131,25 @@ def _parts_layout(G: int, H: int, parts: int) -> _Layout:
                    *_packed_offsets(G * bounds, H), *_packed_offsets(bounds, G * H))
 
 
-def direct_projection(B: int, D: int) -> bool:
-    """Whether the batch-inner LSTM computes each step's input projection in the step,
-    ``[W_ih | b] [x_t^T; 1]`` with the packed kernel straight into the step's block, instead
-    of one GEMM per chunk of steps into a panel whose rows are then copied into each step's
-    block. Measured (in one process, alternating): the direct way is 1.04-1.28x faster for
-    inference where B <= 64 and D <= 256 (the panel's rows, far apart, cost more than their
-    few numbers are worth), 0.98-0.99x at B = 128 or D = 650 (where x_t^T (D + 1, B) no longer
-    fits the core's L1 cache beside a tile of weights). B = 1 keeps its step-major panel."""
-    return 2 <= B <= DIRECT_MAX_B and D <= DIRECT_MAX_D
+def direct_projection(B: int, D: int, H: int, G: int, parts: int) -> bool:
+    """Whether the batch-inner LSTM computes each step's input projection in the step, with
+    the recurrent product, as one packed product ``[W_ih | b | W_hh] [x_t^T; 1; h_prev]``
+    straight into the step's block (see lstm_t), instead of one GEMM per chunk of steps into a
+    panel whose rows are then copied into each step's block. It does for batches (B > 1) whose
+    packed weights of one part (thread) fit in DIRECT_MAX_FLOATS: each step then reads W_ih
+    from the core's L2 cache, not from memory; the panel's GEMM reads it once per chunk.
+    Measured (one process, alternating), inference / training: (400, 16, 16, 64) 1.25x / 1.06x,
+    (100, 32, 64, 128) 1.10x / 1.05x, (25, 128, 128, 128) 1.06x / 1.04x, (100, 64, 128, 256)
+    1.06x / 1.00x; with weights over the limit, (50, 64, 256, 512) 0.96x and (35, 20, 650, 650)
+    0.94x inference. B = 1 keeps its step-major panel."""
+    rows = -(-G * H // parts)
+    return B >= 2 and rows * (D + 1 + H) <= DIRECT_MAX_FLOATS
 
 
 @functools.lru_cache(maxsize=256)
 def _input_offsets(G: int, H: int, parts: int, K: int) -> tuple[Array, int]:
-    """Where each part's rows of [W_ih | b] (K = D + 1 columns) start, packed, and the size."""
+    """Where each part's rows of [W_ih | b | W_hh] (K = D + 1 + H columns) start, packed, and
+    the size."""
     return _packed_offsets(G * _parts_layout(G, H, parts).bounds, K)
 
 
@@ -240,22 +244,24 @@ def _lstm_forward_t(cell: LSTMCell, x: Array, wih: Array, whh: Array, bias: Arra
         ids, E, table = np.zeros((1, 1), np.int64), _dummy(dtype, 2), _dummy(dtype, 2)
     layout = _parts_layout(G, H, parts)
     bounds, perm = layout.bounds, layout.perm
-    direct = not fold and direct_projection(B, D)
-    if direct:  # [W_ih | b] in the layer's order (packed in the parts' order by the kernel)
-        Wx = np.empty((GH, D + 1), dtype=dtype)
+    direct = not fold and direct_projection(B, D, H, G, parts)
+    if direct:  # [W_ih | b | W_hh] in the layer's order (packed in the parts' order by the kernel)
+        Wx = np.empty((GH, D + 1 + H), dtype=dtype)
         Wx[:, :D] = wih
         Wx[:, D] = bias
+        Wx[:, D + 1:] = whh
         XT = np.empty((2, D + 1, B), dtype=dtype)
         XT[:, D, :] = 1.0
-        wx_off, wx_size = _input_offsets(G, H, parts, D + 1)
+        wx_off, wx_size = _input_offsets(G, H, parts, D + 1 + H)
         Wxp = np.empty(wx_size, dtype=np.float32)
-        P = _dummy(dtype, 3)
+        P, Wp = _dummy(dtype, 3), _dummy(dtype, 1)
     else:
         Wx, XT, Wxp, wx_off = _dummy(dtype, 2), _dummy(dtype, 3), _dummy(dtype, 1), layout.w_off
         if perm is not None and not fold:  # folded, the table replaces W_ih and the bias
             wih, bias = np.take(wih, perm, axis=0), np.take(bias, perm)
         Tc = _chunk_steps(T, B, GH, dtype.itemsize)
         P = np.empty((GH, 1 if fold else Tc, B), dtype=dtype)
+        Wp = np.empty(layout.w_size, dtype=np.float32)
     Z = np.empty((T if keep else 1, GH, B), dtype=dtype)
     out = np.empty((T, B, H), dtype=dtype)
     CT = np.empty((T if keep else 2, H, B), dtype=dtype)
@@ -273,7 +279,6 @@ def _lstm_forward_t(cell: LSTMCell, x: Array, wih: Array, whh: Array, bias: Arra
     scratch = np.empty((parts, 3, layout.units * B), dtype=dtype)
     if parts > 1:
         threads.keep_torch_openmp_apart()  # before Numba's OpenMP pool starts
-    Wp = np.empty(layout.w_size, dtype=np.float32)
     run = _lstm_t.lstm_forward_t if parts > 1 else _lstm_t.lstm_forward_t_serial
     with threads.blas_single_threaded():
         run(x, wih, whh, layout.order, bias, cell.bias, wexp, gidx,
