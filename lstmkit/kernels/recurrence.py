@@ -136,9 +136,11 @@ def direct_projection(B: int, D: int, H: int, G: int, parts: int) -> bool:
     the recurrent product, as one packed product ``[W_ih | b | W_hh] [x_t^T; 1; h_prev]``
     straight into the step's block (see lstm_t), instead of one GEMM per chunk of steps into a
     panel whose rows are then copied into each step's block. It does for batches (B > 1) whose
-    packed weights of one part (thread) take at most DIRECT_MAX_FLOATS (1 MiB, set from the
-    measurements below): every step reads all of W_ih that way, where the panel's GEMM reads it
-    once per chunk of steps, which wins once the weights no longer stay near the core.
+    weights of one part (thread), G H / parts rows (rounded up) of D + 1 + H numbers, take at
+    most DIRECT_MAX_FLOATS (1 MiB, set from the measurements below; the packing's padding and
+    the split's rounding to 8 units aside): every step reads all of W_ih that way, where the
+    panel's GEMM reads it once per chunk of steps, which wins once the weights no longer stay
+    near the core.
     Measured (one process, alternating), inference / training: (400, 16, 16, 64) 1.25x / 1.06x,
     (100, 32, 64, 128) 1.10x / 1.05x, (25, 128, 128, 128) 1.06x / 1.04x, (100, 64, 128, 256)
     1.06x / 1.00x; with weights over the limit, (50, 64, 256, 512) 0.96x and (35, 20, 650, 650)
