@@ -545,6 +545,35 @@ def test_bench_command_runs_without_torch(tmp_path, monkeypatch):
     assert report["results"][0]["shape"] == [5, 2, 3, 4]
     assert report["results"][0]["train"]["lstmkit"]["median_s"] > 0
     assert "torch" not in report["results"][0]["train"]
+    assert report["results"][0]["train"]["sgemm_gflops"] > 0  # the peak timed alongside
+
+
+def test_bench_summary_of_the_peak_timed_alongside():
+    """The large shapes' share of the peak, of the run's (start or end) and of the sgemm timed
+    in each shape's own alternation, in the summary and the table."""
+    from lstmkit.kernels import benchmark
+
+    def entry(gflops, sgemm):
+        timing = {"median_s": 0.01, "min_s": 0.01, "runs_s": [0.01], "gflops": gflops}
+        return {"flops": gflops * 1e7, "lstmkit": timing, "sgemm_gflops": sgemm}
+
+    results = [{"shape": list(shape), "train": entry(90.0 + k, 100.0 + 20 * k),
+                "infer": entry(50.0, 100.0)} for k, shape in enumerate(sorted(benchmark.LARGE))]
+    results.append({"shape": [5, 2, 3, 4], "train": entry(1.0, 100.0),
+                    "infer": entry(1.0, 100.0)})
+    summary = benchmark._summary(results, 120.0, with_torch=False)
+    train, infer = summary["train"], summary["infer"]
+    np.testing.assert_allclose(train["large_shapes_fraction_of_peak"], [0.75, 91 / 120, 92 / 120])
+    np.testing.assert_allclose(train["large_shapes_fraction_of_peak_alongside"],
+                               [0.9, 91 / 120, 92 / 140])
+    assert not train["large_shapes_ge_80pct_peak"]
+    assert not train["large_shapes_ge_80pct_peak_alongside"]  # 92 / 140 < 0.8
+    np.testing.assert_allclose(infer["large_shapes_fraction_of_peak_alongside"], [0.5] * 3)
+    report = {"peak_gflops": {"numpy": 120.0}, "machine": {}, "results": results,
+              "summary": summary}
+    table = benchmark.format_table(report)
+    assert "%along" in table
+    assert "of the sgemm timed alongside: 90%, 76%, 66%" in table
 
 
 def test_parallel_kernels_survive_fork():

@@ -23,6 +23,10 @@ Protocol (everything in one process, so both frameworks see the same machine sta
 - Peak: a 1024^3 float32 matmul in NumPy (median of 9 runs), in the same run and thread
   count, at its start and its end (the higher is used); "% peak" = achieved GFLOP/s / that.
   The peak of the BLAS the kernels call (SciPy's OpenBLAS, through Numba) is reported too.
+  The same matmul also takes its turn in each shape's alternation (a third "framework"), so
+  that each shape has a peak measured at the same moments as its times: "% along" =
+  achieved GFLOP/s / that one's median (on a machine whose speed drifts by tens of percent
+  within minutes, the peak of the run's start or end can be far from the shape's moment).
 - Memory: a fresh subprocess per framework and shape (same threads, same malloc settings:
   ``MALLOC_MMAP_THRESHOLD_`` fixed so that large blocks go back to the system when freed,
   for both): build the layer and the input, run a 2-step warm-up training step (loads the
@@ -217,6 +221,15 @@ def sgemm_peak(reps: int = 9, n: int = 1024) -> dict[str, float]:
     return result
 
 
+def _sgemm_call(n: int = 1024) -> tuple[Any, float]:
+    """A NumPy n^3 float32 matmul to time beside a shape (``time_shape``), and its flop count."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(np.float32)
+    b = rng.standard_normal((n, n)).astype(np.float32)
+    c = np.empty((n, n), np.float32)
+    return (lambda: np.matmul(a, b, out=c)), 2.0 * n**3
+
+
 def flops(cell: str, T: int, B: int, D: int, H: int, train: bool) -> float:
     forward = 2.0 * T * B * (D + H) * GATES[cell] * H
     return 3.0 * forward if train else forward
@@ -235,7 +248,11 @@ def _make(cell: str, D: int, H: int, fast: bool, torch: Any, seed: int = 0) -> t
 
 
 def time_shape(cell: str, shape: tuple[int, int, int, int], reps: int, fast: bool = True,
-               train: bool = True, infer: bool = True) -> dict[str, Any]:
+               train: bool = True, infer: bool = True,
+               peak_alongside: bool = False) -> dict[str, Any]:
+    """Time one shape (see the module docstring). ``peak_alongside``: a 1024^3 sgemm takes
+    its turn in the alternation too, so that the peak it gives was measured at the same
+    moments as the shape's times (``entry["sgemm_gflops"]``)."""
     import lstmkit
 
     torch = _torch()
@@ -269,6 +286,9 @@ def time_shape(cell: str, shape: tuple[int, int, int, int], reps: int, fast: boo
 
         fns_train["torch"] = pt_train
         fns_infer["torch"] = pt_infer
+    if peak_alongside:
+        sgemm, sgemm_flops = _sgemm_call()
+        fns_train["sgemm"] = fns_infer["sgemm"] = sgemm
     result: dict[str, Any] = {"shape": list(shape)}
     for mode, fns, on in (("train", fns_train, train), ("infer", fns_infer, infer)):
         if not on:
@@ -276,6 +296,8 @@ def time_shape(cell: str, shape: tuple[int, int, int, int], reps: int, fast: boo
         timings = _alternate(fns, reps)
         count = flops(cell, T, B, D, H, mode == "train")
         entry: dict[str, Any] = {"flops": count}
+        if "sgemm" in timings:
+            entry["sgemm_gflops"] = sgemm_flops / timings.pop("sgemm").median / 1e9
         for name, t in timings.items():
             entry[name] = {"median_s": t.median, "min_s": t.best, "runs_s": t.runs,
                            "gflops": count / t.median / 1e9}
@@ -498,7 +520,7 @@ def run(shapes: list[tuple[int, int, int, int]] | None = None, cell: str = "lstm
          f"kernels' BLAS {peak['kernels']:.1f} GFLOP/s (measured again at the end)")
     results = []
     for shape in shapes:
-        entry = time_shape(cell, shape, reps, fast=fast)
+        entry = time_shape(cell, shape, reps, fast=fast, peak_alongside=True)
         if memory:
             entry["memory"] = memory_shape(cell, shape, threads, fast=fast)
         results.append(entry)
@@ -529,6 +551,8 @@ def _row(entry: dict[str, Any], peak: float) -> str:
             continue
         lk = e["lstmkit"]
         s = f"{mode} {lk['median_s'] * 1e3:.2f} ms {lk['gflops']:.0f} GF/s"
+        if "sgemm_gflops" in e:
+            s += f" (sgemm alongside {e['sgemm_gflops']:.0f})"
         if "torch" in e:
             s += f" torch {e['torch']['median_s'] * 1e3:.2f} ms x{e['ratio']:.2f}"
         parts.append(s)
@@ -553,6 +577,11 @@ def _summary(results: list[dict[str, Any]], peak: float, with_torch: bool) -> di
             fractions = [r[mode]["lstmkit"]["gflops"] / peak for r in large]
             s["large_shapes_fraction_of_peak"] = fractions
             s["large_shapes_ge_80pct_peak"] = all(f >= 0.8 for f in fractions)
+            if all("sgemm_gflops" in r[mode] for r in large):
+                alongside = [r[mode]["lstmkit"]["gflops"] / r[mode]["sgemm_gflops"]
+                             for r in large]
+                s["large_shapes_fraction_of_peak_alongside"] = alongside
+                s["large_shapes_ge_80pct_peak_alongside"] = all(f >= 0.8 for f in alongside)
         summary[mode] = s
     mem = [r["memory"].get("ratio") for r in results if "memory" in r]
     if mem and all(m is not None for m in mem):
@@ -571,7 +600,7 @@ def format_table(report: dict[str, Any]) -> str:
     lines = []
     head = f"{'shape (T,B,D,H)':<20}"
     for mode in ("train", "infer"):
-        head += f" | {mode:>5}: lstmkit ms  GF/s  %peak"
+        head += f" | {mode:>5}: lstmkit ms  GF/s  %peak %along"
         if with_torch:
             head += "   torch ms  GF/s  ratio"
     lines.append(head)
@@ -583,8 +612,10 @@ def format_table(report: dict[str, Any]) -> str:
             if e is None:
                 continue
             lk = e["lstmkit"]
+            along = (f"{100 * lk['gflops'] / e['sgemm_gflops']:6.0f}%" if "sgemm_gflops" in e
+                     else f"{'-':>7}")
             line += (f" | {'':>5}  {lk['median_s'] * 1e3:10.2f} {lk['gflops']:5.0f} "
-                     f"{100 * lk['gflops'] / peak:5.0f}%")
+                     f"{100 * lk['gflops'] / peak:5.0f}%{along}")
             if with_torch:
                 pt = e["torch"]
                 line += f" {pt['median_s'] * 1e3:10.2f} {pt['gflops']:5.0f} {e['ratio']:6.2f}"
@@ -631,6 +662,9 @@ def format_table(report: dict[str, Any]) -> str:
         if "large_shapes_fraction_of_peak" in m:
             text += "large shapes % of peak: " + ", ".join(
                 f"{100 * f:.0f}%" for f in m["large_shapes_fraction_of_peak"]) + " (target >= 80%)"
+        if "large_shapes_fraction_of_peak_alongside" in m:
+            text += "; of the sgemm timed alongside: " + ", ".join(
+                f"{100 * f:.0f}%" for f in m["large_shapes_fraction_of_peak_alongside"])
         if text != f"{mode}: ":
             lines.append(text)
     if "memory_ratio_max" in s:
