@@ -49,7 +49,8 @@ def layout(request, monkeypatch):
     """Force one code path of the fused LSTM: the row layout (any B), the batch-inner layout
     on one thread, or split over 2 or 3 parts (threads). The batch-inner ones take the direct
     input projection for these small tests' batches (B > 1), except "2-parts-panel", which
-    takes the projection panel (the way of wide batches and inputs)."""
+    takes the projection panel (the way of wide batches and inputs); "3-parts" reads the gate
+    gradients as panels in backward's per-step product (the way of large G H and B)."""
     from lstmkit.kernels import threads
 
     name = request.param
@@ -62,6 +63,9 @@ def layout(request, monkeypatch):
         monkeypatch.setattr(threads, "parts_for", lambda B, H, G: min(parts, H))
         if name.endswith("panel"):
             monkeypatch.setattr(fused_recurrence, "DIRECT_MAX_FLOATS", 0)
+        if name == "3-parts":  # backward's per-step product on the gate gradients as panels
+            monkeypatch.setattr(fused_recurrence, "BACKWARD_PANELS_MIN_GH", 1)
+            monkeypatch.setattr(fused_recurrence, "BACKWARD_PANELS_MIN_B", 1)
     return name
 
 
@@ -185,6 +189,15 @@ def test_direct_input_projection_while_a_parts_weights_fit_the_cache():
     assert not direct(1, 32, 128, 4, 2)
     assert not direct(64, 256, 512, 4, 2) and not direct(20, 650, 650, 4, 2)
     assert not direct(64, 128, 256, 4, 1)  # one thread holds all of W: 1.5 MiB
+
+
+def test_backward_reads_gate_gradients_as_panels_for_large_steps():
+    """Backward's per-step product reads dZ as panels from G H = 1024 rows and B = 64 up
+    (measured faster only there; both ways equal the reference: the layouts above)."""
+    panels = fused_recurrence.backward_panels
+    assert panels(64, 4, 512) and panels(64, 4, 256) and panels(128, 4, 650)
+    assert not panels(32, 4, 512) and not panels(20, 4, 650)  # too few batch columns
+    assert not panels(128, 4, 128) and not panels(64, 3, 256)  # too few rows: 512, 768
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

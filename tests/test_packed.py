@@ -70,6 +70,47 @@ def test_stacked_product_equals_numpy(M, K, K2, B, beta):
     np.testing.assert_array_equal(C[3 + M:], before[3 + M:])
 
 
+@njit(cache=False)
+def _panels_product(a, a_off, X, C, r0, r1, beta):
+    K, B = X.shape
+    XP = np.full(K * B, np.nan, dtype=np.float32)
+    packed.to_panels(X, K // 2, K, XP)  # in two pieces of rows, as each thread writes its own
+    packed.to_panels(X, 0, K // 2, XP)
+    packed.packed_gemm_panels(a, a_off, r1 - r0, XP, K, B, C[r0:r1], beta)
+
+
+@pytest.mark.parametrize("M,K,B", SHAPES + [(40, 300, 64), (20, 260, 128)])
+@pytest.mark.parametrize("beta", [True, False])
+def test_panels_product_equals_numpy(M, K, B, beta):
+    """A X with X written as panels (every number of XP written: it starts NaN)."""
+    rng = np.random.default_rng(M * 1000 + K * 10 + B + 1)
+    A = rng.standard_normal((M, K)).astype(np.float32)
+    X = rng.standard_normal((K, B)).astype(np.float32)
+    C = rng.standard_normal((M + 7, B)).astype(np.float32)
+    before = C.copy()
+    room = np.full(packed.packed_size(M, K) + 5, np.nan, dtype=np.float32)
+    packed.pack_rows(A, np.arange(M), 0, M, room, 5)
+    _panels_product(room, 5, X, C, 3, 3 + M, beta)
+    expect = A.astype(np.float64) @ X.astype(np.float64)
+    if beta:
+        expect += before[3:3 + M]
+    scale = np.sqrt(K) + np.abs(before).max()  # float32 sums of K terms: a few ulp of that
+    np.testing.assert_allclose(C[3:3 + M], expect, rtol=0, atol=4e-6 * scale)
+    np.testing.assert_array_equal(C[:3], before[:3])
+    np.testing.assert_array_equal(C[3 + M:], before[3 + M:])
+
+
+def test_panel_layout_is_column_blocks_row_major():
+    """X (3, 14): blocks of columns [0, 4), [4, 9), [9, 14) (14 columns in as few blocks of at
+    most 6, of equal widths), each a (3, width) row-major panel at offset 3 * its first column."""
+    X = np.arange(3 * 14, dtype=np.float32).reshape(3, 14)
+    XP = np.full(X.size, np.nan, dtype=np.float32)
+    packed.to_panels(X, 0, 3, XP)
+    np.testing.assert_array_equal(XP[:12].reshape(3, 4), X[:, 0:4])
+    np.testing.assert_array_equal(XP[12:27].reshape(3, 5), X[:, 4:9])
+    np.testing.assert_array_equal(XP[27:].reshape(3, 5), X[:, 9:14])
+
+
 def test_pack_layout_is_tiles_of_16_rows_zero_padded():
     A = np.arange(20 * 3, dtype=np.float32).reshape(20, 3)
     p = packed.pack(A).reshape(2, 3, 16)  # 2 tiles of (K, 16)

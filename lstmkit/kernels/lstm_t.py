@@ -40,7 +40,14 @@ from numba import njit, prange
 from lstmkit.kernels.blas import gemm
 from lstmkit.kernels.loops import copy2, flush_all, state_before
 from lstmkit.kernels.lstm import cell_backward, cell_forward
-from lstmkit.kernels.packed import pack_columns, pack_rows, packed_gemm, packed_gemm_stacked
+from lstmkit.kernels.packed import (
+    pack_columns,
+    pack_rows,
+    packed_gemm,
+    packed_gemm_panels,
+    packed_gemm_stacked,
+    to_panels,
+)
 from lstmkit.kernels.sync import claim, finish, wait
 from lstmkit.kernels.transpose import transpose_into
 
@@ -345,13 +352,16 @@ def _forward_driver(loop):
 
 
 @njit(**_OPTS)
-def _backward_part(u0, u1, G, gidx, cifg, first, Z, t, dZs_prev, dZs, dZ, order, Wp, w_off, C,
-                   CP, dhT, dOUT, dOT, dcT, wexp, ones, scratch, mask, has_mask, saved):
+def _backward_part(u0, u1, G, gidx, cifg, first, Z, t, dZs_prev, dZs, dZP_prev, dZP, dZ, order,
+                   Wp, w_off, C, CP, dhT, dOUT, dOT, dcT, wexp, ones, scratch, mask, has_mask,
+                   saved):
     """Step t backward for the units [u0, u1): dh^T of these units = W_hh^T dZ_{t+1} (their
-    rows of W_hh^T, packed at Wp[w_off:]; not for the first step processed), then the
-    element-wise pass into this part's rows of dZs (GH, B, the parts' order), copied into
-    dZ[:, t] (the layer's order: row r of dZs goes to row order[r]). A masked
-    column gets dZ = 0 and passes its dh, dc through."""
+    rows of W_hh^T, packed at Wp[w_off:]; dZ_{t+1} from dZs_prev, or from the same held as
+    panels in dZP_prev when dZP is not empty, see ``packed.to_panels``; not for the first
+    step processed), then the element-wise pass into this part's rows of dZs (GH, B, the
+    parts' order), copied into dZ[:, t] (the layer's order: row r of dZs goes to row
+    order[r]) and into the panels dZP. A masked column gets dZ = 0 and passes its dh, dc
+    through."""
     H, B = dhT.shape
     hp = u1 - u0
     r0 = G * u0
@@ -360,7 +370,10 @@ def _backward_part(u0, u1, G, gidx, cifg, first, Z, t, dZs_prev, dZs, dZ, order,
     a0 = u0 * B
     a1 = u1 * B
     if not first:
-        packed_gemm(Wp, w_off, hp, dZs_prev, dhT[u0:u1], has_mask)
+        if dZP.shape[0] > 0:
+            packed_gemm_panels(Wp, w_off, hp, dZP_prev, dZs.shape[0], B, dhT[u0:u1], has_mask)
+        else:
+            packed_gemm(Wp, w_off, hp, dZs_prev, dhT[u0:u1], has_mask)
     transpose_into(dOT[u0:u1], dOUT[t, :, u0:u1])
     if has_mask:
         for u in range(u0, u1):
@@ -395,11 +408,13 @@ def _backward_part(u0, u1, G, gidx, cifg, first, Z, t, dZs_prev, dZs, dZ, order,
         dst = order[r]
         for b in range(B):
             dZ[dst, t, b] = dZs[r, b]
+    if dZP.shape[0] > 0:
+        to_panels(dZs, r0, r1, dZP)
 
 
 @njit(**_OPTS)
 def _backward_thread(w, X, Wih, Whh, order, has_bias, wexp, gidx, cifg, mask, has_mask, reverse, h0,
-                     Z, OUT, CT, HP, CPT, dOUT, dZs2, dZ, dX, gWih, gWhh, gbih, gbhh, gpeep,
+                     Z, OUT, CT, HP, CPT, dOUT, dZs2, dZP2, dZ, dX, gWih, gWhh, gbih, gbhh, gpeep,
                      has_peep, dhT, dcT, dOT, saved, ones, scratch, bounds, Wp, w_off, fold, ids,
                      E, S, dE, c0T, db, claimed, finished):
     """Backpropagation through time as worker w of the region runs it: the packing of W_hh^T,
@@ -427,8 +442,9 @@ def _backward_thread(w, X, Wih, Whh, order, has_bias, wexp, gidx, cifg, mask, ha
             p = claim(claimed, slot, w, q, parts)
             if p >= 0:
                 _backward_part(bounds[p], bounds[p + 1], G, gidx, cifg, s == T - 1, Z, t, prev,
-                               cur, dZ, order, Wp, w_off[p], CT[t], cprev, dhT, dOUT, dOT, dcT,
-                               wexp, ones, scratch[p], mask, has_mask, saved)
+                               cur, dZP2[(s + 1) % 2], dZP2[s % 2], dZ, order, Wp, w_off[p],
+                               CT[t], cprev, dhT, dOUT, dOT, dcT, wexp, ones, scratch[p], mask,
+                               has_mask, saved)
                 finish(finished, slot)
         wait(finished, slot, parts)
     last = dZs2[0]  # the gradient of the first step processed last: s == 0
@@ -448,15 +464,16 @@ def _backward_thread(w, X, Wih, Whh, order, has_bias, wexp, gidx, cifg, mask, ha
 
 def _backward_driver(loop):
     def lstm_backward_t(X, Wih, Whh, order, has_bias, wexp, gidx, cifg, mask, has_mask, reverse, h0,
-                        c0, Z, OUT, CT, HP, CPT, dOUT, dh, dc, dZs2, dZ, dX, gWih, gWhh, gbih,
-                        gbhh, gpeep, has_peep, dhT, dcT, dOT, saved, ones, scratch, bounds, Wp,
-                        w_off, fold, ids, E, S, dE):
+                        c0, Z, OUT, CT, HP, CPT, dOUT, dh, dc, dZs2, dZP2, dZ, dX, gWih, gWhh,
+                        gbih, gbhh, gpeep, has_peep, dhT, dcT, dOT, saved, ones, scratch, bounds,
+                        Wp, w_off, fold, ids, E, S, dE):
         """Backpropagation through time. Z (T, GH, B): the forward's activations, rows in the
         parts' order (``order``: those rows in the layer's order). dh, dc (B, H): the gradient
-        at the final state on entry, at the initial state on return. dZs2 (2, GH, B): work
-        (the parts' order); dZ (GH, T, B) (the layer's order), dX (T, B, D): outputs. Wih,
-        Whh as the layer holds them. Gradients are accumulated into gWih, gWhh, gbih, gbhh
-        (the layer's order) and gpeep (3, H).
+        at the final state on entry, at the initial state on return. dZs2 (2, GH, B) and
+        dZP2 (2, GH * B, the same as panels; or (2, 0): none): work (the parts' order);
+        dZ (GH, T, B) (the layer's order), dX (T, B, D): outputs. Wih, Whh as the layer holds
+        them. Gradients are accumulated into gWih, gWhh, gbih, gbhh (the layer's order) and
+        gpeep (3, H).
         ones: at least max(T * B, H * B) ones. Wp, w_off (parts,): room for W_hh^T packed
         part by part (``packed.pack_columns``), and where each part's rows start. With ``fold``
         (X = E[ids], ids flat (T * B,)): dX is not computed; each part's term of dE = dL/dE goes
@@ -474,7 +491,7 @@ def _backward_driver(loop):
         finished = np.zeros(T + 2, dtype=np.int64)
         for w in loop(parts):  # one region: every worker runs the time loop (see sync.py)
             _backward_thread(w, X, Wih, Whh, order, has_bias, wexp, gidx, cifg, mask, has_mask,
-                             reverse, h0, Z, OUT, CT, HP, CPT, dOUT, dZs2, dZ, dX, gWih, gWhh,
+                             reverse, h0, Z, OUT, CT, HP, CPT, dOUT, dZs2, dZP2, dZ, dX, gWih, gWhh,
                              gbih, gbhh, gpeep, has_peep, dhT, dcT, dOT, saved, ones, scratch,
                              bounds, Wp, w_off, fold, ids, E, S, dE, c0T, db, claimed, finished)
         TB = T * B

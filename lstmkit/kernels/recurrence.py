@@ -33,6 +33,9 @@ BATCH_INNER_MIN_B = 2
 # a single sequence (B = 1) whose steps are worth splitting over threads (threads.parts_for)
 # runs the batch-inner layout, which can split a step (the row layout cannot)
 SPLIT_SINGLE_SEQUENCE = True
+# backward's per-step product reads the gate gradients as panels (see backward_panels)
+BACKWARD_PANELS_MIN_GH = 1024
+BACKWARD_PANELS_MIN_B = 64
 # a part's packed [W_ih | b | W_hh] up to this many floats (1 MiB) takes the "direct" input
 # projection of the batch-inner kernels (see lstm_t and direct_projection)
 DIRECT_MAX_FLOATS = 1 << 18
@@ -147,6 +150,17 @@ def direct_projection(B: int, D: int, H: int, G: int, parts: int) -> bool:
     0.94x inference. B = 1 keeps its step-major panel."""
     rows = -(-G * H // parts)
     return B >= 2 and rows * (D + 1 + H) <= DIRECT_MAX_FLOATS
+
+
+def backward_panels(B: int, G: int, H: int) -> bool:
+    """Whether backward's per-step product dh^T = W_hh^T dZ^T reads the gate gradients (G H, B)
+    as panels (``packed.to_panels``: each micro-kernel call's columns as one contiguous run)
+    rather than row by row. Only with G H rows in the thousands does reading nb numbers from
+    each of G H rows cost more than writing the panels each step: measured (one process,
+    alternating), (50, 64, 256, 512) 1.04-1.06x training, (100, 64, 128, 256) 1.01-1.02x;
+    (35, 20, 650, 650) and (30, 32, 512, 512) 0.99-1.02x, (100, 16, 512, 256) 0.98x, and
+    small G H or B slower (0.8-0.9x at (400, 16, 16, 64) and (100, 32, 64, 128))."""
+    return G * H >= BACKWARD_PANELS_MIN_GH and B >= BACKWARD_PANELS_MIN_B
 
 
 @functools.lru_cache(maxsize=256)
@@ -313,6 +327,7 @@ def _lstm_backward_t(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Arr
     wexp = _peephole_block(peep, B)
     dZ = np.empty((GH, T, B), dtype=dtype)
     dZs2 = np.empty((2, GH, B), dtype=dtype)
+    dZP2 = np.empty((2, GH * B if backward_panels(B, G, H) else 0), dtype=dtype)
     dX = np.empty((T, B, D), dtype=dtype)  # not written (nor touched) when folding
     fold = cache["rows_of"] is not None
     if fold:
@@ -339,7 +354,7 @@ def _lstm_backward_t(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Arr
             x, wih, whh, layout.order, cell.bias, wexp, cache["gidx"],
             cell.coupled_input_forget,
             cache["mask"], cache["has_mask"], cache["reverse"], cache["h0"], cache["c0"], Z,
-            cache["out"], cache["C"], cache["HP"], cache["CP"], d_out, dh, dc, dZs2, dZ, dX,
+            cache["out"], cache["C"], cache["HP"], cache["CP"], d_out, dh, dc, dZs2, dZP2, dZ, dX,
             *g_arrays, gpeep, cell.peepholes, *work, ones, scratch, layout.bounds, Wp,
             layout.wt_off, fold, ids, E, S, dE)
     for acc in accs:
