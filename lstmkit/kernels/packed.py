@@ -384,6 +384,22 @@ def pack_columns(A, order, c0, c1, out, off):
 
 
 @njit(**_OPTS)
+def _tiles(a, a_off, M, K, B, xf, panels, first, cf, beta):
+    """Tiles first, first + 1, ... of C (M, B) (+)= A X, one micro-kernel call per tile and
+    block of columns (as few blocks as possible, of equal widths), X read from xf as (K, B)
+    row-major or, with ``panels``, as panels (``to_panels``)."""
+    blocks = (B + MAX_NB - 1) // MAX_NB
+    for t in range(first, (M + TILE - 1) // TILE):
+        rows = min(TILE, M - t * TILE)
+        for q in range(blocks):
+            b0 = (B * q) // blocks
+            b1 = (B * (q + 1)) // blocks
+            x_off, ldx = (K * b0, b1 - b0) if panels else (b0, B)
+            _block(b1 - b0, a, a_off + t * K * TILE, xf, x_off, ldx, K, cf, t * TILE * B + b0,
+                   B, rows, beta)
+
+
+@njit(**_OPTS)
 def packed_gemm(a, a_off, M, X, C, beta):
     """C (M, B) (+)= A X for A (M, K) packed at a[a_off:] (``pack_rows``), X (K, B) and C
     contiguous (C may be a block of rows of a larger array). ``beta``: add to C (True) or
@@ -391,20 +407,12 @@ def packed_gemm(a, a_off, M, X, C, beta):
     K, B = X.shape
     xf = X.reshape(K * B)
     cf = C.reshape(M * B)
-    tiles = (M + TILE - 1) // TILE
     first = 0
     if B == 1:  # whole groups of TALL full tiles, then the rest one tile at a time
         first = (M // (TALL * TILE)) * TALL
         for t in range(0, first, TALL):
             _column(a, a_off + t * K * TILE, K, xf, cf, t * TILE, beta)
-    blocks = (B + MAX_NB - 1) // MAX_NB  # as few column blocks as possible, of equal widths
-    for t in range(first, tiles):
-        rows = min(TILE, M - t * TILE)
-        for q in range(blocks):
-            b0 = (B * q) // blocks
-            b1 = (B * (q + 1)) // blocks
-            _block(b1 - b0, a, a_off + t * K * TILE, xf, b0, B, K, cf, t * TILE * B + b0, B,
-                   rows, beta)
+    _tiles(a, a_off, M, K, B, xf, False, first, cf, beta)
 
 
 @njit(**_OPTS)
@@ -456,16 +464,8 @@ def packed_gemm_panels(a, a_off, M, XP, K, B, C, beta):
     (``recurrence.backward_panels``)."""
     if B == 1:  # one column: the panel is the column
         packed_gemm(a, a_off, M, XP[:K].reshape(K, 1), C, beta)
-        return
-    cf = C.reshape(M * B)
-    blocks = (B + MAX_NB - 1) // MAX_NB
-    for t in range((M + TILE - 1) // TILE):
-        rows = min(TILE, M - t * TILE)
-        for q in range(blocks):
-            b0 = (B * q) // blocks
-            b1 = (B * (q + 1)) // blocks
-            _block(b1 - b0, a, a_off + t * K * TILE, XP, K * b0, b1 - b0, K, cf,
-                   t * TILE * B + b0, B, rows, beta)
+    else:
+        _tiles(a, a_off, M, K, B, XP, True, 0, C.reshape(M * B), beta)
 
 
 def pack(A: np.ndarray) -> np.ndarray:
