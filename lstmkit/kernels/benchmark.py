@@ -189,6 +189,14 @@ def _alternate(fns: dict[str, Any], reps: int, block: int = BLOCK) -> dict[str, 
     return timings
 
 
+def _sgemm_operands(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """a, b (n, n) float32 random (seed 0) and c (n, n) for an n^3 sgemm."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(np.float32)
+    b = rng.standard_normal((n, n)).astype(np.float32)
+    return a, b, np.empty((n, n), np.float32)
+
+
 def sgemm_peak(reps: int = 9, n: int = 1024) -> dict[str, float]:
     """GFLOP/s of an n^3 float32 matmul: NumPy's BLAS and the kernels' BLAS (via Numba).
 
@@ -202,10 +210,7 @@ def sgemm_peak(reps: int = 9, n: int = 1024) -> dict[str, float]:
     def kernel_gemm(a, b, c):
         gemm(False, False, 1.0, a, b, 0.0, c)
 
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n)).astype(np.float32)
-    b = rng.standard_normal((n, n)).astype(np.float32)
-    c = np.empty((n, n), np.float32)
+    a, b, c = _sgemm_operands(n)
     result = {}
     for name, fn in (("numpy", lambda: np.matmul(a, b, out=c)),
                      ("kernels", lambda: kernel_gemm(a, b, c))):
@@ -223,10 +228,7 @@ def sgemm_peak(reps: int = 9, n: int = 1024) -> dict[str, float]:
 
 def _sgemm_call(n: int = 1024) -> tuple[Any, float]:
     """A NumPy n^3 float32 matmul to time beside a shape (``time_shape``), and its flop count."""
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n)).astype(np.float32)
-    b = rng.standard_normal((n, n)).astype(np.float32)
-    c = np.empty((n, n), np.float32)
+    a, b, c = _sgemm_operands(n)
     return (lambda: np.matmul(a, b, out=c)), 2.0 * n**3
 
 

@@ -384,16 +384,28 @@ def pack_columns(A, order, c0, c1, out, off):
 
 
 @njit(**_OPTS)
+def _column_blocks(B):
+    """How many micro-kernel calls cover B columns: as few blocks of at most MAX_NB as
+    possible, of equal widths (``_block_columns``)."""
+    return (B + MAX_NB - 1) // MAX_NB
+
+
+@njit(**_OPTS)
+def _block_columns(B, blocks, q):
+    """The columns [b0, b1) of block q of B columns split into ``blocks`` equal blocks."""
+    return (B * q) // blocks, (B * (q + 1)) // blocks
+
+
+@njit(**_OPTS)
 def _tiles(a, a_off, M, K, B, xf, panels, first, cf, beta):
     """Tiles first, first + 1, ... of C (M, B) (+)= A X, one micro-kernel call per tile and
     block of columns (as few blocks as possible, of equal widths), X read from xf as (K, B)
     row-major or, with ``panels``, as panels (``to_panels``)."""
-    blocks = (B + MAX_NB - 1) // MAX_NB
+    blocks = _column_blocks(B)
     for t in range(first, (M + TILE - 1) // TILE):
         rows = min(TILE, M - t * TILE)
         for q in range(blocks):
-            b0 = (B * q) // blocks
-            b1 = (B * (q + 1)) // blocks
+            b0, b1 = _block_columns(B, blocks, q)
             x_off, ldx = (K * b0, b1 - b0) if panels else (b0, B)
             _block(b1 - b0, a, a_off + t * K * TILE, xf, x_off, ldx, K, cf, t * TILE * B + b0,
                    B, rows, beta)
@@ -426,12 +438,11 @@ def packed_gemm_stacked(a, a_off, M, X, X2, C, beta):
     xf = X.reshape(K * B)
     x2f = X2.reshape(K2 * B)
     cf = C.reshape(M * B)
-    blocks = (B + MAX_NB - 1) // MAX_NB
+    blocks = _column_blocks(B)
     for t in range((M + TILE - 1) // TILE):
         rows = min(TILE, M - t * TILE)
         for q in range(blocks):
-            b0 = (B * q) // blocks
-            b1 = (B * (q + 1)) // blocks
+            b0, b1 = _block_columns(B, blocks, q)
             _stacked_block(b1 - b0, a, a_off + t * (K + K2) * TILE, xf, x2f, b0, B, K, K2, cf,
                            t * TILE * B + b0, B, rows, beta)
 
@@ -442,10 +453,9 @@ def to_panels(X, r0, r1, XP):
     for each block of columns [b0, b1) that ``packed_gemm`` would give one micro-kernel call,
     the (K, b1 - b0) panel of those columns, row-major, at XP[K * b0:]."""
     K, B = X.shape
-    blocks = (B + MAX_NB - 1) // MAX_NB
+    blocks = _column_blocks(B)
     for q in range(blocks):
-        b0 = (B * q) // blocks
-        b1 = (B * (q + 1)) // blocks
+        b0, b1 = _block_columns(B, blocks, q)
         nb = b1 - b0
         for r in range(r0, r1):
             base = K * b0 + r * nb
