@@ -155,6 +155,17 @@ def test_lstm_layouts_shapes(T, B, H, layout):
     compare(LSTMCell(3, H, coupled_input_forget=True), np.float32, T=T, B=B, seed=B)
 
 
+@pytest.mark.parametrize("layout", ["batch-inner", "2-parts", "3-parts"], indirect=True)
+@pytest.mark.parametrize("variant", LSTM_VARIANTS, ids=lambda v: ",".join(v) or "full")
+@pytest.mark.parametrize("masked,reverse", [(False, False), (False, True), (True, True)])
+def test_lstm_single_sequence_variants(variant, masked, reverse, layout):
+    """B = 1 in the batch-inner layouts, whose backward holds the gate gradients step-major
+    (T, GH): every weight gradient's GEMM, the bias sums, dx and the peephole sums read them
+    that way, in both directions and with a mask."""
+    compare(LSTMCell(4, 19, **variant), np.float32, T=7, B=1, masked=masked, reverse=reverse,
+            seed=2)
+
+
 def test_single_sequence_splits_its_steps_when_large_enough(monkeypatch):
     """B = 1: on two threads, from H = 128 (LSTM) the steps are split over the threads, which
     only the batch-inner layout can do; smaller ones, one thread and float64 keep the row

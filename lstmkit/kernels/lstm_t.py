@@ -21,7 +21,11 @@ B), and one pass over the block instead of two.
 
 Backward copies each step's gate gradients into a (GH, T*B) matrix (in the layer's row order),
 so that ``dW_ih = dZ X``, ``dW_hh = dZ H_prev``, ``dX = dZ^T W_ih`` stay one GEMM each over
-all steps (per thread).
+all steps (per thread). For a single sequence (B = 1) that matrix is held transposed, step-major
+(T, GH): a step's gradients are then one contiguous row, where the (GH, T) matrix would take
+one number from each of GH rows far apart (a cache line each: on (200, 1, 32, 128) that copy
+cost 10-17% of a training step), and the GEMMs read it with their transpose flags swapped
+(``_gate_gradients``).
 
 Threads ("parts"): the hidden units are split into ``parts`` contiguous ranges, and the rows of
 every weight matrix are permuted (by the caller) so that the G gate rows of each part's units
@@ -166,19 +170,40 @@ def _project_part(r0, r1, P, m, Wih, bias, has_bias, Xc):
 
 
 @njit(**_OPTS)
+def _gate_gradients(dZ, q0, q1, j0, j1):
+    """Rows [q0, q1) and columns [j0, j1) of the gate gradients as the (GH, T*B) matrix M,
+    as (view, transposed): M[q0:q1, j0:j1] is the view, or its transpose when dZ is held
+    step-major (B = 1: dZ (T, GH, 1), M^T = dZ.reshape(T, GH)). Pass ``transposed`` as the
+    operand's flag to ``gemm`` (or its negation where the GEMM reads M^T)."""
+    if dZ.shape[2] == 1:
+        return dZ.reshape(dZ.shape[0], dZ.shape[1])[j0:j1, q0:q1], True
+    GH, T, B = dZ.shape
+    return dZ.reshape(GH, T * B)[q0:q1, j0:j1], False
+
+
+@njit(**_OPTS)
+def _gate_gradient(dZ, r, t, b):
+    """Gate gradient of row r, step t, column b (dZ (GH, T, B), or (T, GH, 1) for B = 1)."""
+    if dZ.shape[2] == 1:
+        return dZ[t, r, 0]
+    return dZ[r, t, b]
+
+
+@njit(**_OPTS)
 def _weights_part(p, parts, u0, u1, gidx, reverse, has_mask, has_bias, has_peep, Wp, w_off, last,
                   dhT, dZ, X2, gWih, HP, gWhh, O2, h0, ones, db, gbih, gbhh, Wih, dX2, CPT, c0T,
                   CT, gpeep, fold, ids, E, S, dE):
     """After the time loop, part p: dh_0 of its units [u0, u1), then its share of the weight
-    gradients: the rows [q0, q1) of dZ (GH, T, B), which holds the gate gradients in the layer's
+    gradients: the rows [q0, q1) of dZ (GH, T, B; for B = 1 step-major, (T, GH, 1), see
+    ``_gate_gradients``), which holds the gate gradients in the layer's
     own order (gate k, unit u at row k * H + u, as gWih, gWhh, gbih, gbhh and Wih): one GEMM
     each for dW_ih, dW_hh, the bias sums; its share of the rows of dX; the peephole gradients of
     its units. With ``fold`` (X = E[ids]): S = dZ summed by input id (its rows, (GH, V)),
     dW_ih = S E, and instead of dX this part's term of dE = S^T W_ih, into dE[p] (V, D)."""
-    GH, T, B = dZ.shape
+    T, B = X2.shape[0] // h0.shape[0], h0.shape[0]
+    GH = gWih.shape[0]
     H = h0.shape[1]
     TB = T * B
-    dZ2 = dZ.reshape(GH, TB)
     first = T - 1 if reverse else 0
     q0 = (GH * p) // parts
     q1 = (GH * (p + 1)) // parts
@@ -190,29 +215,36 @@ def _weights_part(p, parts, u0, u1, gidx, reverse, has_mask, has_bias, has_peep,
             for v in range(V):
                 S[r, v] = 0.0
             for j in range(TB):
-                S[r, ids[j]] += dZ2[r, j]
+                S[r, ids[j]] += _gate_gradient(dZ, r, j // B, j % B)
         gemm(True, False, 1.0, S[q0:q1], Wih[q0:q1], 0.0, dE[p])
         gemm(False, False, 1.0, S[q0:q1], E, 1.0, gWih[q0:q1])
     else:
-        gemm(False, False, 1.0, dZ2[q0:q1], X2, 1.0, gWih[q0:q1])
+        Zq, tz = _gate_gradients(dZ, q0, q1, 0, TB)
+        gemm(tz, False, 1.0, Zq, X2, 1.0, gWih[q0:q1])
     if has_bias:  # row sums of dZ: a BLAS gemv with a vector of ones
-        gemm(False, True, 1.0, ones[:TB].reshape(1, TB), dZ2[q0:q1], 0.0, db[:, q0:q1])
+        Zq, tz = _gate_gradients(dZ, q0, q1, 0, TB)
+        gemm(False, not tz, 1.0, ones[:TB].reshape(1, TB), Zq, 0.0, db[:, q0:q1])
         for r in range(q0, q1):
             gbih[r] += db[0, r]
             gbhh[r] += db[0, r]
     if has_mask:
-        gemm(False, False, 1.0, dZ2[q0:q1], HP.reshape(TB, H), 1.0, gWhh[q0:q1])
+        Zq, tz = _gate_gradients(dZ, q0, q1, 0, TB)
+        gemm(tz, False, 1.0, Zq, HP.reshape(TB, H), 1.0, gWhh[q0:q1])
     else:
         if T > 1:
             if reverse:
-                gemm(False, False, 1.0, dZ2[q0:q1, :TB - B], O2[B:], 1.0, gWhh[q0:q1])
+                Zq, tz = _gate_gradients(dZ, q0, q1, 0, TB - B)
+                gemm(tz, False, 1.0, Zq, O2[B:], 1.0, gWhh[q0:q1])
             else:
-                gemm(False, False, 1.0, dZ2[q0:q1, B:], O2[:TB - B], 1.0, gWhh[q0:q1])
-        gemm(False, False, 1.0, dZ[q0:q1, first, :], h0, 1.0, gWhh[q0:q1])
+                Zq, tz = _gate_gradients(dZ, q0, q1, B, TB)
+                gemm(tz, False, 1.0, Zq, O2[:TB - B], 1.0, gWhh[q0:q1])
+        Zq, tz = _gate_gradients(dZ, q0, q1, first * B, first * B + B)
+        gemm(tz, False, 1.0, Zq, h0, 1.0, gWhh[q0:q1])
     if not fold:  # dX rows of this part's share of the steps
         j0 = (TB * p) // parts
         j1 = (TB * (p + 1)) // parts
-        gemm(True, False, 1.0, dZ2[:, j0:j1], Wih, 0.0, dX2[j0:j1])
+        Zq, tz = _gate_gradients(dZ, 0, GH, j0, j1)
+        gemm(not tz, False, 1.0, Zq, Wih, 0.0, dX2[j0:j1])
     if has_peep:
         for s in range(T):
             t = T - 1 - s if reverse else s
@@ -226,7 +258,7 @@ def _weights_part(p, parts, u0, u1, gidx, reverse, has_mask, has_bias, has_peep,
                     acc = 0.0
                     for b in range(B):
                         cv = CT[t, u, b] if k == 2 else cp[u, b]
-                        acc += dZ[row, t, b] * cv
+                        acc += _gate_gradient(dZ, row, t, b) * cv
                     gpeep[k, u] += acc
 
 
@@ -404,10 +436,14 @@ def _backward_part(u0, u1, G, gidx, cifg, first, Z, t, dZs_prev, dZs, dZP_prev, 
                     dZs[r, b] = 0.0
                 for u in range(u0, u1):
                     dcT[u, b] = saved[u, b]
-    for r in range(r0, r1):  # into dZ in the layer's row order
-        dst = order[r]
-        for b in range(B):
-            dZ[dst, t, b] = dZs[r, b]
+    if B == 1:  # dZ step-major (T, GH, 1): this step's row
+        for r in range(r0, r1):
+            dZ[t, order[r], 0] = dZs[r, 0]
+    else:  # into dZ in the layer's row order
+        for r in range(r0, r1):
+            dst = order[r]
+            for b in range(B):
+                dZ[dst, t, b] = dZs[r, b]
     if dZP.shape[0] > 0:
         to_panels(dZs, r0, r1, dZP)
 
@@ -471,7 +507,8 @@ def _backward_driver(loop):
         parts' order (``order``: those rows in the layer's order). dh, dc (B, H): the gradient
         at the final state on entry, at the initial state on return. dZs2 (2, GH, B) and
         dZP2 (2, GH * B, the same as panels; or (2, 0): none): work (the parts' order);
-        dZ (GH, T, B) (the layer's order), dX (T, B, D): outputs. Wih, Whh as the layer holds
+        dZ (GH, T, B) (the layer's order; for B = 1 step-major, (T, GH, 1)), dX (T, B, D):
+        outputs. Wih, Whh as the layer holds
         them. Gradients are accumulated into gWih, gWhh, gbih, gbhh (the layer's order) and
         gpeep (3, H).
         ones: at least max(T * B, H * B) ones. Wp, w_off (parts,): room for W_hh^T packed

@@ -325,7 +325,7 @@ def _lstm_backward_t(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Arr
     wih, whh = _c(p["weight_ih"], dtype), _c(p["weight_hh"], dtype)
     peep = _lstm_peep(cell, p, H, dtype)
     wexp = _peephole_block(peep, B)
-    dZ = np.empty((GH, T, B), dtype=dtype)
+    dZ = np.empty((T, GH, 1) if B == 1 else (GH, T, B), dtype=dtype)  # see lstm_t
     dZs2 = np.empty((2, GH, B), dtype=dtype)
     dZP2 = np.empty((2, GH * B if backward_panels(B, G, H) else 0), dtype=dtype)
     dX = np.empty((T, B, D), dtype=dtype)  # not written (nor touched) when folding
