@@ -200,9 +200,9 @@ def _weights_part(p, parts, u0, u1, gidx, reverse, has_mask, has_bias, has_peep,
     each for dW_ih, dW_hh, the bias sums; its share of the rows of dX; the peephole gradients of
     its units. With ``fold`` (X = E[ids]): S = dZ summed by input id (its rows, (GH, V)),
     dW_ih = S E, and instead of dX this part's term of dE = S^T W_ih, into dE[p] (V, D)."""
-    T, B = X2.shape[0] // h0.shape[0], h0.shape[0]
+    B, H = h0.shape
+    T = X2.shape[0] // B
     GH = gWih.shape[0]
-    H = h0.shape[1]
     TB = T * B
     first = T - 1 if reverse else 0
     q0 = (GH * p) // parts
