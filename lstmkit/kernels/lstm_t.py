@@ -209,42 +209,41 @@ def _weights_part(p, parts, u0, u1, gidx, reverse, has_mask, has_bias, has_peep,
     q1 = (GH * (p + 1)) // parts
     # dh_0^T of these units (the last step's gradients are still in the parts' order)
     packed_gemm(Wp, w_off, u1 - u0, last, dhT[u0:u1], has_mask)
+    Zq, tz = _gate_gradients(dZ, q0, q1, 0, TB)  # this part's rows, every step
     if fold:
+        Mq = Zq.T if tz else Zq  # (q1 - q0, TB) either way
         V = S.shape[1]
         for r in range(q0, q1):
             for v in range(V):
                 S[r, v] = 0.0
             for j in range(TB):
-                S[r, ids[j]] += _gate_gradient(dZ, r, j // B, j % B)
+                S[r, ids[j]] += Mq[r - q0, j]
         gemm(True, False, 1.0, S[q0:q1], Wih[q0:q1], 0.0, dE[p])
         gemm(False, False, 1.0, S[q0:q1], E, 1.0, gWih[q0:q1])
     else:
-        Zq, tz = _gate_gradients(dZ, q0, q1, 0, TB)
         gemm(tz, False, 1.0, Zq, X2, 1.0, gWih[q0:q1])
     if has_bias:  # row sums of dZ: a BLAS gemv with a vector of ones
-        Zq, tz = _gate_gradients(dZ, q0, q1, 0, TB)
         gemm(False, not tz, 1.0, ones[:TB].reshape(1, TB), Zq, 0.0, db[:, q0:q1])
         for r in range(q0, q1):
             gbih[r] += db[0, r]
             gbhh[r] += db[0, r]
     if has_mask:
-        Zq, tz = _gate_gradients(dZ, q0, q1, 0, TB)
         gemm(tz, False, 1.0, Zq, HP.reshape(TB, H), 1.0, gWhh[q0:q1])
     else:
         if T > 1:
-            if reverse:
-                Zq, tz = _gate_gradients(dZ, q0, q1, 0, TB - B)
-                gemm(tz, False, 1.0, Zq, O2[B:], 1.0, gWhh[q0:q1])
-            else:
-                Zq, tz = _gate_gradients(dZ, q0, q1, B, TB)
-                gemm(tz, False, 1.0, Zq, O2[:TB - B], 1.0, gWhh[q0:q1])
-        Zq, tz = _gate_gradients(dZ, q0, q1, first * B, first * B + B)
-        gemm(tz, False, 1.0, Zq, h0, 1.0, gWhh[q0:q1])
+            if reverse:  # dZ of steps 0 .. T-2 with h of steps 1 .. T-1
+                Zs, ts = _gate_gradients(dZ, q0, q1, 0, TB - B)
+                gemm(ts, False, 1.0, Zs, O2[B:], 1.0, gWhh[q0:q1])
+            else:  # dZ of steps 1 .. T-1 with h of steps 0 .. T-2
+                Zs, ts = _gate_gradients(dZ, q0, q1, B, TB)
+                gemm(ts, False, 1.0, Zs, O2[:TB - B], 1.0, gWhh[q0:q1])
+        Zs, ts = _gate_gradients(dZ, q0, q1, first * B, first * B + B)  # the first step, h0
+        gemm(ts, False, 1.0, Zs, h0, 1.0, gWhh[q0:q1])
     if not fold:  # dX rows of this part's share of the steps
         j0 = (TB * p) // parts
         j1 = (TB * (p + 1)) // parts
-        Zq, tz = _gate_gradients(dZ, 0, GH, j0, j1)
-        gemm(not tz, False, 1.0, Zq, Wih, 0.0, dX2[j0:j1])
+        Zj, tj = _gate_gradients(dZ, 0, GH, j0, j1)
+        gemm(not tj, False, 1.0, Zj, Wih, 0.0, dX2[j0:j1])
     if has_peep:
         for s in range(T):
             t = T - 1 - s if reverse else s
