@@ -281,11 +281,14 @@ def test_backward_twice_accumulates(layout):
         np.testing.assert_allclose(grads[name], 2 * once[name], rtol=1e-6, atol=1e-7)
 
 
-def test_output_is_not_the_cache():
-    """Changing the returned output in place does not change what backward computes."""
-    cell = LSTMCell(3, 4)
-    p, x, state0, _, d_out, d_state = random_problem(cell, np.float32, 5, 2, False, 8)
-    out, _, cache = FUSED.forward(cell, p, x, state0, None, False, True)
+@pytest.mark.parametrize("H, B, masked, reverse", [(4, 2, False, False), (64, 16, False, True),
+                                                    (64, 16, True, False), (128, 1, False, False)])
+def test_output_is_not_the_cache(H, B, masked, reverse):
+    """Changing the returned output in place does not change what backward computes (a
+    single thread and, from H = 64, steps split over threads; with and without a mask)."""
+    cell = LSTMCell(3, H)
+    p, x, state0, mask, d_out, d_state = random_problem(cell, np.float32, 5, B, masked, 8)
+    out, _, cache = FUSED.forward(cell, p, x, state0, mask, reverse, True)
     grads = {name: np.zeros_like(v) for name, v in p.items()}
     dx1, _ = FUSED.backward(cell, p, cache, d_out, d_state, grads)
     out[...] = 1e3

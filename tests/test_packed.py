@@ -144,6 +144,27 @@ def test_pack_rows_of_the_parts_gate_blocks(part):
     np.testing.assert_array_equal(room[2:], packed.pack(A[order][r0:r1]))
 
 
+@pytest.mark.parametrize("part", [0, 1])
+@pytest.mark.parametrize("K,K2", [(13, 40), (16, 8), (1, 3)])
+def test_pack_rows_stacked_packs_the_joined_matrix(part, K, K2):
+    """[A | b | A2] packed without joining it: the same floats as pack_rows of the joined
+    matrix, for whole tiles of consecutive rows (8 x 8 transposes) and straddling ones."""
+    from lstmkit.kernels import threads
+
+    G, H = 4, 40
+    bounds = np.array([0, 24, 40])
+    order = threads.row_permutation(G, H, bounds)
+    rng = np.random.default_rng(10 * K + part)
+    A = rng.standard_normal((G * H, K)).astype(np.float32)
+    b = rng.standard_normal(G * H).astype(np.float32)
+    A2 = rng.standard_normal((G * H, K2)).astype(np.float32)
+    r0, r1 = G * bounds[part], G * bounds[part + 1]
+    room = np.full(packed.packed_size(r1 - r0, K + 1 + K2) + 2, np.nan, dtype=np.float32)
+    packed.pack_rows_stacked(A, b, A2, order, r0, r1, room, 2)
+    joined = np.hstack([A, b[:, None], A2])
+    np.testing.assert_array_equal(room[2:], packed.pack(joined[order][r0:r1]))
+
+
 @pytest.mark.parametrize("c0,c1", [(0, 40), (8, 29), (16, 17)])
 def test_pack_columns_packs_the_transpose_of_the_permuted_matrix(c0, c1):
     rng = np.random.default_rng(c1)

@@ -47,6 +47,7 @@ from lstmkit.kernels.lstm import cell_backward, cell_forward
 from lstmkit.kernels.packed import (
     pack_columns,
     pack_rows,
+    pack_rows_stacked,
     packed_gemm,
     packed_gemm_panels,
     packed_gemm_stacked,
@@ -263,13 +264,13 @@ def _weights_part(p, parts, u0, u1, gidx, reverse, has_mask, has_bias, has_peep,
 
 @njit(**_OPTS)
 def _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, mask, has_mask,
-                    reverse, keep, h0, P, Z, OUT, CT, HP, CPT, hT, cT, hnew, scratch, bounds, Wp,
-                    w_off, fold, table, ids, claimed, finished, direct, Wx, XT, Wxp, wx_off):
+                    reverse, keep, h0, P, Z, OUT, OUTK, CT, HP, CPT, hT, cT, hnew, scratch, bounds,
+                    Wp, w_off, fold, table, ids, claimed, finished, direct, XT, Wxp, wx_off):
     """The forward pass as worker w of the region runs it: the packing of W_hh, each chunk's
     projection and each step are done part by part, worker w doing part w (``sync.claim``),
     and every worker waits for all parts of one before the next (slots: 0 for the packing,
     then one per projection chunk and one per step, in order). With ``direct`` (no chunks),
-    part p packs its rows of Wx = [W_ih | b | W_hh] instead of W_hh and, during each step,
+    part p packs its rows of [W_ih | b | W_hh] instead of W_hh and, during each step,
     transposes its share of the next step's x into the other half of XT (``_next_input``)."""
     T, B, D = X.shape
     H = h0.shape[1]
@@ -282,7 +283,8 @@ def _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, mas
         p = claim(claimed, 0, w, q, parts)
         if p >= 0:
             if direct:
-                pack_rows(Wx, order, G * bounds[p], G * bounds[p + 1], Wxp, wx_off[p])
+                pack_rows_stacked(Wih, bias, Whh, order, G * bounds[p], G * bounds[p + 1], Wxp,
+                                  wx_off[p])
                 _next_input(X, XT, T - 1 if reverse else 0, 0, p, parts)
             else:
                 pack_rows(Whh, order, G * bounds[p], G * bounds[p + 1], Wp, w_off[p])
@@ -333,6 +335,10 @@ def _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, mas
                                   hprev, cprev, CT[cslot], hout, OUT, t, wexp, scratch[p], mask,
                                   has_mask, hstate, cT, fold, table, ids, order, direct,
                                   XT[s % 2], Wxp, wx_off[p])
+                    if keep:  # the cache's own copy of this part's outputs, still in cache
+                        u0 = bounds[p]
+                        u1 = bounds[p + 1]
+                        copy2(OUTK[t, :, u0:u1], OUT[t, :, u0:u1])
                     if direct and s + 1 < T:
                         _next_input(X, XT, t - 1 if reverse else t + 1, (s + 1) % 2, p, parts)
                     finish(finished, slot)
@@ -343,8 +349,8 @@ def _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, mas
 
 def _forward_driver(loop):
     def lstm_forward_t(X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, mask, has_mask,
-                       reverse, keep, h0, c0, P, Z, OUT, CT, HP, CPT, hT, cT, hnew, hs, cs,
-                       scratch, bounds, Wp, w_off, fold, table, ids, direct, Wx, XT, Wxp, wx_off):
+                       reverse, keep, h0, c0, P, Z, OUT, OUTK, CT, HP, CPT, hT, cT, hnew, hs, cs,
+                       scratch, bounds, Wp, w_off, fold, table, ids, direct, XT, Wxp, wx_off):
         """The whole sequence. W_ih, bias and Z rows in the parts' order (see the module doc);
         W_hh as the layer holds it, ``order``: its rows in the parts' order.
 
@@ -352,15 +358,18 @@ def _forward_driver(loop):
         Z (T, GH, B) with ``keep`` (the gate activations afterwards) else (1, GH, B). CT (T, H, B)
         computed cell states with ``keep``, else (2, H, B). HP (T, B, H), CPT (T, H, B): the
         state before each step (``keep`` with a mask). hT (2, H, B), cT, hnew (H, B): work.
-        hs, cs (B, H): the final state on return.
+        hs, cs (B, H): the final state on return. OUT (T, B, H): the output h of every step;
+        with ``keep`` also written to OUTK (T, B, H), the copy that backward reads (the caller
+        may change OUT in place), else OUTK is not used.
         wexp (3, H, B): peephole weights i, f, o per element. scratch (parts, 3, max units * B).
         bounds (parts + 1,): the unit ranges of the parts. Wp, w_off (parts,): room for W_hh,
         packed part by part (``packed.pack_rows``), and where each part's rows start.
         fold: X[t, b] is row ids[t, b] of an embedding E, and table (GH, V) = W_ih E^T + b (rows
         in the layer's order) replaces the input projection (see ``recurrence.lstm_forward``).
-        direct: no P (nor Wp); instead Wx (GH, D + 1 + H) = [W_ih | b | W_hh] (the layer's
-        order), packed part by part into Wxp at wx_off (parts,), and XT (2, D + 1, B) for x_t^T,
-        last row ones: each step's pre-activations are one packed product (``_forward_part``).
+        direct: no P (nor Wp); instead [W_ih | b | W_hh] (W_ih and bias then in the layer's
+        order, like W_hh), packed part by part into Wxp at wx_off (parts,)
+        (``packed.pack_rows_stacked``), and XT (2, D + 1, B) for x_t^T, last row ones: each
+        step's pre-activations are one packed product (``_forward_part``).
         """
         T = X.shape[0]
         parts = bounds.shape[0] - 1
@@ -370,8 +379,8 @@ def _forward_driver(loop):
         finished = np.zeros(2 * T + 1, dtype=np.int64)
         for w in loop(parts):  # one region: every worker runs the time loop (see sync.py)
             _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, mask, has_mask,
-                            reverse, keep, h0, P, Z, OUT, CT, HP, CPT, hT, cT, hnew, scratch,
-                            bounds, Wp, w_off, fold, table, ids, claimed, finished, direct, Wx, XT,
+                            reverse, keep, h0, P, Z, OUT, OUTK, CT, HP, CPT, hT, cT, hnew, scratch,
+                            bounds, Wp, w_off, fold, table, ids, claimed, finished, direct, XT,
                             Wxp, wx_off)
         if not has_mask:
             last = 0 if reverse else T - 1

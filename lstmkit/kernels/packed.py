@@ -356,6 +356,41 @@ def pack_rows(A, order, r0, r1, out, off):
 
 
 @njit(**_OPTS)
+def pack_rows_stacked(A, b, A2, order, r0, r1, out, off):
+    """``pack_rows`` of the matrix [A | b | A2] (A (M, K), b (M,), A2 (M, K2)) without building
+    it: rows r0 .. r1-1 of its rows in ``order``, into out[off : off + packed_size(r1 - r0,
+    K + 1 + K2)] (the LSTM's direct steps: [W_ih | b | W_hh], see ``lstm_t``)."""
+    K = A.shape[1]
+    K2 = A2.shape[1]
+    KS = K + 1 + K2
+    M = r1 - r0
+    tiles = (M + TILE - 1) // TILE
+    for t in range(tiles):
+        base = off + t * KS * TILE
+        first = r0 + t * TILE
+        if first + TILE <= r1 and _consecutive(order, first, TILE):
+            src = order[first]
+            transpose_into(out[base:base + K * TILE].reshape(K, TILE), A[src:src + TILE])
+            for r in range(TILE):
+                out[base + K * TILE + r] = b[src + r]
+            start = base + (K + 1) * TILE
+            transpose_into(out[start:start + K2 * TILE].reshape(K2, TILE), A2[src:src + TILE])
+            continue
+        for r in range(TILE):
+            row = first + r
+            if row < r1:
+                src = order[row]
+                for k in range(K):
+                    out[base + k * TILE + r] = A[src, k]
+                out[base + K * TILE + r] = b[src]
+                for k in range(K2):
+                    out[base + (K + 1 + k) * TILE + r] = A2[src, k]
+            else:
+                for k in range(KS):
+                    out[base + k * TILE + r] = 0.0
+
+
+@njit(**_OPTS)
 def pack_columns(A, order, c0, c1, out, off):
     """Pack rows c0 .. c1-1 of (A[order])^T, i.e. columns c0 .. c1-1 of A with its rows
     permuted (A (K, N)), into out[off : off + packed_size(c1 - c0, K)]: the transpose is

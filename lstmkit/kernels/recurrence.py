@@ -262,18 +262,14 @@ def _lstm_forward_t(cell: LSTMCell, x: Array, wih: Array, whh: Array, bias: Arra
     layout = _parts_layout(G, H, parts)
     bounds, perm = layout.bounds, layout.perm
     direct = not fold and direct_projection(B, D, H, G, parts)
-    if direct:  # [W_ih | b | W_hh] in the layer's order (packed in the parts' order by the kernel)
-        Wx = np.empty((GH, D + 1 + H), dtype=dtype)
-        Wx[:, :D] = wih
-        Wx[:, D] = bias
-        Wx[:, D + 1:] = whh
+    if direct:  # W_ih, b, W_hh in the layer's order (packed as [W_ih | b | W_hh] by the kernel)
         XT = np.empty((2, D + 1, B), dtype=dtype)
         XT[:, D, :] = 1.0
         wx_off, wx_size = _input_offsets(G, H, parts, D + 1 + H)
         Wxp = np.empty(wx_size, dtype=np.float32)
         P, Wp = _dummy(dtype, 3), _dummy(dtype, 1)
     else:
-        Wx, XT, Wxp, wx_off = _dummy(dtype, 2), _dummy(dtype, 3), _dummy(dtype, 1), layout.w_off
+        XT, Wxp, wx_off = _dummy(dtype, 3), _dummy(dtype, 1), layout.w_off
         if perm is not None and not fold:  # folded, the table replaces W_ih and the bias
             wih, bias = np.take(wih, perm, axis=0), np.take(bias, perm)
         Tc = _chunk_steps(T, B, GH, dtype.itemsize)
@@ -281,6 +277,8 @@ def _lstm_forward_t(cell: LSTMCell, x: Array, wih: Array, whh: Array, bias: Arra
         Wp = np.empty(layout.w_size, dtype=np.float32)
     Z = np.empty((T if keep else 1, GH, B), dtype=dtype)
     out = np.empty((T, B, H), dtype=dtype)
+    # the cache's own h sequence (the caller may modify `out`), written by the kernel alongside
+    out_kept = np.empty((T, B, H), dtype=dtype) if keep else _dummy(dtype, 3)
     CT = np.empty((T if keep else 2, H, B), dtype=dtype)
     if keep and has_mask:
         HP = np.empty((T, B, H), dtype=dtype)
@@ -299,16 +297,15 @@ def _lstm_forward_t(cell: LSTMCell, x: Array, wih: Array, whh: Array, bias: Arra
     run = _lstm_t.lstm_forward_t if parts > 1 else _lstm_t.lstm_forward_t_serial
     with threads.blas_single_threaded():
         run(x, wih, whh, layout.order, bias, cell.bias, wexp, gidx,
-            cell.coupled_input_forget, mask_arr, has_mask, reverse, keep, h0, c0, P, Z, out, CT, HP,
-            CPT, hT, cT, hnew, hs, cs, scratch, bounds, Wp, layout.w_off, fold, table, ids,
-            direct, Wx, XT, Wxp, wx_off)
+            cell.coupled_input_forget, mask_arr, has_mask, reverse, keep, h0, c0, P, Z, out,
+            out_kept, CT, HP, CPT, hT, cT, hnew, hs, cs, scratch, bounds, Wp, layout.w_off, fold,
+            table, ids, direct, XT, Wxp, wx_off)
     cache = None
     if keep:
-        cache = {"kind": "lstm", "layout": "batch-inner", "x": x, "Z": Z, "out": out,
+        cache = {"kind": "lstm", "layout": "batch-inner", "x": x, "Z": Z, "out": out_kept,
                  "C": CT, "HP": HP, "CP": CPT, "h0": h0, "c0": c0, "mask": mask_arr,
                  "has_mask": has_mask, "reverse": reverse, "gidx": gidx, "parts": parts,
                  "rows_of": (ids, E) if fold else None}
-        out = out.copy()
     return out, (hs, cs), cache
 
 

@@ -200,9 +200,10 @@ def busy_elsewhere() -> int:
 _busy_cache = [-1.0, 0, 0]
 
 
-def _busy_recently(max_age: float = 0.05) -> int:
+def _busy_recently(max_age: float = 0.25) -> int:
     """``busy_elsewhere()``, re-read at most every ``max_age`` seconds (reading /proc costs
-    tens of microseconds, as much as a small step), and the smaller of the last two readings:
+    tens of microseconds, as much as a small step, and 0.2-0.5 ms right after a kernel call has
+    pushed the interpreter out of the caches), and the smaller of the last two readings:
     a kernel thread or a short process that happens to be running at one reading does not
     switch the kernels to serial."""
     import time
