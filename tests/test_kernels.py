@@ -283,12 +283,19 @@ def test_backward_twice_accumulates(layout):
 
 @pytest.mark.parametrize("H, B, masked, reverse", [(4, 2, False, False), (64, 16, False, True),
                                                     (64, 16, True, False), (128, 1, False, False)])
-def test_output_is_not_the_cache(H, B, masked, reverse):
+def test_output_is_not_the_cache(H, B, masked, reverse, monkeypatch):
     """Changing the returned output in place does not change what backward computes (a
-    single thread and, from H = 64, steps split over threads; with and without a mask)."""
+    single thread and, from H = 64, steps split over two threads; with and without a mask)."""
+    from lstmkit.kernels import threads
+
+    monkeypatch.setattr(threads, "kernel_threads", lambda: 2)
+    monkeypatch.setattr(threads, "_has_fast_pool", lambda: True)
+    monkeypatch.setattr(threads, "ADAPT_TO_LOAD", False)
+    monkeypatch.setattr(threads, "_parallel_pid", None)
     cell = LSTMCell(3, H)
     p, x, state0, mask, d_out, d_state = random_problem(cell, np.float32, 5, B, masked, 8)
     out, _, cache = FUSED.forward(cell, p, x, state0, mask, reverse, True)
+    assert cache["parts"] == (1 if H < 64 else 2)
     grads = {name: np.zeros_like(v) for name, v in p.items()}
     dx1, _ = FUSED.backward(cell, p, cache, d_out, d_state, grads)
     out[...] = 1e3
