@@ -326,18 +326,16 @@ def _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, mas
             for q in range(parts):
                 p = claim(claimed, slot, w, q, parts)
                 if p >= 0:
-                    if has_mask and keep:  # the state before the step, this part's units
-                        u0 = bounds[p]
-                        u1 = bounds[p + 1]
+                    u0 = bounds[p]  # this part's units
+                    u1 = bounds[p + 1]
+                    if has_mask and keep:  # the state before the step
                         transpose_into(HP[t, :, u0:u1], hprev[u0:u1])
                         copy2(CPT[t, u0:u1], cT[u0:u1])
-                    _forward_part(bounds[p], bounds[p + 1], G, gidx, cifg, zt, P, zs, Wp, w_off[p],
-                                  hprev, cprev, CT[cslot], hout, OUT, t, wexp, scratch[p], mask,
-                                  has_mask, hstate, cT, fold, table, ids, order, direct,
-                                  XT[s % 2], Wxp, wx_off[p])
+                    _forward_part(u0, u1, G, gidx, cifg, zt, P, zs, Wp, w_off[p], hprev, cprev,
+                                  CT[cslot], hout, OUT, t, wexp, scratch[p], mask, has_mask,
+                                  hstate, cT, fold, table, ids, order, direct, XT[s % 2], Wxp,
+                                  wx_off[p])
                     if keep:  # the cache's own copy of this part's outputs, still in cache
-                        u0 = bounds[p]
-                        u1 = bounds[p + 1]
                         copy2(OUTK[t, :, u0:u1], OUT[t, :, u0:u1])
                     if direct and s + 1 < T:
                         _next_input(X, XT, t - 1 if reverse else t + 1, (s + 1) % 2, p, parts)

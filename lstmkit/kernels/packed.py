@@ -330,64 +330,51 @@ def _consecutive(order, first, n):
 
 
 @njit(**_OPTS)
+def _pack_tile(A, order, first, r1, tile):
+    """tile (K, 16) = rows first .. first + 15 of A[order] (A (M, K)), transposed; rows from r1
+    on are zeros. 16 consecutive rows of A are one 8 x 8-block transpose."""
+    if first + TILE <= r1 and _consecutive(order, first, TILE):
+        transpose_into(tile, A[order[first]:order[first] + TILE])
+        return
+    for r in range(TILE):
+        row = first + r
+        if row < r1:
+            src = order[row]
+            for k in range(A.shape[1]):
+                tile[k, r] = A[src, k]
+        else:
+            for k in range(A.shape[1]):
+                tile[k, r] = 0.0
+
+
+@njit(**_OPTS)
 def pack_rows(A, order, r0, r1, out, off):
     """Pack rows r0 .. r1-1 of A[order] (A (M, K), ``order`` a row permutation of A) into
     out[off : off + packed_size(r1 - r0, K)]."""
     K = A.shape[1]
-    M = r1 - r0
-    tiles = (M + TILE - 1) // TILE
+    tiles = (r1 - r0 + TILE - 1) // TILE
     for t in range(tiles):
         base = off + t * K * TILE
-        first = r0 + t * TILE
-        if first + TILE <= r1 and _consecutive(order, first, TILE):
-            # 16 whole rows of A, one after the other: the tile is their transpose
-            transpose_into(out[base:base + K * TILE].reshape(K, TILE),
-                           A[order[first]:order[first] + TILE])
-            continue
-        for r in range(TILE):
-            row = first + r
-            if row < r1:
-                src = order[row]
-                for k in range(K):
-                    out[base + k * TILE + r] = A[src, k]
-            else:
-                for k in range(K):
-                    out[base + k * TILE + r] = 0.0
+        _pack_tile(A, order, r0 + t * TILE, r1, out[base:base + K * TILE].reshape(K, TILE))
 
 
 @njit(**_OPTS)
 def pack_rows_stacked(A, b, A2, order, r0, r1, out, off):
     """``pack_rows`` of the matrix [A | b | A2] (A (M, K), b (M,), A2 (M, K2)) without building
     it: rows r0 .. r1-1 of its rows in ``order``, into out[off : off + packed_size(r1 - r0,
-    K + 1 + K2)] (the LSTM's direct steps: [W_ih | b | W_hh], see ``lstm_t``)."""
+    K + 1 + K2)] (the LSTM's direct steps: [W_ih | b | W_hh], see ``lstm_t``): each (K + 1 + K2,
+    16) tile is the (K, 16), (1, 16) and (K2, 16) tiles of the three pieces, one after another."""
     K = A.shape[1]
-    K2 = A2.shape[1]
-    KS = K + 1 + K2
-    M = r1 - r0
-    tiles = (M + TILE - 1) // TILE
+    KS = K + 1 + A2.shape[1]
+    bcol = b.reshape(b.shape[0], 1)
+    tiles = (r1 - r0 + TILE - 1) // TILE
     for t in range(tiles):
         base = off + t * KS * TILE
+        tile = out[base:base + KS * TILE].reshape(KS, TILE)
         first = r0 + t * TILE
-        if first + TILE <= r1 and _consecutive(order, first, TILE):
-            src = order[first]
-            transpose_into(out[base:base + K * TILE].reshape(K, TILE), A[src:src + TILE])
-            for r in range(TILE):
-                out[base + K * TILE + r] = b[src + r]
-            start = base + (K + 1) * TILE
-            transpose_into(out[start:start + K2 * TILE].reshape(K2, TILE), A2[src:src + TILE])
-            continue
-        for r in range(TILE):
-            row = first + r
-            if row < r1:
-                src = order[row]
-                for k in range(K):
-                    out[base + k * TILE + r] = A[src, k]
-                out[base + K * TILE + r] = b[src]
-                for k in range(K2):
-                    out[base + (K + 1 + k) * TILE + r] = A2[src, k]
-            else:
-                for k in range(KS):
-                    out[base + k * TILE + r] = 0.0
+        _pack_tile(A, order, first, r1, tile[:K])
+        _pack_tile(bcol, order, first, r1, tile[K:K + 1])
+        _pack_tile(A2, order, first, r1, tile[K + 1:])
 
 
 @njit(**_OPTS)
