@@ -3,7 +3,7 @@
 For each shape (T, B, D, H) of the standard grid, runs T steps of ``Z^T += W_hh h^T`` the way the
 batch-inner LSTM kernels do (the rows split over the same parts as a layer uses, each part one
 call per step), once with a BLAS call per part and step and once with
-``lstmkit.kernels.packed.packed_gemm`` on weights packed beforehand, alternating, and prints
+``lstmkit.engine.kernels.packed.packed_gemm`` on weights packed beforehand, alternating, and prints
 the best of N rounds, GFLOP/s and the speed-up. Run from the repository root:
 
     python benchmarks/bench_packed.py [--rounds 21] [--shapes "100,16,128,256;35,20,650,650"]
@@ -17,10 +17,12 @@ import time
 import numpy as np
 from numba import njit, prange
 
-from lstmkit.kernels import threads
-from lstmkit.kernels.benchmark import GRID, parse_shapes
-from lstmkit.kernels.blas import gemm
-from lstmkit.kernels.packed import pack_rows, packed_gemm, packed_size
+from lstmkit.benchmark import GRID, parse_shapes
+from lstmkit.cells import LSTMCell
+from lstmkit.engine.kernels import threads
+from lstmkit.engine.kernels.blas import gemm
+from lstmkit.engine.kernels.packed import pack_rows, packed_gemm, packed_size
+from lstmkit.engine.plan import choose_plan
 
 
 @njit(parallel=True, nogil=True)
@@ -45,12 +47,12 @@ def main() -> None:
     ap.add_argument("--shapes", default=None, help="T,B,D,H;... (default: the standard grid)")
     args = ap.parse_args()
     shapes = parse_shapes(args.shapes) if args.shapes else GRID
-    threads.ADAPT_TO_LOAD = False  # the layers' split, whatever the machine's load right now
     G = 4
     print("shape (T,B,D,H)      parts | BLAS ms  GF/s | packed ms  GF/s | speed-up")
     for T, B, D, H in shapes:
         rng = np.random.default_rng(0)
-        parts = threads.parts_for(B, H, G)
+        parts = choose_plan(LSTMCell(D, H), np.float32, T, B, keep=True,
+                            threads=threads.usable_threads()).parts
         rows = G * threads.unit_bounds(H, parts)
         W = rng.standard_normal((G * H, H)).astype(np.float32)
         hT = rng.standard_normal((H, B)).astype(np.float32)

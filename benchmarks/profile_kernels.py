@@ -37,13 +37,12 @@ _CHILD = r"""
 import json, sys, time
 import numpy as np
 import lstmkit
-from lstmkit.kernels import lstm, lstm_t, threads
-from lstmkit.kernels.benchmark import set_threads
+from lstmkit.engine.kernels import lstm, lstm_t
+from lstmkit.benchmark import set_threads
 
 shape, mode, seconds, threads_n, out = sys.argv[1:6]
 T, B, D, H = map(int, shape.split(","))
 set_threads(int(threads_n))
-threads.ADAPT_TO_LOAD = False
 rng = np.random.default_rng(0)
 layer = lstmkit.LSTM(D, H, seed=0)
 x = rng.standard_normal((T, B, D)).astype(np.float32)
@@ -84,7 +83,7 @@ _JIT_REACH = 1 << 20  # a sample further than this past the nearest function sta
 
 
 def demangle(name: str) -> str:
-    """``_ZN7lstmkit7kernels6lstm_t14_backward_partB3v64...`` -> ``lstmkit.kernels.lstm_t.
+    """``_ZN7lstmkit7kernels6lstm_t14_backward_partB3v64...`` -> ``lstmkit.engine.kernels.lstm_t.
     _backward_part`` (the qualified name in Numba's Itanium-style mangling; anything else is
     returned as it is)."""
     if not name.startswith("_ZN"):

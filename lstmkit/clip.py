@@ -34,9 +34,9 @@ def total_norm(grads: Mapping[str, Array] | Iterable[Array] | Array,
                norm_type: float = 2.0) -> float:
     """The norm of all gradients taken together as one vector (``inf`` = max-abs).
 
-    With the fused kernels on (``lstmkit.kernels``, the default), the 2-norm of float32/float64
-    C-contiguous arrays is computed by ``lstmkit.kernels.norms`` (one pass, no float64 copy),
-    equal to this definition to rounding (~1e-15 relative).
+    With the kernels on (the default), the 2-norm of float32/float64 C-contiguous arrays is
+    computed by ``lstmkit.engine.kernels.norms`` (one pass, no float64 copy), equal to this
+    definition to rounding (~1e-15 relative).
     """
     arrays = _arrays(grads)
     if not arrays:
@@ -55,11 +55,11 @@ def total_norm(grads: Mapping[str, Array] | Iterable[Array] | Array,
 
 
 def _fused_2_norm(arrays: list[Array]) -> float | None:
-    """The 2-norm of all arrays together from ``lstmkit.kernels.norms`` (one pass per array,
+    """The 2-norm of all arrays together from ``lstmkit.engine.kernels.norms`` (one pass per array,
     float64 sums of squares), or None when the kernels are off or an array does not qualify
     (float32/float64, C-contiguous). NaN and infinity propagate as in ``np.linalg.norm``
     (which also sums unscaled squares: float64 elements beyond 1e154 overflow in both)."""
-    from lstmkit import kernels
+    from lstmkit.engine import kernels
 
     norms = kernels.fast_path("norms", *arrays)
     if norms is None:

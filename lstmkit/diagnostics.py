@@ -13,13 +13,13 @@ Three pictures from the literature, for any ``lstmkit.LSTM``, ``GRU`` or ``RNN``
 3. **Gate heatmaps over text**: a gate's value at each character of a sentence, e.g. the forget
    gate over the study note's 「映画おもしろかったね。ところで、とてもお腹が空いたから何か」.
 
-How per-step gradients are obtained: every function here reruns the layer's forward pass with
-the reference time loop (``lstmkit.recurrence.ReferenceRecurrence``) on the layer's own cells
-and parameters, then walks the steps backwards calling each cell's ``backward``, exactly as
-``ReferenceRecurrence.backward`` does, recording the gradient that arrives at every step. The
-layer itself is left untouched: its cache (so a pending ``backward``), its accumulated
-``grads`` and the state a ``stateful`` layer carries stay as they were. Dropout between layers
-is off (evaluation semantics), so the results are deterministic.
+How per-step gradients are obtained: every function here traces the layer's forward pass
+(``RecurrentLayer.trace``: the reference time loop on the layer's own cells and parameters,
+every step's cache kept), then walks the steps backwards calling each cell's ``backward``,
+exactly as ``ReferenceRecurrence.backward`` does, recording the gradient that arrives at every
+step. The layer itself is left untouched: its cache (so a pending ``backward``), its
+accumulated ``grads`` and the state a ``stateful`` layer carries stay as they were. Dropout
+between layers is off (evaluation semantics), so the results are deterministic.
 
 Plots are drawn on a ``matplotlib.figure.Figure`` with the Agg canvas (no ``pyplot``, no
 global backend switch, no display needed) and written as PNG.
@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from lstmkit.cells import GRUCell, LSTMCell
-from lstmkit.recurrence import ReferenceRecurrence
+from lstmkit.layers import TraceStream
 
 Array = np.ndarray
 PathLike = str | os.PathLike
@@ -48,62 +48,7 @@ PathLike = str | os.PathLike
 SATURATION_LOW = 0.1
 SATURATION_HIGH = 0.9
 
-_REFERENCE = ReferenceRecurrence()
-
-
 # -- running a layer step by step ---------------------------------------------------------------
-
-
-@dataclass
-class _Stream:
-    """One layer and direction of a forward run: its cell, parameters and reference cache."""
-
-    name: str  # "l0", "l0_reverse", ...
-    cell: Any
-    params: dict[str, Array]
-    cache: dict[str, Any]  # ReferenceRecurrence's: {"steps", "caches", "mask"}
-
-
-@dataclass
-class _Run:
-    streams: list[_Stream]
-    output: Array  # (T, B, nd * H), time-major
-    T: int
-    B: int
-    unbatched: bool
-    mask: Array | None  # (T, B) bool
-
-
-def _stream_name(k: int, d: int) -> str:
-    return f"l{k}{'_reverse' if d == 1 else ''}"
-
-
-def _forward(layer: Any, x: Any, state: Any = None, lengths: Any = None) -> _Run:
-    """The layer's forward pass with the reference loop, keeping every step's cache.
-
-    Uses the layer's own input checks, so ``x`` is in the layer's layout (``(T, B, D)``,
-    ``(B, T, D)`` with ``batch_first``, or unbatched ``(T, D)``) and ``state`` as the layer
-    takes it (None: zeros, or the carried state of a ``stateful`` layer, which is read only).
-    """
-    x3, unbatched = layer._check_input(x)
-    T, B, _ = x3.shape
-    mask = layer._lengths_mask(lengths, T, B)
-    state0 = layer._initial_state(state, B, unbatched)
-    nd = layer.num_directions
-    streams = []
-    layer_in = x3
-    for k, cell in enumerate(layer._cells):
-        outs = []
-        for d in range(nd):
-            j = k * nd + d
-            params = layer._direction(layer.params, k, d)
-            out, _, cache = _REFERENCE.forward(
-                cell, params, layer_in, tuple(s[j] for s in state0), mask, d == 1, True
-            )
-            outs.append(out)
-            streams.append(_Stream(_stream_name(k, d), cell, params, cache))
-        layer_in = outs[0] if nd == 1 else np.concatenate(outs, axis=2)
-    return _Run(streams, layer_in, T, B, unbatched, mask)
 
 
 # -- 1. gradient flow through time -------------------------------------------------------------
@@ -149,7 +94,7 @@ def _carousel_gradient(cell: LSTMCell, p: dict[str, Array], step: dict[str, Arra
     return dc_total
 
 
-def _backward_stream(stream: _Stream, d_out: Array, d_final: tuple[Array, ...],
+def _backward_stream(stream: TraceStream, d_out: Array, d_final: tuple[Array, ...],
                      ) -> tuple[Array, Array | None, Array]:
     """BPTT through one stream, recording the gradient at every step.
 
@@ -198,26 +143,19 @@ def gradient_flows(layer: Any, x: Any, loss_step: int = -1, *, d_output: Any = N
     reaches it through the layers above. Limits: no ``lengths`` (padded batches), and dropout
     is off. The layer's cache, grads and carried state are not touched.
     """
-    run = _forward(layer, x, state)
-    T, B, unbatched = run.T, run.B, run.unbatched
+    run = layer.trace(x, state)
+    T, B = run.shape
     H, nd, L = layer.hidden_size, layer.num_directions, layer.num_layers
     if d_output is None:
         step = _resolve_step(loss_step, T)
         d_out = np.zeros((T, B, nd * H), dtype=layer.dtype)
         d_out[step] = 1.0
     else:
-        d_out = layer._check_array(d_output, "d_output")
-        expected = layer._to_user(run.output, unbatched).shape
-        if d_out.shape != expected:
-            raise ValueError(f"d_output has shape {d_out.shape}, expected {expected}")
-        d_out = layer._from_user(d_out, unbatched)
+        d_out = run.d_output(d_output)
         nonzero = np.flatnonzero(np.any(d_out != 0, axis=(1, 2)))
         step = int(nonzero[-1]) if nonzero.size else T - 1
-    n_states = len(layer._state_names)
-    if d_state is None:
-        d_fin = tuple(np.zeros((L * nd, B, H), dtype=layer.dtype) for _ in range(n_states))
-    else:
-        d_fin = layer._initial_state(d_state, B, unbatched, label="d{}_n")
+    d_fin = run.d_state(d_state)
+    if d_state is not None:
         step = T - 1 if any(np.any(s != 0) for s in d_fin) else step
 
     flows: dict[str, GradientFlow] = {}
@@ -355,10 +293,10 @@ def gate_statistics(layer: Any, x: Any, lengths: Any = None, *, state: Any = Non
             thresholds only mean saturation for sigmoids.
         low, high: saturation thresholds.
     """
-    run = _forward(layer, x, state, lengths)
+    run = layer.trace(x, state, lengths)
     result: dict[str, dict[str, GateStatistics]] = {}
     for stream in run.streams:
-        sequences = _REFERENCE.gate_sequences(stream.cell, stream.cache)
+        sequences = stream.gates()
         names = tuple(gates) if gates is not None else sigmoid_gates(stream.cell)
         if not names:
             raise ValueError(f"the {layer.mode} has no gates to measure")
@@ -382,12 +320,11 @@ def gate_per_step(layer: Any, inputs: Any, gate: str, stream: str = "l0",
     array = np.asarray(inputs)
     if array.ndim != 2:
         raise ValueError(f"inputs must be one sequence (T, D), got shape {array.shape}")
-    run = _forward(layer, array, state)
+    run = layer.trace(array, state)
     names = [s.name for s in run.streams]
     if stream not in names:
         raise KeyError(f"no stream {stream!r} in this {layer.mode}; it has {names}")
-    found = run.streams[names.index(stream)]
-    sequences = _REFERENCE.gate_sequences(found.cell, found.cache)
+    sequences = run.streams[names.index(stream)].gates()
     if gate not in sequences:
         raise ValueError(f"the {layer.mode} has no gate {gate!r}; it has {sorted(sequences)}")
     return sequences[gate][:, 0]

@@ -17,18 +17,18 @@ PyTorch module's ``load_state_dict`` takes ours and gives the same outputs.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from lstmkit.cells import GRUCell, LSTMCell, RNNCell
+from lstmkit.engine import ENGINE, Plan, ReferenceRecurrence, plan_of
 from lstmkit.grad_mode import is_grad_enabled
-from lstmkit.kernels import ReferenceRecurrence, select_recurrence
 from lstmkit.nn.module import Module, resolve_rng
 
 Array = np.ndarray
-
-REFERENCE = ReferenceRecurrence()
+_REFERENCE = ReferenceRecurrence()
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -64,6 +64,59 @@ def _real(name: str, value: Any) -> float:
     if not np.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value!r}")
     return float(value)
+
+
+@dataclass
+class TraceStream:
+    """One layer and direction of a traced forward pass (``RecurrentLayer.trace``).
+
+    ``cache`` is the reference loop's: ``{"steps": [t, ...] in the order they ran, "caches":
+    {t: the cell's forward cache at step t (its gates, c, ...)}, "mask": (T, B) or None}``.
+    """
+
+    name: str  # "l0", "l0_reverse", "l1", ...
+    cell: Any
+    params: dict[str, Array]  # the layer's live parameters, under the cell's short names
+    cache: dict[str, Any]
+
+    def gates(self) -> dict[str, Array]:
+        """Every gate's value (and the LSTM's c) at every step, each (T, B, H)."""
+        return _REFERENCE.gate_sequences(self.cell, self.cache)
+
+
+@dataclass
+class LayerTrace:
+    """A forward pass run step by step on the reference loop, every step's cache kept."""
+
+    layer: RecurrentLayer
+    streams: list[TraceStream]  # layer-major: l0, l0_reverse, l1, ...
+    output: Array  # (T, B, nd * H), time-major
+    mask: Array | None  # (T, B) bool, False past a sequence's length
+    unbatched: bool
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(T, B)."""
+        return self.output.shape[0], self.output.shape[1]
+
+    def d_output(self, d_output: Any) -> Array:
+        """A gradient shaped like the layer's output (user's layout) -> (T, B, nd * H)."""
+        layer = self.layer
+        d_out = layer._check_array(d_output, "d_output")
+        expected = layer._to_user(self.output, self.unbatched).shape
+        if d_out.shape != expected:
+            raise ValueError(f"d_output has shape {d_out.shape}, expected {expected}")
+        return layer._from_user(d_out, self.unbatched)
+
+    def d_state(self, d_state: Any) -> tuple[Array, ...]:
+        """A gradient shaped like the returned state (zeros if None) -> per state part,
+        (num_layers * nd, B, H)."""
+        layer = self.layer
+        B = self.shape[1]
+        if d_state is None:
+            shape = (layer.num_layers * layer.num_directions, B, layer.hidden_size)
+            return tuple(np.zeros(shape, dtype=layer.dtype) for _ in layer._state_names)
+        return layer._initial_state(d_state, B, self.unbatched, label="d{}_n")
 
 
 class RecurrentLayer(Module):
@@ -109,7 +162,11 @@ class RecurrentLayer(Module):
         self.num_directions = 2 if bidirectional else 1
         self.dtype = _as_dtype(dtype)
         self.stateful = bool(stateful)
-        self.recurrence: Any = select_recurrence(fast)  # fused kernels unless fast=False
+        # the engine (one call per layer and direction); an experiment may put a recurrence
+        # of its own here (``ReferenceRecurrence``'s interface), e.g. a truncated gradient
+        self.recurrence: Any = ENGINE
+        self._pin: Plan | str | dict[str, Any] | None = None if fast else "reference"
+        self.last_plans: dict[str, Plan] = {}
         self._rng = resolve_rng(seed)
         self._cells = [
             self._make_cell(self.input_size if k == 0 else self.num_directions * self.hidden_size)
@@ -147,6 +204,53 @@ class RecurrentLayer(Module):
                 for block in range(value.shape[0] // H):
                     q, r = np.linalg.qr(self._rng.standard_normal((H, H)))
                     value[block * H : (block + 1) * H] = q * np.sign(np.diag(r))
+
+    # -- looking inside ---------------------------------------------------------------------------
+
+    def trace(self, x: Any, state: Any = None, lengths: Any = None) -> LayerTrace:
+        """Run the forward pass on the readable reference loop, keeping every step's cache.
+
+        Takes what ``forward`` takes (``x`` in the layer's layout; ``state`` None means zeros,
+        or the carried state of a ``stateful`` layer, read only). Dropout between layers is
+        off. The layer is left untouched: its cache (a pending ``backward``), ``grads`` and
+        carried state stay as they were. ``lstmkit.diagnostics`` walks these caches back.
+        """
+        x3, unbatched = self._check_input(x)
+        T, B, _ = x3.shape
+        mask = self._lengths_mask(lengths, T, B)
+        state0 = self._initial_state(state, B, unbatched)
+        nd = self.num_directions
+        streams = []
+        layer_in = x3
+        for k, cell in enumerate(self._cells):
+            outs = []
+            for d in range(nd):
+                params = self._direction(self.params, k, d)
+                out, _, cache = _REFERENCE.forward(cell, params, layer_in,
+                                                   tuple(s[k * nd + d] for s in state0), mask,
+                                                   d == 1, True)
+                outs.append(out)
+                streams.append(TraceStream(f"l{k}{'_reverse' if d else ''}", cell, params,
+                                           cache))
+            layer_in = outs[0] if nd == 1 else np.concatenate(outs, axis=2)
+        return LayerTrace(self, streams, layer_in, mask, unbatched)
+
+    # -- plans ----------------------------------------------------------------------------------
+
+    def pin_plan(self, plan: Plan | str | dict[str, Any] | None) -> None:
+        """Run every later call on this plan instead of the one the engine chooses.
+
+        ``plan``: a ``lstmkit.engine.Plan``; "reference" (the readable loop, as ``fast=False``);
+        a dict of plan fields that replace the chosen plan's (e.g. ``{"parts": 1}``); or None
+        to let the engine choose again. A plan that cannot run a call's cell, dtype or shape
+        makes that call raise ValueError saying why. ``last_plans`` says what ran.
+        """
+        if plan is not None and not isinstance(plan, (Plan, str, dict)):
+            raise TypeError(f"plan must be a Plan, 'reference', a dict of plan fields or None, "
+                            f"got {type(plan).__name__}")
+        if isinstance(plan, str) and plan != "reference":
+            raise ValueError(f"the only plan named by a string is 'reference', got {plan!r}")
+        self._pin = plan
 
     # -- state and weights -----------------------------------------------------------------------
 
@@ -216,13 +320,14 @@ class RecurrentLayer(Module):
             return_gates: also return ``{"l0": {"i": (T, B, H), ...}, "l0_reverse": ...}``,
                 the value of every gate and of the cell state at every step.
             rows_of: ``(ids, E)`` with ids (T, B) ints and E (V, input_size): a promise that
-                ``x = E[ids]`` (an embedding lookup, as in ``CharLM``). Where the fused
-                kernels can use it (float32 LSTM, B >= 2, V < T * B), the first layer's input
-                projection is taken from the (4H, V) table ``W_ih E^T`` instead of computed
-                for every step, and ``backward`` then returns dL/dE (V, input_size) in place
-                of dL/dx; see ``folds_rows``. Elsewhere it is ignored.
+                ``x = E[ids]`` (an embedding lookup, as in ``CharLM``). Where the engine's plan
+                uses it (float32 LSTM, B >= 2, V < T * B: a "folded" projection), the first
+                layer's input projection is taken from the (4H, V) table ``W_ih E^T`` instead
+                of computed for every step, and ``backward`` then returns dL/dE
+                (V, input_size) in place of dL/dx; see ``folds_rows``. Elsewhere it is ignored.
 
-        Returns: ``(output, state_n)``, or ``(output, state_n, gates)``.
+        Returns: ``(output, state_n)``, or ``(output, state_n, gates)``. The plan each layer
+        and direction ran is in ``last_plans`` ({"l0": Plan, "l0_reverse": ...}).
         """
         x, unbatched = self._check_input(x)
         T, B, _ = x.shape
@@ -233,17 +338,17 @@ class RecurrentLayer(Module):
         L, nd = self.num_layers, self.num_directions
         finals: list[list[Array]] = [[] for _ in self._state_names]
         caches, drop_masks = [], []
+        plans: dict[str, Plan] = {}
         layer_in = x
         for k, cell in enumerate(self._cells):
             outs = []
             for d in range(nd):
                 j = k * nd + d
-                args = (cell, self._direction(self.params, k, d), layer_in,
-                        tuple(s[j] for s in state0), mask, d == 1, keep or return_gates)
-                if fold is not None and k == 0:
-                    out, final, cache = self.recurrence.forward(*args, rows_of=fold)
-                else:
-                    out, final, cache = self.recurrence.forward(*args)
+                out, final, cache = self.recurrence.forward(
+                    cell, self._direction(self.params, k, d), layer_in,
+                    tuple(s[j] for s in state0), mask, d == 1, keep or return_gates,
+                    rows_of=fold if k == 0 else None, plan=self._pin)
+                plans[f"l{k}{'_reverse' if d else ''}"] = plan_of(cache)
                 outs.append(out)
                 caches.append(cache)
                 for n, s in enumerate(final):
@@ -257,13 +362,15 @@ class RecurrentLayer(Module):
                 layer_out = layer_out * drop
             drop_masks.append(drop)
             layer_in = layer_out
+        self.last_plans = plans
+        folded = fold is not None and plans["l0"].projection == "folded"
         state_n = tuple(_stack(f) for f in finals)
         if self.stateful:
             self._carried = tuple(s.copy() for s in state_n)
         gates = self._gates(caches, unbatched) if return_gates else None
         self._cache = (
             {"caches": caches, "drop": drop_masks, "mask": mask, "shape": (T, B),
-             "unbatched": unbatched, "folded": fold is not None}
+             "unbatched": unbatched, "folded": folded}
             if keep else None
         )
         output = self._to_user(layer_in, unbatched)
@@ -279,7 +386,8 @@ class RecurrentLayer(Module):
         return self._cache is not None and self._cache["folded"]
 
     def _fold(self, rows_of: Any, x: Array, unbatched: bool) -> tuple[Array, Array] | None:
-        """The checked ``(ids, E)`` if this call folds the lookup into the kernels, else None."""
+        """The checked ``(ids, E)``, or None without ``rows_of`` (the plan decides whether the
+        lookup is folded into the kernels)."""
         if rows_of is None:
             return None
         T, B, D = x.shape
@@ -293,9 +401,6 @@ class RecurrentLayer(Module):
                              f"{(T, B)}, got {ids.dtype} {ids.shape}")
         if E.ndim != 2 or E.shape[1] != D:
             raise ValueError(f"rows_of: E must be (V, {D}), got shape {E.shape}")
-        can_fold = getattr(self.recurrence, "can_fold", None)
-        if can_fold is None or not can_fold(self._cells[0], x.dtype, T, B, E.shape[0]):
-            return None
         return ids, E
 
     def _direction(self, store: dict[str, Array], k: int, d: int) -> dict[str, Array]:

@@ -232,8 +232,8 @@ class Adam(Optimizer):
 
     Buffers: ``exp_avg`` (m), ``exp_avg_sq`` (v), ``max_exp_avg_sq`` (amsgrad only).
 
-    With the fused kernels on (``lstmkit.kernels``, the default), each parameter's update is
-    one compiled pass (``lstmkit.kernels.adam``) with the same result to the bit.
+    With the fused kernels on (``lstmkit.engine.kernels``, the default), each parameter's update is
+    one compiled pass (``lstmkit.engine.kernels.adam``) with the same result to the bit.
     """
 
     _HYPERPARAMETERS = ("lr", "betas", "eps", "weight_decay", "amsgrad")
@@ -284,10 +284,10 @@ class Adam(Optimizer):
         param -= step_size * (exp_avg / denom)
 
     def _update_fused(self, name: str, param: np.ndarray, grad: np.ndarray, lr: float) -> bool:
-        """The same update as ``_update`` in one compiled pass (``lstmkit.kernels.adam``), equal
-        to the bit; False (nothing done) when the kernels are off or the arrays do not qualify
+        """The same update as ``_update`` in one compiled pass (``engine.kernels.adam``), equal to
+        the bit; False (nothing done) when the kernels are off or the arrays do not qualify
         (float32/float64, C-contiguous)."""
-        from lstmkit import kernels
+        from lstmkit.engine import kernels
 
         adam = kernels.fast_path("adam", param, grad)
         if adam is None:

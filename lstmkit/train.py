@@ -58,10 +58,10 @@ from typing import Any
 import numpy as np
 
 from lstmkit.clip import clip_grad_norm
+from lstmkit.engine.kernels.threads import numpy_blas_single_threaded
 from lstmkit.grad_mode import no_grad
 from lstmkit.io import CheckpointError, CheckpointManager, load_checkpoint, rng_to_json
 from lstmkit.io import rng_state_from_json as _rng_state_from_json
-from lstmkit.kernels.threads import numpy_blas_single_threaded
 from lstmkit.models import CELLS, CharLM
 from lstmkit.nn import softmax_cross_entropy
 from lstmkit.optim import Adam

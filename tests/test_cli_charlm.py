@@ -18,8 +18,8 @@ import pytest
 from click.testing import CliRunner
 
 import lstmkit.train as train_module
-from lstmkit import kernels
 from lstmkit.cli import main
+from lstmkit.engine import kernels
 from lstmkit.io import CheckpointManager, load_checkpoint
 from lstmkit.nn import softmax_cross_entropy
 

@@ -1,4 +1,4 @@
-"""The fused paths outside the recurrence (``lstmkit.kernels.linear``, thread-pool hygiene)
+"""The fused paths outside the recurrence (``lstmkit.engine.kernels.linear``, thread-pool hygiene)
 equal their readable NumPy definitions."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lstmkit import kernels
-from lstmkit.kernels import linear, threads
+from lstmkit.engine import kernels
+from lstmkit.engine.kernels import linear, threads
 from lstmkit.nn import Embedding, Linear
 
 RTOL = {np.float32: 2e-5, np.float64: 1e-12}

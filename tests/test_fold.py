@@ -8,19 +8,19 @@ import numpy as np
 import pytest
 
 import lstmkit
-from lstmkit.kernels import recurrence, threads
 from lstmkit.models import CharLM
 
 TOL = {"rtol": 2e-4, "atol": 2e-5}
 
 
 @pytest.fixture(params=[1, 2], ids=["serial", "2-parts"])
-def parts(request, monkeypatch):
-    monkeypatch.setattr(threads, "parts_for_flops", lambda flops: request.param)
+def parts(request):
     return request.param
 
 
-def _run(layer, x, d_out, rows_of=None):
+def _run(layer, x, d_out, rows_of=None, parts=None):
+    if parts is not None:
+        layer.pin_plan({"parts": parts})
     layer.zero_grad()
     out, state = layer(x, rows_of=rows_of)
     dx, d0 = layer.backward(d_out)
@@ -39,9 +39,11 @@ def test_folded_layer_equals_the_layer_on_the_looked_up_rows(options, parts):
     layer = lstmkit.LSTM(D, H, seed=1, **options)
     d_out = rng.standard_normal((T, B, H * (2 if options.get("bidirectional") else 1)))
     d_out = d_out.astype(np.float32)
-    assert recurrence.can_fold(layer._cells[0], np.float32, T, B, V)
-    out, state, dx, d0, grads = _run(layer, x, d_out)
-    out_f, state_f, dE, d0_f, grads_f = _run(layer, x, d_out, rows_of=(ids, E))
+    out, state, dx, d0, grads = _run(layer, x, d_out, parts=parts)
+    assert layer.last_plans["l0"].projection == "direct"
+    out_f, state_f, dE, d0_f, grads_f = _run(layer, x, d_out, rows_of=(ids, E), parts=parts)
+    assert layer.last_plans["l0"].projection == "folded" and layer.folds_rows
+    assert layer.last_plans["l0"].parts == parts
     np.testing.assert_allclose(out_f, out, **TOL)
     for a, b in zip(state_f + d0_f, state + d0):
         np.testing.assert_allclose(a, b, **TOL)
@@ -75,20 +77,20 @@ def test_rows_of_is_checked():
 
 
 @pytest.mark.parametrize("tie", [False, True])
-def test_charlm_gradients_are_the_same_with_and_without_folding(tie, monkeypatch):
+def test_charlm_gradients_are_the_same_with_and_without_folding(tie):
     V, T, B = 11, 12, 4
     rng = np.random.default_rng(5)
     ids = rng.integers(0, V, size=(T, B))
 
     def grads(fold: bool):
-        if not fold:
-            monkeypatch.setattr(recurrence, "can_fold", lambda *a: False)
         model = CharLM(V, hidden_size=16, num_layers=2, embedding_dim=16 if tie else 6,
                        tie_weights=tie, seed=2)
+        if not fold:
+            model.rnn.pin_plan({"projection": "direct"})
         model.zero_grad()
         logits, _ = model(ids)
         model.backward(np.tanh(logits))
-        monkeypatch.undo()
+        assert (model.rnn.last_plans["l0"].projection == "folded") == fold
         return logits, {k: v.copy() for k, v in model.grads.items()}
 
     logits_f, g_f = grads(True)
@@ -106,8 +108,8 @@ def test_folding_with_batch_first_input(parts):
     E = rng.standard_normal((V, D)).astype(np.float32)
     layer = lstmkit.LSTM(D, H, seed=4, batch_first=True)
     d_out = rng.standard_normal((B, T, H)).astype(np.float32)
-    out, _, dx, _, grads = _run(layer, E[ids], d_out)
-    out_f, _, dE, _, grads_f = _run(layer, E[ids], d_out, rows_of=(ids, E))
+    out, _, dx, _, grads = _run(layer, E[ids], d_out, parts=parts)
+    out_f, _, dE, _, grads_f = _run(layer, E[ids], d_out, rows_of=(ids, E), parts=parts)
     assert layer.folds_rows
     np.testing.assert_allclose(out_f, out, **TOL)
     for name in grads:

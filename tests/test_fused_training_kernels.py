@@ -1,4 +1,4 @@
-"""The fused kernels of a training step outside the model (``lstmkit.kernels.softmax``,
+"""The fused kernels of a training step outside the model (``lstmkit.engine.kernels.softmax``,
 ``adam``, ``norms``) equal their readable NumPy definitions (``softmax_cross_entropy``,
 ``Adam._update``, ``clip.total_norm``), serially and split over threads."""
 
@@ -9,9 +9,9 @@ import math
 import numpy as np
 import pytest
 
-from lstmkit import kernels
 from lstmkit.clip import clip_grad_norm, total_norm
-from lstmkit.kernels import adam, norms, softmax, threads
+from lstmkit.engine import kernels
+from lstmkit.engine.kernels import adam, norms, softmax, threads
 from lstmkit.nn import softmax_cross_entropy
 from lstmkit.optim import Adam, AdamW
 

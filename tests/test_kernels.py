@@ -1,6 +1,7 @@
-"""The fused kernels (``lstmkit.kernels``) against the readable reference.
+"""Every plan of the engine (``lstmkit.engine``) against the readable reference.
 
-Every fast path must give what ``ReferenceRecurrence`` gives, to floating-point rounding:
+Every plan that ``candidate_plans`` lists for a problem (the plans ``choose_plan`` can return,
+pinned one by one) must give what ``ReferenceRecurrence`` gives, to floating-point rounding:
 forward outputs, final states, gate sequences, dx, the gradient at the initial state and every
 parameter gradient, for each LSTM variant, GRU and RNN (tanh, relu), with padded sequences,
 in the reverse direction, float32 and float64; and through the layers (stacked,
@@ -19,11 +20,9 @@ import numpy as np
 import pytest
 
 import lstmkit
-from lstmkit import kernels
 from lstmkit.cells import GRUCell, LSTMCell, RNNCell
-from lstmkit.kernels import FUSED
-from lstmkit.kernels import recurrence as fused_recurrence
-from lstmkit.recurrence import ReferenceRecurrence
+from lstmkit.engine import ENGINE, Plan, candidate_plans, choose_plan, kernels
+from lstmkit.engine.reference import ReferenceRecurrence
 
 REF = ReferenceRecurrence()
 RTOL = {np.float32: 1e-5, np.float64: 1e-10}
@@ -41,32 +40,28 @@ LSTM_VARIANTS = [
 ]
 
 
-LAYOUTS = ["row", "batch-inner", "2-parts", "3-parts", "2-parts-panel"]
+class Pinned:
+    """The engine with one plan pinned, in ``ReferenceRecurrence``'s interface."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+
+    def forward(self, cell, p, x, state0, mask, reverse, keep):
+        out, final, cache = ENGINE.forward(cell, p, x, state0, mask, reverse, keep,
+                                           plan=self.plan)
+        assert cache["plan"] == self.plan
+        return out, final, cache if keep else None
+
+    backward = staticmethod(ENGINE.backward)
+    gate_sequences = staticmethod(ENGINE.gate_sequences)
 
 
-@pytest.fixture
-def layout(request, monkeypatch):
-    """Force one code path of the fused LSTM: the row layout (any B), the batch-inner layout
-    on one thread, or split over 2 or 3 parts (threads). The batch-inner ones take the direct
-    input projection for these small tests' batches (B > 1), except "2-parts-panel", which
-    takes the projection panel (the way of wide batches and inputs); "3-parts" reads the gate
-    gradients as panels in backward's per-step product (the way of large G H and B)."""
-    from lstmkit.kernels import threads
-
-    name = request.param
-    if name == "row":
-        monkeypatch.setattr(fused_recurrence, "BATCH_INNER_MIN_B", 10**9)
-        monkeypatch.setattr(fused_recurrence, "SPLIT_SINGLE_SEQUENCE", False)
-    else:
-        monkeypatch.setattr(fused_recurrence, "BATCH_INNER_MIN_B", 1)
-        parts = {"batch-inner": 1, "2-parts": 2, "3-parts": 3, "2-parts-panel": 2}[name]
-        monkeypatch.setattr(threads, "parts_for", lambda B, H, G: min(parts, H))
-        if name.endswith("panel"):
-            monkeypatch.setattr(fused_recurrence, "DIRECT_MAX_FLOATS", 0)
-        if name == "3-parts":  # backward's per-step product on the gate gradients as panels
-            monkeypatch.setattr(fused_recurrence, "BACKWARD_PANELS_MIN_GH", 1)
-            monkeypatch.setattr(fused_recurrence, "BACKWARD_PANELS_MIN_B", 1)
-    return name
+def fused_plans(cell, dtype, T, B, keep=True):
+    """Every plan but the reference that can run this problem."""
+    plans = [plan for plan in candidate_plans(cell, dtype, T, B, keep=keep)
+             if plan.kernel != "reference"]
+    assert plans, "no compiled plan for this problem"
+    return plans
 
 
 def assert_close(actual, expected, dtype, what):
@@ -108,9 +103,20 @@ def random_problem(cell, dtype, T, B, masked, seed, scale=0.5):
 
 
 def compare(cell, dtype, T=6, B=3, masked=False, reverse=False, seed=0):
+    """Every compiled plan for this problem against the reference; returns the plans run."""
     p, x, state0, mask, d_out, d_state = random_problem(cell, dtype, T, B, masked, seed)
     ref = run_recurrence(REF, cell, p, x, state0, mask, reverse, d_out, d_state)
-    fast = run_recurrence(FUSED, cell, p, x, state0, mask, reverse, d_out, d_state)
+    plans = fused_plans(cell, dtype, T, B)
+    for plan in plans:
+        fast = run_recurrence(Pinned(plan), cell, p, x, state0, mask, reverse, d_out, d_state)
+        try:
+            _assert_same(fast, ref, cell, p, dtype)
+        except AssertionError as error:
+            raise AssertionError(f"plan {plan}: {error}") from None
+    return plans
+
+
+def _assert_same(fast, ref, cell, p, dtype):
     assert_close(fast["out"], ref["out"], dtype, "output")
     for k, (a, e) in enumerate(zip(fast["final"], ref["final"])):
         assert_close(a, e, dtype, f"final state {cell.state_names[k]}")
@@ -129,86 +135,79 @@ def compare(cell, dtype, T=6, B=3, masked=False, reverse=False, seed=0):
 # -- recurrence level: every variant, masks, reverse, dtypes -----------------------------------
 
 
-@pytest.mark.parametrize("layout", LAYOUTS, indirect=True)
 @pytest.mark.parametrize("variant", LSTM_VARIANTS, ids=lambda v: ",".join(v) or "full")
 @pytest.mark.parametrize("masked,reverse", [(False, False), (False, True), (True, False),
                                             (True, True)])
-def test_lstm_variants_float32(variant, masked, reverse, layout):
-    compare(LSTMCell(5, 7, **variant), np.float32, masked=masked, reverse=reverse)
+def test_lstm_variants_float32(variant, masked, reverse):
+    plans = compare(LSTMCell(5, 7, **variant), np.float32, masked=masked, reverse=reverse)
+    kinds = {(plan.kernel, plan.parts, plan.projection, plan.backward_panels) for plan in plans}
+    assert len(kinds) == 1 + 3 * 2 * 2  # rows; 1-3 parts x panel/direct x backward panels
 
 
-@pytest.mark.parametrize("layout", LAYOUTS, indirect=True)
 @pytest.mark.parametrize("variant", LSTM_VARIANTS, ids=lambda v: ",".join(v) or "full")
 @pytest.mark.parametrize("masked,reverse", [(False, False), (True, True)])
-def test_lstm_variants_float64(variant, masked, reverse, layout):
+def test_lstm_variants_float64(variant, masked, reverse):
     compare(LSTMCell(5, 7, **variant), np.float64, masked=masked, reverse=reverse, seed=1)
 
 
-@pytest.mark.parametrize("layout", LAYOUTS, indirect=True)
 @pytest.mark.parametrize("T,B,H", [(1, 1, 9), (6, 1, 17), (5, 1, 40), (3, 1, 70), (5, 4, 16),
                                    (4, 9, 24)])
-def test_lstm_layouts_shapes(T, B, H, layout):
-    """Uneven unit splits, single sequences and steps, in every layout; with a mask (for a
+def test_lstm_layouts_shapes(T, B, H):
+    """Uneven unit splits, single sequences and steps, in every plan; with a mask (for a
     single sequence an all-true one, which still takes the masked kernels' state saving)."""
     compare(LSTMCell(3, H, peepholes=True), np.float32, T=T, B=B, masked=True, reverse=True,
             seed=H)
     compare(LSTMCell(3, H, coupled_input_forget=True), np.float32, T=T, B=B, seed=B)
 
 
-@pytest.mark.parametrize("layout", ["batch-inner", "2-parts", "3-parts"], indirect=True)
 @pytest.mark.parametrize("variant", LSTM_VARIANTS, ids=lambda v: ",".join(v) or "full")
 @pytest.mark.parametrize("masked,reverse", [(False, False), (False, True), (True, True)])
-def test_lstm_single_sequence_variants(variant, masked, reverse, layout):
-    """B = 1 in the batch-inner layouts, whose backward holds the gate gradients step-major
-    (T, GH): every weight gradient's GEMM, the bias sums, dx and the peephole sums read them
-    that way, in both directions and with a mask."""
+def test_lstm_single_sequence_variants(variant, masked, reverse):
+    """B = 1 in the batch-inner plans (1-3 parts), whose backward holds the gate gradients
+    step-major (T, GH): every weight gradient's GEMM, the bias sums, dx and the peephole sums
+    read them that way, in both directions and with a mask."""
     compare(LSTMCell(4, 19, **variant), np.float32, T=7, B=1, masked=masked, reverse=reverse,
             seed=2)
 
 
-def test_single_sequence_splits_its_steps_when_large_enough(monkeypatch):
-    """B = 1: on two threads, from H = 128 (LSTM) the steps are split over the threads, which
-    only the batch-inner layout can do; smaller ones, one thread and float64 keep the row
-    layout. Either way the results are the reference's."""
-    from lstmkit.kernels import threads
+def choose(cell, dtype=np.float32, T=10, B=16, keep=True, threads=2, **kw):
+    return choose_plan(cell, dtype, T, B, keep=keep, threads=threads, **kw)
 
-    monkeypatch.setattr(threads, "kernel_threads", lambda: 2)
-    monkeypatch.setattr(threads, "_has_fast_pool", lambda: True)
-    monkeypatch.setattr(threads, "ADAPT_TO_LOAD", False)
-    monkeypatch.setattr(threads, "_parallel_pid", None)
-    assert threads.parts_for(1, 128, 4) == 2
-    assert threads.parts_for(1, 96, 4) == 1
-    assert threads.parts_for(2, 96, 4) == 1  # B >= 2 counts its flops once: 147k < 250k
-    for H, dtype, layout in ((128, np.float32, "batch-inner"), (96, np.float32, None),
-                             (128, np.float64, None)):
-        cell = LSTMCell(3, H)
-        p, x, state0, _, d_out, d_state = random_problem(cell, dtype, 4, 1, False, H)
-        cache = FUSED.forward(cell, p, x, state0, None, False, True)[2]
-        assert cache.get("layout") == layout
-        if layout:
-            assert cache["parts"] == 2
-        compare(cell, dtype, T=4, B=1, seed=H)
+
+def test_single_sequence_splits_its_steps_when_large_enough():
+    """B = 1: on two threads, from H = 128 (LSTM) the steps are split over the threads, which
+    only the batch-inner plans can do; smaller ones, one thread and float64 keep the row
+    kernels. Either way the results are the reference's (above)."""
+    assert choose(LSTMCell(3, 128), B=1) == Plan("batch-inner", 2, "panel", False, 10)
+    assert choose(LSTMCell(3, 96), B=1).kernel == "rows"
+    assert choose(LSTMCell(3, 128), B=1, threads=1).kernel == "rows"
+    assert choose(LSTMCell(3, 128), np.float64, B=1).kernel == "rows"
+    assert choose(LSTMCell(3, 96), B=2).parts == 1  # B >= 2 counts its flops once: 147k < 250k
 
 
 def test_direct_input_projection_while_a_parts_weights_fit_the_cache():
     """The batch-inner LSTM projects each step's input in the step (B > 1) while a part's
-    packed [W_ih | b | W_hh] fits in 1 MiB, with a panel per chunk of steps otherwise; B = 1
-    keeps its step-major panel. (Both ways equal the reference: the layouts above.)"""
-    direct = fused_recurrence.direct_projection
-    assert direct(16, 16, 64, 4, 2) and direct(32, 64, 128, 4, 2) and direct(128, 128, 128, 4, 2)
-    assert direct(64, 128, 256, 4, 2) and direct(2, 1, 1, 4, 1)
-    assert not direct(1, 32, 128, 4, 2)
-    assert not direct(64, 256, 512, 4, 2) and not direct(20, 650, 650, 4, 2)
-    assert not direct(64, 128, 256, 4, 1)  # one thread holds all of W: 1.5 MiB
+    packed [W_ih | b | W_hh] has at most 2^18 numbers (1 MiB), with a panel per chunk of steps
+    otherwise; B = 1 keeps its step-major panel."""
+    def projection(B, D, H, threads=2):
+        return choose(LSTMCell(D, H), B=B, threads=threads).projection
+
+    assert projection(16, 16, 64) == projection(32, 64, 128) == "direct"
+    assert projection(128, 128, 128) == projection(64, 128, 256) == "direct"
+    assert projection(1, 32, 128) == "panel"
+    assert projection(64, 256, 512) == projection(20, 650, 650) == "panel"
+    assert projection(64, 128, 256, threads=1) == "panel"  # one part holds all of W: 1.5 MiB
 
 
 def test_backward_reads_gate_gradients_as_panels_for_large_steps():
     """Backward's per-step product reads dZ as panels from G H = 1024 rows and B = 64 up
-    (measured faster only there; both ways equal the reference: the layouts above)."""
-    panels = fused_recurrence.backward_panels
-    assert panels(64, 4, 512) and panels(64, 4, 256) and panels(128, 4, 650)
-    assert not panels(32, 4, 512) and not panels(20, 4, 650)  # too few batch columns
-    assert not panels(128, 4, 128) and not panels(64, 3, 256)  # too few rows: 512, 768
+    (measured faster only there)."""
+    def panels(B, H, **kw):
+        return choose(LSTMCell(8, H, **kw), B=B).backward_panels
+
+    assert panels(64, 512) and panels(64, 256) and panels(128, 650)
+    assert not panels(32, 512) and not panels(20, 650)  # too few batch columns
+    assert not panels(128, 128) and not panels(64, 256, output_gate=False)  # rows: 512, 768
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -249,58 +248,54 @@ def test_random_shapes(seed):
             seed=seed)
 
 
-@pytest.mark.parametrize("layout", LAYOUTS, indirect=True)
 @pytest.mark.parametrize("cell", [LSTMCell(4, 6, peepholes=True), GRUCell(4, 6), RNNCell(4, 6)],
                          ids=["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_no_grad_forward_in_chunks(cell, masked, reverse, monkeypatch, layout):
-    """Without a cache the input projection runs in chunks: same outputs, nothing kept."""
-    monkeypatch.setattr(fused_recurrence, "CHUNK_BYTES", 1)  # one step per chunk
+def test_no_grad_forward_in_chunks(cell, masked, reverse):
+    """Without a cache the input projection runs in chunks (here one step each): same
+    outputs, nothing kept."""
     p, x, state0, mask, _, _ = random_problem(cell, np.float32, 7, 3, masked, 6)
-    out, final, cache = FUSED.forward(cell, p, x, state0, mask, reverse, False)
     ref_out, ref_final, _ = REF.forward(cell, p, x, state0, mask, reverse, False)
-    assert cache is None
-    assert_close(out, ref_out, np.float32, "output")
-    for a, e in zip(final, ref_final):
-        assert_close(a, e, np.float32, "final state")
+    for plan in fused_plans(cell, np.float32, 7, 3, keep=False):
+        plan = Plan(plan.kernel, plan.parts, plan.projection, plan.backward_panels, 1)
+        out, final, cache = ENGINE.forward(cell, p, x, state0, mask, reverse, False, plan=plan)
+        assert cache == {"plan": plan}
+        assert_close(out, ref_out, np.float32, f"output, {plan}")
+        for a, e in zip(final, ref_final):
+            assert_close(a, e, np.float32, f"final state, {plan}")
 
 
-@pytest.mark.parametrize("layout", LAYOUTS, indirect=True)
-def test_backward_twice_accumulates(layout):
+def test_backward_twice_accumulates():
     """backward leaves the cache intact: a second call adds the same gradients again."""
     cell = LSTMCell(4, 5, peepholes=True)
     p, x, state0, mask, d_out, d_state = random_problem(cell, np.float32, 6, 3, True, 7)
-    _, _, cache = FUSED.forward(cell, p, x, state0, mask, False, True)
-    grads = {name: np.zeros_like(v) for name, v in p.items()}
-    dx1, _ = FUSED.backward(cell, p, cache, d_out, d_state, grads)
-    once = {name: g.copy() for name, g in grads.items()}
-    dx2, _ = FUSED.backward(cell, p, cache, d_out, d_state, grads)
-    np.testing.assert_array_equal(dx1, dx2)
-    for name in grads:
-        np.testing.assert_allclose(grads[name], 2 * once[name], rtol=1e-6, atol=1e-7)
+    for plan in fused_plans(cell, np.float32, 6, 3):
+        _, _, cache = ENGINE.forward(cell, p, x, state0, mask, False, True, plan=plan)
+        grads = {name: np.zeros_like(v) for name, v in p.items()}
+        dx1, _ = ENGINE.backward(cell, p, cache, d_out, d_state, grads)
+        once = {name: g.copy() for name, g in grads.items()}
+        dx2, _ = ENGINE.backward(cell, p, cache, d_out, d_state, grads)
+        np.testing.assert_array_equal(dx1, dx2)
+        for name in grads:
+            np.testing.assert_allclose(grads[name], 2 * once[name], rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("H, B, masked, reverse", [(4, 2, False, False), (64, 16, False, True),
                                                     (64, 16, True, False), (128, 1, False, False)])
-def test_output_is_not_the_cache(H, B, masked, reverse, monkeypatch):
+def test_output_is_not_the_cache(H, B, masked, reverse):
     """Changing the returned output in place does not change what backward computes (a
     single thread and, from H = 64, steps split over two threads; with and without a mask)."""
-    from lstmkit.kernels import threads
-
-    monkeypatch.setattr(threads, "kernel_threads", lambda: 2)
-    monkeypatch.setattr(threads, "_has_fast_pool", lambda: True)
-    monkeypatch.setattr(threads, "ADAPT_TO_LOAD", False)
-    monkeypatch.setattr(threads, "_parallel_pid", None)
     cell = LSTMCell(3, H)
     p, x, state0, mask, d_out, d_state = random_problem(cell, np.float32, 5, B, masked, 8)
-    out, _, cache = FUSED.forward(cell, p, x, state0, mask, reverse, True)
-    assert cache["parts"] == (1 if H < 64 else 2)
+    plan = choose(cell, T=5, B=B)
+    assert plan.parts == (1 if H < 64 else 2)
+    out, _, cache = ENGINE.forward(cell, p, x, state0, mask, reverse, True, plan=plan)
     grads = {name: np.zeros_like(v) for name, v in p.items()}
-    dx1, _ = FUSED.backward(cell, p, cache, d_out, d_state, grads)
+    dx1, _ = ENGINE.backward(cell, p, cache, d_out, d_state, grads)
     out[...] = 1e3
     grads2 = {name: np.zeros_like(v) for name, v in p.items()}
-    dx2, _ = FUSED.backward(cell, p, cache, d_out, d_state, grads2)
+    dx2, _ = ENGINE.backward(cell, p, cache, d_out, d_state, grads2)
     np.testing.assert_array_equal(dx1, dx2)
     for name in grads:
         np.testing.assert_array_equal(grads[name], grads2[name])
@@ -320,7 +315,7 @@ def test_huge_preactivations(cell, dtype):
     x *= 10
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        fast = run_recurrence(FUSED, cell, p, x, state0, mask, False, d_out, d_state)
+        fast = run_recurrence(ENGINE, cell, p, x, state0, mask, False, d_out, d_state)
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = run_recurrence(REF, cell, p, x, state0, mask, False, d_out, d_state)
@@ -338,7 +333,7 @@ def test_gate_functions_accuracy():
     from numba import njit
     from scipy.special import expit
 
-    from lstmkit.kernels.gates import sigmoid, tanh
+    from lstmkit.engine.kernels.gates import sigmoid, tanh
 
     @njit(error_model="numpy")
     def apply(x, s, t):
@@ -401,7 +396,7 @@ def test_long_backward_flushes_denormals(mode):
 def test_gemm_strided_views():
     from numba import njit
 
-    from lstmkit.kernels.blas import gemm
+    from lstmkit.engine.kernels.blas import gemm
 
     @njit
     def call(ta, tb, alpha, a, b, beta, c):
@@ -429,7 +424,6 @@ def test_gemm_strided_views():
 def layer_pair(mode, D, H, **kw):
     fast = getattr(lstmkit, mode)(D, H, seed=3, **kw)
     slow = getattr(lstmkit, mode)(D, H, seed=3, fast=False, **kw)
-    assert fast.recurrence is FUSED and slow.recurrence is not FUSED
     return fast, slow
 
 
@@ -477,6 +471,9 @@ def test_layers_fast_equals_reference(mode, kw, batch_first, with_state, with_le
     d_state = d_parts if n_state == 2 else d_parts[0]
     a = run_layer(fast, x, state, lengths, d_out, d_state)
     e = run_layer(slow, x, state, lengths, d_out, d_state)
+    assert all(plan.kernel != "reference" for plan in fast.last_plans.values())
+    assert all(plan.kernel == "reference" for plan in slow.last_plans.values())
+    assert len(fast.last_plans) == fast.num_layers * fast.num_directions
     assert_close(a[0], e[0], dtype, "output")
     for u, v in zip(flat(a[1]), flat(e[1])):
         assert_close(u, v, dtype, "state_n")
@@ -507,25 +504,26 @@ def test_switches():
     x = np.random.default_rng(15).standard_normal((4, 2, 3)).astype(np.float32)
     assert kernels.is_enabled()
     layer(x)
-    assert layer._cache["caches"][0]["kind"] == "lstm"
+    assert layer.last_plans["l0"].kernel == "batch-inner"
     try:
         kernels.set_enabled(False)
         assert not kernels.is_enabled()
         layer(x)
-        assert layer._cache["caches"][0]["kind"] == "reference"
+        assert layer.last_plans["l0"] == Plan("reference")
         layer.backward(np.ones((4, 2, 4), np.float32))
     finally:
         kernels.set_enabled(True)
-    assert lstmkit.LSTM(3, 4, fast=False).recurrence is not FUSED
-    assert lstmkit.GRU(3, 4, fast=False).recurrence is not FUSED
-    assert lstmkit.RNN(3, 4, fast=False).recurrence is not FUSED
+    for mode in ("LSTM", "GRU", "RNN"):
+        slow = getattr(lstmkit, mode)(3, 4, fast=False)
+        slow(x)
+        assert slow.last_plans == {"l0": Plan("reference")}
 
 
 def test_environment_switch():
-    code = ("import numpy as np, lstmkit, lstmkit.kernels as k; layer = lstmkit.LSTM(2, 3); "
+    code = ("import numpy as np, lstmkit, lstmkit.engine.kernels as k; layer = lstmkit.LSTM(2, 3); "
             "layer(np.zeros((2, 1, 2), np.float32)); "
-            "print(k.is_enabled(), layer._cache['caches'][0]['kind'])")
-    for value, expected in (("0", "False reference"), ("1", "True lstm")):
+            "print(k.is_enabled(), layer.last_plans['l0'].kernel)")
+    for value, expected in (("0", "False reference"), ("1", "True rows")):
         env = dict(os.environ, LSTMKIT_KERNELS=value)
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                 env=env, check=True)
@@ -543,7 +541,6 @@ def test_quick_parity_with_torch(mode):
     torch.manual_seed(0)
     module = getattr(torch.nn, mode)(D, H, num_layers=2, bidirectional=True)
     layer = getattr(lstmkit, mode)(D, H, num_layers=2, bidirectional=True, seed=0)
-    assert layer.recurrence is FUSED
     layer.load_state_dict(module.state_dict())
     rng = np.random.default_rng(16)
     x = rng.standard_normal((T, B, D)).astype(np.float32)
@@ -585,7 +582,7 @@ def test_bench_command_runs_without_torch(tmp_path, monkeypatch):
 def test_bench_summary_of_the_peak_timed_alongside():
     """The large shapes' share of the peak, of the run's (start or end) and of the sgemm timed
     in each shape's own alternation, in the summary and the table."""
-    from lstmkit.kernels import benchmark
+    from lstmkit import benchmark
 
     def entry(gflops, sgemm):
         timing = {"median_s": 0.01, "min_s": 0.01, "runs_s": [0.01], "gflops": gflops}
@@ -614,14 +611,13 @@ def test_parallel_kernels_survive_fork():
     """A child forked after parallel kernels ran still trains (serially), without aborting."""
     import multiprocessing
 
-    from lstmkit.kernels import threads
+    from lstmkit.engine.kernels import threads
 
     if threads.kernel_threads() < 2 or "fork" not in multiprocessing.get_all_start_methods():
         pytest.skip("needs 2 threads and fork")
     code = (
         "import multiprocessing as mp, numpy as np, lstmkit\n"
-        "from lstmkit.kernels import threads\n"
-        "threads.ADAPT_TO_LOAD = False  # parallel even on a busy machine\n"
+        "from lstmkit.engine.kernels import threads\n"
         "layer = lstmkit.LSTM(8, 256, seed=0)\n"
         "x = np.ones((3, 64, 8), np.float32)\n"
         "layer(x)\n"
@@ -642,7 +638,7 @@ def test_parallel_kernels_survive_fork():
 
 def test_stale_compiled_kernels_are_dropped(tmp_path, monkeypatch):
     """When a kernel source changes, cached machine code built from the old one is deleted."""
-    from lstmkit import kernels as k
+    from lstmkit.engine import kernels as k
 
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
     here = os.path.dirname(os.path.abspath(k.__file__))
@@ -669,10 +665,9 @@ def test_torch_keeps_its_own_openmp_after_parallel_kernels():
         pytest.skip("this PyTorch build has no bundled OpenMP runtime")
     code = (
         "import os, numpy as np, lstmkit\n"
-        "from lstmkit.kernels import threads\n"
-        "threads.ADAPT_TO_LOAD = False\n"
-        "threads.parts_for = lambda B, H, G: 2\n"
-        "lstmkit.LSTM(4, 32)(np.ones((3, 8, 4), np.float32))\n"
+        "layer = lstmkit.LSTM(4, 32)\n"
+        "layer.pin_plan({'kernel': 'batch-inner', 'parts': 2})\n"
+        "layer(np.ones((3, 8, 4), np.float32))\n"
         "import torch\n"
         "torch.nn.GRU(4, 8)(torch.ones(3, 2, 4))\n"
         "maps = open('/proc/self/maps').read()\n"

@@ -1,5 +1,5 @@
-"""The packed-weight product of one recurrent step (``lstmkit.kernels.packed``) equals NumPy's
-``A @ X`` to float32 rounding, on every tile remainder (rows not a multiple of 16, batch
+"""The packed-weight product of one recurrent step (``lstmkit.engine.kernels.packed``) equals
+NumPy's ``A @ X`` to float32 rounding, on every tile remainder (rows not a multiple of 16, batch
 columns not a multiple of 6; for a single column, B = 1, rows in groups of 4 tiles and the
 rest), writing only its own block of rows."""
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from lstmkit.kernels import packed
+from lstmkit.engine.kernels import packed
 
 
 @njit(cache=False)
@@ -132,7 +132,7 @@ def test_pack_rows_of_a_part_with_permuted_rows():
 def test_pack_rows_of_the_parts_gate_blocks(part):
     """The layer's own permutation (threads.row_permutation): runs of consecutive rows, which
     pack as 8 x 8 transposes, and tiles that straddle two gate blocks, which do not."""
-    from lstmkit.kernels import threads
+    from lstmkit.engine.kernels import threads
 
     G, H = 4, 40
     bounds = np.array([0, 24, 40])
@@ -149,7 +149,7 @@ def test_pack_rows_of_the_parts_gate_blocks(part):
 def test_pack_rows_stacked_packs_the_joined_matrix(part, K, K2):
     """[A | b | A2] packed without joining it: the same floats as pack_rows of the joined
     matrix, for whole tiles of consecutive rows (8 x 8 transposes) and straddling ones."""
-    from lstmkit.kernels import threads
+    from lstmkit.engine.kernels import threads
 
     G, H = 4, 40
     bounds = np.array([0, 24, 40])

@@ -14,12 +14,14 @@ spec.loader.exec_module(profile_kernels)
 
 
 def test_demangle_numba_names():
-    name = ("_ZN7lstmkit7kernels6lstm_t14_backward_partB3v64B86c8tJTIeFIjxB2IKSgI4CrvQCk0Z4yRYc"
-            "WsCAgXrKFt1X1erJ_2bXklRYnJJeq1msDALYIZgpSqwCKaAA_3d_3dExxx5ArrayIxLi1E1C7mutable")
-    assert profile_kernels.demangle(name) == "lstmkit.kernels.lstm_t._backward_part"
-    closure = "_ZN7lstmkit7kernels6lstm_t16_backward_driver12_3clocals_3e15lstm_backward_tB3v59"
+    name = ("_ZN7lstmkit6engine7kernels6lstm_t14_backward_partB3v64B86c8tJTIeFIjxB2IKSgI4CrvQ"
+            "Ck0Z4yRYcWsCAgXrKFt1X1erJ_2bXklRYnJJeq1msDALYIZgpSqwCKaAA_3d_3dExxx5ArrayIxLi1E1"
+            "C7mutable")
+    assert profile_kernels.demangle(name) == "lstmkit.engine.kernels.lstm_t._backward_part"
+    closure = ("_ZN7lstmkit6engine7kernels6lstm_t16_backward_driver12_3clocals_3e15lstm_backward_t"
+               "B3v59")
     assert (profile_kernels.demangle(closure)
-            == "lstmkit.kernels.lstm_t._backward_driver.<locals>.lstm_backward_t")
+            == "lstmkit.engine.kernels.lstm_t._backward_driver.<locals>.lstm_backward_t")
     assert profile_kernels.demangle("NRT_decref") == "NRT_decref"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lstmkit import kernels
+from lstmkit.engine import kernels
 from lstmkit.models import CharLM
 from lstmkit.sampling import next_char_probabilities, sample
 from lstmkit.text import UnknownCharactersError, Vocabulary

@@ -1,4 +1,4 @@
-"""The step-by-step work sharing of the fused kernels (``lstmkit.kernels.sync``): every part
+"""The step-by-step work sharing of the fused kernels (``lstmkit.engine.kernels.sync``): every part
 of every step is done exactly once, and no part of step s starts before all parts of step
 s - 1 are done, whether the workers run together, one after the other, or fewer threads than
 parts run them."""
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from numba import njit, prange
 
-from lstmkit.kernels import sync
+from lstmkit.engine.kernels import sync
 
 
 @njit(cache=False)

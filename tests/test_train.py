@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import lstmkit.train as train_module
-from lstmkit import kernels
+from lstmkit.engine import kernels
 from lstmkit.grad_mode import no_grad
 from lstmkit.io import CheckpointManager, load_checkpoint
 from lstmkit.models import CharLM

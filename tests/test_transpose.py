@@ -1,5 +1,5 @@
-"""``lstmkit.kernels.transpose.transpose_into`` moves every number to its transposed place and
-touches nothing else: whole 8 x 8 blocks, the edges that do not fill one, blocks of columns of
+"""``lstmkit.engine.kernels.transpose.transpose_into`` moves every number to its transposed place
+and touches nothing else: whole 8 x 8 blocks, the edges that do not fill one, blocks of columns of
 larger arrays (row strides other than the width), and views whose rows are not contiguous."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lstmkit.kernels.transpose import transpose_into
+from lstmkit.engine.kernels.transpose import transpose_into
 
 SHAPES = [(1, 1), (8, 8), (3, 5), (8, 13), (13, 8), (16, 24), (29, 13), (64, 33), (128, 128)]
 

@@ -9,14 +9,14 @@ Examples::
 
 Without PyTorch installed it reports lstmkit alone. The protocol (alternating runs, medians,
 FLOP convention, memory and first-call measurement) is documented in
-``lstmkit.kernels.benchmark``.
+``lstmkit.benchmark``.
 """
 
 from __future__ import annotations
 
 import click
 
-from lstmkit.kernels import benchmark
+from lstmkit import benchmark
 
 
 @click.command()
@@ -38,10 +38,23 @@ from lstmkit.kernels import benchmark
               help="Measure the first-call (compile/load) cost [default: on, off with --quick].")
 @click.option("--reference", is_flag=True,
               help="Time the readable reference path instead of the fused kernels.")
+@click.option("--calibrate", is_flag=True,
+              help="Instead of the comparison: measure where the engine should switch plans "
+                   "on this CPU and cache it for this CPU model (lstmkit.calibrate).")
 def bench(quick: bool, json_path: str | None, shapes: str | None, threads: int | None,
           reps: int | None, cell: str, memory: bool | None, first: bool | None,
-          reference: bool) -> None:
+          reference: bool, calibrate: bool) -> None:
     """Time lstmkit's training step and inference against PyTorch, shape by shape."""
+    if calibrate:
+        from lstmkit.calibrate import calibrate as run_calibration
+
+        if threads:
+            benchmark.set_threads(threads)
+        record = run_calibration(quick=quick, rounds=reps or (3 if quick else 7),
+                                 threads=threads, echo=click.echo)
+        if json_path:
+            benchmark.save(record, json_path)
+        return
     try:
         grid = benchmark.parse_shapes(shapes) if shapes else None
     except ValueError as error:

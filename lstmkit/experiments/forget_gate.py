@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 import lstmkit
+from lstmkit.engine.reference import ReferenceRecurrence
 from lstmkit.experiments.common import (
     PathLike,
     bce_with_logits,
@@ -56,7 +57,6 @@ from lstmkit.experiments.common import (
 )
 from lstmkit.models import SequenceModel
 from lstmkit.optim import Adam
-from lstmkit.recurrence import ReferenceRecurrence
 from lstmkit.tasks import REBER_SYMBOLS, ReberStream, continual_embedded_reber
 
 NAME = "forget-gate"

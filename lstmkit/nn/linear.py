@@ -178,8 +178,8 @@ class Linear(Module):
 
 
 def _kernels(*arrays: np.ndarray) -> Any:
-    """``lstmkit.kernels.linear`` (the same GEMMs on the kernels' thread pool) when the fused
+    """``lstmkit.engine.kernels.linear`` (the same GEMMs on the kernels' thread pool) when the fused
     kernels are on and take these operands, else None (NumPy's ``@``)."""
-    from lstmkit import kernels
+    from lstmkit.engine import kernels
 
     return kernels.fast_path("linear", *arrays)

@@ -4,8 +4,8 @@ Each function computes ``(loss, dinput)`` in one pass, the way a training step n
 ``loss`` follows ``torch.nn.functional`` exactly (same reductions, same ``ignore_index``
 rule), and ``dinput`` is the gradient of that loss with respect to the input.
 
-The code here is the readable definition; with the fused kernels on (``lstmkit.kernels``,
-the default), ``softmax_cross_entropy`` runs on ``lstmkit.kernels.softmax`` instead, one
+The code here is the readable definition; with the fused kernels on (``lstmkit.engine.kernels``,
+the default), ``softmax_cross_entropy`` runs on ``lstmkit.engine.kernels.softmax`` instead, one
 compiled pass per row with the same results to rounding.
 """
 
@@ -101,7 +101,7 @@ def softmax_cross_entropy(
             f"targets must be in [0, {num_classes}) or equal ignore_index={ignore_index}; "
             f"found {bad.size} out of range, e.g. {bad[0]}"
         )
-    from lstmkit import kernels
+    from lstmkit.engine import kernels
 
     fused = kernels.fast_path("softmax", z)
     if fused is not None:
@@ -158,7 +158,7 @@ def _softmax_cross_entropy_fused(
     compute_grad: bool,
     out: np.ndarray | None,
 ) -> tuple[np.floating | np.ndarray, np.ndarray | None]:
-    """``softmax_cross_entropy`` on the fused kernel (the module ``lstmkit.kernels.softmax``),
+    """``softmax_cross_entropy`` on the fused kernel (``lstmkit.engine.kernels.softmax``),
     for checked inputs: the logits z (N, V), the targets t (N,) (valid where ``counted``), the
     same results to rounding."""
     count = t.size if all_counted else int(counted.sum())

@@ -41,10 +41,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from lstmkit.kernels.blas import gemm
-from lstmkit.kernels.loops import copy2, flush_all, state_before
-from lstmkit.kernels.lstm import cell_backward, cell_forward
-from lstmkit.kernels.packed import (
+from lstmkit.engine.kernels.blas import add_recurrent_weight_gradient, gemm
+from lstmkit.engine.kernels.loops import copy2, flush_all, state_before
+from lstmkit.engine.kernels.lstm import cell_backward, cell_forward
+from lstmkit.engine.kernels.packed import (
     pack_columns,
     pack_rows,
     pack_rows_stacked,
@@ -53,8 +53,8 @@ from lstmkit.kernels.packed import (
     packed_gemm_stacked,
     to_panels,
 )
-from lstmkit.kernels.sync import claim, finish, wait
-from lstmkit.kernels.transpose import transpose_into
+from lstmkit.engine.kernels.sync import claim, finish, wait
+from lstmkit.engine.kernels.transpose import transpose_into
 
 _OPTS = {"cache": True, "error_model": "numpy", "fastmath": {"contract"}, "nogil": True}
 BIG = 100.0
@@ -205,7 +205,6 @@ def _weights_part(p, parts, u0, u1, gidx, reverse, has_mask, has_bias, has_peep,
     T = X2.shape[0] // B
     GH = gWih.shape[0]
     TB = T * B
-    first = T - 1 if reverse else 0
     q0 = (GH * p) // parts
     q1 = (GH * (p + 1)) // parts
     # dh_0^T of these units (the last step's gradients are still in the parts' order)
@@ -228,18 +227,7 @@ def _weights_part(p, parts, u0, u1, gidx, reverse, has_mask, has_bias, has_peep,
         for r in range(q0, q1):
             gbih[r] += db[0, r]
             gbhh[r] += db[0, r]
-    if has_mask:
-        gemm(tz, False, 1.0, Zq, HP.reshape(TB, H), 1.0, gWhh[q0:q1])
-    else:
-        if T > 1:
-            if reverse:  # dZ of steps 0 .. T-2 with h of steps 1 .. T-1
-                Zs, ts = _gate_gradients(dZ, q0, q1, 0, TB - B)
-                gemm(ts, False, 1.0, Zs, O2[B:], 1.0, gWhh[q0:q1])
-            else:  # dZ of steps 1 .. T-1 with h of steps 0 .. T-2
-                Zs, ts = _gate_gradients(dZ, q0, q1, B, TB)
-                gemm(ts, False, 1.0, Zs, O2[:TB - B], 1.0, gWhh[q0:q1])
-        Zs, ts = _gate_gradients(dZ, q0, q1, first * B, first * B + B)  # the first step, h0
-        gemm(ts, False, 1.0, Zs, h0, 1.0, gWhh[q0:q1])
+    add_recurrent_weight_gradient(gWhh[q0:q1], Zq, tz, O2, HP, h0, T, B, reverse, has_mask)
     if not fold:  # dX rows of this part's share of the steps
         j0 = (TB * p) // parts
         j1 = (TB * (p + 1)) // parts

@@ -5,7 +5,7 @@ cell's readable ``forward``, then the same steps in reverse calling its ``backwa
 batches are handled with a mask: where ``mask[t, b]`` is False, sequence b has ended (or, in the
 reverse direction, not yet begun), its state passes through unchanged and its output is zero,
 so each sequence's final state is the one at its own last step, as with PyTorch's packed
-sequences. The fused kernels in ``lstmkit.kernels`` implement the same interface faster.
+sequences. The fused kernels in ``lstmkit.engine.kernels`` implement the same interface faster.
 """
 
 from __future__ import annotations
@@ -32,8 +32,13 @@ class ReferenceRecurrence:
         mask: Array | None,
         reverse: bool,
         keep_cache: bool,
+        rows_of: Any = None,
+        plan: Any = None,
     ) -> tuple[Array, State, Any]:
         """x (T, B, D), state0 per cell (each (B, H)), mask (T, B) bool or None.
+
+        ``rows_of`` and ``plan`` are the engine's arguments (``lstmkit.engine.Engine``): the
+        readable loop runs x as given, and is itself the plan "reference".
 
         Returns output (T, B, H) (h of each step, zero where masked), the final state, and a
         cache for ``backward`` (None unless ``keep_cache``).

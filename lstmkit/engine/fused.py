@@ -1,8 +1,9 @@
-"""``FusedRecurrence``: the interface of ``ReferenceRecurrence`` on the compiled kernels.
+"""The compiled plans ("rows", "batch-inner") of ``lstmkit.engine``: buffers and arguments.
 
-This module prepares the buffers and arguments (NumPy) and calls the Numba kernels of
-``lstm``, ``gru`` and ``rnn``; the arithmetic lives there. The cache it returns is a dict of
-the buffers the forward pass filled; ``backward`` reads it without changing it (so backward
+This module runs the plan it is given (``lstmkit.engine.plan`` chose it): it prepares the
+buffers and arguments (NumPy) and calls the Numba kernels of ``kernels.lstm``, ``lstm_t``,
+``gru`` and ``rnn``; the arithmetic lives there. The cache it returns is a dict of the buffers
+the forward pass filled, with the plan; ``backward`` reads it without changing it (so backward
 may be called more than once on one forward pass, as with the reference).
 """
 
@@ -14,31 +15,16 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from lstmkit.cells import GRUCell, LSTMCell, RNNCell
-from lstmkit.kernels import gru as _gru
-from lstmkit.kernels import lstm as _lstm
-from lstmkit.kernels import lstm_t as _lstm_t
-from lstmkit.kernels import packed, threads
-from lstmkit.kernels import rnn as _rnn
+from lstmkit.engine.kernels import gru as _gru
+from lstmkit.engine.kernels import lstm as _lstm
+from lstmkit.engine.kernels import lstm_t as _lstm_t
+from lstmkit.engine.kernels import packed, threads
+from lstmkit.engine.kernels import rnn as _rnn
+from lstmkit.engine.plan import Plan
 
 Array = np.ndarray
 State = tuple[Array, ...]
 
-# no_grad forward passes project the input in chunks of about this many bytes (the chunk is
-# reused, so inference memory does not grow with T beyond the output itself)
-CHUNK_BYTES = 2 << 20
-# float32 batches at least this large run the batch-inner layout (faster per-step GEMMs, see
-# lstm_t); float64 runs the row layout (supported, not the fast path, and one kernel less to
-# compile), and so does B = 1 on one thread (BLAS's gemv beats the packed kernel there)
-BATCH_INNER_MIN_B = 2
-# a single sequence (B = 1) whose steps are worth splitting over threads (threads.parts_for)
-# runs the batch-inner layout, which can split a step (the row layout cannot)
-SPLIT_SINGLE_SEQUENCE = True
-# backward's per-step product reads the gate gradients as panels (see backward_panels)
-BACKWARD_PANELS_MIN_GH = 1024
-BACKWARD_PANELS_MIN_B = 64
-# a part's packed [W_ih | b | W_hh] up to this many floats (1 MiB) takes the "direct" input
-# projection of the batch-inner kernels (see lstm_t and direct_projection)
-DIRECT_MAX_FLOATS = 1 << 18
 _NO_MASK = np.ones((1, 1), dtype=np.bool_)
 
 
@@ -47,10 +33,6 @@ def _c(a: Array, dtype: np.dtype) -> Array:
     arrays, so one is copied rather than paying a second compilation."""
     a = np.ascontiguousarray(a, dtype=dtype)
     return a if a.flags.writeable else a.copy()
-
-
-def _chunk_steps(T: int, B: int, width: int, itemsize: int) -> int:
-    return int(min(T, max(1, CHUNK_BYTES // max(1, B * width * itemsize))))
 
 
 def _mask_args(mask: Array | None) -> tuple[Array, bool]:
@@ -84,8 +66,29 @@ class _Accumulate:
             self.target += self.array
 
 
-def _state_out(x: Array) -> Array:
-    return np.array(x, copy=True)
+def _weight_gradients(grads: dict[str, Array], GH: int, D: int, H: int,
+                      dtype: np.dtype) -> list[_Accumulate]:
+    """Accumulators for dW_ih (GH, D), dW_hh (GH, H), db_ih and db_hh (GH,), in that order."""
+    return [_Accumulate(grads.get(name), shape, dtype) for name, shape in
+            (("weight_ih", (GH, D)), ("weight_hh", (GH, H)), ("bias_ih", (GH,)),
+             ("bias_hh", (GH,)))]
+
+
+def _finish(accs: list[_Accumulate], grads: dict[str, Array], gpeep: Array | None = None) -> None:
+    """Write the accumulated gradients back, and the LSTM's peephole gradients (3, H) (i, f, o)
+    into those of its peepholes that exist."""
+    for acc in accs:
+        acc.finish()
+    if gpeep is not None:
+        for k, gate in enumerate("ifo"):
+            name = f"weight_c{gate}"
+            if name in grads:
+                grads[name] += gpeep[k]
+
+
+def _row_chunk(T: int, keep: bool, plan: Plan) -> int:
+    """Steps of the row kernels' input projection held at once: all of them for backward."""
+    return T if keep or not plan.chunk_steps else min(T, plan.chunk_steps)
 
 
 def _row_blas(B: int) -> Any:
@@ -134,35 +137,6 @@ def _parts_layout(G: int, H: int, parts: int) -> _Layout:
                    *_packed_offsets(G * bounds, H), *_packed_offsets(bounds, G * H))
 
 
-def direct_projection(B: int, D: int, H: int, G: int, parts: int) -> bool:
-    """Whether the batch-inner LSTM computes each step's input projection in the step, with
-    the recurrent product, as one packed product ``[W_ih | b | W_hh] [x_t^T; 1; h_prev]``
-    straight into the step's block (see lstm_t), instead of one GEMM per chunk of steps into a
-    panel whose rows are then copied into each step's block. It does for batches (B > 1) whose
-    weights of one part (thread), G H / parts rows (rounded up) of D + 1 + H numbers, take at
-    most DIRECT_MAX_FLOATS (1 MiB, set from the measurements below; the packing's padding and
-    the split's rounding to 8 units aside): every step reads all of W_ih that way, where the
-    panel's GEMM reads it once per chunk of steps, which wins once the weights no longer stay
-    near the core.
-    Measured (one process, alternating), inference / training: (400, 16, 16, 64) 1.25x / 1.06x,
-    (100, 32, 64, 128) 1.10x / 1.05x, (25, 128, 128, 128) 1.06x / 1.04x, (100, 64, 128, 256)
-    1.06x / 1.00x; with weights over the limit, (50, 64, 256, 512) 0.96x and (35, 20, 650, 650)
-    0.94x inference. B = 1 keeps its step-major panel."""
-    rows = -(-G * H // parts)
-    return B >= 2 and rows * (D + 1 + H) <= DIRECT_MAX_FLOATS
-
-
-def backward_panels(B: int, G: int, H: int) -> bool:
-    """Whether backward's per-step product dh^T = W_hh^T dZ^T reads the gate gradients (G H, B)
-    as panels (``packed.to_panels``: each micro-kernel call's columns as one contiguous run)
-    rather than row by row. Only with G H rows in the thousands does reading nb numbers from
-    each of G H rows cost more than writing the panels each step: measured (one process,
-    alternating), (50, 64, 256, 512) 1.04-1.06x training, (100, 64, 128, 256) 1.01-1.02x;
-    (35, 20, 650, 650) and (30, 32, 512, 512) 0.99-1.02x, (100, 16, 512, 256) 0.98x, and
-    small G H or B slower (0.8-0.9x at (400, 16, 16, 64) and (100, 32, 64, 128))."""
-    return G * H >= BACKWARD_PANELS_MIN_GH and B >= BACKWARD_PANELS_MIN_B
-
-
 @functools.lru_cache(maxsize=256)
 def _input_offsets(G: int, H: int, parts: int, K: int) -> tuple[Array, int]:
     """Where each part's rows of [W_ih | b | W_hh] (K = D + 1 + H columns) start, packed, and
@@ -192,7 +166,7 @@ def _lstm_peep(cell: LSTMCell, p: dict[str, Array], H: int, dtype: np.dtype) -> 
 
 
 def lstm_forward(cell: LSTMCell, p: dict[str, Array], x: Array, state0: State,
-                 mask: Array | None, reverse: bool, keep: bool,
+                 mask: Array | None, reverse: bool, keep: bool, plan: Plan,
                  rows_of: tuple[Array, Array] | None = None) -> tuple[Array, State, Any]:
     """``rows_of = (ids, E)``: the caller's promise that x[t, b] = E[ids[t, b]] (an
     embedding lookup, see ``can_fold``). The input projection W_ih x + b then comes from the
@@ -210,14 +184,10 @@ def lstm_forward(cell: LSTMCell, p: dict[str, Array], x: Array, state0: State,
     gidx = _lstm_gate_layout(cell)
     mask_arr, has_mask = _mask_args(mask)
     h0, c0 = _c(state0[0], dtype), _c(state0[1], dtype)
-    if dtype == np.float32:
-        parts = threads.parts_for(B, H, G)
-        if B >= BATCH_INNER_MIN_B or (B == 1 and parts > 1 and SPLIT_SINGLE_SEQUENCE):
-            return _lstm_forward_t(cell, x, wih, whh, bias, peep, gidx, mask_arr, has_mask, h0,
-                                   c0, reverse, keep, rows_of, parts)
-    if rows_of is not None:
-        raise ValueError("rows_of needs the batch-inner float32 LSTM kernels (see can_fold)")
-    Tc = T if keep else _chunk_steps(T, B, G * H, dtype.itemsize)
+    if plan.kernel == "batch-inner":
+        return _lstm_forward_t(cell, x, wih, whh, bias, peep, gidx, mask_arr, has_mask, h0,
+                               c0, reverse, keep, rows_of, plan)
+    Tc = _row_chunk(T, keep, plan)
     Z = np.empty((Tc, B, G, H), dtype=dtype)
     out = np.empty((T, B, H), dtype=dtype)
     C = np.empty((T if keep else 2, B, H), dtype=dtype)
@@ -236,7 +206,8 @@ def lstm_forward(cell: LSTMCell, p: dict[str, Array], x: Array, state0: State,
                            scratch, big)
     cache = None
     if keep:
-        cache = {"kind": "lstm", "x": x, "Z": Z, "out": out, "C": C, "HP": HP, "CP": CP,
+        cache = {"kind": "lstm", "plan": plan, "x": x, "Z": Z, "out": out, "C": C, "HP": HP,
+                 "CP": CP,
                  "h0": h0, "c0": c0, "mask": mask_arr, "has_mask": has_mask,
                  "reverse": reverse, "gidx": gidx}
         out = out.copy()  # the cache keeps its own h sequence: the caller may modify `out`
@@ -246,13 +217,14 @@ def lstm_forward(cell: LSTMCell, p: dict[str, Array], x: Array, state0: State,
 def _lstm_forward_t(cell: LSTMCell, x: Array, wih: Array, whh: Array, bias: Array,
                     peep: Array, gidx: Array, mask_arr: Array, has_mask: bool, h0: Array,
                     c0: Array, reverse: bool, keep: bool,
-                    rows_of: tuple[Array, Array] | None, parts: int) -> tuple[Array, State, Any]:
+                    rows_of: tuple[Array, Array] | None, plan: Plan) -> tuple[Array, State, Any]:
     dtype = x.dtype
     T, B, D = x.shape
     H = cell.hidden_size
     G = len(cell.gates)
     GH = G * H
-    fold = rows_of is not None
+    parts = plan.parts
+    fold = plan.projection == "folded"
     if fold:
         ids = np.ascontiguousarray(rows_of[0], dtype=np.int64)
         E = _c(rows_of[1], dtype)
@@ -261,7 +233,7 @@ def _lstm_forward_t(cell: LSTMCell, x: Array, wih: Array, whh: Array, bias: Arra
         ids, E, table = np.zeros((1, 1), np.int64), _dummy(dtype, 2), _dummy(dtype, 2)
     layout = _parts_layout(G, H, parts)
     bounds, perm = layout.bounds, layout.perm
-    direct = not fold and direct_projection(B, D, H, G, parts)
+    direct = plan.projection == "direct"
     if direct:  # W_ih, b, W_hh in the layer's order (packed as [W_ih | b | W_hh] by the kernel)
         XT = np.empty((2, D + 1, B), dtype=dtype)
         XT[:, D, :] = 1.0
@@ -272,7 +244,7 @@ def _lstm_forward_t(cell: LSTMCell, x: Array, wih: Array, whh: Array, bias: Arra
         XT, Wxp, wx_off = _dummy(dtype, 3), _dummy(dtype, 1), layout.w_off
         if perm is not None and not fold:  # folded, the table replaces W_ih and the bias
             wih, bias = np.take(wih, perm, axis=0), np.take(bias, perm)
-        Tc = _chunk_steps(T, B, GH, dtype.itemsize)
+        Tc = min(T, plan.chunk_steps or T)
         P = np.empty((GH, 1 if fold else Tc, B), dtype=dtype)
         Wp = np.empty(layout.w_size, dtype=np.float32)
     Z = np.empty((T if keep else 1, GH, B), dtype=dtype)
@@ -293,7 +265,7 @@ def _lstm_forward_t(cell: LSTMCell, x: Array, wih: Array, whh: Array, bias: Arra
     wexp = _peephole_block(peep, B)
     scratch = np.empty((parts, 3, layout.units * B), dtype=dtype)
     if parts > 1:
-        threads.keep_torch_openmp_apart()  # before Numba's OpenMP pool starts
+        threads.starting_parallel()
     run = _lstm_t.lstm_forward_t if parts > 1 else _lstm_t.lstm_forward_t_serial
     with threads.blas_single_threaded():
         run(x, wih, whh, layout.order, bias, cell.bias, wexp, gidx,
@@ -302,7 +274,7 @@ def _lstm_forward_t(cell: LSTMCell, x: Array, wih: Array, whh: Array, bias: Arra
             table, ids, direct, XT, Wxp, wx_off)
     cache = None
     if keep:
-        cache = {"kind": "lstm", "layout": "batch-inner", "x": x, "Z": Z, "out": out_kept,
+        cache = {"kind": "lstm", "plan": plan, "x": x, "Z": Z, "out": out_kept,
                  "C": CT, "HP": HP, "CP": CPT, "h0": h0, "c0": c0, "mask": mask_arr,
                  "has_mask": has_mask, "reverse": reverse, "gidx": gidx, "parts": parts,
                  "rows_of": (ids, E) if fold else None}
@@ -317,14 +289,15 @@ def _lstm_backward_t(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Arr
     H = cell.hidden_size
     G = len(cell.gates)
     GH = G * H
-    parts = cache["parts"]
+    plan = cache["plan"]
+    parts = plan.parts
     layout = _parts_layout(G, H, parts)
     wih, whh = _c(p["weight_ih"], dtype), _c(p["weight_hh"], dtype)
     peep = _lstm_peep(cell, p, H, dtype)
     wexp = _peephole_block(peep, B)
     dZ = np.empty((T, GH, 1) if B == 1 else (GH, T, B), dtype=dtype)  # see lstm_t
     dZs2 = np.empty((2, GH, B), dtype=dtype)
-    dZP2 = np.empty((2, GH * B if backward_panels(B, G, H) else 0), dtype=dtype)
+    dZP2 = np.empty((2, GH * B if plan.backward_panels else 0), dtype=dtype)
     dX = np.empty((T, B, D), dtype=dtype)  # not written (nor touched) when folding
     fold = cache["rows_of"] is not None
     if fold:
@@ -334,16 +307,14 @@ def _lstm_backward_t(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Arr
         dE = np.empty((parts, E.shape[0], D), dtype=dtype)
     else:
         ids, E, S, dE = np.zeros(1, np.int64), _dummy(dtype, 2), _dummy(dtype, 2), _dummy(dtype, 3)
-    accs = [_Accumulate(grads.get(name), shape, dtype) for name, shape in
-            (("weight_ih", (GH, D)), ("weight_hh", (GH, H)), ("bias_ih", (GH,)),
-             ("bias_hh", (GH,)))]
+    accs = _weight_gradients(grads, GH, D, H, dtype)
     g_arrays = [acc.array for acc in accs]
     gpeep = np.zeros((3, H), dtype=dtype)
     work = [np.empty((H, B), dtype=dtype) for _ in range(4)]
     ones = np.ones(max(T * B, H * B), dtype=dtype)
     scratch = np.empty((parts, 3, layout.units * B), dtype=dtype)
     if parts > 1:
-        threads.keep_torch_openmp_apart()
+        threads.starting_parallel()
     Wp = np.empty(layout.wt_size, dtype=np.float32)
     run = _lstm_t.lstm_backward_t if parts > 1 else _lstm_t.lstm_backward_t_serial
     with threads.blas_single_threaded():
@@ -354,12 +325,7 @@ def _lstm_backward_t(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Arr
             cache["out"], cache["C"], cache["HP"], cache["CP"], d_out, dh, dc, dZs2, dZP2, dZ, dX,
             *g_arrays, gpeep, cell.peepholes, *work, ones, scratch, layout.bounds, Wp,
             layout.wt_off, fold, ids, E, S, dE)
-    for acc in accs:
-        acc.finish()
-    for k, gate in enumerate("ifo"):
-        name = f"weight_c{gate}"
-        if name in grads:
-            grads[name] += gpeep[k]
+    _finish(accs, grads, gpeep)
     return (dE.sum(axis=0) if fold else dX), (dh, dc)
 
 
@@ -375,14 +341,11 @@ def lstm_backward(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Array,
     d_out = _c(d_out, dtype)
     dh = np.array(d_state[0], dtype=dtype, order="C", copy=True)
     dc = np.array(d_state[1], dtype=dtype, order="C", copy=True)
-    if cache.get("layout") == "batch-inner":
+    if cache["plan"].kernel == "batch-inner":
         return _lstm_backward_t(cell, p, cache, d_out, dh, dc, grads)
     dZ = np.empty_like(Z)
     dX = np.empty((T, B, D), dtype=dtype)
-    g_wih = _Accumulate(grads.get("weight_ih"), (G * H, D), dtype)
-    g_whh = _Accumulate(grads.get("weight_hh"), (G * H, H), dtype)
-    g_bih = _Accumulate(grads.get("bias_ih"), (G * H,), dtype)
-    g_bhh = _Accumulate(grads.get("bias_hh"), (G * H,), dtype)
+    accs = _weight_gradients(grads, G * H, D, H, dtype)
     gpeep = np.zeros((3, H), dtype=dtype)
     scratch = np.empty((4, H), dtype=dtype)
     ones = np.ones(H, dtype=dtype)
@@ -390,22 +353,17 @@ def lstm_backward(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Array,
         _lstm.lstm_backward(x, wih, whh, cell.bias, peep, cell.peepholes, cache["gidx"],
                             cell.coupled_input_forget, cache["mask"], cache["has_mask"],
                             cache["reverse"], cache["h0"], cache["c0"], Z, cache["out"], cache["C"],
-                            cache["HP"], cache["CP"], d_out, dh, dc, dZ, dX, g_wih.array,
-                            g_whh.array, g_bih.array, g_bhh.array, gpeep, scratch, ones)
-    for acc in (g_wih, g_whh, g_bih, g_bhh):
-        acc.finish()
-    for k, gate in enumerate("ifo"):
-        name = f"weight_c{gate}"
-        if name in grads:
-            grads[name] += gpeep[k]
+                            cache["HP"], cache["CP"], d_out, dh, dc, dZ, dX,
+                            *(acc.array for acc in accs), gpeep, scratch, ones)
+    _finish(accs, grads, gpeep)
     return dX, (dh, dc)
 
 
 def lstm_gate_sequences(cell: LSTMCell, cache: Any) -> dict[str, Array]:
     Z, gidx = cache["Z"], cache["gidx"]
-    if cache.get("layout") == "batch-inner":  # (T, GH, B), rows permuted -> (T, B, G, H)
+    if cache["plan"].kernel == "batch-inner":  # (T, GH, B), rows permuted -> (T, B, G, H)
         T, GH, B = Z.shape
-        perm = _parts_layout(len(cell.gates), cell.hidden_size, cache["parts"]).perm
+        perm = _parts_layout(len(cell.gates), cell.hidden_size, cache["plan"].parts).perm
         if perm is not None:
             unpermuted = np.empty_like(Z)
             unpermuted[:, perm] = Z
@@ -428,7 +386,8 @@ def lstm_gate_sequences(cell: LSTMCell, cache: Any) -> dict[str, Array]:
 
 
 def gru_forward(cell: GRUCell, p: dict[str, Array], x: Array, state0: State,
-                mask: Array | None, reverse: bool, keep: bool) -> tuple[Array, State, Any]:
+                mask: Array | None, reverse: bool, keep: bool,
+                plan: Plan) -> tuple[Array, State, Any]:
     dtype = x.dtype
     x = _c(x, dtype)
     T, B, D = x.shape
@@ -440,7 +399,7 @@ def gru_forward(cell: GRUCell, p: dict[str, Array], x: Array, state0: State,
         bih = bhh = np.zeros(3 * H, dtype=dtype)
     mask_arr, has_mask = _mask_args(mask)
     h0 = _c(state0[0], dtype)
-    Tc = T if keep else _chunk_steps(T, B, 3 * H, dtype.itemsize)
+    Tc = _row_chunk(T, keep, plan)
     Z = np.empty((Tc, B, 3, H), dtype=dtype)
     HN = np.empty((T if keep else 1, B, H), dtype=dtype)
     out = np.empty((T, B, H), dtype=dtype)
@@ -452,8 +411,8 @@ def gru_forward(cell: GRUCell, p: dict[str, Array], x: Array, state0: State,
                          Z, HN, out, HP, hs, gh)
     cache = None
     if keep:
-        cache = {"kind": "gru", "x": x, "Z": Z, "HN": HN, "out": out, "HP": HP, "h0": h0,
-                 "mask": mask_arr, "has_mask": has_mask, "reverse": reverse}
+        cache = {"kind": "gru", "plan": plan, "x": x, "Z": Z, "HN": HN, "out": out, "HP": HP,
+                 "h0": h0, "mask": mask_arr, "has_mask": has_mask, "reverse": reverse}
         out = out.copy()
     return out, (hs,), cache
 
@@ -470,18 +429,13 @@ def gru_backward(cell: GRUCell, p: dict[str, Array], cache: Any, d_out: Array,
     dGH = np.empty((T, B, 3, H), dtype=dtype)
     dNI = np.empty((T, B, H), dtype=dtype)
     dX = np.empty((T, B, D), dtype=dtype)
-    g_wih = _Accumulate(grads.get("weight_ih"), (3 * H, D), dtype)
-    g_whh = _Accumulate(grads.get("weight_hh"), (3 * H, H), dtype)
-    g_bih = _Accumulate(grads.get("bias_ih"), (3 * H,), dtype)
-    g_bhh = _Accumulate(grads.get("bias_hh"), (3 * H,), dtype)
+    accs = _weight_gradients(grads, 3 * H, D, H, dtype)
     dh_new = np.empty((B, H), dtype=dtype)
     with _row_blas(B):
         _gru.gru_backward(x, wih, whh, cell.bias, cache["mask"], cache["has_mask"],
                           cache["reverse"], cache["h0"], Z, cache["HN"], cache["out"], cache["HP"],
-                          d_out, dh, dh_new, dGH, dNI, dX, g_wih.array, g_whh.array, g_bih.array,
-                          g_bhh.array)
-    for acc in (g_wih, g_whh, g_bih, g_bhh):
-        acc.finish()
+                          d_out, dh, dh_new, dGH, dNI, dX, *(acc.array for acc in accs))
+    _finish(accs, grads)
     return dX, (dh,)
 
 
@@ -494,7 +448,8 @@ def gru_gate_sequences(cell: GRUCell, cache: Any) -> dict[str, Array]:
 
 
 def rnn_forward(cell: RNNCell, p: dict[str, Array], x: Array, state0: State,
-                mask: Array | None, reverse: bool, keep: bool) -> tuple[Array, State, Any]:
+                mask: Array | None, reverse: bool, keep: bool,
+                plan: Plan) -> tuple[Array, State, Any]:
     dtype = x.dtype
     x = _c(x, dtype)
     T, B, D = x.shape
@@ -513,7 +468,7 @@ def rnn_forward(cell: RNNCell, p: dict[str, Array], x: Array, state0: State,
                          A, out, HP, hs)
     cache = None
     if keep:
-        cache = {"kind": "rnn", "x": x, "A": A, "HP": HP, "h0": h0, "mask": mask_arr,
+        cache = {"kind": "rnn", "plan": plan, "x": x, "A": A, "HP": HP, "h0": h0, "mask": mask_arr,
                  "has_mask": has_mask, "reverse": reverse}
         if out is A:
             out = out.copy()
@@ -531,17 +486,13 @@ def rnn_backward(cell: RNNCell, p: dict[str, Array], cache: Any, d_out: Array,
     dh = np.array(d_state[0], dtype=dtype, order="C", copy=True)
     dA = np.empty((T, B, H), dtype=dtype)
     dX = np.empty((T, B, D), dtype=dtype)
-    g_wih = _Accumulate(grads.get("weight_ih"), (H, D), dtype)
-    g_whh = _Accumulate(grads.get("weight_hh"), (H, H), dtype)
-    g_bih = _Accumulate(grads.get("bias_ih"), (H,), dtype)
-    g_bhh = _Accumulate(grads.get("bias_hh"), (H,), dtype)
+    accs = _weight_gradients(grads, H, D, H, dtype)
     relu = cell.nonlinearity == "relu"
     with _row_blas(B):
         _rnn.rnn_backward(x, wih, whh, cell.bias, relu, cache["mask"], cache["has_mask"],
                           cache["reverse"], cache["h0"], A, cache["HP"], d_out, dh, dA, dX,
-                          g_wih.array, g_whh.array, g_bih.array, g_bhh.array)
-    for acc in (g_wih, g_whh, g_bih, g_bhh):
-        acc.finish()
+                          *(acc.array for acc in accs))
+    _finish(accs, grads)
     return dX, (dh,)
 
 
@@ -551,25 +502,13 @@ _FORWARD = {LSTMCell: lstm_forward, GRUCell: gru_forward, RNNCell: rnn_forward}
 _BACKWARD = {"lstm": lstm_backward, "gru": gru_backward, "rnn": rnn_backward}
 
 
-def supports(cell: Any, dtype: np.dtype) -> bool:
-    """Whether the fused kernels run this cell type and dtype."""
-    return type(cell) in _FORWARD and np.dtype(dtype) in (np.float32, np.float64)
-
-
-def can_fold(cell: Any, dtype: np.dtype, T: int, B: int, V: int) -> bool:
-    """Whether ``forward(..., rows_of=(ids, E))`` runs for an input x = E[ids] of T x B
-    rows of a (V, D) embedding, and pays: the float32 batch-inner LSTM kernels, with fewer
-    embedding rows than input rows."""
-    return (type(cell) is LSTMCell and np.dtype(dtype) == np.float32
-            and B >= BATCH_INNER_MIN_B and V < T * B)
-
-
 def forward(cell: Any, p: dict[str, Array], x: Array, state0: State, mask: Array | None,
-            reverse: bool, keep: bool,
+            reverse: bool, keep: bool, plan: Plan,
             rows_of: tuple[Array, Array] | None = None) -> tuple[Array, State, Any]:
-    if rows_of is not None:
-        return lstm_forward(cell, p, x, state0, mask, reverse, keep, rows_of)
-    return _FORWARD[type(cell)](cell, p, x, state0, mask, reverse, keep)
+    """Run ``plan`` (a "rows" or "batch-inner" plan that ``plan.check_plan`` accepted)."""
+    if type(cell) is LSTMCell:
+        return lstm_forward(cell, p, x, state0, mask, reverse, keep, plan, rows_of)
+    return _FORWARD[type(cell)](cell, p, x, state0, mask, reverse, keep, plan)
 
 
 def backward(cell: Any, p: dict[str, Array], cache: Any, d_out: Array, d_state: State,

@@ -16,7 +16,8 @@ scratch row when no gradient is wanted):
 
 Every path (gradient or not, into ``out`` or in place, serial or split over threads) runs the
 same passes on the same values, so the loss is the same to the bit on all of them. float32
-uses the vectorisable ``exp`` of ``lstmkit.kernels.gates`` (``exp32``; float64: ``math.exp``).
+uses the vectorisable ``exp`` of ``lstmkit.engine.kernels.gates`` (``exp32``; float64:
+``math.exp``).
 
 Rows are split into ``parts`` contiguous ranges, one per thread (``prange``), when the array
 is large enough (``threads.parts_for_flops``); else one serial call.
@@ -31,8 +32,8 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
-from lstmkit.kernels import threads
-from lstmkit.kernels.gates import exp
+from lstmkit.engine.kernels import threads
+from lstmkit.engine.kernels.gates import exp
 
 _OPTS = {"cache": True, "nogil": True}
 # reassociation lets LLVM vectorise the block sums (several partial sums at once); no

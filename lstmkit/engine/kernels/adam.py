@@ -28,7 +28,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from lstmkit.kernels import threads
+from lstmkit.engine.kernels import threads
 
 _OPTS = {"cache": True, "nogil": True}
 # floating-point operations of one element's update, for the serial/parallel choice

@@ -6,7 +6,7 @@ workers keep spinning for about 0.1 s after each call and take the cores away fr
 recurrent kernels' threads that run next (measured on 2 cores: a char-LM training step went
 from 135 ms to 267 ms). Here the same products run on Numba's pool, the one the recurrent
 kernels use: the rows of the result are split into ``parts`` contiguous ranges, each computed
-by one single-threaded BLAS call (``lstmkit.kernels.blas.gemm``, SciPy's OpenBLAS).
+by one single-threaded BLAS call (``lstmkit.engine.kernels.blas.gemm``, SciPy's OpenBLAS).
 
 - ``forward(x2, W, y2)``: ``y2 = x2 @ W.T`` (N, out), split over rows of ``y2``;
 - ``input_grad(d2, W, dx2)``: ``dx2 = d2 @ W`` (N, in), split over rows of ``dx2``;
@@ -20,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from lstmkit.kernels import threads
-from lstmkit.kernels.blas import gemm
+from lstmkit.engine.kernels import threads
+from lstmkit.engine.kernels.blas import gemm
 
 _OPTS = {"cache": True, "nogil": True}
 

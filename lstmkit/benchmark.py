@@ -22,7 +22,7 @@ Protocol (everything in one process, so both frameworks see the same machine sta
   and the one with respect to the weights). GFLOP/s = that count / median time.
 - Peak: a 1024^3 float32 matmul in NumPy (median of 9 runs), in the same run and thread
   count, at its start and its end (the higher is used); "% peak" = achieved GFLOP/s / that.
-  The peak of the BLAS the kernels call (SciPy's OpenBLAS, through Numba) is reported too.
+  The peak of the BLAS the kernels call (SciPy's OpenBLAS) is reported too.
   The same matmul also takes its turn in each shape's alternation (a third "framework"), so
   that each shape has a peak measured at the same moments as its times: "% along" =
   achieved GFLOP/s / that one's median (on a machine whose speed drifts by tens of percent
@@ -120,16 +120,10 @@ def set_threads(n: int) -> dict[str, Any]:
                 fn(ctypes.c_int(n))
                 done[os.path.basename(path)] = n
                 break
-    try:
-        import numba
+    import lstmkit
 
-        from lstmkit.kernels.threads import keep_torch_openmp_apart
-
-        keep_torch_openmp_apart()
-        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-        done["numba"] = numba.get_num_threads()
-    except (ImportError, ValueError):
-        pass
+    lstmkit.set_num_threads(n)
+    done["numba"] = lstmkit.get_num_threads()
     if torch is not None:
         torch.set_num_threads(n)
         done["torch"] = torch.get_num_threads()
@@ -198,22 +192,19 @@ def _sgemm_operands(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def sgemm_peak(reps: int = 9, n: int = 1024) -> dict[str, float]:
-    """GFLOP/s of an n^3 float32 matmul: NumPy's BLAS and the kernels' BLAS (via Numba).
+    """GFLOP/s of an n^3 float32 matmul: NumPy's BLAS and the kernels' BLAS (SciPy's OpenBLAS,
+    which the kernels call through ``scipy.linalg.cython_blas``; here through its Python
+    wrapper, on Fortran-ordered operands so that no copy is timed).
 
     Each is timed on its own (median of ``reps`` after two warm-up calls), with a pause in
     between so that the first library's idle threads have stopped spinning."""
-    from numba import njit
-
-    from lstmkit.kernels.blas import gemm
-
-    @njit
-    def kernel_gemm(a, b, c):
-        gemm(False, False, 1.0, a, b, 0.0, c)
+    from scipy.linalg.blas import sgemm
 
     a, b, c = _sgemm_operands(n)
+    af, bf, cf = np.asfortranarray(a), np.asfortranarray(b), np.asfortranarray(c)
     result = {}
     for name, fn in (("numpy", lambda: np.matmul(a, b, out=c)),
-                     ("kernels", lambda: kernel_gemm(a, b, c))):
+                     ("kernels", lambda: sgemm(1.0, af, bf, beta=0.0, c=cf, overwrite_c=True))):
         time.sleep(0.3)
         fn()
         fn()
@@ -318,10 +309,8 @@ import numpy as np
 cell, framework = sys.argv[1], sys.argv[2]
 T, B, D, H, threads = map(int, sys.argv[3:8])
 fast = sys.argv[8] == "1"
-from lstmkit.kernels.benchmark import set_threads, MODES
-from lstmkit.kernels import threads as kernel_threads
+from lstmkit.benchmark import set_threads, MODES
 set_threads(threads)
-kernel_threads.ADAPT_TO_LOAD = False  # same code path in every step, whatever the load
 
 def status(key):
     for line in open("/proc/self/status"):

@@ -45,7 +45,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from lstmkit.kernels.transpose import shuffle_8x8, transpose_into
+from lstmkit.engine.kernels.transpose import shuffle_8x8, transpose_into
 
 _OPTS = {"cache": True, "error_model": "numpy", "nogil": True}
 

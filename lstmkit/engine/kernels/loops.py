@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from numba import njit
 
-from lstmkit.kernels.gates import flush
+from lstmkit.engine.kernels.gates import flush
 
 _OPTS = {"cache": True, "error_model": "numpy", "nogil": True}
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from numba import njit
 
-from lstmkit.kernels.blas import gemm
-from lstmkit.kernels.gates import flush, one_like, sigmoid, tanh
-from lstmkit.kernels.loops import add_rows, copy1, copy2, fill1, fill_rows, flush_all
+from lstmkit.engine.kernels.blas import add_recurrent_weight_gradient, gemm
+from lstmkit.engine.kernels.gates import flush, one_like, sigmoid, tanh
+from lstmkit.engine.kernels.loops import add_rows, copy1, copy2, fill1, fill_rows, flush_all
 
 _OPTS = {"cache": True, "error_model": "numpy", "fastmath": {"contract"}, "nogil": True}
 
@@ -153,17 +153,8 @@ def gru_backward(X, Wih, Whh, has_bias, mask, has_mask, reverse, h0, Z, HN, OUT,
     gemm(True, False, 1.0, dN2, X2, 1.0, gWih[2 * H:])
     gemm(False, False, 1.0, dG2[:, :2 * H], Wih[:2 * H], 0.0, dX2)
     gemm(False, False, 1.0, dN2, Wih[2 * H:], 1.0, dX2)
-    if has_mask:
-        gemm(True, False, 1.0, dG2, HP.reshape(TB, H), 1.0, gWhh)
-    else:
-        O2 = OUT.reshape(TB, H)
-        first = T - 1 if reverse else 0
-        if T > 1:
-            if reverse:
-                gemm(True, False, 1.0, dG2[:TB - B], O2[B:], 1.0, gWhh)
-            else:
-                gemm(True, False, 1.0, dG2[B:], O2[:TB - B], 1.0, gWhh)
-        gemm(True, False, 1.0, dGH[first].reshape(B, 3 * H), h0, 1.0, gWhh)
+    add_recurrent_weight_gradient(gWhh, dG2, True, OUT.reshape(TB, H), HP, h0, T, B,
+                                  reverse, has_mask)
     if has_bias:
         add_rows(gbhh, dG2)
         add_rows(gbih[:2 * H], dG2[:, :2 * H])

@@ -22,12 +22,6 @@ from typing import Any
 
 import numpy as np
 
-# a step is split over threads when its recurrent GEMM has at least this many flops (with an
-# OpenMP or TBB thread pool: a parallel region costs a few microseconds; Numba's fallback
-# "workqueue" pool costs ~100 us per region, so steps must then be much larger)
-PARALLEL_MIN_FLOPS = 2.5e5
-PARALLEL_MIN_FLOPS_WORKQUEUE = 1.0e8
-
 _blas_handle: Any = None
 _searched = False
 
@@ -143,7 +137,7 @@ def kernel_threads() -> int:
 _fast_pool: bool | None = None
 
 
-def _has_fast_pool() -> bool:
+def has_fast_pool() -> bool:
     """Whether Numba can use an OpenMP or TBB thread pool (not only its slow workqueue)."""
     global _fast_pool
     if _fast_pool is None:
@@ -166,96 +160,39 @@ def _has_fast_pool() -> bool:
 
 
 _parallel_pid: int | None = None
-# look at how many other threads are running before splitting a step (see busy_elsewhere)
-ADAPT_TO_LOAD = True
 
 
-def busy_elsewhere() -> int:
-    """How many threads of other processes are running right now (Linux; 0 if unknown).
-
-    A step split over threads waits at its end for every thread; if another process holds one
-    of the cores, the thread that lost its core stalls the step (for a scheduler time slice, or
-    for ``sync.PATIENCE`` spins in the LSTM's time loop, after which its share is taken over),
-    so a parallel loop ends up slower than a serial one. Counting the running threads
-    (runnable threads in /proc/loadavg, less this process's own) before a call avoids that.
-    """
-    try:
-        with open("/proc/loadavg", "rb") as f:
-            running = int(f.read().split()[3].split(b"/")[0])
-        if running <= 1:  # only the thread reading the file
-            return 0
-        own = 0
-        for task in os.listdir("/proc/self/task"):
-            try:
-                with open(f"/proc/self/task/{task}/stat", "rb") as f:
-                    state = f.read().rsplit(b")", 1)[1].split()[0]
-            except (OSError, IndexError):
-                continue
-            own += state == b"R"
-        return max(0, running - max(own, 1))
-    except (OSError, ValueError, IndexError):
-        return 0
+def usable_threads() -> int:
+    """The kernels' thread count (Numba's), or 1 in a process forked from one that already ran
+    parallel kernels: GNU OpenMP cannot be used again after a fork (Numba would abort the
+    child), so such children run serially."""
+    if _parallel_pid is not None and _parallel_pid != os.getpid():
+        return 1
+    return kernel_threads()
 
 
-_busy_cache = [-1.0, 0, 0]
-
-
-def _busy_recently(max_age: float = 0.25) -> int:
-    """``busy_elsewhere()``, re-read at most every ``max_age`` seconds (reading /proc costs
-    tens of microseconds, as much as a small step, and 0.2-0.5 ms right after a kernel call has
-    pushed the interpreter out of the caches), and the smaller of the last two readings:
-    a kernel thread or a short process that happens to be running at one reading does not
-    switch the kernels to serial."""
-    import time
-
-    now = time.monotonic()
-    if now - _busy_cache[0] > max_age:
-        _busy_cache[0] = now
-        _busy_cache[2] = _busy_cache[1]
-        _busy_cache[1] = busy_elsewhere()
-    return int(min(_busy_cache[1], _busy_cache[2]))
-
-
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def parts_for(B: int, H: int, G: int) -> int:
-    """How many threads split a step: 1 unless the step's recurrent GEMM is large enough.
-
-    A single sequence (B = 1) counts double: its step reads every weight of W_hh for 2 flops,
-    so it is bound by the cache's bandwidth rather than by arithmetic, and split over two cores
-    each reads half of W_hh from its own L2 (measured, LSTM, B = 1: H = 128 1.2-1.3x faster
-    split in two, H = 96 and 64 slower).
-
-    Also 1 in a process forked from one that already ran parallel kernels: GNU OpenMP cannot
-    be used again after a fork (Numba would abort the child), so such children run serially.
-    """
-    flops = 2.0 * B * G * H * H * (2 if B == 1 else 1)
-    return min(parts_for_flops(flops), max(1, H // 8))
+def starting_parallel() -> None:
+    """Call before a kernel runs a parallel region: keeps PyTorch's OpenMP runtime apart (see
+    ``keep_torch_openmp_apart``) and notes that this process's OpenMP pool is started."""
+    global _parallel_pid
+    keep_torch_openmp_apart()
+    if _parallel_pid is None:
+        _parallel_pid = os.getpid()
 
 
 def parts_for_flops(flops: float) -> int:
-    """How many threads split a piece of work of ``flops`` floating-point operations: 1 when
-    it is too small to be worth a parallel region (see ``PARALLEL_MIN_FLOPS``), in a forked
-    child (see ``parts_for``), or when other processes hold the cores; else the kernel threads.
-    """
-    global _parallel_pid
-    threads = kernel_threads()
-    limit = PARALLEL_MIN_FLOPS if _has_fast_pool() else PARALLEL_MIN_FLOPS_WORKQUEUE
+    """How many threads split a dense kernel's work of ``flops`` floating-point operations (the
+    recurrences' split is their plan's, ``lstmkit.engine.plan``): 1 when it is too small to be
+    worth a parallel region, else every usable thread. Depends on the thread count only, never
+    on the machine's load, so results do not change with what else runs."""
+    from lstmkit.engine.plan import load_thresholds
+
+    threads = usable_threads()
+    th = load_thresholds()
+    limit = th.parallel_min_flops if has_fast_pool() else th.parallel_min_flops_workqueue
     if threads < 2 or flops < limit:
         return 1
-    if _parallel_pid is not None and _parallel_pid != os.getpid():
-        return 1
-    if ADAPT_TO_LOAD:
-        threads = min(threads, _cpus() - _busy_recently())
-    parts = max(1, threads)
-    if parts > 1 and _parallel_pid is None:
-        _parallel_pid = os.getpid()
-    return parts
+    return threads
 
 
 def run_parts(parallel: Any, serial: Any, parts: int, *args: Any) -> Any:
@@ -263,7 +200,7 @@ def run_parts(parallel: Any, serial: Any, parts: int, *args: Any) -> Any:
     (after ``keep_torch_openmp_apart``, as it may start Numba's OpenMP pool), else the serial
     one."""
     if parts > 1:
-        keep_torch_openmp_apart()
+        starting_parallel()
         return parallel(*args, parts)
     return serial(*args, parts)
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from numba import njit
 
-from lstmkit.kernels.blas import gemm
-from lstmkit.kernels.gates import flush, one_like, tanh
-from lstmkit.kernels.loops import add_rows, copy1, copy2, fill1, fill_rows, flush_all
+from lstmkit.engine.kernels.blas import add_recurrent_weight_gradient, gemm
+from lstmkit.engine.kernels.gates import flush, one_like, tanh
+from lstmkit.engine.kernels.loops import add_rows, copy1, copy2, fill1, fill_rows, flush_all
 
 _OPTS = {"cache": True, "error_model": "numpy", "fastmath": {"contract"}, "nogil": True}
 
@@ -97,17 +97,8 @@ def rnn_backward(X, Wih, Whh, has_bias, relu, mask, has_mask, reverse, h0, A, HP
     X2 = X.reshape(TB, D)
     gemm(True, False, 1.0, dA2, X2, 1.0, gWih)
     gemm(False, False, 1.0, dA2, Wih, 0.0, dX.reshape(TB, D))
-    if has_mask:
-        gemm(True, False, 1.0, dA2, HP.reshape(TB, H), 1.0, gWhh)
-    else:
-        A2 = A.reshape(TB, H)
-        first = T - 1 if reverse else 0
-        if T > 1:
-            if reverse:
-                gemm(True, False, 1.0, dA2[:TB - B], A2[B:], 1.0, gWhh)
-            else:
-                gemm(True, False, 1.0, dA2[B:], A2[:TB - B], 1.0, gWhh)
-        gemm(True, False, 1.0, dA[first], h0, 1.0, gWhh)
+    add_recurrent_weight_gradient(gWhh, dA2, True, A.reshape(TB, H), HP, h0, T, B,
+                                  reverse, has_mask)
     if has_bias:
         add_rows(gbih, dA2)
         add_rows(gbhh, dA2)

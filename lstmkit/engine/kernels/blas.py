@@ -155,3 +155,38 @@ def gemm(ta, tb, alpha, A, B, beta, C):
     ldb = max(B.strides[0] // isz, B.shape[1], 1)
     ldc = max(C.strides[0] // isz, C.shape[1], 1)
     _xgemm(_T if tb else _N, _T if ta else _N, n, m, k, alpha, B, ldb, A, lda, beta, C, ldc)
+
+
+@njit(cache=True)
+def _step_columns(Z, transposed, j0, j1):
+    """Columns [j0, j1) (steps' batch columns) of the gate gradients M (G H, T B), held as Z
+    = M, or as Z = M^T when ``transposed``."""
+    if transposed:
+        return Z[j0:j1]
+    return Z[:, j0:j1]
+
+
+@njit(cache=True)
+def add_recurrent_weight_gradient(gWhh, Z, transposed, states, saved, h0, T, B, reverse,
+                                  has_mask):
+    """gWhh (rows, H) += the sum over steps t of dZ_t^T h_prev(t), as GEMMs over all steps.
+
+    Z: the gate gradients of gWhh's rows as M (rows, T B), or M^T (T B, rows) when
+    ``transposed`` (the row layout's step-major dZ). h_prev(t) is the state before step t: with
+    a mask, as saved by the forward pass (``saved``, (T, B, H)); without, the previous step's
+    output (``states``, (T B, H)): the columns of step t - 1 (t + 1 when ``reverse``), one step
+    shifted against dZ, and h0 (B, H) before the first step (t = 0, or T - 1 reversed).
+    """
+    TB = T * B
+    if has_mask:
+        gemm(transposed, False, 1.0, Z, saved.reshape(TB, saved.shape[2]), 1.0, gWhh)
+        return
+    if T > 1:
+        if reverse:  # step t follows step t + 1
+            gemm(transposed, False, 1.0, _step_columns(Z, transposed, 0, TB - B), states[B:],
+                 1.0, gWhh)
+        else:
+            gemm(transposed, False, 1.0, _step_columns(Z, transposed, B, TB), states[:TB - B],
+                 1.0, gWhh)
+    first = (T - 1 if reverse else 0) * B
+    gemm(transposed, False, 1.0, _step_columns(Z, transposed, first, first + B), h0, 1.0, gWhh)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from lstmkit.kernels import threads
+from lstmkit.engine.kernels import threads
 
 _OPTS = {"cache": True, "nogil": True}
 # elements per block: a block's sum is one vectorised loop, the blocks' sums a float64 array

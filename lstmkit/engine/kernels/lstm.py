@@ -30,9 +30,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from lstmkit.kernels.blas import gemm
-from lstmkit.kernels.gates import flush, one_like, sigmoid, tanh
-from lstmkit.kernels.loops import (
+from lstmkit.engine.kernels.blas import add_recurrent_weight_gradient, gemm
+from lstmkit.engine.kernels.gates import flush, one_like, sigmoid, tanh
+from lstmkit.engine.kernels.loops import (
     add_rows,
     copy1,
     copy2,
@@ -242,17 +242,8 @@ def lstm_backward(X, Wih, Whh, has_bias, peep, has_peep, gidx, cifg, mask, has_m
     X2 = X.reshape(TB, D)
     gemm(True, False, 1.0, dZ2, X2, 1.0, gWih)
     gemm(False, False, 1.0, dZ2, Wih, 0.0, dX.reshape(TB, D))
-    if has_mask:
-        gemm(True, False, 1.0, dZ2, HP.reshape(TB, H), 1.0, gWhh)
-    else:
-        O2 = OUT.reshape(TB, H)
-        first = T - 1 if reverse else 0
-        if T > 1:
-            if reverse:  # step t follows step t + 1
-                gemm(True, False, 1.0, dZ2[:TB - B], O2[B:], 1.0, gWhh)
-            else:
-                gemm(True, False, 1.0, dZ2[B:], O2[:TB - B], 1.0, gWhh)
-        gemm(True, False, 1.0, dZ[first].reshape(B, GH), h0, 1.0, gWhh)
+    add_recurrent_weight_gradient(gWhh, dZ2, True, OUT.reshape(TB, H), HP, h0, T, B,
+                                  reverse, has_mask)
     if has_bias:
         db = np.zeros(GH, dtype=X.dtype)
         add_rows(db, dZ2)
