@@ -16,13 +16,15 @@ PyTorch module's ``load_state_dict`` takes ours and gives the same outputs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from lstmkit.activations import RELU, TANH, Activation, resolve_functions
 from lstmkit.cells import GRUCell, LSTMCell, RNNCell
+from lstmkit.cells.lstm import check_clip
 from lstmkit.engine import ENGINE, Plan, ReferenceRecurrence, plan_of
 from lstmkit.grad_mode import is_grad_enabled
 from lstmkit.nn.module import Module, resolve_rng
@@ -64,6 +66,26 @@ def _real(name: str, value: Any) -> float:
     if not np.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value!r}")
     return float(value)
+
+
+def _activation_config(act: Activation) -> str | dict[str, Any]:
+    """How a layer records an activation among its (JSON) options: the name, or a dict
+    with its parameters (``lstmkit.activations.get`` reads both)."""
+    return act.to_config() if act.parameters else act.name
+
+
+def _resolve_activations(
+    specs: dict[str, Any], alphas: Sequence[float] | None, betas: Sequence[float] | None
+) -> dict[str, Activation]:
+    """The layer's activations, by argument name, in ONNX's order (f, g, h); a spec that is
+    None is left out (it takes no value from activation_alpha / activation_beta)."""
+    for what, values in (("activation_alpha", alphas), ("activation_beta", betas)):
+        if values is not None and (isinstance(values, (str, bytes)) or
+                                   not isinstance(values, Sequence)):
+            raise TypeError(f"{what} must be a list of numbers, got {values!r}")
+    given = {name: spec for name, spec in specs.items() if spec is not None}
+    acts = resolve_functions(list(given.values()), alphas, betas, list(given))
+    return dict(zip(given, acts))
 
 
 @dataclass
@@ -596,6 +618,15 @@ class LSTM(RecurrentLayer):
     1.0; with ``coupled_input_forget`` it is subtracted from the input gate's, since f = 1 - i);
     ``recurrent_init``; ``stateful`` (carry the state between calls: truncated BPTT); ``dtype``;
     ``seed``; ``fast`` (False: the readable reference recurrence instead of the fused kernels).
+
+    Keyword-only options (docs/options.md): ``activation`` (g and, unless
+    ``output_activation`` is given, the function of c in h = o * act(c); Keras' name),
+    ``recurrent_activation`` (the gates' function), ``output_activation`` (ONNX's h), each a
+    name of ``lstmkit.activations`` or an ``lstmkit.Activation``; ``activation_alpha`` /
+    ``activation_beta`` (ONNX's lists, consumed in the order recurrent_activation,
+    activation, output_activation by the functions that take a parameter); ``clip`` (ONNX's
+    cell clip); ``full_gate_recurrence`` (Greff et al.'s FGR, parameter ``weight_gg_l{k}``
+    (3H, 3H)). ``cell_options`` holds all of them, JSON-ready.
     """
 
     mode = "LSTM"
@@ -619,12 +650,35 @@ class LSTM(RecurrentLayer):
         seed: int | np.random.Generator | None = None,
         recurrent_init: str = "uniform",
         stateful: bool = False, fast: bool = True,
+        *,
+        activation: Any = "tanh",
+        recurrent_activation: Any = "sigmoid",
+        output_activation: Any = None,
+        activation_alpha: Sequence[float] | None = None,
+        activation_beta: Sequence[float] | None = None,
+        clip: float | None = None,
+        full_gate_recurrence: bool = False,
     ) -> None:
-        self.cell_options = {
+        acts = _resolve_activations(
+            {"recurrent_activation": recurrent_activation, "activation": activation,
+             "output_activation": output_activation}, activation_alpha, activation_beta)
+        acts.setdefault("output_activation", acts["activation"])
+        check_clip(clip)
+        self._cell_fields: dict[str, Any] = {
             "peepholes": bool(peepholes), "forget_gate": bool(forget_gate),
             "input_gate": bool(input_gate), "output_gate": bool(output_gate),
-            "coupled_input_forget": bool(coupled_input_forget),
+            "coupled_input_forget": bool(coupled_input_forget), **acts,
+            "clip": None if clip is None else float(clip),
+            "full_gate_recurrence": bool(full_gate_recurrence),
         }
+        LSTMCell(1, 1, **self._cell_fields)  # checks the combination before any work
+        # the constructor's options, JSON-ready (``LSTM(..., **layer.cell_options)`` rebuilds)
+        self.cell_options = {
+            **self._cell_fields,
+            **{name: _activation_config(act) for name, act in acts.items()},
+        }
+        if acts["output_activation"] == acts["activation"]:
+            self.cell_options["output_activation"] = None
         self.forget_bias = _real("forget_bias", forget_bias)
         if self.forget_bias != 0.0 and not bias:
             raise ValueError("forget_bias needs bias=True")
@@ -634,7 +688,7 @@ class LSTM(RecurrentLayer):
                          bidirectional, dtype, seed, recurrent_init, stateful, fast)
 
     def _make_cell(self, input_size: int) -> LSTMCell:
-        return LSTMCell(input_size, self.hidden_size, self.bias, **self.cell_options)
+        return LSTMCell(input_size, self.hidden_size, self.bias, **self._cell_fields)
 
     def reset_parameters(self, recurrent_init: str = "uniform") -> None:
         super().reset_parameters(recurrent_init)
@@ -648,7 +702,14 @@ class LSTM(RecurrentLayer):
                 value[block * H : (block + 1) * H] += sign * self.forget_bias
 
     def _pack_state(self, state: tuple[Array, ...]) -> tuple[Array, Array]:
-        return state[0], state[1]
+        return state[0], state[1]  # FGR's previous gate values stay inside
+
+    def _initial_state(
+        self, state: Any, B: int, unbatched: bool, label: str = "{}_0"
+    ) -> tuple[Array, ...]:
+        parts = super()._initial_state(state, B, unbatched, label)
+        extra = len(self._state_names) - len(parts)  # FGR: the gates before the first step
+        return parts + tuple(np.zeros_like(parts[0]) for _ in range(extra))
 
     def _unpack_state(self, state: Any, what: str) -> tuple[Array, ...]:
         if not isinstance(state, (tuple, list)) or len(state) != 2:
@@ -660,18 +721,67 @@ class GRU(RecurrentLayer):
     """Gated Recurrent Unit over a sequence, exactly as ``torch.nn.GRU`` (``lstmkit.cells.gru``).
 
     ``output, h_n = gru(x, h_0, lengths=None)``; ``dx, dh_0 = gru.backward(d_output, dh_n)``.
+
+
+    Keyword-only options (docs/options.md): ``linear_before_reset`` (True: PyTorch's, the
+    reset gate multiplies W_hn h_prev + b_hn; False: Cho et al.'s, ONNX's default, Keras'
+    ``reset_after=False``: it multiplies h_prev), ``activation`` (the candidate's function),
+    ``recurrent_activation`` (the gates'), ``activation_alpha`` / ``activation_beta`` (ONNX's
+    lists, in the order recurrent_activation, activation), ``clip`` (ONNX's).
     """
 
     mode = "GRU"
 
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        dtype: Any = "float32",
+        seed: int | np.random.Generator | None = None,
+        recurrent_init: str = "uniform",
+        stateful: bool = False, fast: bool = True,
+        *,
+        linear_before_reset: bool = True,
+        activation: Any = "tanh",
+        recurrent_activation: Any = "sigmoid",
+        activation_alpha: Sequence[float] | None = None,
+        activation_beta: Sequence[float] | None = None,
+        clip: float | None = None,
+    ) -> None:
+        acts = _resolve_activations(
+            {"recurrent_activation": recurrent_activation, "activation": activation},
+            activation_alpha, activation_beta)
+        check_clip(clip)
+        self._cell_fields: dict[str, Any] = {
+            "linear_before_reset": bool(linear_before_reset), **acts,
+            "clip": None if clip is None else float(clip),
+        }
+        self.cell_options = {
+            **self._cell_fields,
+            **{name: _activation_config(act) for name, act in acts.items()},
+        }
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, dtype, seed, recurrent_init, stateful, fast)
+
     def _make_cell(self, input_size: int) -> GRUCell:
-        return GRUCell(input_size, self.hidden_size, self.bias)
+        return GRUCell(input_size, self.hidden_size, self.bias, **self._cell_fields)
 
 
 class RNN(RecurrentLayer):
     """The simple (Elman) RNN over a sequence, as ``torch.nn.RNN`` (``lstmkit.cells.rnn``).
 
-    ``nonlinearity`` is "tanh" or "relu". Calls as ``GRU``.
+    ``nonlinearity`` is "tanh" or "relu" (PyTorch's name). Calls as ``GRU``.
+
+    Keyword-only options (docs/options.md): ``activation`` (Keras' and ONNX's name: any
+    function of ``lstmkit.activations``; it replaces the default nonlinearity, and must agree
+    with a nonlinearity given as "relu"), ``activation_alpha`` / ``activation_beta`` (ONNX's
+    lists), ``clip`` (ONNX's). ``nonlinearity`` stays "tanh" or "relu" (what PyTorch can
+    build); ``cell_options["activation"]`` records any other function.
     """
 
     mode = "RNN"
@@ -680,14 +790,34 @@ class RNN(RecurrentLayer):
                  nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
                  dropout: float = 0.0, bidirectional: bool = False, dtype: Any = "float32",
                  seed: int | np.random.Generator | None = None, recurrent_init: str = "uniform",
-                 stateful: bool = False, fast: bool = True) -> None:
+                 stateful: bool = False, fast: bool = True, *, activation: Any = None,
+                 activation_alpha: Sequence[float] | None = None,
+                 activation_beta: Sequence[float] | None = None,
+                 clip: float | None = None) -> None:
         RNNCell(1, 1, nonlinearity=nonlinearity)  # validates the name before any work
-        self.nonlinearity = nonlinearity
+        spec = nonlinearity if activation is None else activation
+        act = _resolve_activations({"activation": spec}, activation_alpha,
+                                   activation_beta)["activation"]
+        named = RELU if nonlinearity == "relu" else TANH
+        if nonlinearity != "tanh" and act != named:
+            raise ValueError(f"nonlinearity={nonlinearity!r} and activation={act} contradict "
+                             "each other; give one of them")
+        check_clip(clip)
+        self.nonlinearity = "relu" if act == RELU else "tanh"
+        self._cell_fields: dict[str, Any] = {
+            "nonlinearity": self.nonlinearity,
+            "activation": None if act in (TANH, RELU) else act,
+            "clip": None if clip is None else float(clip),
+        }
+        self.cell_options = {
+            "activation": None if act in (TANH, RELU) else _activation_config(act),
+            "clip": self._cell_fields["clip"],
+        }
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype, seed, recurrent_init, stateful, fast)
 
     def _make_cell(self, input_size: int) -> RNNCell:
-        return RNNCell(input_size, self.hidden_size, self.bias, self.nonlinearity)
+        return RNNCell(input_size, self.hidden_size, self.bias, **self._cell_fields)
 
 
 def _stack(arrays: list[Array]) -> Array:

@@ -48,8 +48,7 @@ def layer_config(layer: Any) -> dict[str, Any]:
     }
     if layer.mode == "RNN":
         config["nonlinearity"] = layer.nonlinearity
-    if layer.mode == "LSTM":
-        config.update(layer.cell_options)
+    config.update(layer.cell_options)
     return {"format": LAYER_FORMAT, "version": LAYER_FORMAT_VERSION, "mode": layer.mode,
             "config": config}
 
