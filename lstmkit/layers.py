@@ -31,6 +31,7 @@ from lstmkit.nn.module import Module, resolve_rng
 
 Array = np.ndarray
 _REFERENCE = ReferenceRecurrence()
+MERGE_MODES = ("concat", "sum", "mul", "ave", None)  # Keras' Bidirectional merge_mode
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -123,12 +124,7 @@ class LayerTrace:
 
     def d_output(self, d_output: Any) -> Array:
         """A gradient shaped like the layer's output (user's layout) -> (T, B, nd * H)."""
-        layer = self.layer
-        d_out = layer._check_array(d_output, "d_output")
-        expected = layer._to_user(self.output, self.unbatched).shape
-        if d_out.shape != expected:
-            raise ValueError(f"d_output has shape {d_out.shape}, expected {expected}")
-        return layer._from_user(d_out, self.unbatched)
+        return self.layer._unmerge_gradient(d_output, self.output, self.unbatched)
 
     def d_state(self, d_state: Any) -> tuple[Array, ...]:
         """A gradient shaped like the returned state (zeros if None) -> per state part,
@@ -162,7 +158,18 @@ class RecurrentLayer(Module):
         seed: int | np.random.Generator | None = None,
         recurrent_init: str = "uniform",
         stateful: bool = False, fast: bool = True,
+        *,
+        merge_mode: str | None = "concat",
+        go_backwards: bool = False,
     ) -> None:
+        if merge_mode not in MERGE_MODES:
+            raise ValueError(f"merge_mode must be one of {MERGE_MODES}, got {merge_mode!r}")
+        if merge_mode != "concat" and not bidirectional:
+            raise ValueError(f"merge_mode={merge_mode!r} merges the two directions of a "
+                             "bidirectional layer; this one has bidirectional=False")
+        if go_backwards and bidirectional:
+            raise ValueError("go_backwards reverses a one-directional layer (Keras'); a "
+                             "bidirectional layer already runs both ways")
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
                             ("num_layers", num_layers)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
@@ -184,6 +191,8 @@ class RecurrentLayer(Module):
         self.num_directions = 2 if bidirectional else 1
         self.dtype = _as_dtype(dtype)
         self.stateful = bool(stateful)
+        self.merge_mode = merge_mode
+        self.go_backwards = bool(go_backwards)
         # the engine (one call per layer and direction); an experiment may put a recurrence
         # of its own here (``ReferenceRecurrence``'s interface), e.g. a truncated gradient
         self.recurrence: Any = ENGINE
@@ -395,7 +404,9 @@ class RecurrentLayer(Module):
              "unbatched": unbatched, "folded": folded}
             if keep else None
         )
-        output = self._to_user(layer_in, unbatched)
+        if keep:
+            self._cache["merged"] = layer_in  # mul's gradient reads both directions
+        output = self._merge(layer_in, unbatched)
         packed = self._pack_state(
             tuple(s[:, 0] for s in state_n) if unbatched else state_n
         )
@@ -423,7 +434,7 @@ class RecurrentLayer(Module):
                              f"{(T, B)}, got {ids.dtype} {ids.shape}")
         if E.ndim != 2 or E.shape[1] != D:
             raise ValueError(f"rows_of: E must be (V, {D}), got shape {E.shape}")
-        return ids, E
+        return (ids[::-1] if self.go_backwards else ids), E
 
     def _direction(self, store: dict[str, Array], k: int, d: int) -> dict[str, Array]:
         """The parameters (or gradients) of layer k, direction d, under the cell's short names."""
@@ -482,7 +493,8 @@ class RecurrentLayer(Module):
                 f"expected input_size={self.input_size}"
             )
         unbatched = x.ndim == 2
-        x = np.ascontiguousarray(self._from_user(x, unbatched))
+        x = self._from_user(x, unbatched)
+        x = np.ascontiguousarray(x[::-1] if self.go_backwards else x)
         if x.shape[0] == 0:
             raise ValueError("input has sequence length T = 0; expected T >= 1")
         if x.shape[1] == 0:
@@ -563,11 +575,7 @@ class RecurrentLayer(Module):
         T, B = cache["shape"]
         unbatched = cache["unbatched"]
         nd, H = self.num_directions, self.hidden_size
-        expected = self._to_user(np.empty((T, B, nd * H), dtype=np.uint8), unbatched).shape
-        d_out = self._check_array(d_output, "d_output")
-        if d_out.shape != expected:
-            raise ValueError(f"d_output has shape {d_out.shape}, expected {expected}")
-        d_out = self._from_user(d_out, unbatched)
+        d_out = self._unmerge_gradient(d_output, cache["merged"], unbatched)
         if d_state is None:
             d_fin = tuple(
                 np.zeros((self.num_layers * nd, B, H), dtype=self.dtype) for _ in self._state_names
@@ -596,7 +604,53 @@ class RecurrentLayer(Module):
             return d_layer, self._pack_state(d_state_0)
         if unbatched:
             d_state_0 = tuple(s[:, 0] for s in d_state_0)
+        if self.go_backwards:  # back to the input's order
+            d_layer = d_layer[::-1]
         return self._to_user(d_layer, unbatched), self._pack_state(d_state_0)
+
+    # -- merging the directions (Keras' merge_mode) ----------------------------------------------
+
+    def _merge(self, out: Array, unbatched: bool) -> Any:
+        """(T, B, nd * H) time-major -> the user's output: concatenated (PyTorch's), summed,
+        multiplied, averaged, or None: the pair (forward, backward), each (.., H)."""
+        if self.merge_mode == "concat":
+            return self._to_user(out, unbatched)
+        H = self.hidden_size
+        fw, bw = out[:, :, :H], out[:, :, H:]
+        if self.merge_mode is None:
+            return self._to_user(fw, unbatched), self._to_user(bw, unbatched)
+        merged = {"sum": lambda: fw + bw, "mul": lambda: fw * bw,
+                  "ave": lambda: (fw + bw) * 0.5}[self.merge_mode]()
+        return self._to_user(merged, unbatched)
+
+    def _unmerge_gradient(self, d_output: Any, out: Array, unbatched: bool) -> Array:
+        """dL/d(the user's output) -> dL/d(out), (T, B, nd * H) time-major."""
+        T, B, width = out.shape
+        H = self.hidden_size
+        if self.merge_mode is None:
+            if not isinstance(d_output, (tuple, list)) or len(d_output) != 2:
+                raise ValueError("with merge_mode=None the output is a pair (forward, backward)"
+                                 f" and d_output must be one too, got {type(d_output).__name__}")
+            parts = [self._user_gradient(d, (T, B, H), unbatched, f"d_output[{n}]")
+                     for n, d in enumerate(d_output)]
+            return np.concatenate(parts, axis=2)
+        if self.merge_mode == "concat":
+            return self._user_gradient(d_output, (T, B, width), unbatched, "d_output")
+        d = self._user_gradient(d_output, (T, B, H), unbatched, "d_output")
+        if self.merge_mode == "sum":
+            return np.concatenate([d, d], axis=2)
+        if self.merge_mode == "ave":
+            return np.concatenate([d, d], axis=2) * 0.5
+        return np.concatenate([d * out[:, :, H:], d * out[:, :, :H]], axis=2)  # mul
+
+    def _user_gradient(self, d: Any, shape: tuple[int, int, int], unbatched: bool,
+                       what: str) -> Array:
+        """A gradient in the user's layout, checked against ``shape`` (time-major)."""
+        expected = self._to_user(np.empty(shape, dtype=np.uint8), unbatched).shape
+        array = self._check_array(d, what)
+        if array.shape != expected:
+            raise ValueError(f"{what} has shape {array.shape}, expected {expected}")
+        return self._from_user(array, unbatched)
 
     def __repr__(self) -> str:
         return (
@@ -658,6 +712,8 @@ class LSTM(RecurrentLayer):
         activation_beta: Sequence[float] | None = None,
         clip: float | None = None,
         full_gate_recurrence: bool = False,
+        merge_mode: str | None = "concat",
+        go_backwards: bool = False,
     ) -> None:
         acts = _resolve_activations(
             {"recurrent_activation": recurrent_activation, "activation": activation,
@@ -685,7 +741,8 @@ class LSTM(RecurrentLayer):
         if self.forget_bias != 0.0 and not forget_gate:
             raise ValueError("forget_bias needs a forget gate; got forget_gate=False")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, dtype, seed, recurrent_init, stateful, fast)
+                         bidirectional, dtype, seed, recurrent_init, stateful, fast,
+                         merge_mode=merge_mode, go_backwards=go_backwards)
 
     def _make_cell(self, input_size: int) -> LSTMCell:
         return LSTMCell(input_size, self.hidden_size, self.bias, **self._cell_fields)
@@ -752,6 +809,8 @@ class GRU(RecurrentLayer):
         activation_alpha: Sequence[float] | None = None,
         activation_beta: Sequence[float] | None = None,
         clip: float | None = None,
+        merge_mode: str | None = "concat",
+        go_backwards: bool = False,
     ) -> None:
         acts = _resolve_activations(
             {"recurrent_activation": recurrent_activation, "activation": activation},
@@ -766,7 +825,8 @@ class GRU(RecurrentLayer):
             **{name: _activation_config(act) for name, act in acts.items()},
         }
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, dtype, seed, recurrent_init, stateful, fast)
+                         bidirectional, dtype, seed, recurrent_init, stateful, fast,
+                         merge_mode=merge_mode, go_backwards=go_backwards)
 
     def _make_cell(self, input_size: int) -> GRUCell:
         return GRUCell(input_size, self.hidden_size, self.bias, **self._cell_fields)
@@ -793,7 +853,8 @@ class RNN(RecurrentLayer):
                  stateful: bool = False, fast: bool = True, *, activation: Any = None,
                  activation_alpha: Sequence[float] | None = None,
                  activation_beta: Sequence[float] | None = None,
-                 clip: float | None = None) -> None:
+                 clip: float | None = None, merge_mode: str | None = "concat",
+                 go_backwards: bool = False) -> None:
         RNNCell(1, 1, nonlinearity=nonlinearity)  # validates the name before any work
         spec = nonlinearity if activation is None else activation
         act = _resolve_activations({"activation": spec}, activation_alpha,
@@ -814,7 +875,8 @@ class RNN(RecurrentLayer):
             "clip": self._cell_fields["clip"],
         }
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, dtype, seed, recurrent_init, stateful, fast)
+                         bidirectional, dtype, seed, recurrent_init, stateful, fast,
+                         merge_mode=merge_mode, go_backwards=go_backwards)
 
     def _make_cell(self, input_size: int) -> RNNCell:
         return RNNCell(input_size, self.hidden_size, self.bias, **self._cell_fields)

@@ -57,7 +57,8 @@ def test_onnx_alpha_beta_lists_are_consumed_in_order():
         resolve_functions(["Tanh", "Relu"], [1.0], None, ["f", "g"])
 
 
-def gradcheck_layer(mode, T=3, B=2, D=2, H=2, lengths=None, state=True, seed=0, **kw):
+def gradcheck_layer(mode, T=3, B=2, D=2, H=2, lengths=None, state=True, seed=0,
+                    reference=True, **kw):
     layer = getattr(lstmkit, mode)(D, H, dtype="float64", seed=seed, **kw)
     rng = np.random.default_rng(seed + 1)
     x = rng.standard_normal((T, B, D))
@@ -67,7 +68,7 @@ def gradcheck_layer(mode, T=3, B=2, D=2, H=2, lengths=None, state=True, seed=0, 
         parts = tuple(rng.standard_normal((L, B, H)) for _ in range(2 if mode == "LSTM" else 1))
         s0 = parts if mode == "LSTM" else parts[0]
     check_gradients(layer, x, s0, lengths)
-    assert all(str(plan) == "reference" for plan in layer.last_plans.values())
+    assert all((str(plan) == "reference") == reference for plan in layer.last_plans.values())
     return layer
 
 
@@ -245,3 +246,74 @@ def test_gradient_flow_with_an_output_activation():
     act = layer._cells[0].output_activation
     expected = flow.dh[5] * step["o"] * act.derivative(step["c"], act(step["c"]))
     np.testing.assert_allclose(flow.dc[5], expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("merge_mode", ["concat", "sum", "mul", "ave", None])
+def test_merge_modes_gradcheck(merge_mode):
+    """Keras' merge_mode against the concatenated output, and its gradient (the loss of
+    check_gradients is taken over every returned array)."""
+    layer = lstmkit.GRU(2, 3, dtype="float64", seed=0, bidirectional=True, num_layers=2,
+                        merge_mode=merge_mode)
+    concat = lstmkit.GRU(2, 3, dtype="float64", seed=0, bidirectional=True, num_layers=2)
+    x = np.random.default_rng(0).standard_normal((4, 2, 2))
+    out, h = layer(x, lengths=np.array([4, 3]))
+    ref, h_ref = concat(x, lengths=np.array([4, 3]))
+    fw, bw = ref[..., :3], ref[..., 3:]
+    want = {"concat": ref, "sum": fw + bw, "mul": fw * bw, "ave": (fw + bw) / 2,
+            None: (fw, bw)}[merge_mode]
+    np.testing.assert_allclose(np.concatenate(out, 2) if merge_mode is None else out,
+                               np.concatenate(want, 2) if merge_mode is None else want)
+    np.testing.assert_allclose(h, h_ref)
+
+    rng = np.random.default_rng(3)
+    w = [rng.standard_normal(o.shape) for o in (out if merge_mode is None else (out,))]
+
+    def loss():
+        o, _ = layer(x, lengths=np.array([4, 3]))
+        return sum(float((a * b).sum()) for a, b in zip(o if merge_mode is None else (o,), w))
+
+    loss()
+    layer.zero_grad()
+    dx, _ = layer.backward(tuple(w) if merge_mode is None else w[0])
+    eps = 1e-6
+    for name, array in [("x", x), ("weight_hh_l0_reverse", layer.params["weight_hh_l0_reverse"])]:
+        analytic = dx if name == "x" else layer.grads[name].copy()
+        numeric = np.zeros_like(array)
+        for n in range(array.size):
+            old = array.flat[n]
+            array.flat[n] = old + eps
+            plus = loss()
+            array.flat[n] = old - eps
+            minus = loss()
+            array.flat[n] = old
+            numeric.flat[n] = (plus - minus) / (2 * eps)
+        np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
+
+
+def test_go_backwards_is_the_reversed_sequence_in_processing_order():
+    """Keras' go_backwards: the input read from its end, the output in the order computed;
+    the same as a forward layer on the reversed input, gradient included."""
+    layer = gradcheck_layer("LSTM", T=4, go_backwards=True, peepholes=True, reference=False)
+    plain = lstmkit.LSTM(2, 2, dtype="float64", seed=0, peepholes=True)
+    x = np.random.default_rng(0).standard_normal((4, 2, 2))
+    out, (h, c) = layer(x)
+    ref, (h_ref, c_ref) = plain(x[::-1].copy())
+    np.testing.assert_allclose(out, ref)
+    np.testing.assert_allclose(h, h_ref)
+    d = np.random.default_rng(1).standard_normal(out.shape)
+    dx, _ = layer.backward(d)
+    dx_ref, _ = plain.backward(d)
+    np.testing.assert_allclose(dx, dx_ref[::-1])
+
+
+def test_merge_mode_and_go_backwards_errors():
+    with pytest.raises(ValueError, match="bidirectional=False"):
+        lstmkit.LSTM(2, 3, merge_mode="sum")
+    with pytest.raises(ValueError, match="merge_mode must be one of"):
+        lstmkit.LSTM(2, 3, bidirectional=True, merge_mode="max")
+    with pytest.raises(ValueError, match="already runs both ways"):
+        lstmkit.RNN(2, 3, bidirectional=True, go_backwards=True)
+    layer = lstmkit.LSTM(2, 3, bidirectional=True, merge_mode=None)
+    layer(np.zeros((2, 1, 2), dtype=np.float32))
+    with pytest.raises(ValueError, match="must be one too"):
+        layer.backward(np.zeros((2, 1, 6), dtype=np.float32))

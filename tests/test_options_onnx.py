@@ -61,3 +61,7 @@ def test_what_onnx_cannot_express_is_refused():
         to_onnx_model(lstmkit.LSTM(2, 3, input_gate=False, recurrent_activation="relu"))
     with pytest.raises(ValueError, match="after clip=3"):
         to_onnx_model(lstmkit.LSTM(2, 3, forget_gate=False, clip=3.0))
+    with pytest.raises(ValueError, match="not exported to ONNX"):
+        to_onnx_model(lstmkit.GRU(2, 3, bidirectional=True, merge_mode="sum"))
+    with pytest.raises(ValueError, match="not exported to ONNX"):
+        to_onnx_model(lstmkit.RNN(2, 3, go_backwards=True))

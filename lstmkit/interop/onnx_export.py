@@ -323,6 +323,12 @@ def _cell_functions(cell: Any, mode: str) -> list[Any]:
 
 def _check_expressible(layer: Any) -> None:
     """A clear error for what the ONNX operators cannot compute."""
+    if layer.merge_mode != "concat" or layer.go_backwards:
+        raise ValueError(
+            f"merge_mode={layer.merge_mode!r}, go_backwards={layer.go_backwards} (Keras' "
+            "Bidirectional options) are not exported to ONNX; export a layer with "
+            "merge_mode='concat' and go_backwards=False"
+        )
     if layer.mode != "LSTM":
         return
     cell = _layer_cell(layer, 0)

@@ -134,9 +134,11 @@ def to_torch(layer: Any) -> Any:
                 "output_gate=True, coupled_input_forget=False). Export it with "
                 "lstmkit.interop.export_onnx instead"
             )
-    options = getattr(layer, "cell_options", {})
+    options = {**getattr(layer, "cell_options", {}), "merge_mode": layer.merge_mode,
+               "go_backwards": layer.go_backwards}
     unsupported = [f"{name}={options[name]!r}"
-                   for name, value in _TORCH_OPTIONS[layer.mode].items()
+                   for name, value in {**_TORCH_OPTIONS[layer.mode], "merge_mode": "concat",
+                                       "go_backwards": False}.items()
                    if name in options and options[name] != value]
     if unsupported:
         raise ValueError(
