@@ -20,7 +20,7 @@ Run from the repository root (MKL and oneDNN are optional: ``pip install mkl one
 library that is not installed is left out, and said so):
 
     python benchmarks/bench_gemm_libraries.py [--rounds 25] [--shapes "100,32,64,128"]
-        [--only lstmkit,mkl-packed] [--json out.json]
+        [--only lstmkit,mkl-packed] [--json out.json] [--misalign 16]
 
 Library settings that change the code path are read from the environment, so compare, e.g.,
 ``OPENBLAS_CORETYPE=Haswell`` (OpenBLAS's AVX2 kernels) or ``MKL_ENABLE_INSTRUCTIONS=AVX2``
@@ -60,10 +60,14 @@ TARGET_S = 0.002  # each timed run: about this long for lstmkit's kernel (short:
 # machine a long run is more often cut by the scheduler)
 # CBLAS / MKL enum values (mkl_cblas.h, mkl_types.h)
 ROW_MAJOR, NO_TRANS, A_MATRIX, PACKED = 101, 111, 161, 151
-# the AVX-512 variants of the micro-kernel: name -> (lanes, vectors, max_nb, tall)
+# the AVX-512 variants of the micro-kernel (packed_wide.py): name -> (tile, gemm)
 WIDE = {
-    "zmm-16": (16, 1, 24, 8),  # the shipped layout (16-row tiles), one 16-float vector a row
-    "zmm-32": (16, 2, 8, 4),  # 32-row tiles, two vectors
+    # the shipped layout (16-row tiles), one 16-float vector per tile row, <= 24 columns
+    "zmm-16": lambda: packed_wide.variant(16, 1, 24, 8),
+    # 32-row tiles, two vectors, <= 8 columns
+    "zmm-32": lambda: packed_wide.variant(16, 2, 8, 4),
+    # the shipped 16-row tiles, vectors along the batch: 8 rows x <= 48 columns
+    "bvec-8": lambda: packed_wide.bvec_variant(8, 3),
 }
 
 Run = Callable[[int], None]
@@ -164,8 +168,21 @@ def mkl_candidates() -> tuple[dict[str, Setup], str]:
 
         return lambda n: jit_loop(n, A, X, C)
 
+    def once_costs(M, K, B) -> dict[str, float]:
+        """Seconds to pack an (M, K) A for B columns, and to generate the JIT kernel."""
+        A = np.ones((M, K), dtype=np.float32)
+        ap = np.empty(-(-get_size(A_MATRIX, M, B, K) // 4), dtype=np.float32)
+        t0 = time.perf_counter()
+        pack(ROW_MAJOR, A_MATRIX, NO_TRANS, M, B, K, 1.0, A.ctypes.data, K, ap.ctypes.data)
+        t1 = time.perf_counter()
+        jit_create(ctypes.byref(PTR()), ROW_MAJOR, NO_TRANS, NO_TRANS, M, B, K, 1.0, K, B, 1.0, B)
+        t2 = time.perf_counter()
+        return {"mkl pack": t1 - t0, "mkl jit create": t2 - t1,
+                "mkl packed bytes": float(get_size(A_MATRIX, M, B, K))}
+
     setups = {"mkl-packed": setup_packed, "mkl-jit": setup_jit,
               "mkl-sgemm": lambda A, X, C: (lambda n: sgemm_loop(n, A, X, C))}
+    setups["once"] = once_costs
     return setups, f"{text.value.decode().strip()} ({where})"
 
 
@@ -227,8 +244,8 @@ def _lstmkit_setup(misalign: int) -> Setup:
     return setup
 
 
-def _wide_setup(params: tuple[int, int, int, int]) -> Setup:
-    tile, gemm = packed_wide.variant(*params)
+def _wide_setup(make: Callable, misalign: int = 0) -> Setup:
+    tile, gemm = make()
 
     @njit(nogil=True)
     def loop(n, a, M, X, C):
@@ -236,7 +253,7 @@ def _wide_setup(params: tuple[int, int, int, int]) -> Setup:
             gemm(a, M, X, C, True)
 
     def setup(A, X, C):
-        a = packed_wide.pack(A, tile)
+        a = packed_wide.pack(A, tile, misalign)
         return lambda n: loop(n, a, A.shape[0], X, C)
     setup.gemm = gemm  # for the register check
     return setup
@@ -349,16 +366,20 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="comma-separated candidates (lstmkit is "
                     "always run: the ratios are to it)")
     ap.add_argument("--json", default=None, help="also write the results there")
+    ap.add_argument("--misalign", type=int, default=0, help="bytes past a cache line where the "
+                    "AVX-512 variants' packed weights start (default 0; NumPy's usual: 16)")
     args = ap.parse_args()
     shapes = parse_shapes(args.shapes) if args.shapes else GRID
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
 
     candidates: dict[str, Setup] = {"lstmkit": _lstmkit_setup(16),
                                     "lstmkit-64": _lstmkit_setup(0)}
-    candidates.update({name: _wide_setup(params) for name, params in WIDE.items()})
+    candidates.update({name: _wide_setup(make, args.misalign) for name, make in WIDE.items()})
     notes = {}
+    once = None
     for loader in (mkl_candidates, onednn_candidates):
         found, note = loader()
+        once = found.pop("once", once)
         candidates.update(found)
         notes[loader.__name__.split("_")[0]] = note
     candidates["openblas"] = lambda A, X, C: (lambda n: _openblas_loop(n, A, X, C))
@@ -404,6 +425,17 @@ def main() -> None:
     print("| geometric mean | | | " + " | ".join(f"{geo[n]:.2f}" for n in names[1:]) + " |")
     print(f"\ntime per call, {OVERHEAD}: " + ", ".join(
         f"{n} {t * 1e9:.0f} ns" for n, t in results[0]["per_call_s"].items()))
+    if once is not None:  # the one-off costs, on the largest forward product
+        M, K, B = max((p[1:] for p in products(shapes) if p[0].endswith("fwd")),
+                      key=lambda p: p[0] * p[1])
+        a = np.ones((M, K), dtype=np.float32)
+        packed.pack(a)  # loads the code
+        t0 = time.perf_counter()
+        packed.pack(a)
+        costs = {"lstmkit pack": time.perf_counter() - t0, **once(M, K, B)}
+        print(f"once per pass, {M} x {K} x {B}: " + ", ".join(
+            f"{k} {v / 1e6:.1f} MB" if "bytes" in k else f"{k} {v * 1e6:.0f} us"
+            for k, v in costs.items()) + f" (A itself: {4 * M * K / 1e6:.1f} MB)")
     info["loadavg_end"] = os.getloadavg()
     print(f"\nload average at the end: {info['loadavg_end'][0]:.1f}")
     if args.json:

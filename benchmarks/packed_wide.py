@@ -222,3 +222,130 @@ def placed(a: np.ndarray, misalign: int) -> np.ndarray:
     out = raw[shift:shift + a.size]
     out[:] = a.ravel()
     return out
+
+
+# ------------------------------------------------ vectors along the batch (no transposed store)
+
+def _mask(builder: ir.IRBuilder, count: ir.Value) -> ir.Value:
+    """<16 x i1>: lane i set when i < count."""
+    lanes = ir.Constant(ir.VectorType(_I64, 16), list(range(16)))
+    splat = builder.shuffle_vector(
+        builder.insert_element(ir.Constant(ir.VectorType(_I64, 16), ir.Undefined), count,
+                               ir.Constant(_I32, 0)),
+        ir.Constant(ir.VectorType(_I64, 16), ir.Undefined),
+        ir.Constant(ir.VectorType(_I32, 16), [0] * 16))
+    return builder.icmp_signed("<", lanes, splat)
+
+
+def _masked(builder: ir.IRBuilder, name: str, args: list[ir.Value]) -> ir.Value:
+    vec, ptr_t = _vec(16), _vec(16).as_pointer()
+    mask_t = ir.VectorType(ir.IntType(1), 16)
+    if name == "load":
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+            vec, [ptr_t, _I32, mask_t, vec]), "llvm.masked.load.v16f32.p0v16f32")
+    else:
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+            ir.VoidType(), [vec, ptr_t, _I32, mask_t]), "llvm.masked.store.v16f32.p0v16f32")
+    return builder.call(fn, args)
+
+
+def _bvec_kernel(mr: int, nv: int):
+    """``micro(a, a_off, x, x_off, ldx, K, c, c_off, ldc, rows, cols, beta)``: C's block of
+    rows r < rows (<= mr) and columns j < cols (<= 16 nv) (+)= sum_k a[a_off + 16k + r] *
+    x[x_off + k*ldx + j]: A in the shipped 16-row tiles (a_off may point inside a tile), the
+    vectors along C's rows (the batch), A's numbers broadcast; no transpose at the store, the
+    last vector of each row masked to the columns that exist."""
+    vec = _vec(16)
+
+    @intrinsic
+    def micro(typingctx, a, a_off, x, x_off, ldx, K, c, c_off, ldc, rows, cols, beta):
+        sig = types.void(a, a_off, x, x_off, ldx, K, c, c_off, ldc, rows, cols, beta)
+
+        def codegen(context, builder, signature, args):
+            data, int64, flag = _packed._arguments(context, builder, signature, args)
+            a_ptr, x_ptr, c_ptr = data(0), data(2), data(6)
+            a_off, x_off, ldx, K = int64(1), int64(3), int64(4), int64(5)
+            c_off, ldc, rows, cols, beta = int64(7), int64(8), int64(9), int64(10), flag(11)
+            fmuladd = _fmuladd(builder, 16)
+            zero = ir.Constant(vec, [0.0] * 16)
+            masks = [_mask(builder, builder.sub(cols, ir.Constant(_I64, 16 * v)))
+                     for v in range(nv)]
+            acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(nv)]
+                   for _ in range(mr)]
+            with cgutils.for_range(builder, K) as loop:
+                k = loop.index
+                x_k = builder.gep(x_ptr, [builder.add(x_off, builder.mul(k, ldx))])
+                xs = [_masked(builder, "load", [builder.bitcast(builder.gep(x_k, [ir.Constant(
+                    _I64, 16 * v)]), vec.as_pointer()), ir.Constant(_I32, 4), masks[v], zero])
+                    for v in range(nv)]
+                a_k = builder.gep(a_ptr, [builder.add(a_off, builder.mul(k, ir.Constant(
+                    _I64, 16)))])
+                for r in range(mr):
+                    s = _splat(builder, builder.gep(a_k, [ir.Constant(_I64, r)]), 16)
+                    for v in range(nv):
+                        builder.store(builder.call(fmuladd, [s, xs[v], builder.load(acc[r][v])]),
+                                      acc[r][v])
+            for r in range(mr):
+                with builder.if_then(builder.icmp_signed("<", ir.Constant(_I64, r), rows),
+                                     likely=True):
+                    row = builder.add(c_off, builder.mul(ir.Constant(_I64, r), ldc))
+                    for v in range(nv):
+                        ptr = builder.bitcast(builder.gep(c_ptr, [builder.add(
+                            row, ir.Constant(_I64, 16 * v))]), vec.as_pointer())
+                        old = _masked(builder, "load", [ptr, ir.Constant(_I32, 4), masks[v],
+                                                        zero])
+                        val = builder.load(acc[r][v])
+                        new = builder.select(beta, builder.fadd(old, val), val)
+                        _masked(builder, "store", [new, ptr, ir.Constant(_I32, 4), masks[v]])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return micro
+
+
+_BVEC_DRIVER = """
+def block(nv, a, a_off, x, x_off, ldx, K, c, c_off, ldc, rows, cols, beta):
+    if nv == 1:
+        micro1(a, a_off, x, x_off, ldx, K, c, c_off, ldc, rows, cols, beta)
+    elif nv == 2:
+        micro2(a, a_off, x, x_off, ldx, K, c, c_off, ldc, rows, cols, beta)
+    elif nv == 3:
+        micro3(a, a_off, x, x_off, ldx, K, c, c_off, ldc, rows, cols, beta)
+    else:
+        micro4(a, a_off, x, x_off, ldx, K, c, c_off, ldc, rows, cols, beta)
+
+def gemm(a, M, X, C, beta):
+    K, B = X.shape
+    xf = X.reshape(K * B)
+    cf = C.reshape(M * B)
+    if B == 1:
+        first = (M // (TALL * 16)) * TALL
+        for t in range(0, first, TALL):
+            column(a, t * K * 16, K, xf, cf, t * 16, beta)
+        r_first = first * 16
+    else:
+        r_first = 0
+    blocks = (B + 16 * MAX_NV - 1) // (16 * MAX_NV)
+    for r0 in range(r_first, M, MR):
+        t = r0 // 16
+        a_off = t * K * 16 + (r0 - 16 * t)
+        rows = min(MR, M - r0)
+        for q in range(blocks):
+            b0 = (B * q) // blocks
+            b1 = (B * (q + 1)) // blocks
+            block((b1 - b0 + 15) // 16, a, a_off, xf, b0, B, K, cf, r0 * B + b0, B, rows,
+                  b1 - b0, beta)
+"""
+
+
+def bvec_variant(mr: int, max_nv: int = 3, tall: int = 8):
+    """(16, gemm): the batch-vector kernel on the shipped 16-row tiles (``pack(A, 16)``), mr
+    rows (a divisor of 16) by up to 16 max_nv columns per call; the MR x nv kernels for each
+    nv <= max_nv (at most 4) are compiled as mr * nv accumulators: mr * max_nv <= 28 keeps
+    them in AVX-512's 32 registers. B = 1 runs ``_column_kernel(16, 1, tall)``."""
+    scope = {f"micro{nv}": _bvec_kernel(mr, min(nv, max_nv)) for nv in range(1, 5)}
+    scope.update(column=_column_kernel(16, 1, tall), TALL=tall, MR=mr, MAX_NV=max_nv)
+    exec(_BVEC_DRIVER, scope)  # noqa: S102 - generated dispatch
+    scope["block"] = njit(nogil=True, error_model="numpy")(scope["block"])
+    return 16, njit(nogil=True, error_model="numpy")(scope["gemm"])
