@@ -46,14 +46,9 @@ import packed_wide
 from numba import njit
 from threadpoolctl import threadpool_info, threadpool_limits
 
-try:  # the lead is moving the kernels to lstmkit.engine.kernels
-    from lstmkit.engine.kernels import packed
-    from lstmkit.engine.kernels.benchmark import GRID, parse_shapes
-    from lstmkit.engine.kernels.blas import gemm as openblas_gemm
-except ImportError:
-    from lstmkit.kernels import packed
-    from lstmkit.kernels.benchmark import GRID, parse_shapes
-    from lstmkit.kernels.blas import gemm as openblas_gemm
+from lstmkit.benchmark import GRID, parse_shapes
+from lstmkit.engine.kernels import packed
+from lstmkit.engine.kernels.blas import gemm as openblas_gemm
 
 G = 4
 TARGET_S = 0.002  # each timed run: about this long for lstmkit's kernel (short: on a busy

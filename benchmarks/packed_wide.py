@@ -22,10 +22,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-try:  # the lead is moving the kernels to lstmkit.engine.kernels
-    from lstmkit.engine.kernels import packed as _packed
-except ImportError:
-    from lstmkit.kernels import packed as _packed
+from lstmkit.engine.kernels import packed as _packed
 
 _F32 = ir.FloatType()
 _I32 = ir.IntType(32)
