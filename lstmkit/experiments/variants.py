@@ -27,11 +27,13 @@ coupling the gates (CIFG) or removing the peepholes (NP) did not significantly h
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lstmkit.experiments.common import (
+    Measures,
     PathLike,
     markdown_table,
     mean_std,
@@ -56,6 +58,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "NP": {"peepholes": False, "forget_bias": 1.0},
     "CIFG": {"peepholes": True, "coupled_input_forget": True, "forget_bias": 1.0},
 }
+MEASURES = Measures(group=("model",),
+                    metrics=("strings_all_legal", "long_range_accuracy", "step_accuracy",
+                             "c_norm_last_string"),
+                    curve=("update", "strings_all_legal"))
 PAPER = {
     "V": "reference",
     "NIG": "significantly worse on at least one data set",
@@ -96,26 +102,50 @@ PRESETS = {
 }
 
 
-def run(mode: str = "full", seeds: int | None = None, seed: int = 0, out: PathLike | None = None,
-        force: bool = False, show_progress: bool = True, **overrides: Any) -> Any:
-    """Run the experiment and write its results folder; returns an ``ExperimentResult``."""
+def configure(mode: str, overrides: dict[str, Any]) -> VariantsConfig:
+    """The preset for ``mode`` with ``overrides`` applied (see ``pick_config``), checked."""
     config = pick_config(PRESETS, mode, overrides)
     unknown = sorted(set(config.variants) - set(VARIANTS))
     if unknown:
         raise ValueError(f"unknown variants {unknown}; choose among {list(VARIANTS)}")
-    run_seeds = seed_list(seed, seeds if seeds is not None else config.seeds)
-    out_dir = prepare_out_dir(NAME, out, force)
-    reber = config.reber()
+    return config
+
+
+def seed_work(config: VariantsConfig) -> int:
+    """The progress-bar units (updates) of one seed."""
+    return config.updates * len(config.variants)
+
+
+def run_seed(config: VariantsConfig, seed: int, index: int = 0,
+             bar: Any = None) -> list[dict[str, Any]]:
+    """Every variant of ``config.variants`` trained with one seed (``index``: its place among
+    the experiment's seeds, unused here)."""
     test = continual_embedded_reber(np.random.default_rng(TEST_SEED), config.test_strings)
     runs = []
-    with progress_bar(config.updates * len(run_seeds) * len(config.variants), NAME,
-                      show_progress) as bar:
-        for s in run_seeds:
-            for name in config.variants:
-                bar.set_postfix_str(f"{name} seed {s}")
-                result = train_one(name, VARIANTS[name], False, reber, s, test, bar)
-                result["label"] = name
-                runs.append(result)
+    for name in config.variants:
+        if bar is not None:
+            bar.set_postfix_str(f"{name} seed {seed}")
+        result = train_one(name, VARIANTS[name], False, config.reber(), seed, test, bar)
+        result["label"] = name
+        runs.append(result)
+    return runs
+
+
+def run(mode: str = "full", seeds: int | None = None, seed: int = 0, out: PathLike | None = None,
+        force: bool = False, show_progress: bool = True, **overrides: Any) -> Any:
+    """Run the experiment and write its results folder; returns an ``ExperimentResult``."""
+    config = configure(mode, overrides)
+    run_seeds = seed_list(seed, seeds if seeds is not None else config.seeds)
+    out_dir = prepare_out_dir(NAME, out, force)
+    with progress_bar(seed_work(config) * len(run_seeds), NAME, show_progress) as bar:
+        runs = [r for k, s in enumerate(run_seeds) for r in run_seed(config, s, k, bar)]
+    return report(config, mode, run_seeds, runs, out_dir)
+
+
+def report(config: VariantsConfig, mode: str, run_seeds: list[int],
+           runs: list[dict[str, Any]], out_dir: Path) -> Any:
+    """Write the tables, plots, results.json and results.md of ``runs``; an
+    ``ExperimentResult``."""
 
     def scores(name: str, key: str) -> list[float]:
         return [r[key] for r in runs if r["model"] == name]
