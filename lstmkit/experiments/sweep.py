@@ -43,6 +43,7 @@ from lstmkit.experiments.common import (
     markdown_table,
     mean_std,
     new_figure,
+    prepare_out_dir,
     progress_bar,
     save_figure,
     seed_list,
@@ -354,6 +355,34 @@ def run_sweep(experiment: str, out: PathLike, mode: str = "full", seeds: int | N
     failed = [r for r in summary["trials"] if r["status"] != "ok"]
     return SweepResult(out_dir, plan, len(plan.trials) - len(todo), len(todo), failed, summary,
                        table)
+
+
+def run_seeds_on_ray(experiment: str, mode: str = "full", seeds: int | None = None,
+                     seed: int = 0, out: PathLike | None = None, force: bool = False,
+                     show_progress: bool = True, address: str | None = None,
+                     **overrides: Any) -> Any:
+    """``lstmkit experiment``'s run with its seeds as Ray tasks (one CPU and one thread each):
+    the same results folder as the experiment's ``run``, with the numbers of a run on one
+    thread. Raises ``SweepError`` if a seed fails."""
+    module = MODULES[experiment]
+    config = module.configure(mode, dict(overrides))
+    run_seeds = seed_list(seed, seeds if seeds is not None else config.seeds)
+    out_dir = prepare_out_dir(experiment, out, force)
+    trials = [Trial(dict(overrides), s, k) for k, s in enumerate(run_seeds)]
+    records: dict[Trial, dict[str, Any]] = {}
+    with ray_session(address) as ray, \
+            progress_bar(len(trials), f"{experiment} seeds", show_progress) as bar:
+
+        def done(trial: Trial, record: dict[str, Any]) -> None:
+            records[trial] = record
+            bar.update(1)
+
+        run_trials(ray, experiment, mode, trials, 1, done)
+    failed = [records[t] for t in trials if records[t]["status"] != "ok"]
+    if failed:
+        raise SweepError("; ".join(f"seed {r['seed']} failed: {r['error']}" for r in failed))
+    runs = [from_jsonable(run) for t in trials for run in records[t]["runs"]]
+    return module.report(config, mode, run_seeds, runs, out_dir)
 
 
 # -- summaries ------------------------------------------------------------------------------------
