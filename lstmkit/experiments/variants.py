@@ -18,7 +18,9 @@ CIFG    coupled input and forget gate (f = 1 - i)   ``coupled_input_forget=True`
 The task is the continual embedded Reber grammar of the ``forget-gate`` experiment (same
 training and test stream, see ``lstmkit.experiments.forget_gate``): one endless stream, so the
 forget gate's job is real. Every variant is trained with every seed; the table ranks them by
-the fraction of test strings predicted without a single error (mean ± std over seeds).
+the fraction of test strings predicted without a single error (mean ± std over seeds), and
+compares each with V by Welch's t-test on that fraction, as Greff et al. compared theirs
+(p < 0.05: significantly better or worse).
 
 Greff et al. found the forget gate (and the output activation) the most critical parts, and that
 coupling the gates (CIFG) or removing the peepholes (NP) did not significantly hurt.
@@ -154,11 +156,14 @@ def report(config: VariantsConfig, mode: str, run_seeds: list[int],
                     key=lambda n: (-np.mean(scores(n, "strings_all_legal")),
                                    -np.mean(scores(n, "long_range_accuracy"))))
     headers = ["rank", "variant", "strings all legal", "long-range symbol right",
-               "steps legal", "final ‖c‖ (last string)", "Greff et al. 2017"]
+               "steps legal", "final ‖c‖ (last string)", "vs V: Welch's t-test p",
+               "Greff et al. 2017"]
     rows = [[k + 1, name, mean_std(scores(name, "strings_all_legal"), ".3f"),
              mean_std(scores(name, "long_range_accuracy"), ".3f"),
              mean_std(scores(name, "step_accuracy"), ".4f"),
-             mean_std(scores(name, "c_norm_last_string"), ".1f"), PAPER[name]]
+             mean_std(scores(name, "c_norm_last_string"), ".1f"),
+             _versus_vanilla(scores(name, "strings_all_legal"), scores("V", "strings_all_legal"))
+             if name != "V" else "-", PAPER[name]]
             for k, name in enumerate(ranked)]
     table = markdown_table(headers, rows)
     per_seed = markdown_table(
@@ -186,3 +191,19 @@ def report(config: VariantsConfig, mode: str, run_seeds: list[int],
             "ranking": ranked, "runs": runs}
     return write_results(NAME, out_dir, TITLE, table, data, notes, plots,
                          extra_tables=[("Per seed", per_seed)])
+
+
+def _versus_vanilla(mine: list[float], vanilla: list[float]) -> str:
+    """Welch's t-test of a variant's scores against V's, as Greff et al. compared variants:
+    the p-value, and "worse" or "better" when p < 0.05; "-" with fewer than 2 seeds each."""
+    if len(mine) < 2 or len(vanilla) < 2:
+        return "-"
+    from scipy.stats import ttest_ind
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = float(ttest_ind(mine, vanilla, equal_var=False).pvalue)
+    if not np.isfinite(p):
+        return "-"
+    if p >= 0.05:
+        return f"{p:.2g}"
+    return f"{p:.2g} ({'worse' if np.mean(mine) < np.mean(vanilla) else 'better'})"
