@@ -28,6 +28,7 @@ coupling the gates (CIFG) or removing the peepholes (NP) did not significantly h
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,7 +201,8 @@ def _versus_vanilla(mine: list[float], vanilla: list[float]) -> str:
         return "-"
     from scipy.stats import ttest_ind
 
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # identical scores: p is NaN, shown "-"
         p = float(ttest_ind(mine, vanilla, equal_var=False).pvalue)
     if not np.isfinite(p):
         return "-"
