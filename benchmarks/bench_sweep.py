@@ -73,14 +73,18 @@ def numbers(runs: list[dict]) -> list[dict]:
     return [{k: v for k, v in run.items() if k != "seconds"} for run in runs]
 
 
-def compare(sequential: Path, sweep: Path, seeds: int) -> list[bool]:
-    """Per seed: are the sweep trial's runs equal to the sequential run's, but wall times?"""
+def compare(sequential: Path, sweep: Path, seeds: int) -> tuple[list[bool], list, list]:
+    """Per seed: are the sweep trial's runs equal to the sequential run's, but wall times?
+    And each seed's training seconds in both."""
     lone = json.loads((sequential / "results.json").read_text())["runs"]
-    same = []
+    same, alone, in_sweep = [], [], []
     for seed in range(seeds):
         record = json.loads((sweep / "trials" / "default" / f"seed-{seed}.json").read_text())
-        same.append(numbers(record["runs"]) == numbers([r for r in lone if r["seed"] == seed]))
-    return same
+        mine = [r for r in lone if r["seed"] == seed]
+        same.append(numbers(record["runs"]) == numbers(mine))
+        alone.append(round(sum(r["seconds"] for r in mine), 2))
+        in_sweep.append(round(sum(r["seconds"] for r in record["runs"]), 2))
+    return same, alone, in_sweep
 
 
 def kill_and_resume(root: Path, experiment: str, mode_flag: list[str], seeds: int,
@@ -89,7 +93,10 @@ def kill_and_resume(root: Path, experiment: str, mode_flag: list[str], seeds: in
     out = root / "killed"
     command = LSTMKIT + ["sweep", experiment, *mode_flag, "--seeds", str(seeds), "--out",
                          str(out), "--no-progress"]
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C's SIGINT, delivered even when this script was started in the background (where
+    # the shell makes its children ignore SIGINT)
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     trials = out / "trials" / "default"
     while child.poll() is None and len(list(trials.glob("seed-*.json"))) < after:
         time.sleep(0.2)
@@ -132,14 +139,17 @@ def main() -> None:
                                  str(root / "sweep"), "--no-progress"], mode_flag)
         print(f"lstmkit sweep:                 {sweep['seconds']:.1f} s "
               f"(machine busy {sweep['busy_cores']:.2f} cores)")
-        same = compare(root / "sequential", root / "sweep", args.seeds)
+        same, alone, in_sweep = compare(root / "sequential", root / "sweep", args.seeds)
         speedup = sequential["seconds"] / sweep["seconds"]
         print(f"speed-up {speedup:.2f}x; per-seed numbers identical: {sum(same)}/{len(same)}")
+        print(f"training seconds per seed, one after the other: {alone}")
+        print(f"training seconds per seed, in the sweep:        {in_sweep}")
         result = {"cpu": cpu, "cpus": os.cpu_count(), "experiment": args.experiment,
                   "mode": args.mode, "seeds": args.seeds,
                   "sequential": {k: v for k, v in sequential.items() if k != "output"},
                   "sweep": {k: v for k, v in sweep.items() if k != "output"},
-                  "speedup": speedup, "identical_seeds": sum(same)}
+                  "speedup": speedup, "identical_seeds": sum(same),
+                  "seed_seconds_sequential": alone, "seed_seconds_sweep": in_sweep}
         if args.kill:
             resumed = kill_and_resume(root, args.experiment, mode_flag, args.seeds,
                                       args.kill_after)

@@ -273,9 +273,14 @@ def ray_session(address: str | None = None) -> Iterator[Any]:
     if ray.is_initialized():
         yield ray
         return
+    # Ray starts its workers at nice 15 to keep its own processes responsive; a trial is the
+    # user's foreground work, as `lstmkit experiment` is, and at nice 15 on a machine shared
+    # with other jobs it gets only what they leave (docs/sweep.md). A cluster's nodes set
+    # their own (RAY_worker_niceness=0 in `ray start`'s environment).
+    local = {} if address else {"_system_config": {"worker_niceness": 0}}
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING)
+                 logging_level=logging.WARNING, **local)
     except (ConnectionError, RuntimeError, ValueError) as error:
         where = f"join the Ray cluster at {address!r}" if address else "start Ray on this machine"
         raise SweepError(f"could not {where}: {error}") from error
