@@ -9,7 +9,9 @@ With the command line only, as a user would run them (from the repository root):
 
 and prints each command's whole wall time (Python's and Ray's start included), the speed-up,
 and whether every seed's numbers (all but wall times) are identical in both. While each runs,
-the machine's busy cores are read from /proc/stat, so that load from other processes shows.
+the machine's busy cores are read from /proc/stat, and before and after, how much two plain
+CPU-bound processes gain from running side by side (2.00 on two idle cores), so that load from
+other processes shows: no sweep can gain more than that.
 
 With ``--kill``, a third sweep into a fresh folder is interrupted (SIGINT, as Ctrl-C) once
 ``--kill-after`` trials have finished, then run again: the rerun must run exactly the trials
@@ -52,6 +54,26 @@ def _cpu_times() -> tuple[float, float]:
         values = [float(v) for v in f.readline().split()[1:]]
     idle = values[3] + values[4]
     return sum(values), idle
+
+
+BURN = "import time\nt = time.perf_counter()\ns = 0\nfor i in range(10_000_000):\n    s += i\n" \
+       "print(time.perf_counter() - t)"
+
+
+def parallel_capacity() -> float:
+    """How much faster two copies of a CPU-bound Python loop finish side by side than one
+    after the other, right now: 2.0 on two idle cores, 1.0 when a second process gains nothing
+    (other jobs hold the cores; with the kernel's autogroup scheduling a session gets its share
+    of the CPUs however many processes it runs)."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", BURN], check=True, capture_output=True)
+    alone = time.perf_counter() - start
+    start = time.perf_counter()
+    pair = [subprocess.Popen([sys.executable, "-c", BURN], stdout=subprocess.DEVNULL)
+            for _ in range(2)]
+    for child in pair:
+        child.wait()
+    return 2.0 * alone / (time.perf_counter() - start)
 
 
 def timed(command: list[str], mode_flag: list[str]) -> dict[str, object]:
@@ -128,6 +150,9 @@ def main() -> None:
     cpu = cpu_model()
     print(f"{cpu['model']} ({cpu['flags']}), {os.cpu_count()} CPUs; {args.experiment} "
           f"{args.mode}, {args.seeds} seeds")
+    capacity_before = parallel_capacity()
+    print(f"two processes side by side now run {capacity_before:.2f}x as fast as one after the "
+          "other (2.00 on two idle cores)")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         sequential = timed(LSTMKIT + ["experiment", args.experiment, "--seeds", str(args.seeds),
@@ -144,7 +169,10 @@ def main() -> None:
         print(f"speed-up {speedup:.2f}x; per-seed numbers identical: {sum(same)}/{len(same)}")
         print(f"training seconds per seed, one after the other: {alone}")
         print(f"training seconds per seed, in the sweep:        {in_sweep}")
+        capacity_after = parallel_capacity()
+        print(f"two processes side by side, after: {capacity_after:.2f}x")
         result = {"cpu": cpu, "cpus": os.cpu_count(), "experiment": args.experiment,
+                  "parallel_capacity": [capacity_before, capacity_after],
                   "mode": args.mode, "seeds": args.seeds,
                   "sequential": {k: v for k, v in sequential.items() if k != "output"},
                   "sweep": {k: v for k, v in sweep.items() if k != "output"},

@@ -221,9 +221,7 @@ def read_record(path: Path, experiment: str, mode: str, trial: Trial) -> dict[st
     is an error (nothing is written over it)."""
     try:
         record = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):  # missing, or partly written
         return None
     identity = {"experiment": experiment, "mode": mode, "settings": trial.settings,
                 "seed": trial.seed, "index": trial.index}
