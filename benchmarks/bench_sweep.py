@@ -169,6 +169,8 @@ def main() -> None:
         print(f"speed-up {speedup:.2f}x; per-seed numbers identical: {sum(same)}/{len(same)}")
         print(f"training seconds per seed, one after the other: {alone}")
         print(f"training seconds per seed, in the sweep:        {in_sweep}")
+        concurrency = sum(in_sweep) / sweep["seconds"]
+        print(f"trials running at once in the sweep, on average: {concurrency:.2f}")
         capacity_after = parallel_capacity()
         print(f"two processes side by side, after: {capacity_after:.2f}x")
         result = {"cpu": cpu, "cpus": os.cpu_count(), "experiment": args.experiment,
@@ -177,7 +179,8 @@ def main() -> None:
                   "sequential": {k: v for k, v in sequential.items() if k != "output"},
                   "sweep": {k: v for k, v in sweep.items() if k != "output"},
                   "speedup": speedup, "identical_seeds": sum(same),
-                  "seed_seconds_sequential": alone, "seed_seconds_sweep": in_sweep}
+                  "seed_seconds_sequential": alone, "seed_seconds_sweep": in_sweep,
+                  "concurrency": concurrency}
         if args.kill:
             resumed = kill_and_resume(root, args.experiment, mode_flag, args.seeds,
                                       args.kill_after)

@@ -124,6 +124,16 @@ def test_a_failing_trial_is_recorded_and_the_others_finish(local_ray, tmp_path):
     assert "1 finished before, 1 to run" in again.output
 
 
+def test_cpus_per_trial_is_the_trials_thread_count(local_ray, tmp_path):
+    import numba
+
+    result = CliRunner().invoke(main, ["sweep", "adding", "--tiny", "--out", str(tmp_path),
+                                       "--cpus-per-trial", "2", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "trials" / "default" / "seed-0.json").read_text())
+    assert record["threads"] == min(2, numba.config.NUMBA_NUM_THREADS)
+
+
 @pytest.mark.parametrize("item, message", [
     ("lr", "expects NAME=V1,V2"),
     ("=0.1,0.2", "expects NAME=V1,V2"),
