@@ -285,3 +285,22 @@ def test_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, signum):
     assert meta["status"] == "interrupted"
     assert meta["progress"]["step"] >= 20
     assert tensors["history.train_loss"].shape == (meta["progress"]["step"],)
+
+
+def test_init_from_takes_the_architecture_of_the_checkpoint(trained, runner, tmp_path):
+    new_text = tmp_path / "new.txt"
+    new_text.write_text(japanese(300).replace("猫", "犬"), encoding="utf-8")  # 犬 is new
+    result = invoke(runner, "train", new_text, "--out", tmp_path / "tuned", "--steps", 2,
+                    "--init-from", trained / "run", "--seq-len", 10, "--batch", 2,
+                    "--sample-every", 0)
+    assert result.exit_code == 0, result.output
+    assert "unknown symbol" in result.output and "犬" in result.output
+    _, meta = load_checkpoint(tmp_path / "tuned")
+    assert meta["model"]["hidden_size"] == 16 and meta["model"]["embedding_dim"] == 8
+    assert meta["init_from"]["path"] == str(trained / "run")
+    contradiction = invoke(runner, "train", new_text, "--out", tmp_path / "other", "--steps", 2,
+                           "--init-from", trained / "run", "--hidden", 32)
+    assert_one_line_error(contradiction, 1, "hidden_size=32 contradicts", "hidden_size=16")
+    both = invoke(runner, "train", new_text, "--out", tmp_path / "tuned", "--resume",
+                  "--init-from", trained / "run")
+    assert both.exit_code == 2 and "choose one" in both.output
