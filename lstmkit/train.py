@@ -641,6 +641,19 @@ class Trainer:
                 )
         if init_from is None:
             trainer = cls(config, text, out_dir, **kwargs)
+            rare, unseen = trainer.unknown_counts
+            parts = []
+            if rare:
+                parts.append(f"{rare:,} training characters seen fewer than {config.min_count} "
+                             "times")
+            if unseen:
+                parts.append(f"{unseen:,} held-out characters the training part lacks (not "
+                             "scored in validation)")
+            if parts:
+                trainer._log(
+                    f"vocabulary: {len(trainer.vocab.chars):,} characters of the training part "
+                    f"and the unknown symbol, which stands for {' and '.join(parts)}"
+                )
         else:
             source, vocab, record = _fine_tuning_source(init_from, config)
             try:

@@ -326,7 +326,11 @@ def test_evaluate_carries_the_state_across_windows():
 
 def test_the_vocabulary_is_the_training_part_s_with_the_unknown_symbol(tmp_path):
     text = TEXT[:300] + "xyz" + TEXT[303:]  # x, y, z only in the held-out end (the last 33)
-    result = train(text, tmp_path / "run", tiny(steps=4), quiet=True)
+    lines: list[str] = []
+    result = train(text, tmp_path / "run", tiny(steps=4), log=lines.append)
+    assert lines[0].startswith(f"vocabulary: {len(set(text[:297]))} characters")
+    assert lines[0].endswith("stands for 3 held-out characters the training part lacks (not "
+                             "scored in validation)")
     _, meta = load_checkpoint(tmp_path / "run")
     assert meta["vocabulary"] == {"kind": "characters", "chars": sorted(set(text[:297])),
                                   "unknown": True}
