@@ -35,6 +35,7 @@ from lstmkit.text import Vocabulary
 __all__ = [
     "DECIMALS",
     "FEATURES",
+    "MAX_VALUES",
     "QUANTITIES",
     "correlations",
     "explore_page",
@@ -62,6 +63,8 @@ FEATURES: dict[str, str] = {
 }
 #: Decimal places of the values stored in, and printed by, the page.
 DECIMALS = 4
+#: The most values (characters x layers x units x 6) a page may hold: about 50 MB of HTML.
+MAX_VALUES = 10_000_000
 
 _QUOTES = {"「": "」", "『": "』", "“": "”"}
 _BRACKETS = {"（": "）", "(": ")", "［": "］", "[": "]", "【": "】", "〔": "〕"}
@@ -231,17 +234,26 @@ def explore_page(
     Raises:
         UnknownCharactersError: ``text`` holds characters outside a vocabulary that has no
             unknown symbol.
-        ValueError: an empty text, a model other than a plain LSTM, or a selection out of range.
+        ValueError: an empty text, one too long for a page (see :data:`MAX_VALUES`), a model
+            other than a plain LSTM, or a selection out of range.
     """
     if not text:
         raise ValueError("the text is empty; give the characters to look at")
+    config = model.config()
+    per_character = config["num_layers"] * config["hidden_size"] * len(QUANTITIES)
+    if len(text) * per_character > MAX_VALUES:
+        raise ValueError(
+            f"the text has {len(text):,} characters; a page holds every value of every unit, "
+            f"{per_character:,} per character for this model, so it can show at most "
+            f"{MAX_VALUES // per_character:,} characters: give a shorter text"
+        )
     if quantity not in QUANTITIES:
         raise ValueError(f"quantity is {quantity!r}; expected one of {', '.join(QUANTITIES)}")
     ids = vocab.encode(text, allow_unknown=True)
     unknown = ids == vocab.unknown_id if vocab.unknown_id is not None else np.zeros(len(ids), bool)
     steps = trace(model, ids)
     layers = list(steps)
-    hidden = model.config()["hidden_size"]
+    hidden = config["hidden_size"]
     if not 0 <= layer < len(layers):
         raise ValueError(f"layer {layer}: the model has layers 0..{len(layers) - 1}")
     if unit is not None and not 0 <= unit < hidden:

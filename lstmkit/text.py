@@ -269,7 +269,7 @@ class Vocabulary:
         hint = ""
         if allow_unknown:
             hint = ("; this vocabulary has no unknown symbol to read them as (it was saved by "
-                    "an older lstmkit): retrain, or fine-tune with --init-from")
+                    "an older lstmkit): train the model again to have one")
         raise UnknownCharactersError(
             f"{len(unknown)} character{'s' if len(unknown) != 1 else ''} not in the "
             f"vocabulary of {len(self._chars)}: {', '.join(map(_show, unknown))}{hint}",

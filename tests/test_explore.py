@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from lstmkit.cli import main
 from lstmkit.explore import (
     FEATURES,
+    MAX_VALUES,
     QUANTITIES,
     _json_for_script,
     correlations,
@@ -115,6 +116,8 @@ def test_the_page_escapes_the_text_and_its_data(tiny):
     assert 'class="ch unk" data-t="3">犬<' in unknown and "1 characters of the text" in unknown
     with pytest.raises(ValueError, match="empty"):
         explore_page(model, vocab, "")
+    with pytest.raises(ValueError, match=f"at most {MAX_VALUES // (2 * 6 * 6):,} characters"):
+        explore_page(model, vocab, "猫" * (MAX_VALUES // (2 * 6 * 6) + 1))
     with pytest.raises(ValueError, match="unit 6"):
         explore_page(model, vocab, text, unit=6)
 

@@ -398,6 +398,8 @@ def test_init_from_fine_tunes_the_trained_weights_on_a_new_text(tmp_path):
     assert meta["data"]["unknown_train"] + meta["data"]["unknown_val"] == unseen
     assert any(line.startswith(f"{unseen} characters of the text") and "1 distinct: w)" in line
                and "unknown symbol" in line for line in lines), lines
+    more = train(new_text, tmp_path / "tuned", resume=True, overrides={"steps": 2}, quiet=True)
+    assert more.step == 2 and load_charlm(tmp_path / "tuned")[2]["init_from"] == meta["init_from"]
     learning = train(new_text, tmp_path / "learning", tiny(steps=4), init_from=tmp_path / "base",
                      quiet=True)
     assert learning.train_losses[0] < run(tmp_path, "scratch", tiny(steps=1)).train_losses[0]
