@@ -294,15 +294,17 @@ def explore_page(
         f'<option value="{q}"{" selected" if q == quantity else ""}>'
         f"{html.escape(label)}</option>" for q, label in QUANTITIES.items()
     )
-    detail_rows = "".join(
-        f'<tr><th>{q}</th><td class="label">{html.escape(label)}</td>'
-        f'<td class="value" id="value-{q}">–</td></tr>' for q, label in QUANTITIES.items()
+    detail_rows = "".join(  # in the order of the equations: i, f, g, o, then c and h
+        f'<tr><th>{q}</th><td class="label">{html.escape(QUANTITIES[q])}</td>'
+        f'<td class="value" id="value-{q}">–</td></tr>' for q in "ifgoch"
     )
+    # Japanese (or Chinese) text gets a CJK font; the page itself is in English.
+    cjk = any("\u3040" <= char <= "\u30ff" or "\u4e00" <= char <= "\u9fff" for char in text)
     heading = html.escape(title or "a character model")
     return _PAGE.format(
         heading=heading, layer_options=layer_options, quantity_options=quantity_options,
         max_unit=hidden - 1, unit=int(unit), characters=characters, detail_rows=detail_rows,
-        note=html.escape(note),
+        note=html.escape(note), text_lang=' lang="ja"' if cjk else "",
         data=_json_for_script(data), style=_STYLE, script=_SCRIPT,
     )
 
@@ -443,7 +445,7 @@ paint();
 """
 
 _PAGE = """<!DOCTYPE html>
-<html lang="ja">
+<html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -461,7 +463,7 @@ _PAGE = """<!DOCTYPE html>
 <p id="legend"></p>
 <p id="note">{note}</p>
 <main>
-<div id="text" lang="ja">{characters}</div>
+<div id="text"{text_lang}>{characters}</div>
 <aside>
 <section id="detail">
 <h2>step <span id="step">–</span>: <span id="char"></span></h2>
