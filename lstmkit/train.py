@@ -77,6 +77,7 @@ from lstmkit.text import (
 )
 
 __all__ = [
+    "ARCHITECTURE",
     "PRESETS",
     "TextEvaluation",
     "TrainConfig",
@@ -455,7 +456,7 @@ def load_charlm(
 
 
 #: The settings that fix a model's architecture, named alike in TrainConfig and CharLM.config().
-_ARCHITECTURE = ("cell", "num_layers", "hidden_size", "embedding_dim", "dtype")
+ARCHITECTURE = ("cell", "num_layers", "hidden_size", "embedding_dim", "dtype")
 
 
 def _fine_tuning_source(
@@ -472,7 +473,7 @@ def _fine_tuning_source(
     except CheckpointError as error:
         raise TrainingError(f"cannot fine-tune from {path}: {error}") from None
     saved = model.config()
-    for key in _ARCHITECTURE:
+    for key in ARCHITECTURE:
         if getattr(config, key) != saved[key]:
             raise TrainingError(
                 f"{key}={getattr(config, key)!r} contradicts the model in {path}, which has "
@@ -480,7 +481,7 @@ def _fine_tuning_source(
                 "out (it is taken from the checkpoint) or give the checkpoint's value"
             )
     others = {k: v for k, v in saved.items()
-              if k not in {*_ARCHITECTURE, "vocab_size", "dropout", "tie_weights"}}
+              if k not in {*ARCHITECTURE, "vocab_size", "dropout", "tie_weights"}}
     if saved.get("tie_weights") or others:
         raise TrainingError(
             f"the model in {path} has options training does not set "

@@ -76,7 +76,7 @@ def _architecture_from(checkpoint: Path, settings: dict[str, Any]) -> dict[str, 
     """
     model, _, _ = load_model(checkpoint)
     config = model.config()
-    return {**{key: config[key] for key in training._ARCHITECTURE}, **settings}
+    return {**{key: config[key] for key in training.ARCHITECTURE}, **settings}
 
 
 @click.command()
