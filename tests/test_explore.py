@@ -168,6 +168,7 @@ def browser():
 
 
 def test_the_page_in_a_browser_shows_lstmkit_s_values(tiny, browser, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
@@ -190,6 +191,14 @@ def test_the_page_in_a_browser_shows_lstmkit_s_values(tiny, browser, tmp_path):
     assert browser.find_element(By.ID, "step").text == str(t)
     assert browser.find_element(By.ID, "char").text == "<"
     assert displayed() == {q: f"{steps['l1'][q][t, 2]:.4f}" for q in QUANTITIES}
+
+    # Hovering shows another step; leaving it shows the pinned one again.
+    other = text.index("猫")
+    ActionChains(browser).move_to_element(spans[other]).perform()
+    assert browser.find_element(By.ID, "step").text == str(other)
+    assert displayed() == {q: f"{steps['l1'][q][other, 2]:.4f}" for q in QUANTITIES}
+    ActionChains(browser).move_to_element(browser.find_element(By.TAG_NAME, "h1")).perform()
+    assert browser.find_element(By.ID, "step").text == str(t)
 
     # Another layer and unit (chosen from the ranked list), the same step still pinned.
     Select(browser.find_element(By.ID, "layer")).select_by_value("l0")
