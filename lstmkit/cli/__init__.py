@@ -27,6 +27,6 @@ def _register() -> None:
 
 
 _COMMAND_MODULES: list[str] = [
-    "demo", "interop", "charlm", "gates", "experiment", "export", "bench",
+    "demo", "interop", "charlm", "gates", "experiment", "export", "bench", "figures",
 ]
 _register()
