@@ -139,15 +139,14 @@ def _japanese_font() -> str:
 
 @contextmanager
 def _style(lang: str) -> Iterator[None]:
-    """Fonts for one language: DejaVu Sans, with IPAexGothic for the glyphs it lacks."""
+    """DejaVu Sans, with IPAexGothic for the glyphs it lacks (the Japanese labels, and the
+    note's sentence in either language)."""
     import matplotlib
     from matplotlib import font_manager
 
-    families = ["DejaVu Sans"]
-    if lang == "ja":
-        path = _japanese_font()
-        font_manager.fontManager.addfont(path)
-        families.append(font_manager.FontProperties(fname=path).get_name())
+    path = _japanese_font()
+    font_manager.fontManager.addfont(path)
+    families = ["DejaVu Sans", font_manager.FontProperties(fname=path).get_name()]
     with matplotlib.rc_context({"font.family": families, "font.size": 10,
                                 "axes.titlesize": 11, "svg.hashsalt": "lstmkit"}):
         yield
@@ -395,6 +394,49 @@ def sigmoid_bound(lang: str) -> Any:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     return fig
+
+
+def forget_gate_sentence(lang: str) -> Any:
+    """The bundled model's forget gate over the note's sentence: the mean over all units per
+    character (「とても」 marked), and the 16 units whose f varies most."""
+    from lstmkit.grad_mode import no_grad
+    from lstmkit.pretrained import load_pretrained
+
+    model, vocab, _ = load_pretrained()
+    with no_grad():
+        _, _, gates = model.forward(vocab.encode(NOTE_SENTENCE)[:, None], return_gates=True)
+    f = np.asarray(gates["l0"]["f"][:, 0], dtype=np.float64)  # (T, H)
+    units = np.argsort(-f.std(axis=0), kind="stable")[:16]
+    T = len(NOTE_SENTENCE)
+    start = NOTE_SENTENCE.index("とても")
+    fig, (top, bottom) = _stacked(10.0, 5.6)
+    colors = ["C3" if start <= t < start + 3 else "C0" for t in range(T)]
+    top.bar(np.arange(T), f.mean(axis=1), color=colors)
+    top.set_ylim(0, 1)
+    top.set_xlim(-0.5, T - 0.5)
+    top.set_xticks(np.arange(T), list(NOTE_SENTENCE))
+    top.set_ylabel(_t("mean_f", lang))
+    top.grid(True, axis="y", alpha=0.3)
+    top.set_title(_t("sent_title", lang))
+    image = bottom.imshow(f[:, units].T, aspect="auto", cmap="viridis", vmin=0, vmax=1,
+                          interpolation="nearest")
+    bottom.set_xticks(np.arange(T), list(NOTE_SENTENCE))
+    bottom.set_yticks(np.arange(len(units)), [str(u) for u in units], fontsize=7)
+    bottom.set_ylabel(_t("unit", lang))
+    for edge in (start - 0.5, start + 2.5):
+        bottom.axvline(edge, color="C3", linewidth=1.2)
+    fig.colorbar(image, ax=bottom, fraction=0.03, pad=0.01, label="f")
+    return fig
+
+
+def _stacked(width: float, height: float) -> tuple[Any, Any]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    top, bottom = fig.subplots(2, 1, height_ratios=[1, 1.6])
+    return fig, (top, bottom)
 
 
 FIGURES: dict[str, Callable[[str], Any]] = {

@@ -612,7 +612,7 @@ print(np.allclose(h_n[0], h), np.allclose(c_n[0], c))""",
            "CEC に保存された値をゲートの判断材料にするため、セル状態を重み（ユニットごとに1つ、"
            "対角行列）を介してゲートに入れます。入力ゲートと忘却ゲートは1ステップ前の $c_{t-1}$ "
            "を、出力ゲートは更新後の $c_t$ を見ます（Gers, Schraudolph & Schmidhuber 2002。"
-           "ONNX も同じ約束です）。1ステップを手で計算して確かめます。",
+           "ONNX の LSTM 演算子も同じ定義です）。1ステップを手で計算して確かめます。",
         en="## 2.3 Peephole connections\n\n"
            "To let the gates see what the CEC holds, the cell state enters them through weights "
            "(one per unit: a diagonal matrix). The input and forget gates see the previous "
