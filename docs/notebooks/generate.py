@@ -533,7 +533,7 @@ print(np.allclose(c_1, gates["l0"]["c"][1, 0]))""",
     ),
     Md(
         ja="## 2.2 LSTM の1ステップ（演習チャレンジ）\n\n"
-           "演習の関数は、4つのブロックの前活性（活性化関数に通す前の値）をまとめて1回の行列積で"
+           "演習の関数は、4つのブロックの線形和（活性化関数に通す前の値）をまとめて1回の行列積で"
            "計算し、$a, i, f, o$ の順に分けます（演習の $a$ は lstmkit の $g$ です）。\n\n"
            "$$z = x W^\\top + h_{t-1} U^\\top + b, \\quad c_t = i \\odot \\tanh(z_a) + f \\odot "
            "c_{t-1}, \\quad h_t = o \\odot \\tanh(c_t)$$\n\n"
@@ -698,15 +698,15 @@ for t in range(T):
 print("h_T:", h[0])"""),
     Exercise(
         ja="### 練習問題 4（修了テスト 問題15・17）\n\n"
-           "(1) 2.1節の図で、4つの箱はそれぞれ何でしょうか（問題15）。\n"
-           "(2) `h_next = ____` の空欄に入る式は何でしょうか（問題17）。\n"
+           "(1) 2.1節の図で、4つの箱はそれぞれ何でしょうか（問題15）。\n\n"
+           "(2) `h_next = ____` の空欄に入る式は何でしょうか（問題17）。\n\n"
            "(3) `ExamLSTM` の重みを lstmkit の state dict（`weight_ih_l0`, `weight_hh_l0`, "
            "`bias_ih_l0`, `bias_hh_l0`、ブロックの順は i, f, g, o）に変換する関数 "
            "`exam_to_state_dict(W, b, input_size)` を書き、7ステップ後の $h_T$, $c_T$ が一致する"
            "ことを確かめてください。",
         en="### Exercise 4 (practice test, questions 15 and 17)\n\n"
-           "(1) In the diagram of section 2.1, what are the four boxes (question 15)?\n"
-           "(2) What goes in the blank of `h_next = ____` (question 17)?\n"
+           "(1) In the diagram of section 2.1, what are the four boxes (question 15)?\n\n"
+           "(2) What goes in the blank of `h_next = ____` (question 17)?\n\n"
            "(3) Write `exam_to_state_dict(W, b, input_size)`, converting `ExamLSTM`'s weights to "
            "lstmkit's state dict (`weight_ih_l0`, `weight_hh_l0`, `bias_ih_l0`, `bias_hh_l0`, "
            "blocks i, f, g, o), and check that $h_T$ and $c_T$ after 7 steps agree.",
@@ -731,14 +731,14 @@ _, (h_n, c_n) = layer(x)
 print("same h_T:", np.allclose(h_n[0], h), " same c_T:", np.allclose(c_n[0], c))""",
         answer_ja="(1) 左から忘却ゲート $f$、入力ゲート $i$、セルへの入力 $g$（tanh）、"
                   "出力ゲート $o$ です。$f$ は $c_{t-1}$ に、$i$ は $g$ に掛かり、その和が $c_t$ に"
-                  "なります。$o$ は $\\tanh(c_t)$ に掛かって $h_t$ になります。破線は覗き穴結合です。\n"
-                  "(2) `h_next = np.tanh(c_next) * o`（要素ごとの積）。\n"
+                  "なります。$o$ は $\\tanh(c_t)$ に掛かって $h_t$ になります。破線は覗き穴結合です。\n\n"
+                  "(2) `h_next = np.tanh(c_next) * o`（要素ごとの積）。\n\n"
                   "(3) 上のセルのとおりです。ブロックに分け、名前を付け、変換先の順につなげ直すだけです。",
         answer_en="(1) From the left: the forget gate $f$, the input gate $i$, the cell input "
                   "$g$ (tanh), the output gate $o$. $f$ multiplies $c_{t-1}$, $i$ multiplies "
                   "$g$, and their sum is $c_t$; $o$ multiplies $\\tanh(c_t)$ to give $h_t$. The "
-                  "dashed lines are the peepholes.\n"
-                  "(2) `h_next = np.tanh(c_next) * o` (element-wise).\n"
+                  "dashed lines are the peepholes.\n\n"
+                  "(2) `h_next = np.tanh(c_next) * o` (element-wise).\n\n"
                   "(3) As in the cell above: split into blocks, name them, and concatenate them "
                   "in the target's order.",
     ),
