@@ -27,6 +27,7 @@ def _register() -> None:
 
 
 _COMMAND_MODULES: list[str] = [
-    "demo", "interop", "charlm", "gates", "experiment", "export", "bench", "figures",
+    "demo", "interop", "charlm", "gates", "explore", "experiment", "export", "bench",
+    "figures",
 ]
 _register()
