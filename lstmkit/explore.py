@@ -70,7 +70,7 @@ _PUNCTUATION = frozenset("。、，．！？,.!?;:；：…")
 _PLAIN_OPTIONS = frozenset({
     "vocab_size", "hidden_size", "num_layers", "cell", "embedding_dim", "dropout",
     "tie_weights", "dtype", "peepholes", "forget_bias", "forget_gate", "input_gate",
-    "output_gate", "coupled_input_forget",
+    "output_gate", "coupled_input_forget", "fast",
 })
 
 

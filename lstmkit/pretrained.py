@@ -54,8 +54,15 @@ def load_pretrained(name: str = "neko") -> tuple[CharLM, Vocabulary, dict[str, A
     """Load a bundled model: ``(model, vocabulary, meta)``, as :func:`lstmkit.train.load_charlm`.
 
     The model is float32 and in eval mode; ``meta`` holds the training settings and history.
+    Its LSTM runs on the readable reference recurrence (``fast=False``): reading one text at a
+    time it needs no fused kernel, so nothing is compiled on first use and a fresh install
+    answers in seconds.
     """
-    return load_charlm(pretrained_path(name))
+    trained, vocab, meta = load_charlm(pretrained_path(name))
+    model = CharLM(**trained.config(), fast=False)
+    model.load_state_dict(trained.params)
+    model.eval()
+    return model, vocab, meta
 
 
 def model_card(name: str = "neko") -> str:

@@ -17,6 +17,7 @@ from lstmkit.cli import main
 from lstmkit.explore import (
     FEATURES,
     QUANTITIES,
+    _json_for_script,
     correlations,
     explore_page,
     rank_units,
@@ -106,6 +107,10 @@ def test_the_page_escapes_the_text_and_its_data(tiny):
     parsed = json.loads(data)
     assert parsed["steps"] == len(text) and parsed["hidden"] == 6
     assert len(parsed["values"]["l1"]["f"]) == len(text) * 6
+    # Whatever a value holds, the JSON cannot end its <script> element.
+    tricky = {"text": "</script><script>alert(1)</script>&amp;\u2028"}
+    assert not set("<>&") & set(_json_for_script(tricky))
+    assert json.loads(_json_for_script(tricky)) == tricky
     unknown = explore_page(model, vocab, "吾輩は犬")  # 犬: read as the unknown symbol
     assert 'class="ch unk" data-t="3">犬<' in unknown and "1 characters of the text" in unknown
     with pytest.raises(ValueError, match="empty"):
