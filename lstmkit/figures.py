@@ -110,8 +110,9 @@ TEXT: dict[str, dict[str, str]] = {
     "max_note": {"en": "the derivative's maximum: 0.25 at z = 0\n(the sigmoid itself is 0.5 there)",
                  "ja": "微分の最大値：z = 0 で 0.25\n（シグモイド関数の値はそこで 0.5）"},
     "sent_title": {
-        "en": "Forget gate of the bundled model (吾輩は猫である) on the note's sentence",
-        "ja": "同梱モデル（吾輩は猫であるで学習）の忘却ゲート：ノートの文",
+        "en": "The note's sentence through the bundled model (trained on 吾輩は猫である): "
+              "forget gate, first layer",
+        "ja": "『吾輩は猫である』で学習した同梱モデルにノートの文を入力：1層目の忘却ゲート",
     },
     "mean_f": {"en": "mean f over all units", "ja": "全ユニットの f の平均"},
     "unit": {"en": "unit (the 16 that vary most)", "ja": "ユニット（変化の大きい16個）"},
@@ -445,6 +446,7 @@ FIGURES: dict[str, Callable[[str], Any]] = {
     "clipping": clipping,
     "cec": cec,
     "sigmoid": sigmoid_bound,
+    "forget_gate_sentence": forget_gate_sentence,
 }
 
 

@@ -839,15 +839,26 @@ start = sentence.index("とても")
 rest = np.delete(f, range(start, start + 3), axis=0)
 drop = f[start : start + 3].mean(axis=0) - rest.mean(axis=0)  # (H,)
 print("units whose f falls most on とても:", np.argsort(drop)[:5], np.sort(drop)[:5].round(3))""",
-        answer_ja="上位の候補とその確率がほとんど同じなら、このモデルにとって「とても」は空欄の予測に"
-                  "ほぼ影響しない、ということです。ただし、これは忘却ゲートが「とても」を消した証拠"
-                  "ではありません。1つの文、1つの小さなモデルの観察であり、ゲートの値と予測の両方を見て"
-                  "判断してください。試験の答えは「忘却ゲート」です。",
-        answer_en="If the top candidates and their probabilities barely move, 「とても」 hardly "
-                  "affects this model's prediction of the blank. That is not yet proof that the "
-                  "forget gate erased it: it is one sentence on one small model, to be read from "
-                  "the gates and the predictions together. The exam's answer is \"the forget "
-                  "gate\".",
+        answer_ja="同梱モデルでは、上位4つの候補は「とても」があってもなくても同じで、確率もほとんど"
+                  "変わりません（「し」が 0.080 と 0.073）。このモデルにとっても、「とても」は空欄の予測に"
+                  "ほぼ影響しません。「とても」の3文字で $f$ が特に小さくなるユニットも、いくつかは見つかります"
+                  "（ユニット120はほかの文字での平均より 0.5 ほど低くなります）。ただし、多くのユニットは"
+                  "そこで $f > 0.8$ のままセル状態を保っています。また、ある文字で忘却ゲートが閉じたときに"
+                  "捨てられるのは、その文字より**前**にセルが保持していた内容で、その文字自身ではありません。"
+                  "「とても」を忘れるなら、閉じるのはその後の文字（「お」「腹」…）のはずです。`f` の行を"
+                  "見て確かめてください。それでも試験の答えは「忘却ゲート」です。不要になった情報を捨てるしくみを"
+                  "もつのは忘却ゲートで、あるネットワークがある単語でそれを使うかどうかは、このように"
+                  "ゲートの値と予測の両方を見て確かめます。",
+        answer_en="With the bundled model the four leading candidates are the same with and "
+                  "without 「とても」, their probabilities barely move (「し」 0.080 against "
+                  "0.073): for this model too, the word hardly affects the blank. A few units' $f$ "
+                  "does fall on those three characters (unit 120's by about 0.5 below its mean "
+                  "elsewhere), but most units keep $f > 0.8$ there. And a gate closing at a "
+                  "character drops what the cell held *before* that character, not the character "
+                  "itself: to forget 「とても」 a unit would close at the characters after it "
+                  "(「お」, 「腹」, ...); check the rows of `f`. The exam's answer is still \"the forget gate\": it is "
+                  "the gate that can drop what no longer matters; whether a network uses it for a "
+                  "given word is what the gates and the predictions, read together, show.",
     ),
 ]
 
