@@ -248,8 +248,8 @@ grad = np.array([6.0, 8.0])  # norm 10
 clipped = gradient_clipping(grad, 5.0)
 print(clipped, np.linalg.norm(clipped))"""),
     Md(
-        ja="ノートには、この解答に関わる誤りが2か所あります。\n\n"
-           "- 講義の模範解答は `gradient * rate` と書かれていますが、変数名は `grad` です"
+        ja="このコードのまわりには、誤りが2か所あります。\n\n"
+           "- ノートに記録された講義の模範解答は `gradient * rate` を返していますが、変数名は `grad` です"
            "（`gradient` は定義されていないので `NameError` になります）。\n"
            "- ノートで「わかりやすく」書き直したコードには3つの誤りがあります。しきい値の変数名が"
            "引数と違うつづり（`threshhold`）になっていること、`rate` を計算したのに使っていないこと、"
@@ -257,9 +257,9 @@ print(clipped, np.linalg.norm(clipped))"""),
            "`norm > threshold` のときなので、`norm / threshold` は1より大きく、勾配を縮めるどころか"
            "**大きく**します。\n\n"
            "同じ3つの誤りをもつコードを書いて、実際に確かめます。",
-        en="The note has two slips around this answer.\n\n"
-           "- The lecture's model answer is remarked to say `gradient * rate`, where the "
-           "variable is `grad` (`gradient` is not defined: a `NameError`).\n"
+        en="There are two slips around this code.\n\n"
+           "- The lecture's model answer, as the note records it, returns `gradient * rate`, "
+           "where the variable is `grad` (`gradient` is not defined: a `NameError`).\n"
            "- The note's \"clearer\" rewrite has three slips: the threshold is spelt differently "
            "from the parameter (`threshhold`), `rate` is computed and then not used, and it "
            "multiplies by `norm / threshold`. Clipping happens when `norm > threshold`, so "
