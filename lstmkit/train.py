@@ -489,11 +489,15 @@ def _fine_tuning_source(
             )
     others = {k: v for k, v in saved.items()
               if k not in {*ARCHITECTURE, "vocab_size", "dropout", "tie_weights"}}
-    if saved.get("tie_weights") or others:
+    if saved.get("tie_weights"):
         raise TrainingError(
-            f"the model in {path} has options training does not set "
-            f"({'tie_weights, ' if saved.get('tie_weights') else ''}{', '.join(others)}); "
+            f"the model in {path} has options training does not set (tie_weights); "
             "lstmkit train can fine-tune only the models it trains"
+        )
+    if others != dict(config.cell_options):
+        raise TrainingError(
+            f"cell_options={dict(config.cell_options)!r} contradicts the model in {path}, whose "
+            f"cell options are {others!r}: fine-tuning keeps the architecture"
         )
     if config.min_count != 1:
         raise TrainingError(

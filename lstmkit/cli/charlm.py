@@ -77,7 +77,10 @@ def _architecture_from(checkpoint: Path, settings: dict[str, Any]) -> dict[str, 
     """
     model, _, _ = load_model(checkpoint)
     config = model.config()
-    return {**{key: config[key] for key in training.ARCHITECTURE}, **settings}
+    cell_options = {k: v for k, v in config.items()
+                    if k not in {*training.ARCHITECTURE, "vocab_size", "dropout", "tie_weights"}}
+    return {**{key: config[key] for key in training.ARCHITECTURE},
+            **({"cell_options": cell_options} if cell_options else {}), **settings}
 
 
 @click.command()
