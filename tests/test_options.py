@@ -83,6 +83,8 @@ LSTM_ACTIVATIONS = [
      "activation_beta": [2.0], "input_gate": False, "peepholes": True},
     {"activation": "Affine", "activation_alpha": [0.5], "activation_beta": [0.2],
      "forget_gate": False},
+    {"clip": 0.5, "output_gate": False, "coupled_input_forget": True, "peepholes": True,
+     "recurrent_activation": "softplus"},
 ]
 
 
