@@ -79,7 +79,12 @@ def _resolve_activations(
     specs: dict[str, Any], alphas: Sequence[float] | None, betas: Sequence[float] | None
 ) -> dict[str, Activation]:
     """The layer's activations, by argument name, in ONNX's order (f, g, h); a spec that is
-    None is left out (it takes no value from activation_alpha / activation_beta)."""
+    None is left out (it takes no value from activation_alpha / activation_beta), which only
+    ``output_activation`` may be."""
+    for name, spec in specs.items():
+        if spec is None and name != "output_activation":
+            raise TypeError(f"{name}=None: give a function's name, e.g. 'linear' (what Keras "
+                            "means by None) or 'tanh'")
     for what, values in (("activation_alpha", alphas), ("activation_beta", betas)):
         if values is not None and (isinstance(values, (str, bytes)) or
                                    not isinstance(values, Sequence)):

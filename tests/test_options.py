@@ -196,6 +196,8 @@ def test_option_errors_are_clear():
         lstmkit.LSTM(2, 3, activation="gelu")
     with pytest.raises(TypeError, match="activation_alpha must be a list"):
         lstmkit.LSTM(2, 3, activation="elu", activation_alpha=0.5)
+    with pytest.raises(TypeError, match="what Keras means by None"):
+        lstmkit.GRU(2, 3, recurrent_activation=None)
     with pytest.raises(ValueError, match="hold"):
         lstmkit.LSTM(2, 3, activation=Activation("Elu", 0.5), activation_alpha=[0.5])
 
