@@ -5,19 +5,22 @@ direction, and backpropagates through time. Shapes (``L`` layers, ``nd`` = 2 if 
 else 1, ``H`` hidden size)::
 
     x            (T, B, input_size)      or (B, T, input_size) with batch_first, or (T, input_size)
-    output       (T, B, nd * H)          or (B, T, nd * H) with batch_first
-    h_0, h_n     (L * nd, B, H)          the state, per layer and direction (layer-major)
+    output       (T, B, nd * R)          or (B, T, nd * R) with batch_first
+    h_0, h_n     (L * nd, B, R)          the state, per layer and direction (layer-major)
     c_0, c_n     (L * nd, B, H)          LSTM only
 
+where R = H, or the LSTM's ``proj_size`` P when it has one (``output_size``).
+
 Parameters are ``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}`` (and
-``weight_c{i,f,o}_l{k}`` for LSTM peepholes), with ``_reverse`` for the backward direction: a
+``weight_c{i,f,o}_l{k}`` for LSTM peepholes, ``weight_hr_l{k}`` for its projection), with
+``_reverse`` for the backward direction: a
 PyTorch module's ``load_state_dict`` takes ours and gives the same outputs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -26,6 +29,7 @@ from lstmkit.cells import GRUCell, LSTMCell, RNNCell
 from lstmkit.engine import ENGINE, Plan, ReferenceRecurrence, plan_of
 from lstmkit.grad_mode import is_grad_enabled
 from lstmkit.nn.module import Module, resolve_rng
+from lstmkit.regularisation import cell_masks, check_rate, dropout_mask
 
 Array = np.ndarray
 _REFERENCE = ReferenceRecurrence()
@@ -114,8 +118,8 @@ class LayerTrace:
         layer = self.layer
         B = self.shape[1]
         if d_state is None:
-            shape = (layer.num_layers * layer.num_directions, B, layer.hidden_size)
-            return tuple(np.zeros(shape, dtype=layer.dtype) for _ in layer._state_names)
+            return tuple(np.zeros((layer.num_layers * layer.num_directions, B, size),
+                                  dtype=layer.dtype) for size in layer._state_sizes)
         return layer._initial_state(d_state, B, self.unbatched, label="d{}_n")
 
 
@@ -169,7 +173,7 @@ class RecurrentLayer(Module):
         self.last_plans: dict[str, Plan] = {}
         self._rng = resolve_rng(seed)
         self._cells = [
-            self._make_cell(self.input_size if k == 0 else self.num_directions * self.hidden_size)
+            self._make_cell(self.input_size if k == 0 else self.num_directions * self.output_size)
             for k in range(self.num_layers)
         ]
         self.params: dict[str, Array] = {}
@@ -201,8 +205,8 @@ class RecurrentLayer(Module):
         for name, value in self.params.items():
             value[...] = self._rng.uniform(-bound, bound, size=value.shape)
             if recurrent_init == "orthogonal" and name.startswith("weight_hh"):
-                for block in range(value.shape[0] // H):
-                    q, r = np.linalg.qr(self._rng.standard_normal((H, H)))
+                for block in range(value.shape[0] // H):  # (H, R) blocks, R <= H
+                    q, r = np.linalg.qr(self._rng.standard_normal((H, value.shape[1])))
                     value[block * H : (block + 1) * H] = q * np.sign(np.diag(r))
 
     # -- looking inside ---------------------------------------------------------------------------
@@ -214,6 +218,8 @@ class RecurrentLayer(Module):
         or the carried state of a ``stateful`` layer, read only). Dropout between layers is
         off. The layer is left untouched: its cache (a pending ``backward``), ``grads`` and
         carried state stay as they were. ``lstmkit.diagnostics`` walks these caches back.
+        The regularisation inside the recurrence (recurrent dropout, zoneout, weight drop)
+        is off too: zoneout runs as in evaluation.
         """
         x3, unbatched = self._check_input(x)
         T, B, _ = x3.shape
@@ -300,6 +306,24 @@ class RecurrentLayer(Module):
     def _state_names(self) -> tuple[str, ...]:
         return self._cells[0].state_names
 
+    @property
+    def output_size(self) -> int:
+        """The size of h and of each direction's output: ``hidden_size`` (an LSTM with
+        ``proj_size`` P: P)."""
+        return self.hidden_size
+
+    @property
+    def _state_sizes(self) -> tuple[int, ...]:
+        """The last axis of each part of the state (h, or h and c)."""
+        return (self.output_size,) + (self.hidden_size,) * (len(self._state_names) - 1)
+
+    def _call_setup(self, k: int, d: int, T: int, B: int) -> tuple[Any, dict[str, Array],
+                                                                   dict[str, Array]]:
+        """The cell and parameters layer k, direction d runs with in this call, and the
+        masks on weights to take the gradient through: (cell, p, {short name: mask}).
+        A subclass with regularisation inside the recurrence draws its masks here."""
+        return self._cells[k], self._direction(self.params, k, d), {}
+
     # -- forward ------------------------------------------------------------------------------
 
     def __call__(self, x: Any, state: Any = None, lengths: Any = None,
@@ -337,15 +361,17 @@ class RecurrentLayer(Module):
         keep = is_grad_enabled()
         L, nd = self.num_layers, self.num_directions
         finals: list[list[Array]] = [[] for _ in self._state_names]
-        caches, drop_masks = [], []
+        caches, drop_masks, setups = [], [], []
         plans: dict[str, Plan] = {}
         layer_in = x
-        for k, cell in enumerate(self._cells):
+        for k in range(L):
             outs = []
             for d in range(nd):
                 j = k * nd + d
+                run_cell, p, weight_masks = self._call_setup(k, d, T, B)
+                setups.append((run_cell, p, weight_masks))
                 out, final, cache = self.recurrence.forward(
-                    cell, self._direction(self.params, k, d), layer_in,
+                    run_cell, p, layer_in,
                     tuple(s[j] for s in state0), mask, d == 1, keep or return_gates,
                     rows_of=fold if k == 0 else None, plan=self._pin)
                 plans[f"l{k}{'_reverse' if d else ''}"] = plan_of(cache)
@@ -367,10 +393,10 @@ class RecurrentLayer(Module):
         state_n = tuple(_stack(f) for f in finals)
         if self.stateful:
             self._carried = tuple(s.copy() for s in state_n)
-        gates = self._gates(caches, unbatched) if return_gates else None
+        gates = self._gates(caches, [c for c, _, _ in setups], unbatched) if return_gates else None
         self._cache = (
             {"caches": caches, "drop": drop_masks, "mask": mask, "shape": (T, B),
-             "unbatched": unbatched, "folded": folded}
+             "unbatched": unbatched, "folded": folded, "setups": setups}
             if keep else None
         )
         output = self._to_user(layer_in, unbatched)
@@ -408,11 +434,12 @@ class RecurrentLayer(Module):
         sfx = "_reverse" if d == 1 else ""
         return {short: store[f"{short}_l{k}{sfx}"] for short in self._cells[k].param_shapes()}
 
-    def _gates(self, caches: list[Any], unbatched: bool) -> dict[str, dict[str, Array]]:
+    def _gates(self, caches: list[Any], cells: list[Any],
+               unbatched: bool) -> dict[str, dict[str, Array]]:
         result = {}
         for j, cache in enumerate(caches):
             k, d = divmod(j, self.num_directions)
-            seqs = self.recurrence.gate_sequences(self._cells[k], cache)
+            seqs = self.recurrence.gate_sequences(cells[j], cache)
             result[f"l{k}{'_reverse' if d else ''}"] = {
                 name: self._to_user(seq, unbatched) for name, seq in seqs.items()
             }
@@ -487,7 +514,8 @@ class RecurrentLayer(Module):
     def _initial_state(
         self, state: Any, B: int, unbatched: bool, label: str = "{}_0"
     ) -> tuple[Array, ...]:
-        shape = (self.num_layers * self.num_directions, B, self.hidden_size)
+        shapes = [(self.num_layers * self.num_directions, B, size) for size in self._state_sizes]
+        shape = shapes[0]
         if state is None:
             if self.stateful and self._carried is not None:
                 if self._carried[0].shape != shape:
@@ -497,10 +525,10 @@ class RecurrentLayer(Module):
                         "call reset_state() when the batch size changes"
                     )
                 return self._carried
-            return tuple(np.zeros(shape, dtype=self.dtype) for _ in self._state_names)
+            return tuple(np.zeros(s, dtype=self.dtype) for s in shapes)
         parts = self._unpack_state(state, label.format("state"))
         checked = []
-        for name, part in zip(self._state_names, parts):
+        for name, part, shape in zip(self._state_names, parts, shapes):
             what = label.format(name)
             part = self._check_array(part, what)
             if unbatched:
@@ -511,9 +539,10 @@ class RecurrentLayer(Module):
                     )
                 part = part[:, None]
             if part.shape != shape:
+                size = "proj_size" if shape[2] != self.hidden_size else "hidden_size"
                 raise ValueError(
                     f"{what} has shape {part.shape}, expected "
-                    f"(num_layers * num_directions, B, hidden_size) = {shape}"
+                    f"(num_layers * num_directions, B, {size}) = {shape}"
                 )
             checked.append(part)
         return tuple(checked)
@@ -540,7 +569,7 @@ class RecurrentLayer(Module):
         cache = self._cache
         T, B = cache["shape"]
         unbatched = cache["unbatched"]
-        nd, H = self.num_directions, self.hidden_size
+        nd, H = self.num_directions, self.output_size
         expected = self._to_user(np.empty((T, B, nd * H), dtype=np.uint8), unbatched).shape
         d_out = self._check_array(d_output, "d_output")
         if d_out.shape != expected:
@@ -548,7 +577,8 @@ class RecurrentLayer(Module):
         d_out = self._from_user(d_out, unbatched)
         if d_state is None:
             d_fin = tuple(
-                np.zeros((self.num_layers * nd, B, H), dtype=self.dtype) for _ in self._state_names
+                np.zeros((self.num_layers * nd, B, size), dtype=self.dtype)
+                for size in self._state_sizes
             )
         else:
             d_fin = self._initial_state(d_state, B, unbatched, label="d{}_n")
@@ -560,11 +590,16 @@ class RecurrentLayer(Module):
             dx = None
             for d in range(nd):
                 j = k * nd + d
+                run_cell, p, weight_masks = cache["setups"][j]
+                grads = self._direction(self.grads, k, d)
+                dropped = {name: np.zeros_like(grads[name]) for name in weight_masks}
                 dx_d, d0 = self.recurrence.backward(
-                    self._cells[k], self._direction(self.params, k, d), cache["caches"][j],
+                    run_cell, p, cache["caches"][j],
                     np.ascontiguousarray(d_layer[:, :, d * H : (d + 1) * H]),
-                    tuple(s[j] for s in d_fin), self._direction(self.grads, k, d),
+                    tuple(s[j] for s in d_fin), {**grads, **dropped},
                 )
+                for name, weight_mask in weight_masks.items():  # W_used = W * mask
+                    grads[name] += dropped[name] * weight_mask
                 dx = dx_d if dx is None else dx + dx_d
                 for n, s in enumerate(d0):
                     d_state0[n][j] = s
@@ -596,6 +631,17 @@ class LSTM(RecurrentLayer):
     1.0; with ``coupled_input_forget`` it is subtracted from the input gate's, since f = 1 - i);
     ``recurrent_init``; ``stateful`` (carry the state between calls: truncated BPTT); ``dtype``;
     ``seed``; ``fast`` (False: the readable reference recurrence instead of the fused kernels).
+
+    ``proj_size`` (> 0: LSTMP, as ``torch.nn.LSTM``): h = W_hr (o * tanh(c)) with
+    ``weight_hr_l{k}`` (P, H); h_0, h_n and each direction's output are P wide, c stays H wide.
+
+    Regularisation inside the recurrence, in training mode only (``train()``; off after
+    ``eval()``), its masks drawn from the layer's generator (``seed``) at each call:
+    ``recurrent_dropout`` (Gal & Ghahramani 2016, Keras' name: one mask per gate and sequence
+    on h_prev), ``zoneout`` and ``zoneout_c`` (Krueger et al. 2017: h, or c, keeps its previous
+    value with this probability at each step; Haste's ``zoneout`` is on h; in evaluation each
+    takes its expectation) and ``weight_drop`` (DropConnect on ``weight_hh``, AWD-LSTM's: one
+    mask per call). See ``docs/options.md`` and ``lstmkit.cells.lstm``.
     """
 
     mode = "LSTM"
@@ -619,12 +665,32 @@ class LSTM(RecurrentLayer):
         seed: int | np.random.Generator | None = None,
         recurrent_init: str = "uniform",
         stateful: bool = False, fast: bool = True,
+        proj_size: int = 0,
+        recurrent_dropout: float = 0.0,
+        zoneout: float = 0.0,
+        zoneout_c: float = 0.0,
+        weight_drop: float = 0.0,
     ) -> None:
+        if isinstance(proj_size, bool) or not isinstance(proj_size, (int, np.integer)) \
+                or proj_size < 0:
+            raise ValueError(f"proj_size must be a non-negative integer, got {proj_size!r}")
+        if proj_size >= hidden_size:
+            raise ValueError(f"proj_size must be smaller than hidden_size (as torch.nn.LSTM "
+                             f"requires), got proj_size={proj_size}, hidden_size={hidden_size}")
         self.cell_options = {
             "peepholes": bool(peepholes), "forget_gate": bool(forget_gate),
             "input_gate": bool(input_gate), "output_gate": bool(output_gate),
             "coupled_input_forget": bool(coupled_input_forget),
         }
+        for name, value in (("proj_size", int(proj_size)),
+                            ("recurrent_dropout", check_rate("recurrent_dropout",
+                                                             recurrent_dropout)),
+                            ("zoneout", check_rate("zoneout", zoneout)),
+                            ("zoneout_c", check_rate("zoneout_c", zoneout_c))):
+            if value:  # recorded only when set, so that a plain LSTM's options stay as before
+                self.cell_options[name] = value
+        self.proj_size = int(proj_size)
+        self.weight_drop = check_rate("weight_drop", weight_drop)
         self.forget_bias = _real("forget_bias", forget_bias)
         if self.forget_bias != 0.0 and not bias:
             raise ValueError("forget_bias needs bias=True")
@@ -635,6 +701,23 @@ class LSTM(RecurrentLayer):
 
     def _make_cell(self, input_size: int) -> LSTMCell:
         return LSTMCell(input_size, self.hidden_size, self.bias, **self.cell_options)
+
+    @property
+    def output_size(self) -> int:
+        return self.proj_size or self.hidden_size
+
+    def _call_setup(self, k: int, d: int, T: int, B: int) -> tuple[Any, dict[str, Array],
+                                                                   dict[str, Array]]:
+        cell, p = self._cells[k], self._direction(self.params, k, d)
+        if not self.training:  # recurrent dropout is the identity: any plan may run the cell
+            return (replace(cell, recurrent_dropout=0.0) if cell.recurrent_dropout else cell), p, {}
+        p = {**p, **cell_masks(cell, self._rng, T, B, self.dtype)}
+        weight_masks = {}
+        if self.weight_drop:
+            weight_masks["weight_hh"] = dropout_mask(self._rng, p["weight_hh"].shape,
+                                                     self.weight_drop, self.dtype)
+            p["weight_hh"] = p["weight_hh"] * weight_masks["weight_hh"]
+        return cell, p, weight_masks
 
     def reset_parameters(self, recurrent_init: str = "uniform") -> None:
         super().reset_parameters(recurrent_init)
