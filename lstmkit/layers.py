@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from lstmkit.cells import GRUCell, LSTMCell, RNNCell
+from lstmkit.cells import GRUCell, LayerNormLSTMCell, LSTMCell, RNNCell
 from lstmkit.engine import ENGINE, Plan, ReferenceRecurrence, plan_of
 from lstmkit.grad_mode import is_grad_enabled
 from lstmkit.nn.module import Module, resolve_rng
@@ -642,6 +642,11 @@ class LSTM(RecurrentLayer):
     value with this probability at each step; Haste's ``zoneout`` is on h; in evaluation each
     takes its expectation) and ``weight_drop`` (DropConnect on ``weight_hh``, AWD-LSTM's: one
     mask per call). See ``docs/options.md`` and ``lstmkit.cells.lstm``.
+
+    ``layer_norm=True``: the layer-normalised LSTM (Ba et al. 2016) as Haste's LayerNormLSTM
+    (``lstmkit.cells.layernorm_lstm``: the input and recurrent pre-activations normalised
+    separately, and c where it enters the output), with the parameters ``weight_ln_ih_l{k}``,
+    ``weight_ln_hh_l{k}`` (4H,), ``weight_ln_c_l{k}``, ``bias_ln_c_l{k}`` (H,).
     """
 
     mode = "LSTM"
@@ -670,6 +675,7 @@ class LSTM(RecurrentLayer):
         zoneout: float = 0.0,
         zoneout_c: float = 0.0,
         weight_drop: float = 0.0,
+        layer_norm: bool = False,
     ) -> None:
         if isinstance(proj_size, bool) or not isinstance(proj_size, (int, np.integer)) \
                 or proj_size < 0:
@@ -691,6 +697,7 @@ class LSTM(RecurrentLayer):
                 self.cell_options[name] = value
         self.proj_size = int(proj_size)
         self.weight_drop = check_rate("weight_drop", weight_drop)
+        self.layer_norm = bool(layer_norm)
         self.forget_bias = _real("forget_bias", forget_bias)
         if self.forget_bias != 0.0 and not bias:
             raise ValueError("forget_bias needs bias=True")
@@ -700,7 +707,8 @@ class LSTM(RecurrentLayer):
                          bidirectional, dtype, seed, recurrent_init, stateful, fast)
 
     def _make_cell(self, input_size: int) -> LSTMCell:
-        return LSTMCell(input_size, self.hidden_size, self.bias, **self.cell_options)
+        cell = LayerNormLSTMCell if self.layer_norm else LSTMCell
+        return cell(input_size, self.hidden_size, self.bias, **self.cell_options)
 
     @property
     def output_size(self) -> int:
@@ -721,6 +729,11 @@ class LSTM(RecurrentLayer):
 
     def reset_parameters(self, recurrent_init: str = "uniform") -> None:
         super().reset_parameters(recurrent_init)
+        for name, value in self.params.items():  # layer normalisation starts as the identity
+            if name.startswith("weight_ln_"):
+                value[...] = 1.0
+            elif name.startswith("bias_ln_"):
+                value[...] = 0.0
         if self.forget_bias == 0.0:
             return
         cell, H = self._cells[0], self.hidden_size

@@ -269,15 +269,16 @@ class LSTMCell:
             grads["bias_ih"] += db
             grads["bias_hh"] += db
         dx = dz_all @ p["weight_ih"]
-        drop = cache["drop"]
-        if drop is None:
-            grads["weight_hh"] += dz_all.T @ h_prev
-            dh_prev = dz_all @ p["weight_hh"]
-        else:  # gate k saw h_prev * drop[k]
-            G, H = len(self.gates), self.hidden_size
-            dz_k = dz_all.reshape(-1, G, H).transpose(1, 0, 2)  # (G, B, H)
-            w = p["weight_hh"].reshape(G, H, -1)  # (G, H, R)
-            grads["weight_hh"] += (dz_k.transpose(0, 2, 1) @ (h_prev[None] * drop)).reshape(
-                G * H, -1)
-            dh_prev = ((dz_k @ w) * drop).sum(axis=0)
+        dh_prev = self._recurrent_backward(dz_all, h_prev, cache["drop"], p["weight_hh"], grads)
         return dx, (dh_prev + dh_kept, dc_prev + dc_kept)
+
+    def _recurrent_backward(self, dz: Array, h_prev: Array, drop: Array | None, w_hh: Array,
+                            grads: dict[str, Array]) -> Array:
+        """Backward of ``_recurrent``: dz (B, G*H) -> dL/dh_prev (B, R); adds dL/dW_hh."""
+        if drop is None:
+            grads["weight_hh"] += dz.T @ h_prev
+            return dz @ w_hh
+        G, H = len(self.gates), self.hidden_size
+        dz_k = dz.reshape(-1, G, H).transpose(1, 0, 2)  # (G, B, H)
+        grads["weight_hh"] += (dz_k.transpose(0, 2, 1) @ (h_prev[None] * drop)).reshape(G * H, -1)
+        return ((dz_k @ w_hh.reshape(G, H, -1)) * drop).sum(axis=0)

@@ -232,6 +232,9 @@ def _check_layer(layer: Any) -> str:
             f"the ONNX LSTM operator has no projection; this LSTM has "
             f"proj_size={options['proj_size']}: expected proj_size=0"
         )
+    if getattr(layer, "layer_norm", False):
+        raise ValueError("the ONNX LSTM operator has no layer normalisation; this LSTM has "
+                         "layer_norm=True: expected layer_norm=False")
     zoned = [f"{name}={options[name]}" for name in ("zoneout", "zoneout_c") if options.get(name)]
     if zoned:
         raise ValueError(

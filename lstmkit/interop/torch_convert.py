@@ -120,6 +120,8 @@ def to_torch(layer: Any) -> Any:
         ]
         unsupported += [f"{name}={layer.cell_options[name]}" for name in ("zoneout", "zoneout_c")
                         if layer.cell_options.get(name)]
+        if layer.layer_norm:
+            unsupported.append("layer_norm=True")
         if unsupported:
             raise ValueError(
                 f"torch.nn.LSTM cannot express this lstmkit LSTM's {', '.join(unsupported)}; "
