@@ -64,6 +64,22 @@ def _preset_help() -> str:
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True),
               help=f"Dropout between recurrent layers and before the output layer. "
                    f"[default: {DEFAULTS.dropout}]")
+@click.option("--proj-size", type=click.IntRange(min=0),
+              help="LSTM: project h to this many units (LSTMP, as torch's proj_size; below "
+                   "--hidden; 0: none). [default: 0]")
+@click.option("--recurrent-dropout", type=click.FloatRange(0, 1, max_open=True),
+              help="LSTM: variational dropout on h_prev, one mask per gate and sequence "
+                   "(Gal & Ghahramani 2016, Keras' recurrent_dropout). [default: 0]")
+@click.option("--zoneout", type=click.FloatRange(0, 1, max_open=True),
+              help="LSTM: each unit of h keeps its previous value with this probability at "
+                   "each step (Krueger et al. 2017, Haste's zoneout). [default: 0]")
+@click.option("--zoneout-c", type=click.FloatRange(0, 1, max_open=True),
+              help="LSTM: zoneout of the cell state c. [default: 0]")
+@click.option("--weight-drop", type=click.FloatRange(0, 1, max_open=True),
+              help="LSTM: DropConnect on the recurrent weights, one mask per step of training "
+                   "(AWD-LSTM's weight drop). [default: 0]")
+@click.option("--layer-norm", is_flag=True, default=None,
+              help="LSTM: the layer-normalised cell (Ba et al. 2016, as Haste's LayerNormLSTM).")
 @click.option("--seq-len", type=click.IntRange(min=1),
               help=f"Characters per step and stream: how far back gradients flow (truncated "
                    f"BPTT; the state itself is carried on). [default: {DEFAULTS.seq_len}]")
