@@ -40,6 +40,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from lstmkit.cells import GRUCell, LSTMCell
+from lstmkit.cells.layernorm_lstm import LayerNormLSTMCell, layer_norm_backward
 from lstmkit.layers import TraceStream
 
 Array = np.ndarray
@@ -86,9 +87,19 @@ class GradientFlow:
 def _carousel_gradient(cell: LSTMCell, p: dict[str, Array], step: dict[str, Array],
                        dh: Array, dc: Array) -> Array:
     """dL/dc_t with h_t = o_t tanh(c_t) as a function of c_t: the first lines of
-    ``LSTMCell.backward``, which does not return this intermediate value."""
+    ``LSTMCell.backward`` (and ``LayerNormLSTMCell.backward``), which do not return this
+    intermediate value."""
+    if cell.zoneout:  # the trace runs without masks: d is the rate
+        dh = dh * (1.0 - step["d_h"])
+    if cell.zoneout_c:
+        dc = dc * (1.0 - step["d_c"])
+    if cell.proj_size:  # h = W_hr (o * tanh(c))
+        dh = dh @ p["weight_hr"]
     o, tanh_c = step["o"], step["tanh_c"]
-    dc_total = dc + dh * o * (1.0 - tanh_c**2)
+    d_tanh = dh * o * (1.0 - tanh_c**2)
+    if isinstance(cell, LayerNormLSTMCell):  # tanh(w_ln_c * LN(c) + b_ln_c)
+        d_tanh = layer_norm_backward(d_tanh * p["weight_ln_c"], step["c_hat"], step["inv_c"])
+    dc_total = dc + d_tanh
     if cell.peepholes and cell.output_gate:  # o sees the new c
         dc_total = dc_total + dh * tanh_c * o * (1.0 - o) * p["weight_co"]
     return dc_total
@@ -105,7 +116,8 @@ def _backward_stream(stream: TraceStream, d_out: Array, d_final: tuple[Array, ..
     scratch = {name: np.zeros_like(value) for name, value in p.items()}  # layer.grads untouched
     T, B, H = d_out.shape
     dh = np.zeros((T, B, H), dtype=d_out.dtype)
-    dc = np.zeros_like(dh) if isinstance(cell, LSTMCell) else None
+    dc = np.zeros((T, B, cell.hidden_size), dtype=d_out.dtype) if isinstance(cell, LSTMCell) \
+        else None
     dx = np.zeros((T, B, cell.input_size), dtype=d_out.dtype)
     d_state = d_final
     for t in reversed(cache["steps"]):
@@ -145,7 +157,7 @@ def gradient_flows(layer: Any, x: Any, loss_step: int = -1, *, d_output: Any = N
     """
     run = layer.trace(x, state)
     T, B = run.shape
-    H, nd, L = layer.hidden_size, layer.num_directions, layer.num_layers
+    H, nd, L = layer.output_size, layer.num_directions, layer.num_layers
     if d_output is None:
         step = _resolve_step(loss_step, T)
         d_out = np.zeros((T, B, nd * H), dtype=layer.dtype)

@@ -100,3 +100,20 @@ def test_no_export_to_onnx_or_torch(tmp_path):
 
     with pytest.raises(ValueError, match="layer_norm=True"):
         to_torch(layer)
+
+
+@pytest.mark.parametrize("kw", [{"proj_size": 2}, {"layer_norm": True, "proj_size": 2,
+                                                    "zoneout": 0.4}])
+def test_gradient_flow_through_the_carousel(kw):
+    """dL/dc_{-1} = dL/dc_0 * f_0 for one step without peepholes: the diagnostics' carousel
+    gradient agrees with the layer's backward."""
+    from lstmkit.diagnostics import gradient_flows
+
+    layer = lstmkit.LSTM(3, 4, dtype="float64", seed=0, **kw).eval()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 2, 3))
+    state = (rng.standard_normal((1, 2, 2)), rng.standard_normal((1, 2, 4)))
+    flow = gradient_flows(layer, x, state=state)["l0"]
+    out, _, gates = layer(x, state, return_gates=True)
+    _, (_, dc0) = layer.backward(np.ones_like(out))
+    np.testing.assert_allclose(flow.dc[0] * gates["l0"]["f"][0], dc0[0], rtol=1e-12)
