@@ -50,6 +50,8 @@ def layer_config(layer: Any) -> dict[str, Any]:
         config["nonlinearity"] = layer.nonlinearity
     if layer.mode == "LSTM":
         config.update(layer.cell_options)
+        config.update({name: getattr(layer, name) for name in ("weight_drop", "layer_norm")
+                       if getattr(layer, name)})
     return {"format": LAYER_FORMAT, "version": LAYER_FORMAT_VERSION, "mode": layer.mode,
             "config": config}
 
