@@ -40,7 +40,6 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from lstmkit.cells import GRUCell, LSTMCell
-from lstmkit.cells.layernorm_lstm import LayerNormLSTMCell, layer_norm_backward
 from lstmkit.layers import TraceStream
 
 Array = np.ndarray
@@ -84,27 +83,6 @@ class GradientFlow:
     loss_step: int
 
 
-def _carousel_gradient(cell: LSTMCell, p: dict[str, Array], step: dict[str, Array],
-                       dh: Array, dc: Array) -> Array:
-    """dL/dc_t with h_t = o_t tanh(c_t) as a function of c_t: the first lines of
-    ``LSTMCell.backward`` (and ``LayerNormLSTMCell.backward``), which do not return this
-    intermediate value."""
-    if cell.zoneout:  # the trace runs without masks: d is the rate
-        dh = dh * (1.0 - step["d_h"])
-    if cell.zoneout_c:
-        dc = dc * (1.0 - step["d_c"])
-    if cell.proj_size:  # h = W_hr (o * tanh(c))
-        dh = dh @ p["weight_hr"]
-    o, tanh_c = step["o"], step["tanh_c"]
-    d_tanh = dh * o * (1.0 - tanh_c**2)
-    if isinstance(cell, LayerNormLSTMCell):  # tanh(w_ln_c * LN(c) + b_ln_c)
-        d_tanh = layer_norm_backward(d_tanh * p["weight_ln_c"], step["c_hat"], step["inv_c"])
-    dc_total = dc + d_tanh
-    if cell.peepholes and cell.output_gate:  # o sees the new c
-        dc_total = dc_total + dh * tanh_c * o * (1.0 - o) * p["weight_co"]
-    return dc_total
-
-
 def _backward_stream(stream: TraceStream, d_out: Array, d_final: tuple[Array, ...],
                      ) -> tuple[Array, Array | None, Array]:
     """BPTT through one stream, recording the gradient at every step.
@@ -125,7 +103,7 @@ def _backward_stream(stream: TraceStream, d_out: Array, d_final: tuple[Array, ..
         d_new = (d_state[0] + d_out[t],) + tuple(d_state[1:])
         dh[t] = d_new[0]
         if dc is not None:
-            dc[t] = _carousel_gradient(cell, p, step, d_new[0], d_new[1])
+            dc[t] = cell.carousel_gradient(d_new, step, p)
         dx[t], d_state = cell.backward(d_new, step, p, scratch)
     return dh, dc, dx
 

@@ -126,14 +126,9 @@ class LayerNormLSTMCell(LSTMCell):
     ) -> tuple[Array, tuple[Array, Array]]:
         """Backward of one step: (dL/dh (B, R), dL/dc (B, H)) -> (dL/dx, (dL/dh_prev,
         dL/dc_prev)), parameter gradients added into ``grads``."""
-        dh, dc = d_state
         x, h_prev, c_prev = cache["x"], cache["h_prev"], cache["c_prev"]
         i, f, g, o, tanh_c = (cache[k] for k in ("i", "f", "g", "o", "tanh_c"))
-        dh_kept = dc_kept = 0.0
-        if self.zoneout:
-            dh_kept, dh = dh * cache["d_h"], dh * (1.0 - cache["d_h"])
-        if self.zoneout_c:
-            dc_kept, dc = dc * cache["d_c"], dc * (1.0 - cache["d_c"])
+        dh, dc = self._before_zoneout(d_state, cache)  # at h_new, c_new
         if self.proj_size:
             grads["weight_hr"] += dh.T @ (o * tanh_c)
             dh = dh @ p["weight_hr"]  # (B, H)
@@ -161,4 +156,18 @@ class LayerNormLSTMCell(LSTMCell):
         grads["weight_ih"] += da.T @ x
         dx = da @ p["weight_ih"]
         dh_prev = self._recurrent_backward(dr, h_prev, cache["drop"], p["weight_hh"], grads)
-        return dx, (dh_prev + dh_kept, dc_prev + dc_kept)
+        if self.zoneout:  # the part of h (and c) kept from the previous step
+            dh_prev = dh_prev + d_state[0] * cache["d_h"]
+        if self.zoneout_c:
+            dc_prev = dc_prev + d_state[1] * cache["d_c"]
+        return dx, (dh_prev, dc_prev)
+
+    def carousel_gradient(self, d_state: tuple[Array, ...], cache: dict[str, Array],
+                          p: dict[str, Array]) -> Array:
+        """dL/dc_new of this step with h = o * tanh(w_ln_c * LN(c) + b_ln_c) counted as a
+        function of c: the first lines of ``backward``."""
+        dh, dc = self._before_zoneout(d_state, cache)
+        if self.proj_size:
+            dh = dh @ p["weight_hr"]
+        dn = dh * cache["o"] * (1.0 - cache["tanh_c"] ** 2)
+        return dc + layer_norm_backward(dn * p["weight_ln_c"], cache["c_hat"], cache["inv_c"])

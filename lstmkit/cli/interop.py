@@ -48,10 +48,11 @@ def layer_config(layer: Any) -> dict[str, Any]:
     }
     if layer.mode == "RNN":
         config["nonlinearity"] = layer.nonlinearity
-    if layer.mode == "LSTM":
-        config.update(layer.cell_options)
-        config.update({name: getattr(layer, name) for name in ("weight_drop", "layer_norm")
-                       if getattr(layer, name)})
+    config.update(layer.cell_options)
+    if layer.merge_mode != "concat":
+        config["merge_mode"] = layer.merge_mode
+    if layer.go_backwards:
+        config["go_backwards"] = True
     return {"format": LAYER_FORMAT, "version": LAYER_FORMAT_VERSION, "mode": layer.mode,
             "config": config}
 
