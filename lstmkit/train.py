@@ -104,9 +104,7 @@ class TrainConfig:
     """Every setting of a training run (saved in each checkpoint as JSON).
 
     Model: ``cell`` ("lstm", "gru", "rnn"), ``num_layers``, ``hidden_size``, ``embedding_dim``,
-    ``dropout`` (between recurrent layers and before the decoder); the LSTM's options
-    (``docs/options.md``; 0 or False: off) ``proj_size``, ``recurrent_dropout``, ``zoneout``,
-    ``zoneout_c``, ``weight_drop`` and ``layer_norm``. Data: ``seq_len`` (T, the
+    ``dropout`` (between recurrent layers and before the decoder). Data: ``seq_len`` (T, the
     truncated-BPTT length), ``batch_size`` (B, the number of streams), ``val_fraction`` (the
     held-out end of the text). Optimisation: Adam with ``lr`` annealed along a cosine to
     ``min_lr`` over the run, gradients clipped to global norm ``clip`` (0: no clipping).
@@ -117,7 +115,9 @@ class TrainConfig:
     ``patience`` evaluations without a lower validation loss stop the run (0: never).
     ``sample_every`` steps (0: never) print ``sample_length`` characters at
     ``sample_temperature``. ``keep``: checkpoints kept besides the best one. ``seed`` fixes
-    the weights, the dropout masks and the samples.
+    the weights, the dropout masks and the samples. ``cell_options``: keyword arguments of the
+    recurrent layer (``lstmkit.LSTM``'s peepholes, forget_bias, activations, clip, ...; see
+    docs/options.md), JSON values, recorded with the model so that a checkpoint rebuilds it.
     """
 
     cell: str = "lstm"
@@ -125,12 +125,6 @@ class TrainConfig:
     hidden_size: int = 256
     embedding_dim: int = 128
     dropout: float = 0.2
-    proj_size: int = 0
-    recurrent_dropout: float = 0.0
-    zoneout: float = 0.0
-    zoneout_c: float = 0.0
-    weight_drop: float = 0.0
-    layer_norm: bool = False
     seq_len: int = 50
     batch_size: int = 16
     val_fraction: float = 0.1
@@ -149,6 +143,7 @@ class TrainConfig:
     keep: int = 3
     seed: int = 0
     dtype: str = "float32"
+    cell_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def validate(self) -> TrainConfig:
         """Check every field; return self. Raises TrainingError naming the bad field."""
@@ -187,31 +182,11 @@ class TrainConfig:
                 raise TrainingError(f"{name} is {value!r}; expected a finite number >= 0")
         if self.dtype not in ("float32", "float64"):
             raise TrainingError(f"dtype is {self.dtype!r}; expected 'float32' or 'float64'")
-        self._validate_lstm_options()
+        if not (isinstance(self.cell_options, Mapping)
+                and all(isinstance(k, str) for k in self.cell_options)):
+            raise TrainingError(f"cell_options is {self.cell_options!r}; expected a dict of "
+                                "the recurrent layer's keyword arguments")
         return self
-
-    def lstm_options(self) -> dict[str, Any]:
-        """The LSTM options set away from their defaults, as ``lstmkit.LSTM`` arguments."""
-        defaults = TrainConfig.__dataclass_fields__
-        return {name: getattr(self, name) for name in _LSTM_OPTIONS
-                if getattr(self, name) != defaults[name].default}
-
-    def _validate_lstm_options(self) -> None:
-        if not isinstance(self.layer_norm, bool):
-            raise TrainingError(f"layer_norm is {self.layer_norm!r}; expected true or false")
-        value = self.proj_size
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not (
-                0 <= value < self.hidden_size):
-            raise TrainingError(f"proj_size is {value!r}; expected an integer in "
-                                f"[0, hidden_size = {self.hidden_size}) (0: no projection)")
-        for name in ("recurrent_dropout", "zoneout", "zoneout_c", "weight_drop"):
-            value = getattr(self, name)
-            if not (_is_number(value) and 0 <= value < 1):
-                raise TrainingError(f"{name} is {value!r}; expected a number in [0, 1)")
-        options = self.lstm_options()
-        if options and self.cell != "lstm":
-            raise TrainingError(f"{', '.join(options)} {'is' if len(options) == 1 else 'are'} "
-                                f"LSTM options; the cell is {self.cell!r}: use cell 'lstm'")
 
     def to_json(self) -> dict[str, Any]:
         """The settings as a JSON-ready dict."""
@@ -227,10 +202,6 @@ class TrainConfig:
                 f"unknown training settings {unknown}; expected some of {sorted(names)}"
             )
         return cls(**dict(data)).validate()
-
-
-_LSTM_OPTIONS = ("proj_size", "recurrent_dropout", "zoneout", "zoneout_c", "weight_drop",
-                 "layer_norm")
 
 
 def _is_number(value: Any) -> bool:
@@ -502,11 +473,15 @@ class Trainer:
                 "a larger val_fraction, or val_fraction=0"
             )
         self.batcher = StreamBatcher(self.train_ids, config.batch_size, config.seq_len)
-        self.model = CharLM(
-            len(self.vocab), config.hidden_size, config.num_layers, cell=config.cell,
-            embedding_dim=config.embedding_dim, dropout=config.dropout, dtype=config.dtype,
-            seed=config.seed, **config.lstm_options(),
-        )
+        try:
+            self.model = CharLM(
+                len(self.vocab), config.hidden_size, config.num_layers, cell=config.cell,
+                embedding_dim=config.embedding_dim, dropout=config.dropout, dtype=config.dtype,
+                seed=config.seed, **config.cell_options,
+            )
+        except (TypeError, ValueError) as error:
+            raise TrainingError(f"the cell options {dict(config.cell_options)} do not make a "
+                                f"{config.cell.upper()}: {error}") from None
         self.model.train()
         self.optimizer = Adam(self.model.params, self.model.grads, lr=config.lr)
         self.schedule: CosineAnnealingLR | None = None
