@@ -77,6 +77,7 @@ def test_matches_torch_lstm_with_proj_size(L, bi, P, batch_first, with_state, wi
     {"peepholes": True},
     {"coupled_input_forget": True, "peepholes": True, "num_layers": 2},
     {"output_gate": False, "bidirectional": True},
+    {"bidirectional": True, "merge_mode": "mul", "num_layers": 2, "full_gate_recurrence": True},
 ])
 def test_finite_difference_gradients_with_variant_switches(kw):
     layer = lstmkit.LSTM(2, 4, proj_size=2, dtype="float64", seed=0, **kw)

@@ -41,6 +41,8 @@ OPTIONS = [
     {"recurrent_dropout": 0.3, "zoneout": 0.2, "zoneout_c": 0.2, "weight_drop": 0.3,
      "proj_size": 2, "num_layers": 2, "bidirectional": True},
     {"recurrent_dropout": 0.3, "zoneout": 0.5, "coupled_input_forget": True},
+    {"recurrent_dropout": 0.3, "zoneout": 0.3, "zoneout_c": 0.3, "proj_size": 2,
+     "full_gate_recurrence": True, "peepholes": True, "activation": "elu", "clip": 0.8},
 ]
 
 
