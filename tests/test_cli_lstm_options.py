@@ -41,6 +41,9 @@ def test_train_records_the_options_and_sample_reads_them(tmp_path, source):
     assert model.decoder.params["weight"].shape[1] == 5
     sampled = runner.invoke(main, ["sample", str(tmp_path / "run"), "-n", "20", "--seed", "1"])
     assert sampled.exit_code == 0, sampled.output
+    gates = runner.invoke(main, ["gates", str(tmp_path / "run"), "--text", "abc de",
+                                 "--out", str(tmp_path / "f.png")])
+    assert gates.exit_code == 0 and (tmp_path / "f.png").exists(), gates.output
     resumed = runner.invoke(main, ["train", str(source), "--out", str(tmp_path / "run"),
                                    "--resume", "--zoneout", "0.3", "--quiet"])
     assert resumed.exit_code != 0 and "cell_options" in resumed.output

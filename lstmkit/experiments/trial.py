@@ -36,7 +36,7 @@ def limit_threads(threads: int | None) -> Iterator[int]:
     block. The kernels' results depend on how many threads split a step, so runs compared bit
     for bit must use the same count.
     """
-    from lstmkit.kernels.threads import keep_torch_openmp_apart, kernel_threads
+    from lstmkit.engine.kernels.threads import keep_torch_openmp_apart, kernel_threads
 
     if threads is None:
         yield kernel_threads()
@@ -45,7 +45,7 @@ def limit_threads(threads: int | None) -> Iterator[int]:
         raise ValueError(f"threads must be >= 1, got {threads}")
     import scipy.linalg.cython_blas  # noqa: F401  (load the kernels' BLAS so that it is limited too)
 
-    keep_torch_openmp_apart()  # before Numba's OpenMP pool starts (see lstmkit.kernels.threads)
+    keep_torch_openmp_apart()  # before Numba's OpenMP pool starts (engine.kernels.threads)
     import numba
     from threadpoolctl import threadpool_limits
 
