@@ -13,8 +13,8 @@ where R = H, or the LSTM's ``proj_size`` P when it has one (``output_size``).
 
 Parameters are ``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}`` (and
 ``weight_c{i,f,o}_l{k}`` for LSTM peepholes, ``weight_hr_l{k}`` for its projection), with
-``_reverse`` for the backward direction: a
-PyTorch module's ``load_state_dict`` takes ours and gives the same outputs.
+``_reverse`` for the backward direction: a PyTorch module's ``load_state_dict`` takes ours and
+gives the same outputs.
 """
 
 from __future__ import annotations
