@@ -165,6 +165,7 @@ class RecurrentLayer(Module):
         *,
         merge_mode: str | None = "concat",
         go_backwards: bool = False,
+        weight_drop: float = 0.0,
     ) -> None:
         if merge_mode not in MERGE_MODES:
             raise ValueError(f"merge_mode must be one of {MERGE_MODES}, got {merge_mode!r}")
@@ -197,6 +198,7 @@ class RecurrentLayer(Module):
         self.stateful = bool(stateful)
         self.merge_mode = merge_mode
         self.go_backwards = bool(go_backwards)
+        self.weight_drop = check_rate("weight_drop", weight_drop)
         # the engine (one call per layer and direction); an experiment may put a recurrence
         # of its own here (``ReferenceRecurrence``'s interface), e.g. a truncated gradient
         self.recurrence: Any = ENGINE
@@ -352,8 +354,15 @@ class RecurrentLayer(Module):
                                                                    dict[str, Array]]:
         """The cell and parameters layer k, direction d runs with in this call, and the
         masks on weights to take the gradient through: (cell, p, {short name: mask}).
-        A subclass with regularisation inside the recurrence draws its masks here."""
-        return self._cells[k], self._direction(self.params, k, d), {}
+
+        While training with ``weight_drop`` (DropConnect on W_hh, as AWD-LSTM): p holds
+        ``W_hh * M`` for a mask M drawn now, and ``backward`` multiplies W_hh's gradient by M.
+        A subclass with more regularisation inside the recurrence adds its masks here."""
+        cell, p = self._cells[k], self._direction(self.params, k, d)
+        if not (self.training and self.weight_drop):
+            return cell, p, {}
+        mask = dropout_mask(self._rng, p["weight_hh"].shape, self.weight_drop, self.dtype)
+        return cell, {**p, "weight_hh": p["weight_hh"] * mask}, {"weight_hh": mask}
 
     # -- forward ------------------------------------------------------------------------------
 
@@ -796,7 +805,6 @@ class LSTM(RecurrentLayer):
             "zoneout_c": check_rate("zoneout_c", zoneout_c),
         }
         self.proj_size = int(proj_size)
-        self.weight_drop = check_rate("weight_drop", weight_drop)
         self.layer_norm = bool(layer_norm)
         # checks the combination before any work
         (LayerNormLSTMCell if self.layer_norm else LSTMCell)(1, hidden_size, **self._cell_fields)
@@ -804,7 +812,7 @@ class LSTM(RecurrentLayer):
         self.cell_options = {
             **self._cell_fields,
             **{name: _activation_config(act) for name, act in acts.items()},
-            "weight_drop": self.weight_drop, "layer_norm": self.layer_norm,
+            "weight_drop": check_rate("weight_drop", weight_drop), "layer_norm": self.layer_norm,
         }
         if acts["output_activation"] == acts["activation"]:
             self.cell_options["output_activation"] = None
@@ -815,7 +823,8 @@ class LSTM(RecurrentLayer):
             raise ValueError("forget_bias needs a forget gate; got forget_gate=False")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype, seed, recurrent_init, stateful, fast,
-                         merge_mode=merge_mode, go_backwards=go_backwards)
+                         merge_mode=merge_mode, go_backwards=go_backwards,
+                         weight_drop=weight_drop)
 
     def _make_cell(self, input_size: int) -> LSTMCell:
         cell = LayerNormLSTMCell if self.layer_norm else LSTMCell
@@ -827,16 +836,10 @@ class LSTM(RecurrentLayer):
 
     def _call_setup(self, k: int, d: int, T: int, B: int) -> tuple[Any, dict[str, Array],
                                                                    dict[str, Array]]:
-        cell, p = self._cells[k], self._direction(self.params, k, d)
+        cell, p, weight_masks = super()._call_setup(k, d, T, B)
         if not self.training:  # recurrent dropout is the identity: any plan may run the cell
             return (replace(cell, recurrent_dropout=0.0) if cell.recurrent_dropout else cell), p, {}
-        p = {**p, **cell_masks(cell, self._rng, T, B, self.dtype)}
-        weight_masks = {}
-        if self.weight_drop:
-            weight_masks["weight_hh"] = dropout_mask(self._rng, p["weight_hh"].shape,
-                                                     self.weight_drop, self.dtype)
-            p["weight_hh"] = p["weight_hh"] * weight_masks["weight_hh"]
-        return cell, p, weight_masks
+        return cell, {**p, **cell_masks(cell, self._rng, T, B, self.dtype)}, weight_masks
 
     def reset_parameters(self, recurrent_init: str = "uniform") -> None:
         super().reset_parameters(recurrent_init)
@@ -880,7 +883,8 @@ class GRU(RecurrentLayer):
     reset gate multiplies W_hn h_prev + b_hn; False: Cho et al.'s, ONNX's default, Keras'
     ``reset_after=False``: it multiplies h_prev), ``activation`` (the candidate's function),
     ``recurrent_activation`` (the gates'), ``activation_alpha`` / ``activation_beta`` (ONNX's
-    lists, in the order recurrent_activation, activation), ``clip`` (ONNX's).
+    lists, in the order recurrent_activation, activation), ``clip`` (ONNX's); ``weight_drop``
+    (DropConnect on ``weight_hh`` while training, as the LSTM's; Haste's GRU ``dropout``).
     """
 
     mode = "GRU"
@@ -907,6 +911,7 @@ class GRU(RecurrentLayer):
         clip: float | None = None,
         merge_mode: str | None = "concat",
         go_backwards: bool = False,
+        weight_drop: float = 0.0,
     ) -> None:
         acts = _resolve_activations(
             {"recurrent_activation": recurrent_activation, "activation": activation},
@@ -920,9 +925,12 @@ class GRU(RecurrentLayer):
             **self._cell_fields,
             **{name: _activation_config(act) for name, act in acts.items()},
         }
+        if check_rate("weight_drop", weight_drop):  # recorded when set: JSON configs as before
+            self.cell_options["weight_drop"] = float(weight_drop)
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype, seed, recurrent_init, stateful, fast,
-                         merge_mode=merge_mode, go_backwards=go_backwards)
+                         merge_mode=merge_mode, go_backwards=go_backwards,
+                         weight_drop=weight_drop)
 
     def _make_cell(self, input_size: int) -> GRUCell:
         return GRUCell(input_size, self.hidden_size, self.bias, **self._cell_fields)
@@ -936,8 +944,9 @@ class RNN(RecurrentLayer):
     Keyword-only options (docs/options.md): ``activation`` (Keras' and ONNX's name: any
     function of ``lstmkit.activations``; it replaces the default nonlinearity, and must agree
     with a nonlinearity given as "relu"), ``activation_alpha`` / ``activation_beta`` (ONNX's
-    lists), ``clip`` (ONNX's). ``nonlinearity`` stays "tanh" or "relu" (what PyTorch can
-    build); ``cell_options["activation"]`` records any other function.
+    lists), ``clip`` (ONNX's), ``weight_drop`` (DropConnect on ``weight_hh`` while training, as
+    the LSTM's). ``nonlinearity`` stays "tanh" or "relu" (what PyTorch can build);
+    ``cell_options["activation"]`` records any other function.
     """
 
     mode = "RNN"
@@ -950,7 +959,7 @@ class RNN(RecurrentLayer):
                  activation_alpha: Sequence[float] | None = None,
                  activation_beta: Sequence[float] | None = None,
                  clip: float | None = None, merge_mode: str | None = "concat",
-                 go_backwards: bool = False) -> None:
+                 go_backwards: bool = False, weight_drop: float = 0.0) -> None:
         RNNCell(1, 1, nonlinearity=nonlinearity)  # validates the name before any work
         spec = nonlinearity if activation is None else activation
         act = _resolve_activations({"activation": spec}, activation_alpha,
@@ -970,9 +979,12 @@ class RNN(RecurrentLayer):
             "activation": None if act in (TANH, RELU) else _activation_config(act),
             "clip": self._cell_fields["clip"],
         }
+        if check_rate("weight_drop", weight_drop):  # recorded when set: JSON configs as before
+            self.cell_options["weight_drop"] = float(weight_drop)
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype, seed, recurrent_init, stateful, fast,
-                         merge_mode=merge_mode, go_backwards=go_backwards)
+                         merge_mode=merge_mode, go_backwards=go_backwards,
+                         weight_drop=weight_drop)
 
     def _make_cell(self, input_size: int) -> RNNCell:
         return RNNCell(input_size, self.hidden_size, self.bias, **self._cell_fields)

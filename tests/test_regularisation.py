@@ -195,3 +195,18 @@ def test_onnx_export(tmp_path):
     lstmkit.export_onnx(lstmkit.LSTM(2, 3, recurrent_dropout=0.3, weight_drop=0.3),
                         tmp_path / "d.onnx")
     assert (tmp_path / "d.onnx").exists()
+
+
+@pytest.mark.parametrize("mode,kw", [("GRU", {}), ("GRU", {"linear_before_reset": False,
+                                                             "bidirectional": True}),
+                                      ("RNN", {"num_layers": 2})])
+def test_weight_drop_of_gru_and_rnn(mode, kw):
+    layer = getattr(lstmkit, mode)(2, 3, weight_drop=0.4, dtype="float64", seed=0, **kw)
+    rng = np.random.default_rng(1)
+    L = kw.get("num_layers", 1) * (2 if kw.get("bidirectional") else 1)
+    x = rng.standard_normal((4, 2, 2))
+    check_gradients(FixedNoise(layer), x, rng.standard_normal((L, 2, 3)), np.array([4, 3]))
+    plain = getattr(lstmkit, mode)(2, 3, dtype="float64", seed=0, **kw)
+    plain(x)
+    assert layer.last_plans == plain.last_plans  # the plain cell's plan, compiled where it is
+    np.testing.assert_array_equal(layer.eval()(x)[0], plain.eval()(x)[0])

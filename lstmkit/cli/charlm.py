@@ -127,7 +127,7 @@ def _preset_help() -> str:
 @click.option("--zoneout-c", type=click.FloatRange(0, 1, max_open=True),
               help="LSTM: zoneout of the cell state c. [default: 0]")
 @click.option("--weight-drop", type=click.FloatRange(0, 1, max_open=True),
-              help="LSTM: DropConnect on the recurrent weights, one mask per step of training "
+              help="DropConnect on the recurrent weights, one mask per step of training "
                    "(AWD-LSTM's weight drop). [default: 0]")
 @click.option("--layer-norm", is_flag=True, default=None,
               help="LSTM: the layer-normalised cell (Ba et al. 2016, as Haste's LayerNormLSTM).")
