@@ -94,7 +94,8 @@ def _backward_stream(stream: TraceStream, d_out: Array, d_final: tuple[Array, ..
     scratch = {name: np.zeros_like(value) for name, value in p.items()}  # layer.grads untouched
     T, B, H = d_out.shape
     dh = np.zeros((T, B, H), dtype=d_out.dtype)
-    dc = np.zeros_like(dh) if isinstance(cell, LSTMCell) else None
+    dc = np.zeros((T, B, cell.hidden_size), dtype=d_out.dtype) if isinstance(cell, LSTMCell) \
+        else None
     dx = np.zeros((T, B, cell.input_size), dtype=d_out.dtype)
     d_state = d_final
     for t in reversed(cache["steps"]):
@@ -134,7 +135,7 @@ def gradient_flows(layer: Any, x: Any, loss_step: int = -1, *, d_output: Any = N
     """
     run = layer.trace(x, state)
     T, B = run.shape
-    H, nd, L = layer.hidden_size, layer.num_directions, layer.num_layers
+    H, nd, L = layer.output_size, layer.num_directions, layer.num_layers
     if d_output is None:
         step = _resolve_step(loss_step, T)
         d_out = np.zeros((T, B, nd * H), dtype=layer.dtype)

@@ -5,29 +5,33 @@ direction, and backpropagates through time. Shapes (``L`` layers, ``nd`` = 2 if 
 else 1, ``H`` hidden size)::
 
     x            (T, B, input_size)      or (B, T, input_size) with batch_first, or (T, input_size)
-    output       (T, B, nd * H)          or (B, T, nd * H) with batch_first
-    h_0, h_n     (L * nd, B, H)          the state, per layer and direction (layer-major)
+    output       (T, B, nd * R)          or (B, T, nd * R) with batch_first
+    h_0, h_n     (L * nd, B, R)          the state, per layer and direction (layer-major)
     c_0, c_n     (L * nd, B, H)          LSTM only
 
+where R = H, or the LSTM's ``proj_size`` P when it has one (``output_size``).
+
 Parameters are ``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}`` (and
-``weight_c{i,f,o}_l{k}`` for LSTM peepholes), with ``_reverse`` for the backward direction: a
-PyTorch module's ``load_state_dict`` takes ours and gives the same outputs.
+``weight_c{i,f,o}_l{k}`` for LSTM peepholes, ``weight_hr_l{k}`` for its projection), with
+``_reverse`` for the backward direction: a PyTorch module's ``load_state_dict`` takes ours and
+gives the same outputs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from lstmkit.activations import RELU, TANH, Activation, resolve_functions
-from lstmkit.cells import GRUCell, LSTMCell, RNNCell
+from lstmkit.cells import GRUCell, LayerNormLSTMCell, LSTMCell, RNNCell
 from lstmkit.cells.lstm import check_clip
 from lstmkit.engine import ENGINE, Plan, ReferenceRecurrence, plan_of
 from lstmkit.grad_mode import is_grad_enabled
 from lstmkit.nn.module import Module, resolve_rng
+from lstmkit.regularisation import cell_masks, check_rate, dropout_mask
 
 Array = np.ndarray
 _REFERENCE = ReferenceRecurrence()
@@ -137,8 +141,8 @@ class LayerTrace:
         layer = self.layer
         B = self.shape[1]
         if d_state is None:
-            shape = (layer.num_layers * layer.num_directions, B, layer.hidden_size)
-            return tuple(np.zeros(shape, dtype=layer.dtype) for _ in layer._state_names)
+            return tuple(np.zeros((layer.num_layers * layer.num_directions, B, size),
+                                  dtype=layer.dtype) for size in layer._state_sizes)
         return layer._initial_state(d_state, B, self.unbatched, label="d{}_n")
 
 
@@ -167,6 +171,7 @@ class RecurrentLayer(Module):
         merge_mode: str | None = "concat",
         go_backwards: bool = False,
         reverse: bool = False,
+        weight_drop: float = 0.0,
     ) -> None:
         if merge_mode not in MERGE_MODES:
             raise ValueError(f"merge_mode must be one of {MERGE_MODES}, got {merge_mode!r}")
@@ -204,6 +209,7 @@ class RecurrentLayer(Module):
         self.merge_mode = merge_mode
         self.go_backwards = bool(go_backwards)
         self.reverse = bool(reverse)
+        self.weight_drop = check_rate("weight_drop", weight_drop)
         # the engine (one call per layer and direction); an experiment may put a recurrence
         # of its own here (``ReferenceRecurrence``'s interface), e.g. a truncated gradient
         self.recurrence: Any = ENGINE
@@ -211,7 +217,7 @@ class RecurrentLayer(Module):
         self.last_plans: dict[str, Plan] = {}
         self._rng = resolve_rng(seed)
         self._cells = [
-            self._make_cell(self.input_size if k == 0 else self.num_directions * self.hidden_size)
+            self._make_cell(self.input_size if k == 0 else self.num_directions * self.output_size)
             for k in range(self.num_layers)
         ]
         self.params: dict[str, Array] = {}
@@ -243,8 +249,8 @@ class RecurrentLayer(Module):
         for name, value in self.params.items():
             value[...] = self._rng.uniform(-bound, bound, size=value.shape)
             if recurrent_init == "orthogonal" and name.startswith("weight_hh"):
-                for block in range(value.shape[0] // H):
-                    q, r = np.linalg.qr(self._rng.standard_normal((H, H)))
+                for block in range(value.shape[0] // H):  # (H, R) blocks, R <= H
+                    q, r = np.linalg.qr(self._rng.standard_normal((H, value.shape[1])))
                     value[block * H : (block + 1) * H] = q * np.sign(np.diag(r))
 
     # -- looking inside ---------------------------------------------------------------------------
@@ -256,6 +262,8 @@ class RecurrentLayer(Module):
         or the carried state of a ``stateful`` layer, read only). Dropout between layers is
         off. The layer is left untouched: its cache (a pending ``backward``), ``grads`` and
         carried state stay as they were. ``lstmkit.diagnostics`` walks these caches back.
+        The regularisation inside the recurrence (recurrent dropout, zoneout, weight drop)
+        is off too: zoneout runs as in evaluation.
         """
         x3, unbatched = self._check_input(x)
         T, B, _ = x3.shape
@@ -342,6 +350,31 @@ class RecurrentLayer(Module):
     def _state_names(self) -> tuple[str, ...]:
         return self._cells[0].state_names
 
+    @property
+    def output_size(self) -> int:
+        """The size of h and of each direction's output: ``hidden_size`` (an LSTM with
+        ``proj_size`` P: P)."""
+        return self.hidden_size
+
+    @property
+    def _state_sizes(self) -> tuple[int, ...]:
+        """The last axis of each part of the state (h, or h and c)."""
+        return (self.output_size,) + (self.hidden_size,) * (len(self._state_names) - 1)
+
+    def _call_setup(self, k: int, d: int, T: int, B: int) -> tuple[Any, dict[str, Array],
+                                                                   dict[str, Array]]:
+        """The cell and parameters layer k, direction d runs with in this call, and the
+        masks on weights to take the gradient through: (cell, p, {short name: mask}).
+
+        While training with ``weight_drop`` (DropConnect on W_hh, as AWD-LSTM): p holds
+        ``W_hh * M`` for a mask M drawn now, and ``backward`` multiplies W_hh's gradient by M.
+        A subclass with more regularisation inside the recurrence adds its masks here."""
+        cell, p = self._cells[k], self._direction(self.params, k, d)
+        if not (self.training and self.weight_drop):
+            return cell, p, {}
+        mask = dropout_mask(self._rng, p["weight_hh"].shape, self.weight_drop, self.dtype)
+        return cell, {**p, "weight_hh": p["weight_hh"] * mask}, {"weight_hh": mask}
+
     # -- forward ------------------------------------------------------------------------------
 
     def __call__(self, x: Any, state: Any = None, lengths: Any = None,
@@ -379,15 +412,17 @@ class RecurrentLayer(Module):
         keep = is_grad_enabled()
         L, nd = self.num_layers, self.num_directions
         finals: list[list[Array]] = [[] for _ in self._state_names]
-        caches, drop_masks = [], []
+        caches, drop_masks, setups = [], [], []
         plans: dict[str, Plan] = {}
         layer_in = x
-        for k, cell in enumerate(self._cells):
+        for k in range(L):
             outs = []
             for d in range(nd):
                 j = k * nd + d
+                run_cell, p, weight_masks = self._call_setup(k, d, T, B)
+                setups.append((run_cell, p, weight_masks))
                 out, final, cache = self.recurrence.forward(
-                    cell, self._direction(self.params, k, d), layer_in,
+                    run_cell, p, layer_in,
                     tuple(s[j] for s in state0), mask, self._runs_reversed(d),
                     keep or return_gates,
                     rows_of=fold if k == 0 else None, plan=self._pin)
@@ -410,10 +445,10 @@ class RecurrentLayer(Module):
         state_n = tuple(_stack(f) for f in finals)
         if self.stateful:
             self._carried = tuple(s.copy() for s in state_n)
-        gates = self._gates(caches, unbatched) if return_gates else None
+        gates = self._gates(caches, [c for c, _, _ in setups], unbatched) if return_gates else None
         self._cache = (
             {"caches": caches, "drop": drop_masks, "mask": mask, "shape": (T, B),
-             "unbatched": unbatched, "folded": folded}
+             "unbatched": unbatched, "folded": folded, "setups": setups}
             if keep else None
         )
         if keep:
@@ -453,11 +488,12 @@ class RecurrentLayer(Module):
         sfx = "_reverse" if d == 1 else ""
         return {short: store[f"{short}_l{k}{sfx}"] for short in self._cells[k].param_shapes()}
 
-    def _gates(self, caches: list[Any], unbatched: bool) -> dict[str, dict[str, Array]]:
+    def _gates(self, caches: list[Any], cells: list[Any],
+               unbatched: bool) -> dict[str, dict[str, Array]]:
         result = {}
         for j, cache in enumerate(caches):
             k, d = divmod(j, self.num_directions)
-            seqs = self.recurrence.gate_sequences(self._cells[k], cache)
+            seqs = self.recurrence.gate_sequences(cells[j], cache)
             result[f"l{k}{'_reverse' if d else ''}"] = {
                 name: self._to_user(seq, unbatched) for name, seq in seqs.items()
             }
@@ -532,7 +568,8 @@ class RecurrentLayer(Module):
     def _initial_state(
         self, state: Any, B: int, unbatched: bool, label: str = "{}_0"
     ) -> tuple[Array, ...]:
-        shape = (self.num_layers * self.num_directions, B, self.hidden_size)
+        shapes = [(self.num_layers * self.num_directions, B, size) for size in self._state_sizes]
+        shape = shapes[0]
         if state is None:
             if self.stateful and self._carried is not None:
                 if self._carried[0].shape != shape:
@@ -542,10 +579,10 @@ class RecurrentLayer(Module):
                         "call reset_state() when the batch size changes"
                     )
                 return self._carried
-            return tuple(np.zeros(shape, dtype=self.dtype) for _ in self._state_names)
+            return tuple(np.zeros(s, dtype=self.dtype) for s in shapes)
         parts = self._unpack_state(state, label.format("state"))
         checked = []
-        for name, part in zip(self._state_names, parts):
+        for name, part, shape in zip(self._state_names, parts, shapes):
             what = label.format(name)
             part = self._check_array(part, what)
             if unbatched:
@@ -556,9 +593,10 @@ class RecurrentLayer(Module):
                     )
                 part = part[:, None]
             if part.shape != shape:
+                size = "proj_size" if shape[2] != self.hidden_size else "hidden_size"
                 raise ValueError(
                     f"{what} has shape {part.shape}, expected "
-                    f"(num_layers * num_directions, B, hidden_size) = {shape}"
+                    f"(num_layers * num_directions, B, {size}) = {shape}"
                 )
             checked.append(part)
         return tuple(checked)
@@ -585,11 +623,12 @@ class RecurrentLayer(Module):
         cache = self._cache
         T, B = cache["shape"]
         unbatched = cache["unbatched"]
-        nd, H = self.num_directions, self.hidden_size
+        nd, H = self.num_directions, self.output_size
         d_out = self._unmerge_gradient(d_output, cache["merged"], unbatched)
         if d_state is None:
             d_fin = tuple(
-                np.zeros((self.num_layers * nd, B, H), dtype=self.dtype) for _ in self._state_names
+                np.zeros((self.num_layers * nd, B, size), dtype=self.dtype)
+                for size in self._state_sizes
             )
         else:
             d_fin = self._initial_state(d_state, B, unbatched, label="d{}_n")
@@ -601,11 +640,16 @@ class RecurrentLayer(Module):
             dx = None
             for d in range(nd):
                 j = k * nd + d
+                run_cell, p, weight_masks = cache["setups"][j]
+                grads = self._direction(self.grads, k, d)
+                dropped = {name: np.zeros_like(grads[name]) for name in weight_masks}
                 dx_d, d0 = self.recurrence.backward(
-                    self._cells[k], self._direction(self.params, k, d), cache["caches"][j],
+                    run_cell, p, cache["caches"][j],
                     np.ascontiguousarray(d_layer[:, :, d * H : (d + 1) * H]),
-                    tuple(s[j] for s in d_fin), self._direction(self.grads, k, d),
+                    tuple(s[j] for s in d_fin), {**grads, **dropped},
                 )
+                for name, weight_mask in weight_masks.items():  # W_used = W * mask
+                    grads[name] += dropped[name] * weight_mask
                 dx = dx_d if dx is None else dx + dx_d
                 for n, s in enumerate(d0):
                     d_state0[n][j] = s
@@ -631,7 +675,7 @@ class RecurrentLayer(Module):
             out = out[::-1]
         if self.merge_mode == "concat":
             return self._to_user(out, unbatched)
-        H = self.hidden_size
+        H = self.output_size
         fw, bw = out[:, :, :H], out[:, :, H:]
         if self.merge_mode is None:
             return self._to_user(fw, unbatched), self._to_user(bw, unbatched)
@@ -645,7 +689,7 @@ class RecurrentLayer(Module):
             d = self._user_gradient(d_output, out.shape, unbatched, "d_output")
             return np.ascontiguousarray(d[::-1])
         T, B, width = out.shape
-        H = self.hidden_size
+        H = self.output_size
         if self.merge_mode is None:
             if not isinstance(d_output, (tuple, list)) or len(d_output) != 2:
                 raise ValueError("with merge_mode=None the output is a pair (forward, backward)"
@@ -699,7 +743,24 @@ class LSTM(RecurrentLayer):
     ``activation_beta`` (ONNX's lists, consumed in the order recurrent_activation,
     activation, output_activation by the functions that take a parameter); ``clip`` (ONNX's
     cell clip); ``full_gate_recurrence`` (Greff et al.'s FGR, parameter ``weight_gg_l{k}``
-    (3H, 3H)). ``cell_options`` holds all of them, JSON-ready.
+    (3H, 3H)), and those of docs/options.md below. ``cell_options`` holds all of them,
+    JSON-ready.
+
+    ``proj_size`` (> 0: LSTMP, as ``torch.nn.LSTM``): h = W_hr (o * tanh(c)) with
+    ``weight_hr_l{k}`` (P, H); h_0, h_n and each direction's output are P wide, c stays H wide.
+
+    Regularisation inside the recurrence, in training mode only (``train()``; off after
+    ``eval()``), its masks drawn from the layer's generator (``seed``) at each call:
+    ``recurrent_dropout`` (Gal & Ghahramani 2016, Keras' name: one mask per gate and sequence
+    on h_prev), ``zoneout`` and ``zoneout_c`` (Krueger et al. 2017: h, or c, keeps its previous
+    value with this probability at each step; Haste's ``zoneout`` is on h; in evaluation each
+    takes its expectation) and ``weight_drop`` (DropConnect on ``weight_hh``, AWD-LSTM's: one
+    mask per call). See ``docs/options.md`` and ``lstmkit.cells.lstm``.
+
+    ``layer_norm=True``: the layer-normalised LSTM (Ba et al. 2016) as Haste's LayerNormLSTM
+    (``lstmkit.cells.layernorm_lstm``: the input and recurrent pre-activations normalised
+    separately, and c where it enters the output), with the parameters ``weight_ln_ih_l{k}``,
+    ``weight_ln_hh_l{k}`` (4H,), ``weight_ln_c_l{k}``, ``bias_ln_c_l{k}`` (H,).
     """
 
     mode = "LSTM"
@@ -734,7 +795,19 @@ class LSTM(RecurrentLayer):
         merge_mode: str | None = "concat",
         go_backwards: bool = False,
         reverse: bool = False,
+        proj_size: int = 0,
+        recurrent_dropout: float = 0.0,
+        zoneout: float = 0.0,
+        zoneout_c: float = 0.0,
+        weight_drop: float = 0.0,
+        layer_norm: bool = False,
     ) -> None:
+        if isinstance(proj_size, bool) or not isinstance(proj_size, (int, np.integer)) \
+                or proj_size < 0:
+            raise ValueError(f"proj_size must be a non-negative integer, got {proj_size!r}")
+        if proj_size >= hidden_size:
+            raise ValueError(f"proj_size must be smaller than hidden_size (as torch.nn.LSTM "
+                             f"requires), got proj_size={proj_size}, hidden_size={hidden_size}")
         acts = _resolve_activations(
             {"recurrent_activation": recurrent_activation, "activation": activation,
              "output_activation": output_activation}, activation_alpha, activation_beta)
@@ -746,12 +819,20 @@ class LSTM(RecurrentLayer):
             "coupled_input_forget": bool(coupled_input_forget), **acts,
             "clip": None if clip is None else float(clip),
             "full_gate_recurrence": bool(full_gate_recurrence),
+            "proj_size": int(proj_size),
+            "recurrent_dropout": check_rate("recurrent_dropout", recurrent_dropout),
+            "zoneout": check_rate("zoneout", zoneout),
+            "zoneout_c": check_rate("zoneout_c", zoneout_c),
         }
-        LSTMCell(1, 1, **self._cell_fields)  # checks the combination before any work
+        self.proj_size = int(proj_size)
+        self.layer_norm = bool(layer_norm)
+        # checks the combination before any work
+        (LayerNormLSTMCell if self.layer_norm else LSTMCell)(1, hidden_size, **self._cell_fields)
         # the constructor's options, JSON-ready (``LSTM(..., **layer.cell_options)`` rebuilds)
         self.cell_options = {
             **self._cell_fields,
             **{name: _activation_config(act) for name, act in acts.items()},
+            "weight_drop": check_rate("weight_drop", weight_drop), "layer_norm": self.layer_norm,
         }
         if acts["output_activation"] == acts["activation"]:
             self.cell_options["output_activation"] = None
@@ -762,13 +843,31 @@ class LSTM(RecurrentLayer):
             raise ValueError("forget_bias needs a forget gate; got forget_gate=False")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype, seed, recurrent_init, stateful, fast,
-                         merge_mode=merge_mode, go_backwards=go_backwards, reverse=reverse)
+                         merge_mode=merge_mode, go_backwards=go_backwards, reverse=reverse,
+                         weight_drop=weight_drop)
 
     def _make_cell(self, input_size: int) -> LSTMCell:
-        return LSTMCell(input_size, self.hidden_size, self.bias, **self._cell_fields)
+        cell = LayerNormLSTMCell if self.layer_norm else LSTMCell
+        return cell(input_size, self.hidden_size, self.bias, **self._cell_fields)
+
+    @property
+    def output_size(self) -> int:
+        return self.proj_size or self.hidden_size
+
+    def _call_setup(self, k: int, d: int, T: int, B: int) -> tuple[Any, dict[str, Array],
+                                                                   dict[str, Array]]:
+        cell, p, weight_masks = super()._call_setup(k, d, T, B)
+        if not self.training:  # recurrent dropout is the identity: any plan may run the cell
+            return (replace(cell, recurrent_dropout=0.0) if cell.recurrent_dropout else cell), p, {}
+        return cell, {**p, **cell_masks(cell, self._rng, T, B, self.dtype)}, weight_masks
 
     def reset_parameters(self, recurrent_init: str = "uniform") -> None:
         super().reset_parameters(recurrent_init)
+        for name, value in self.params.items():  # layer normalisation starts as the identity
+            if name.startswith("weight_ln_"):
+                value[...] = 1.0
+            elif name.startswith("bias_ln_"):
+                value[...] = 0.0
         if self.forget_bias == 0.0:
             return
         cell, H = self._cells[0], self.hidden_size
@@ -786,7 +885,7 @@ class LSTM(RecurrentLayer):
     ) -> tuple[Array, ...]:
         parts = super()._initial_state(state, B, unbatched, label)
         extra = len(self._state_names) - len(parts)  # FGR: the gates before the first step
-        return parts + tuple(np.zeros_like(parts[0]) for _ in range(extra))
+        return parts + tuple(np.zeros_like(parts[1]) for _ in range(extra))
 
     def _unpack_state(self, state: Any, what: str) -> tuple[Array, ...]:
         if not isinstance(state, (tuple, list)) or len(state) != 2:
@@ -804,7 +903,8 @@ class GRU(RecurrentLayer):
     reset gate multiplies W_hn h_prev + b_hn; False: Cho et al.'s, ONNX's default, Keras'
     ``reset_after=False``: it multiplies h_prev), ``activation`` (the candidate's function),
     ``recurrent_activation`` (the gates'), ``activation_alpha`` / ``activation_beta`` (ONNX's
-    lists, in the order recurrent_activation, activation), ``clip`` (ONNX's).
+    lists, in the order recurrent_activation, activation), ``clip`` (ONNX's); ``weight_drop``
+    (DropConnect on ``weight_hh`` while training, as the LSTM's; Haste's GRU ``dropout``).
     """
 
     mode = "GRU"
@@ -832,6 +932,7 @@ class GRU(RecurrentLayer):
         merge_mode: str | None = "concat",
         go_backwards: bool = False,
         reverse: bool = False,
+        weight_drop: float = 0.0,
     ) -> None:
         acts = _resolve_activations(
             {"recurrent_activation": recurrent_activation, "activation": activation},
@@ -845,9 +946,12 @@ class GRU(RecurrentLayer):
             **self._cell_fields,
             **{name: _activation_config(act) for name, act in acts.items()},
         }
+        if check_rate("weight_drop", weight_drop):  # recorded when set: JSON configs as before
+            self.cell_options["weight_drop"] = float(weight_drop)
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype, seed, recurrent_init, stateful, fast,
-                         merge_mode=merge_mode, go_backwards=go_backwards, reverse=reverse)
+                         merge_mode=merge_mode, go_backwards=go_backwards, reverse=reverse,
+                         weight_drop=weight_drop)
 
     def _make_cell(self, input_size: int) -> GRUCell:
         return GRUCell(input_size, self.hidden_size, self.bias, **self._cell_fields)
@@ -861,8 +965,9 @@ class RNN(RecurrentLayer):
     Keyword-only options (docs/options.md): ``activation`` (Keras' and ONNX's name: any
     function of ``lstmkit.activations``; it replaces the default nonlinearity, and must agree
     with a nonlinearity given as "relu"), ``activation_alpha`` / ``activation_beta`` (ONNX's
-    lists), ``clip`` (ONNX's). ``nonlinearity`` stays "tanh" or "relu" (what PyTorch can
-    build); ``cell_options["activation"]`` records any other function.
+    lists), ``clip`` (ONNX's), ``weight_drop`` (DropConnect on ``weight_hh`` while training, as
+    the LSTM's). ``nonlinearity`` stays "tanh" or "relu" (what PyTorch can build);
+    ``cell_options["activation"]`` records any other function.
     """
 
     mode = "RNN"
@@ -875,7 +980,8 @@ class RNN(RecurrentLayer):
                  activation_alpha: Sequence[float] | None = None,
                  activation_beta: Sequence[float] | None = None,
                  clip: float | None = None, merge_mode: str | None = "concat",
-                 go_backwards: bool = False, reverse: bool = False) -> None:
+                 go_backwards: bool = False, reverse: bool = False,
+                 weight_drop: float = 0.0) -> None:
         RNNCell(1, 1, nonlinearity=nonlinearity)  # validates the name before any work
         spec = nonlinearity if activation is None else activation
         act = _resolve_activations({"activation": spec}, activation_alpha,
@@ -895,9 +1001,12 @@ class RNN(RecurrentLayer):
             "activation": None if act in (TANH, RELU) else _activation_config(act),
             "clip": self._cell_fields["clip"],
         }
+        if check_rate("weight_drop", weight_drop):  # recorded when set: JSON configs as before
+            self.cell_options["weight_drop"] = float(weight_drop)
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype, seed, recurrent_init, stateful, fast,
-                         merge_mode=merge_mode, go_backwards=go_backwards, reverse=reverse)
+                         merge_mode=merge_mode, go_backwards=go_backwards, reverse=reverse,
+                         weight_drop=weight_drop)
 
     def _make_cell(self, input_size: int) -> RNNCell:
         return RNNCell(input_size, self.hidden_size, self.bias, **self._cell_fields)

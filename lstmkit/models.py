@@ -37,9 +37,10 @@ class CharLM(Module):
         hidden_size: H of every recurrent layer.
         num_layers: stacked recurrent layers.
         cell: "lstm", "gru" or "rnn".
-        embedding_dim: E (default: H).
+        embedding_dim: E (default: H, or an LSTM's proj_size).
         dropout: between recurrent layers and before the decoder (training mode only).
-        tie_weights: share the embedding matrix with the decoder (needs E == H).
+        tie_weights: share the embedding matrix with the decoder (needs E == H, or E == P
+            for an LSTM with ``proj_size`` P: the decoder reads the recurrent layer's output).
         dtype, seed: as for the layers.
         cell_options: passed to the recurrent layer (e.g. ``peepholes=True``, ``forget_bias``).
     """
@@ -59,11 +60,12 @@ class CharLM(Module):
     ) -> None:
         super().__init__()
         rng = resolve_rng(seed)
-        embedding_dim = hidden_size if embedding_dim is None else embedding_dim
-        if tie_weights and embedding_dim != hidden_size:
+        out_size = cell_options.get("proj_size") or hidden_size  # the decoder's input
+        embedding_dim = out_size if embedding_dim is None else embedding_dim
+        if tie_weights and embedding_dim != out_size:
             raise ValueError(
-                f"tie_weights needs embedding_dim == hidden_size, got {embedding_dim} and "
-                f"{hidden_size}"
+                f"tie_weights needs embedding_dim == hidden_size (or proj_size), got "
+                f"{embedding_dim} and {out_size}"
             )
         self._config = {
             "vocab_size": int(vocab_size), "hidden_size": int(hidden_size),
@@ -75,7 +77,7 @@ class CharLM(Module):
         self.rnn = make_recurrent(cell, embedding_dim, hidden_size, num_layers=num_layers,
                                   dropout=dropout, dtype=dtype, seed=rng, **cell_options)
         self.drop = Dropout(dropout, seed=rng)
-        self.decoder = Linear(hidden_size, vocab_size, dtype=dtype, seed=rng,
+        self.decoder = Linear(self.rnn.output_size, vocab_size, dtype=dtype, seed=rng,
                               tied_to=self.embedding if tie_weights else None)
         self.add_module("embedding", self.embedding)
         self.add_module("rnn", self.rnn)

@@ -35,6 +35,26 @@ The options of the ONNX LSTM operator and of Greff et al.'s remaining variants:
   through ``weight_gg`` (3H, 3H): rows are the receiving gates i, f, o, columns the sending
   ones, so ``z_{i,f,o} += a_prev @ weight_gg.T`` (Greff's nine matrices R_ii, R_fi, R_oi, ...
   as blocks). The previous gate values are carried as three more state parts, zero at t = 0.
+
+And the options of ``docs/options.md``:
+
+- ``proj_size=P`` (LSTMP, Sak et al. 2014; ``torch.nn.LSTM(proj_size=P)``): the state h is
+  projected, ``h = W_hr (o * tanh(c))`` with ``weight_hr`` (P, H); h and h_prev are (B, P),
+  c stays (B, H), and ``weight_hh`` is (G*H, P);
+- ``recurrent_dropout`` (Gal & Ghahramani 2016, as Keras' ``recurrent_dropout``): each gate k
+  sees ``h_prev * m_k`` in place of h_prev, masks drawn once per sequence (``p`` holds them
+  while training, see below);
+- ``zoneout``, ``zoneout_c`` (Krueger et al. 2017; ``zoneout`` is Haste's, on h): with d_h, d_c
+  the zoneout masks (1 = keep the previous value), ``h = d_h * h_prev + (1 - d_h) * h_new`` and
+  ``c = d_c * c_prev + (1 - d_c) * c_new``, where c_new and h_new are the cell's values above
+  (o sees c_new through its peephole, and h_new = o * tanh(c_new)); in evaluation the masks are
+  their expectations, d_h = zoneout and d_c = zoneout_c.
+
+The random masks are not parameters: the layer draws them per call while training and passes
+them in ``p`` under reserved names, ``p["recurrent_dropout_mask"]`` (G, B, P or H), scaled by
+1 / (1 - rate), and ``p["zoneout_mask"]``, ``p["zoneout_c_mask"]``, each (T, B, P or H), of
+which the reference loop hands the cell step t's slice (``step_masks``). Without them (the
+layer in evaluation mode) recurrent dropout is the identity and zoneout uses its expectation.
 """
 
 from __future__ import annotations
@@ -60,11 +80,13 @@ _FGR_GATES = ("i", "f", "o")  # the gates full gate recurrence connects, in weig
 class LSTMCell:
     """One LSTM time step with the variant switches and options.
 
-    Parameters (a dict ``p``; ``G`` = number of gates present, 4 for the full cell):
-        weight_ih (G*H, D), weight_hh (G*H, H), bias_ih (G*H,), bias_hh (G*H,) (if ``bias``),
+    Parameters (a dict ``p``; ``G`` = number of gates present, 4 for the full cell; ``R`` =
+    ``output_size``, the size of h: ``proj_size`` if set, else H):
+        weight_ih (G*H, D), weight_hh (G*H, R), bias_ih (G*H,), bias_hh (G*H,) (if ``bias``),
         weight_ci, weight_cf, weight_co (H,) (if ``peepholes`` and the gate is present),
-        weight_gg (3H, 3H) (if ``full_gate_recurrence``).
-    State: (h, c), each (B, H); with ``full_gate_recurrence`` also (i, f, o) of the step.
+        weight_gg (3H, 3H) (if ``full_gate_recurrence``), weight_hr (P, H) (if ``proj_size``).
+    State: (h, c), h (B, R) and c (B, H); with ``full_gate_recurrence`` also (i, f, o) of the
+    step, each (B, H).
     """
 
     input_size: int
@@ -80,7 +102,12 @@ class LSTMCell:
     output_activation: Activation = TANH
     clip: float | None = None
     full_gate_recurrence: bool = False
+    proj_size: int = 0  # 0: no projection
+    recurrent_dropout: float = 0.0
+    zoneout: float = 0.0
+    zoneout_c: float = 0.0
 
+    step_masks = ("zoneout_mask", "zoneout_c_mask")  # (T, B, .) in p: the loop passes step t's
     all_gates = ("i", "f", "g", "o")  # for inspection: removed gates appear as their constant
 
     def __post_init__(self) -> None:
@@ -105,6 +132,24 @@ class LSTMCell:
                 "other and needs all three (input_gate, forget_gate, output_gate True and "
                 "coupled_input_forget False)"
             )
+        if isinstance(self.proj_size, bool) or not isinstance(self.proj_size, (int, np.integer)):
+            raise ValueError(f"proj_size must be an integer, got {self.proj_size!r}")
+        if not 0 <= self.proj_size < self.hidden_size:
+            raise ValueError(
+                f"proj_size must be 0 (no projection) or in [1, hidden_size) as in "
+                f"torch.nn.LSTM, got proj_size={self.proj_size} with "
+                f"hidden_size={self.hidden_size}"
+            )
+        for name in ("recurrent_dropout", "zoneout", "zoneout_c"):
+            rate = getattr(self, name)
+            if isinstance(rate, bool) or not isinstance(rate, (int, float, np.number)) \
+                    or not 0.0 <= rate < 1.0:
+                raise ValueError(f"{name} must be a number in [0, 1), got {rate!r}")
+
+    @property
+    def output_size(self) -> int:
+        """The size of h (and of the output): ``proj_size`` if set, else ``hidden_size``."""
+        return self.proj_size or self.hidden_size
 
     @property
     def state_names(self) -> tuple[str, ...]:
@@ -131,8 +176,8 @@ class LSTMCell:
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Names and shapes of the parameters, PyTorch-style names without the layer suffix."""
-        G, H, D = len(self.gates), self.hidden_size, self.input_size
-        shapes: dict[str, tuple[int, ...]] = {"weight_ih": (G * H, D), "weight_hh": (G * H, H)}
+        G, H, D, R = len(self.gates), self.hidden_size, self.input_size, self.output_size
+        shapes: dict[str, tuple[int, ...]] = {"weight_ih": (G * H, D), "weight_hh": (G * H, R)}
         if self.bias:
             shapes["bias_ih"] = (G * H,)
             shapes["bias_hh"] = (G * H,)
@@ -140,6 +185,8 @@ class LSTMCell:
             shapes[f"weight_c{gate}"] = (H,)
         if self.full_gate_recurrence:
             shapes["weight_gg"] = (3 * H, 3 * H)
+        if self.proj_size:
+            shapes["weight_hr"] = (self.proj_size, H)
         return shapes
 
     def split(self, z: Array) -> dict[str, Array]:
@@ -150,17 +197,18 @@ class LSTMCell:
     def forward(
         self, x: Array, state: tuple[Array, ...], p: dict[str, Array]
     ) -> tuple[tuple[Array, ...], dict[str, Array]]:
-        """One step. x (B, D), state (h_prev, c_prev) each (B, H) -> ((h, c), cache).
+        """One step. x (B, D), state (h_prev (B, R), c_prev (B, H)) -> ((h, c), cache).
 
         The cache holds what backward needs, and every gate's value for inspection; ``z*``
         are the gates' pre-activations before the clip.
         """
         h_prev, c_prev = state[0], state[1]
-        z = x @ p["weight_ih"].T + h_prev @ p["weight_hh"].T
+        drop = p.get("recurrent_dropout_mask")  # (G, B, R) while training, else None
+        z = x @ p["weight_ih"].T + self._recurrent(h_prev, drop, p["weight_hh"])
         if self.bias:
             z += p["bias_ih"] + p["bias_hh"]
         zs = self.split(z)
-        cache = {"x": x, "h_prev": h_prev, "c_prev": c_prev}
+        cache = {"x": x, "h_prev": h_prev, "c_prev": c_prev, "drop": drop}
         if self.full_gate_recurrence:
             a_prev = np.concatenate(state[2:], axis=1)  # (B, 3H): i, f, o of the previous step
             gg = a_prev @ p["weight_gg"].T
@@ -195,9 +243,28 @@ class LSTMCell:
             o = one
         act_c = self.output_activation(c)
         h = o * act_c
-        cache.update({"i": i, "f": f, "g": g, "o": o, "c": c, "act_c": act_c})
+        if self.proj_size:
+            h = h @ p["weight_hr"].T  # (B, P)
+        cache.update({"i": i, "f": f, "g": g, "o": o, "c_new": c, "act_c": act_c})
+        # zoneout: d = 1 keeps the previous value; a rate (the expectation) in evaluation
+        d_h = p.get("zoneout_mask", self.zoneout)
+        d_c = p.get("zoneout_c_mask", self.zoneout_c)
+        if self.zoneout:
+            h = d_h * h_prev + (1.0 - d_h) * h
+        if self.zoneout_c:
+            c = d_c * c_prev + (1.0 - d_c) * c
+        cache.update(d_h=d_h, d_c=d_c, c=c)  # "c": the state the step passes on
         new_state = (h, c, i, f, o) if self.full_gate_recurrence else (h, c)
         return new_state, cache
+
+    def _recurrent(self, h_prev: Array, drop: Array | None, w_hh: Array) -> Array:
+        """W_hh h_prev (B, G*H), each gate k seeing h_prev * drop[k] when ``drop`` is given."""
+        if drop is None:
+            return h_prev @ w_hh.T
+        G, H = len(self.gates), self.hidden_size
+        w = w_hh.reshape(G, H, -1)  # (G, H, R): one block per gate
+        per_gate = np.matmul(h_prev[None] * drop, w.transpose(0, 2, 1))  # (G, B, H)
+        return per_gate.transpose(1, 0, 2).reshape(h_prev.shape[0], G * H)
 
     def _gate_gradient(self, fn: Activation, d_value: Array, z: Array, value: Array) -> Array:
         """dL/dz of a gate from dL/d(gate): through the activation, then the clip."""
@@ -212,11 +279,24 @@ class LSTMCell:
         peepholes, o of c): Graves 2008's epsilon_c, the first lines of ``backward``."""
         return self._output_gradients(d_state, cache, p)[0]
 
+    def _before_zoneout(self, d_state: tuple[Array, ...],
+                        cache: dict[str, Array]) -> tuple[Array, Array]:
+        """(dL/dh_new (B, R), dL/dc_new (B, H)): the gradients at the step's own values, h_new
+        and c_new, from those at its state (h = d_h * h_prev + (1 - d_h) * h_new, and c)."""
+        dh, dc = d_state[0], d_state[1]
+        if self.zoneout:
+            dh = dh * (1.0 - cache["d_h"])
+        if self.zoneout_c:
+            dc = dc * (1.0 - cache["d_c"])
+        return dh, dc
+
     def _output_gradients(self, d_state: tuple[Array, ...], cache: dict[str, Array],
                           p: dict[str, Array]) -> tuple[Array, Array | None]:
         """(dL/dc total, dL/dz_o or None) from the gradients arriving at h, c (and o)."""
-        dh, dc = d_state[0], d_state[1]
-        o, c, act_c = cache["o"], cache["c"], cache["act_c"]
+        dh, dc = self._before_zoneout(d_state, cache)
+        if self.proj_size:  # h = W_hr (o * h(c))
+            dh = dh @ p["weight_hr"]  # (B, H)
+        o, c, act_c = cache["o"], cache["c_new"], cache["act_c"]
         dc = dc + dh * o * self.output_activation.derivative(c, act_c)
         if not self.output_gate:
             return dc, None
@@ -237,21 +317,25 @@ class LSTMCell:
     ) -> tuple[Array, tuple[Array, ...]]:
         """Backward of one step, the forward read in reverse.
 
-        d_state = (dL/dh, dL/dc) (and dL/d(i, f, o) with FGR), each (B, H), the gradients
-        arriving at this step's outputs. Accumulates into ``grads`` (same names as ``p``) and
-        returns (dL/dx (B, D), (dL/dh_prev, dL/dc_prev, ...)).
+        d_state = (dL/dh (B, R), dL/dc (B, H)) (and dL/d(i, f, o) with FGR, each (B, H)), the
+        gradients arriving at this step's outputs. Accumulates into ``grads`` (same names as
+        ``p``) and returns (dL/dx (B, D), (dL/dh_prev, dL/dc_prev, ...)).
         """
         x, h_prev, c_prev = cache["x"], cache["h_prev"], cache["c_prev"]
         i, f, g = cache["i"], cache["f"], cache["g"]
         gate_fn = self.recurrent_activation
         dz = {}
 
+        # h = W_hr (o * h(c)) with a projection
+        if self.proj_size:
+            grads["weight_hr"] += self._before_zoneout(d_state, cache)[0].T @ (
+                cache["o"] * cache["act_c"])
         # h = o * h(c)
         dc, dzo = self._output_gradients(d_state, cache, p)
         if dzo is not None:
             dz["o"] = dzo
             if self.peepholes:
-                grads["weight_co"] += (dzo * cache["c"]).sum(axis=0)
+                grads["weight_co"] += (dzo * cache["c_new"]).sum(axis=0)
         # c = f * c_prev + i * g
         di = dc * g
         df = dc * c_prev
@@ -276,13 +360,16 @@ class LSTMCell:
         # z = x W_ih^T + h_prev W_hh^T + b_ih + b_hh (+ a_prev W_gg^T)
         dz_all = np.concatenate([dz[gate] for gate in self.gates], axis=1)
         grads["weight_ih"] += dz_all.T @ x
-        grads["weight_hh"] += dz_all.T @ h_prev
         if self.bias:
             db = dz_all.sum(axis=0)
             grads["bias_ih"] += db
             grads["bias_hh"] += db
         dx = dz_all @ p["weight_ih"]
-        dh_prev = dz_all @ p["weight_hh"]
+        dh_prev = self._recurrent_backward(dz_all, h_prev, cache["drop"], p["weight_hh"], grads)
+        if self.zoneout:  # the part of h (and c) kept from the previous step
+            dh_prev = dh_prev + d_state[0] * cache["d_h"]
+        if self.zoneout_c:
+            dc_prev = dc_prev + d_state[1] * cache["d_c"]
         if not self.full_gate_recurrence:
             return dx, (dh_prev, dc_prev)
         dgg = np.concatenate([dz[gate] for gate in _FGR_GATES], axis=1)  # (B, 3H)
@@ -290,6 +377,17 @@ class LSTMCell:
         da_prev = dgg @ p["weight_gg"]
         H = self.hidden_size
         return dx, (dh_prev, dc_prev, *(da_prev[:, k * H : (k + 1) * H] for k in range(3)))
+
+    def _recurrent_backward(self, dz: Array, h_prev: Array, drop: Array | None, w_hh: Array,
+                            grads: dict[str, Array]) -> Array:
+        """Backward of ``_recurrent``: dz (B, G*H) -> dL/dh_prev (B, R); adds dL/dW_hh."""
+        if drop is None:
+            grads["weight_hh"] += dz.T @ h_prev
+            return dz @ w_hh
+        G, H = len(self.gates), self.hidden_size
+        dz_k = dz.reshape(-1, G, H).transpose(1, 0, 2)  # (G, B, H)
+        grads["weight_hh"] += (dz_k.transpose(0, 2, 1) @ (h_prev[None] * drop)).reshape(G * H, -1)
+        return ((dz_k @ w_hh.reshape(G, H, -1)) * drop).sum(axis=0)
 
 
 def check_clip(clip: object) -> None:

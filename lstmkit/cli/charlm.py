@@ -161,6 +161,22 @@ def _architecture_from(checkpoint: Path, settings: dict[str, Any]) -> dict[str, 
 @click.option("--cell-clip", type=click.FloatRange(min=0, min_open=True),
               help="ONNX's cell clip: every gate pre-activation bounded to [-C, C]. "
                    "[default: none]")
+@click.option("--proj-size", type=click.IntRange(min=0),
+              help="LSTM: project h to this many units (LSTMP, as torch's proj_size; below "
+                   "--hidden; 0: none). [default: 0]")
+@click.option("--recurrent-dropout", type=click.FloatRange(0, 1, max_open=True),
+              help="LSTM: variational dropout on h_prev, one mask per gate and sequence "
+                   "(Gal & Ghahramani 2016, Keras' recurrent_dropout). [default: 0]")
+@click.option("--zoneout", type=click.FloatRange(0, 1, max_open=True),
+              help="LSTM: each unit of h keeps its previous value with this probability at "
+                   "each step (Krueger et al. 2017, Haste's zoneout). [default: 0]")
+@click.option("--zoneout-c", type=click.FloatRange(0, 1, max_open=True),
+              help="LSTM: zoneout of the cell state c. [default: 0]")
+@click.option("--weight-drop", type=click.FloatRange(0, 1, max_open=True),
+              help="DropConnect on the recurrent weights, one mask per step of training "
+                   "(AWD-LSTM's weight drop). [default: 0]")
+@click.option("--layer-norm", is_flag=True, default=None,
+              help="LSTM: the layer-normalised cell (Ba et al. 2016, as Haste's LayerNormLSTM).")
 @click.option("--cell-option", "cell_option", multiple=True, metavar="KEY=VALUE",
               help="Any other keyword of the recurrent layer (docs/options.md), VALUE as JSON "
                    "or a plain string, e.g. input_gate=false, linear_before_reset=false. "
@@ -227,7 +243,9 @@ def _cell_options(options: dict[str, Any]) -> dict[str, Any]:
              "activation": options.pop("activation"),
              "recurrent_activation": options.pop("recurrent_activation"),
              "output_activation": options.pop("output_activation"),
-             "clip": options.pop("cell_clip")}
+             "clip": options.pop("cell_clip"),
+             **{name: options.pop(name) for name in ("proj_size", "recurrent_dropout", "zoneout",
+                                                     "zoneout_c", "weight_drop", "layer_norm")}}
     result.update({key: value for key, value in named.items() if value is not None})
     for item in options.pop("cell_option"):
         key, sep, text = item.partition("=")

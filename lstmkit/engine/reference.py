@@ -6,6 +6,9 @@ batches are handled with a mask: where ``mask[t, b]`` is False, sequence b has e
 reverse direction, not yet begun), its state passes through unchanged and its output is zero,
 so each sequence's final state is the one at its own last step, as with PyTorch's packed
 sequences. The fused kernels in ``lstmkit.engine.kernels`` implement the same interface faster.
+
+A cell may name entries of ``p`` that hold one array per step, stacked (T, ...) (its
+``step_masks``, e.g. the LSTM's zoneout masks): the loop hands the cell step t's slice of each.
 """
 
 from __future__ import annotations
@@ -40,16 +43,20 @@ class ReferenceRecurrence:
         ``rows_of`` and ``plan`` are the engine's arguments (``lstmkit.engine.Engine``): the
         readable loop runs x as given, and is itself the plan "reference".
 
-        Returns output (T, B, H) (h of each step, zero where masked), the final state, and a
-        cache for ``backward`` (None unless ``keep_cache``).
+        Returns output (T, B, R) (h of each step, zero where masked; R = ``cell.output_size``
+        if the cell has one, else H), the final state, and a cache for ``backward`` (None
+        unless ``keep_cache``).
         """
         T = x.shape[0]
         steps = range(T - 1, -1, -1) if reverse else range(T)
-        out = np.zeros((T, x.shape[1], cell.hidden_size), dtype=x.dtype)
+        width = getattr(cell, "output_size", cell.hidden_size)
+        out = np.zeros((T, x.shape[1], width), dtype=x.dtype)
         state = state0
         caches: dict[int, dict[str, Array]] = {}
+        per_step = [name for name in getattr(cell, "step_masks", ()) if name in p]
         for t in steps:
-            new_state, step_cache = cell.forward(x[t], state, p)
+            p_t = {**p, **{name: p[name][t] for name in per_step}} if per_step else p
+            new_state, step_cache = cell.forward(x[t], state, p_t)
             if mask is None:
                 state = new_state
                 out[t] = new_state[0]
@@ -71,7 +78,9 @@ class ReferenceRecurrence:
         d_state: State,
         grads: dict[str, Array],
     ) -> tuple[Array, State]:
-        """d_out (T, B, H), d_state = gradient at the final state -> (dx (T, B, D), d_state0)."""
+        """d_out (T, B, R), d_state = gradient at the final state -> (dx (T, B, D), d_state0).
+
+        The cell's backward reads the step's masks from its cache; ``p`` is the forward's."""
         mask = cache["mask"]
         dx: Array | None = None
         for t in reversed(cache["steps"]):

@@ -230,6 +230,21 @@ def _check_layer(layer: Any) -> str:
         raise TypeError(
             f"expected an lstmkit.LSTM, GRU or RNN layer, got {type(layer).__name__}"
         )
+    options = getattr(layer, "cell_options", {})
+    if options.get("proj_size"):
+        raise ValueError(
+            f"the ONNX LSTM operator has no projection; this LSTM has "
+            f"proj_size={options['proj_size']}: expected proj_size=0"
+        )
+    if getattr(layer, "layer_norm", False):
+        raise ValueError("the ONNX LSTM operator has no layer normalisation; this LSTM has "
+                         "layer_norm=True: expected layer_norm=False")
+    zoned = [f"{name}={options[name]}" for name in ("zoneout", "zoneout_c") if options.get(name)]
+    if zoned:
+        raise ValueError(
+            f"the ONNX LSTM operator cannot express zoneout (evaluation mixes each step's state "
+            f"with the previous one); this LSTM has {', '.join(zoned)}: expected 0"
+        )
     return layer.mode
 
 

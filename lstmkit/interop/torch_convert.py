@@ -6,7 +6,7 @@ dropout, batch_first, nonlinearity, dtype) and the checks that the two sides can
 same network:
 
 - ``from_torch(module)``: a ``torch.nn.LSTM``/``GRU``/``RNN`` -> the equal lstmkit layer
-  (``proj_size != 0`` is refused: lstmkit has no projection).
+  (``proj_size`` included).
 - ``to_torch(layer)``: an lstmkit layer -> the equal torch module (peepholes and the LSTM
   variant switches are refused: PyTorch has none of them).
 - ``load_torch_state_dict(path)``: a state_dict saved with ``torch.save`` -> an lstmkit layer,
@@ -88,11 +88,6 @@ def from_torch(module: Any) -> Any:
         raise TypeError(
             f"expected a torch.nn.LSTM, torch.nn.GRU or torch.nn.RNN, got {type(module).__name__}"
         )
-    if getattr(module, "proj_size", 0) != 0:
-        raise ValueError(
-            f"the torch LSTM has proj_size={module.proj_size}; lstmkit LSTMs have no projection, "
-            "expected proj_size=0"
-        )
     dtype = _torch_dtype_name(torch, next(module.parameters()).dtype)
     kwargs: dict[str, Any] = {
         "num_layers": module.num_layers,
@@ -104,6 +99,8 @@ def from_torch(module: Any) -> Any:
     }
     if mode == "RNN":
         kwargs["nonlinearity"] = module.nonlinearity
+    if mode == "LSTM" and module.proj_size:
+        kwargs["proj_size"] = module.proj_size
     layer = getattr(lstmkit, mode)(module.input_size, module.hidden_size, **kwargs)
     layer.load_state_dict({name: _to_numpy(t) for name, t in module.state_dict().items()})
     layer.train(module.training)
@@ -114,7 +111,9 @@ def to_torch(layer: Any) -> Any:
     """The ``torch.nn.LSTM``/``GRU``/``RNN`` equal to an lstmkit layer (weights copied).
 
     Refuses what PyTorch cannot compute: peepholes, and the LSTM variant switches
-    (forget_gate, input_gate, output_gate, coupled_input_forget).
+    (forget_gate, input_gate, output_gate, coupled_input_forget), and zoneout. Recurrent
+    dropout and weight drop, which PyTorch's LSTM lacks, are not carried over (the module
+    equals the layer in evaluation mode, where they are off).
     """
     torch = _import_torch()
     from lstmkit.layers import GRU, LSTM, RNN
@@ -125,13 +124,17 @@ def to_torch(layer: Any) -> Any:
         unsupported = [
             f"{name}={layer.cell_options[name]}"
             for name, default in _VARIANT_DEFAULTS.items()
-            if layer.cell_options[name] != default
+            if layer.cell_options.get(name, default) != default
         ]
+        unsupported += [f"{name}={layer.cell_options[name]}" for name in ("zoneout", "zoneout_c")
+                        if layer.cell_options.get(name)]
+        if layer.layer_norm:
+            unsupported.append("layer_norm=True")
         if unsupported:
             raise ValueError(
                 f"torch.nn.LSTM cannot express this lstmkit LSTM's {', '.join(unsupported)}; "
                 "expected a plain LSTM (peepholes=False, forget_gate=True, input_gate=True, "
-                "output_gate=True, coupled_input_forget=False). Export it with "
+                "output_gate=True, coupled_input_forget=False, no zoneout). Export it with "
                 "lstmkit.interop.export_onnx instead"
             )
     options = {**getattr(layer, "cell_options", {}), "merge_mode": layer.merge_mode,
@@ -155,6 +158,8 @@ def to_torch(layer: Any) -> Any:
     }
     if layer.mode == "RNN":
         kwargs["nonlinearity"] = layer.nonlinearity
+    if layer.mode == "LSTM" and layer.proj_size:
+        kwargs["proj_size"] = layer.proj_size
     module = getattr(torch.nn, layer.mode)(layer.input_size, layer.hidden_size, **kwargs)
     module.load_state_dict(
         {name: torch.from_numpy(value.copy()) for name, value in layer.params.items()}
@@ -231,12 +236,7 @@ def _select(loaded: dict[str, Any], prefix: str, path: Path) -> dict[str, np.nda
         if match is None:
             raise KeyError(
                 f"{path}: unexpected key {prefix + key!r}; expected only weight_ih_l<k>, "
-                "weight_hh_l<k>, bias_ih_l<k>, bias_hh_l<k> (with _reverse)"
-            )
-        if match.group(1) == "weight_hr":
-            raise ValueError(
-                f"{path} is an LSTM with a projection ({prefix + key!r}, proj_size != 0); "
-                "lstmkit LSTMs have no projection, expected proj_size=0"
+                "weight_hh_l<k>, bias_ih_l<k>, bias_hh_l<k>, weight_hr_l<k> (with _reverse)"
             )
         if not isinstance(value, torch.Tensor):
             raise ValueError(f"{path}: {prefix + key!r} is a {type(value).__name__}, "
@@ -254,7 +254,9 @@ def _infer_config(arrays: dict[str, np.ndarray], mode: str | None, path: Path) -
     w_ih, w_hh = arrays["weight_ih_l0"], arrays.get("weight_hh_l0")
     if w_hh is None or w_ih.ndim != 2 or w_hh.ndim != 2:
         raise ValueError(f"{path}: expected 2-D weight_ih_l0 and weight_hh_l0 tensors")
-    H = w_hh.shape[1]
+    w_hr = arrays.get("weight_hr_l0")  # (P, H): an LSTM with a projection
+    proj_size = 0 if w_hr is None or w_hr.ndim != 2 else int(w_hr.shape[0])
+    H = w_hh.shape[1] if w_hr is None or w_hr.ndim != 2 else int(w_hr.shape[1])
     if H == 0 or w_ih.shape[0] % H:
         raise ValueError(
             f"{path}: weight_ih_l0 has shape {w_ih.shape} and weight_hh_l0 {w_hh.shape}; "
@@ -285,7 +287,11 @@ def _infer_config(arrays: dict[str, np.ndarray], mode: str | None, path: Path) -
     dtypes = {a.dtype for a in arrays.values()}
     if len(dtypes) != 1:
         raise TypeError(f"{path}: tensors of dtypes {sorted(map(str, dtypes))}; expected one")
+    config: dict[str, Any] = {"proj_size": proj_size} if proj_size else {}
+    if proj_size and mode != "LSTM":
+        raise ValueError(f"{path}: weight_hr_l0 (a projection) is an LSTM's, not a {mode}'s")
     return {
+        **config,
         "mode": mode,
         "input_size": int(w_ih.shape[1]),
         "hidden_size": int(H),
