@@ -316,4 +316,4 @@ def test_export_layer_from_imported_weights(tmp_path):
     assert refused.exit_code == 1 and "--force" in refused.output
     no_meta = runner.invoke(cli, ["export-layer", str(tmp_path / "other.safetensors"),
                                   str(tmp_path / "o.onnx")])
-    assert no_meta.exit_code != 0 and "import-torch" in no_meta.output
+    assert no_meta.exit_code != 0 and "lstmkit import" in no_meta.output
