@@ -3,6 +3,7 @@
 Exact (PyTorch parity), fast on the CPU, and easy to look inside.
 """
 
+from lstmkit.activations import Activation
 from lstmkit.clip import clip_grad_norm, clip_grad_value
 from lstmkit.engine import Plan, get_num_threads, set_num_threads
 from lstmkit.grad_mode import is_grad_enabled, no_grad
@@ -13,6 +14,7 @@ from lstmkit.models import CharLM, SequenceModel
 __version__ = "0.1.0"
 
 __all__ = [
+    "Activation",
     "GRU",
     "LSTM",
     "RNN",

@@ -83,17 +83,6 @@ class GradientFlow:
     loss_step: int
 
 
-def _carousel_gradient(cell: LSTMCell, p: dict[str, Array], step: dict[str, Array],
-                       dh: Array, dc: Array) -> Array:
-    """dL/dc_t with h_t = o_t tanh(c_t) as a function of c_t: the first lines of
-    ``LSTMCell.backward``, which does not return this intermediate value."""
-    o, tanh_c = step["o"], step["tanh_c"]
-    dc_total = dc + dh * o * (1.0 - tanh_c**2)
-    if cell.peepholes and cell.output_gate:  # o sees the new c
-        dc_total = dc_total + dh * tanh_c * o * (1.0 - o) * p["weight_co"]
-    return dc_total
-
-
 def _backward_stream(stream: TraceStream, d_out: Array, d_final: tuple[Array, ...],
                      ) -> tuple[Array, Array | None, Array]:
     """BPTT through one stream, recording the gradient at every step.
@@ -113,7 +102,7 @@ def _backward_stream(stream: TraceStream, d_out: Array, d_final: tuple[Array, ..
         d_new = (d_state[0] + d_out[t],) + tuple(d_state[1:])
         dh[t] = d_new[0]
         if dc is not None:
-            dc[t] = _carousel_gradient(cell, p, step, d_new[0], d_new[1])
+            dc[t] = cell.carousel_gradient(d_new, step, p)
         dx[t], d_state = cell.backward(d_new, step, p, scratch)
     return dh, dc, dx
 

@@ -16,19 +16,22 @@ PyTorch module's ``load_state_dict`` takes ours and gives the same outputs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from lstmkit.activations import RELU, TANH, Activation, resolve_functions
 from lstmkit.cells import GRUCell, LSTMCell, RNNCell
+from lstmkit.cells.lstm import check_clip
 from lstmkit.engine import ENGINE, Plan, ReferenceRecurrence, plan_of
 from lstmkit.grad_mode import is_grad_enabled
 from lstmkit.nn.module import Module, resolve_rng
 
 Array = np.ndarray
 _REFERENCE = ReferenceRecurrence()
+MERGE_MODES = ("concat", "sum", "mul", "ave", None)  # Keras' Bidirectional merge_mode
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -66,6 +69,26 @@ def _real(name: str, value: Any) -> float:
     return float(value)
 
 
+def _activation_config(act: Activation) -> str | dict[str, Any]:
+    """How a layer records an activation among its (JSON) options: the name, or a dict
+    with its parameters (``lstmkit.activations.get`` reads both)."""
+    return act.to_config() if act.parameters else act.name
+
+
+def _resolve_activations(
+    specs: dict[str, Any], alphas: Sequence[float] | None, betas: Sequence[float] | None
+) -> dict[str, Activation]:
+    """The layer's activations, by argument name, in ONNX's order (f, g, h); a spec that is
+    None is left out (it takes no value from activation_alpha / activation_beta)."""
+    for what, values in (("activation_alpha", alphas), ("activation_beta", betas)):
+        if values is not None and (isinstance(values, (str, bytes)) or
+                                   not isinstance(values, Sequence)):
+            raise TypeError(f"{what} must be a list of numbers, got {values!r}")
+    given = {name: spec for name, spec in specs.items() if spec is not None}
+    acts = resolve_functions(list(given.values()), alphas, betas, list(given))
+    return dict(zip(given, acts))
+
+
 @dataclass
 class TraceStream:
     """One layer and direction of a traced forward pass (``RecurrentLayer.trace``).
@@ -101,12 +124,7 @@ class LayerTrace:
 
     def d_output(self, d_output: Any) -> Array:
         """A gradient shaped like the layer's output (user's layout) -> (T, B, nd * H)."""
-        layer = self.layer
-        d_out = layer._check_array(d_output, "d_output")
-        expected = layer._to_user(self.output, self.unbatched).shape
-        if d_out.shape != expected:
-            raise ValueError(f"d_output has shape {d_out.shape}, expected {expected}")
-        return layer._from_user(d_out, self.unbatched)
+        return self.layer._unmerge_gradient(d_output, self.output, self.unbatched)
 
     def d_state(self, d_state: Any) -> tuple[Array, ...]:
         """A gradient shaped like the returned state (zeros if None) -> per state part,
@@ -140,7 +158,18 @@ class RecurrentLayer(Module):
         seed: int | np.random.Generator | None = None,
         recurrent_init: str = "uniform",
         stateful: bool = False, fast: bool = True,
+        *,
+        merge_mode: str | None = "concat",
+        go_backwards: bool = False,
     ) -> None:
+        if merge_mode not in MERGE_MODES:
+            raise ValueError(f"merge_mode must be one of {MERGE_MODES}, got {merge_mode!r}")
+        if merge_mode != "concat" and not bidirectional:
+            raise ValueError(f"merge_mode={merge_mode!r} merges the two directions of a "
+                             "bidirectional layer; this one has bidirectional=False")
+        if go_backwards and bidirectional:
+            raise ValueError("go_backwards reverses a one-directional layer (Keras'); a "
+                             "bidirectional layer already runs both ways")
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
                             ("num_layers", num_layers)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
@@ -162,6 +191,8 @@ class RecurrentLayer(Module):
         self.num_directions = 2 if bidirectional else 1
         self.dtype = _as_dtype(dtype)
         self.stateful = bool(stateful)
+        self.merge_mode = merge_mode
+        self.go_backwards = bool(go_backwards)
         # the engine (one call per layer and direction); an experiment may put a recurrence
         # of its own here (``ReferenceRecurrence``'s interface), e.g. a truncated gradient
         self.recurrence: Any = ENGINE
@@ -373,7 +404,9 @@ class RecurrentLayer(Module):
              "unbatched": unbatched, "folded": folded}
             if keep else None
         )
-        output = self._to_user(layer_in, unbatched)
+        if keep:
+            self._cache["merged"] = layer_in  # mul's gradient reads both directions
+        output = self._merge(layer_in, unbatched)
         packed = self._pack_state(
             tuple(s[:, 0] for s in state_n) if unbatched else state_n
         )
@@ -401,7 +434,7 @@ class RecurrentLayer(Module):
                              f"{(T, B)}, got {ids.dtype} {ids.shape}")
         if E.ndim != 2 or E.shape[1] != D:
             raise ValueError(f"rows_of: E must be (V, {D}), got shape {E.shape}")
-        return ids, E
+        return (ids[::-1] if self.go_backwards else ids), E
 
     def _direction(self, store: dict[str, Array], k: int, d: int) -> dict[str, Array]:
         """The parameters (or gradients) of layer k, direction d, under the cell's short names."""
@@ -460,7 +493,8 @@ class RecurrentLayer(Module):
                 f"expected input_size={self.input_size}"
             )
         unbatched = x.ndim == 2
-        x = np.ascontiguousarray(self._from_user(x, unbatched))
+        x = self._from_user(x, unbatched)
+        x = np.ascontiguousarray(x[::-1] if self.go_backwards else x)
         if x.shape[0] == 0:
             raise ValueError("input has sequence length T = 0; expected T >= 1")
         if x.shape[1] == 0:
@@ -541,11 +575,7 @@ class RecurrentLayer(Module):
         T, B = cache["shape"]
         unbatched = cache["unbatched"]
         nd, H = self.num_directions, self.hidden_size
-        expected = self._to_user(np.empty((T, B, nd * H), dtype=np.uint8), unbatched).shape
-        d_out = self._check_array(d_output, "d_output")
-        if d_out.shape != expected:
-            raise ValueError(f"d_output has shape {d_out.shape}, expected {expected}")
-        d_out = self._from_user(d_out, unbatched)
+        d_out = self._unmerge_gradient(d_output, cache["merged"], unbatched)
         if d_state is None:
             d_fin = tuple(
                 np.zeros((self.num_layers * nd, B, H), dtype=self.dtype) for _ in self._state_names
@@ -574,7 +604,53 @@ class RecurrentLayer(Module):
             return d_layer, self._pack_state(d_state_0)
         if unbatched:
             d_state_0 = tuple(s[:, 0] for s in d_state_0)
+        if self.go_backwards:  # back to the input's order
+            d_layer = d_layer[::-1]
         return self._to_user(d_layer, unbatched), self._pack_state(d_state_0)
+
+    # -- merging the directions (Keras' merge_mode) ----------------------------------------------
+
+    def _merge(self, out: Array, unbatched: bool) -> Any:
+        """(T, B, nd * H) time-major -> the user's output: concatenated (PyTorch's), summed,
+        multiplied, averaged, or None: the pair (forward, backward), each (.., H)."""
+        if self.merge_mode == "concat":
+            return self._to_user(out, unbatched)
+        H = self.hidden_size
+        fw, bw = out[:, :, :H], out[:, :, H:]
+        if self.merge_mode is None:
+            return self._to_user(fw, unbatched), self._to_user(bw, unbatched)
+        merged = {"sum": lambda: fw + bw, "mul": lambda: fw * bw,
+                  "ave": lambda: (fw + bw) * 0.5}[self.merge_mode]()
+        return self._to_user(merged, unbatched)
+
+    def _unmerge_gradient(self, d_output: Any, out: Array, unbatched: bool) -> Array:
+        """dL/d(the user's output) -> dL/d(out), (T, B, nd * H) time-major."""
+        T, B, width = out.shape
+        H = self.hidden_size
+        if self.merge_mode is None:
+            if not isinstance(d_output, (tuple, list)) or len(d_output) != 2:
+                raise ValueError("with merge_mode=None the output is a pair (forward, backward)"
+                                 f" and d_output must be one too, got {type(d_output).__name__}")
+            parts = [self._user_gradient(d, (T, B, H), unbatched, f"d_output[{n}]")
+                     for n, d in enumerate(d_output)]
+            return np.concatenate(parts, axis=2)
+        if self.merge_mode == "concat":
+            return self._user_gradient(d_output, (T, B, width), unbatched, "d_output")
+        d = self._user_gradient(d_output, (T, B, H), unbatched, "d_output")
+        if self.merge_mode == "sum":
+            return np.concatenate([d, d], axis=2)
+        if self.merge_mode == "ave":
+            return np.concatenate([d, d], axis=2) * 0.5
+        return np.concatenate([d * out[:, :, H:], d * out[:, :, :H]], axis=2)  # mul
+
+    def _user_gradient(self, d: Any, shape: tuple[int, int, int], unbatched: bool,
+                       what: str) -> Array:
+        """A gradient in the user's layout, checked against ``shape`` (time-major)."""
+        expected = self._to_user(np.empty(shape, dtype=np.uint8), unbatched).shape
+        array = self._check_array(d, what)
+        if array.shape != expected:
+            raise ValueError(f"{what} has shape {array.shape}, expected {expected}")
+        return self._from_user(array, unbatched)
 
     def __repr__(self) -> str:
         return (
@@ -596,6 +672,15 @@ class LSTM(RecurrentLayer):
     1.0; with ``coupled_input_forget`` it is subtracted from the input gate's, since f = 1 - i);
     ``recurrent_init``; ``stateful`` (carry the state between calls: truncated BPTT); ``dtype``;
     ``seed``; ``fast`` (False: the readable reference recurrence instead of the fused kernels).
+
+    Keyword-only options (docs/options.md): ``activation`` (g and, unless
+    ``output_activation`` is given, the function of c in h = o * act(c); Keras' name),
+    ``recurrent_activation`` (the gates' function), ``output_activation`` (ONNX's h), each a
+    name of ``lstmkit.activations`` or an ``lstmkit.Activation``; ``activation_alpha`` /
+    ``activation_beta`` (ONNX's lists, consumed in the order recurrent_activation,
+    activation, output_activation by the functions that take a parameter); ``clip`` (ONNX's
+    cell clip); ``full_gate_recurrence`` (Greff et al.'s FGR, parameter ``weight_gg_l{k}``
+    (3H, 3H)). ``cell_options`` holds all of them, JSON-ready.
     """
 
     mode = "LSTM"
@@ -619,22 +704,48 @@ class LSTM(RecurrentLayer):
         seed: int | np.random.Generator | None = None,
         recurrent_init: str = "uniform",
         stateful: bool = False, fast: bool = True,
+        *,
+        activation: Any = "tanh",
+        recurrent_activation: Any = "sigmoid",
+        output_activation: Any = None,
+        activation_alpha: Sequence[float] | None = None,
+        activation_beta: Sequence[float] | None = None,
+        clip: float | None = None,
+        full_gate_recurrence: bool = False,
+        merge_mode: str | None = "concat",
+        go_backwards: bool = False,
     ) -> None:
-        self.cell_options = {
+        acts = _resolve_activations(
+            {"recurrent_activation": recurrent_activation, "activation": activation,
+             "output_activation": output_activation}, activation_alpha, activation_beta)
+        acts.setdefault("output_activation", acts["activation"])
+        check_clip(clip)
+        self._cell_fields: dict[str, Any] = {
             "peepholes": bool(peepholes), "forget_gate": bool(forget_gate),
             "input_gate": bool(input_gate), "output_gate": bool(output_gate),
-            "coupled_input_forget": bool(coupled_input_forget),
+            "coupled_input_forget": bool(coupled_input_forget), **acts,
+            "clip": None if clip is None else float(clip),
+            "full_gate_recurrence": bool(full_gate_recurrence),
         }
+        LSTMCell(1, 1, **self._cell_fields)  # checks the combination before any work
+        # the constructor's options, JSON-ready (``LSTM(..., **layer.cell_options)`` rebuilds)
+        self.cell_options = {
+            **self._cell_fields,
+            **{name: _activation_config(act) for name, act in acts.items()},
+        }
+        if acts["output_activation"] == acts["activation"]:
+            self.cell_options["output_activation"] = None
         self.forget_bias = _real("forget_bias", forget_bias)
         if self.forget_bias != 0.0 and not bias:
             raise ValueError("forget_bias needs bias=True")
         if self.forget_bias != 0.0 and not forget_gate:
             raise ValueError("forget_bias needs a forget gate; got forget_gate=False")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, dtype, seed, recurrent_init, stateful, fast)
+                         bidirectional, dtype, seed, recurrent_init, stateful, fast,
+                         merge_mode=merge_mode, go_backwards=go_backwards)
 
     def _make_cell(self, input_size: int) -> LSTMCell:
-        return LSTMCell(input_size, self.hidden_size, self.bias, **self.cell_options)
+        return LSTMCell(input_size, self.hidden_size, self.bias, **self._cell_fields)
 
     def reset_parameters(self, recurrent_init: str = "uniform") -> None:
         super().reset_parameters(recurrent_init)
@@ -648,7 +759,14 @@ class LSTM(RecurrentLayer):
                 value[block * H : (block + 1) * H] += sign * self.forget_bias
 
     def _pack_state(self, state: tuple[Array, ...]) -> tuple[Array, Array]:
-        return state[0], state[1]
+        return state[0], state[1]  # FGR's previous gate values stay inside
+
+    def _initial_state(
+        self, state: Any, B: int, unbatched: bool, label: str = "{}_0"
+    ) -> tuple[Array, ...]:
+        parts = super()._initial_state(state, B, unbatched, label)
+        extra = len(self._state_names) - len(parts)  # FGR: the gates before the first step
+        return parts + tuple(np.zeros_like(parts[0]) for _ in range(extra))
 
     def _unpack_state(self, state: Any, what: str) -> tuple[Array, ...]:
         if not isinstance(state, (tuple, list)) or len(state) != 2:
@@ -660,18 +778,70 @@ class GRU(RecurrentLayer):
     """Gated Recurrent Unit over a sequence, exactly as ``torch.nn.GRU`` (``lstmkit.cells.gru``).
 
     ``output, h_n = gru(x, h_0, lengths=None)``; ``dx, dh_0 = gru.backward(d_output, dh_n)``.
+
+
+    Keyword-only options (docs/options.md): ``linear_before_reset`` (True: PyTorch's, the
+    reset gate multiplies W_hn h_prev + b_hn; False: Cho et al.'s, ONNX's default, Keras'
+    ``reset_after=False``: it multiplies h_prev), ``activation`` (the candidate's function),
+    ``recurrent_activation`` (the gates'), ``activation_alpha`` / ``activation_beta`` (ONNX's
+    lists, in the order recurrent_activation, activation), ``clip`` (ONNX's).
     """
 
     mode = "GRU"
 
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        dtype: Any = "float32",
+        seed: int | np.random.Generator | None = None,
+        recurrent_init: str = "uniform",
+        stateful: bool = False, fast: bool = True,
+        *,
+        linear_before_reset: bool = True,
+        activation: Any = "tanh",
+        recurrent_activation: Any = "sigmoid",
+        activation_alpha: Sequence[float] | None = None,
+        activation_beta: Sequence[float] | None = None,
+        clip: float | None = None,
+        merge_mode: str | None = "concat",
+        go_backwards: bool = False,
+    ) -> None:
+        acts = _resolve_activations(
+            {"recurrent_activation": recurrent_activation, "activation": activation},
+            activation_alpha, activation_beta)
+        check_clip(clip)
+        self._cell_fields: dict[str, Any] = {
+            "linear_before_reset": bool(linear_before_reset), **acts,
+            "clip": None if clip is None else float(clip),
+        }
+        self.cell_options = {
+            **self._cell_fields,
+            **{name: _activation_config(act) for name, act in acts.items()},
+        }
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, dtype, seed, recurrent_init, stateful, fast,
+                         merge_mode=merge_mode, go_backwards=go_backwards)
+
     def _make_cell(self, input_size: int) -> GRUCell:
-        return GRUCell(input_size, self.hidden_size, self.bias)
+        return GRUCell(input_size, self.hidden_size, self.bias, **self._cell_fields)
 
 
 class RNN(RecurrentLayer):
     """The simple (Elman) RNN over a sequence, as ``torch.nn.RNN`` (``lstmkit.cells.rnn``).
 
-    ``nonlinearity`` is "tanh" or "relu". Calls as ``GRU``.
+    ``nonlinearity`` is "tanh" or "relu" (PyTorch's name). Calls as ``GRU``.
+
+    Keyword-only options (docs/options.md): ``activation`` (Keras' and ONNX's name: any
+    function of ``lstmkit.activations``; it replaces the default nonlinearity, and must agree
+    with a nonlinearity given as "relu"), ``activation_alpha`` / ``activation_beta`` (ONNX's
+    lists), ``clip`` (ONNX's). ``nonlinearity`` stays "tanh" or "relu" (what PyTorch can
+    build); ``cell_options["activation"]`` records any other function.
     """
 
     mode = "RNN"
@@ -680,14 +850,36 @@ class RNN(RecurrentLayer):
                  nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
                  dropout: float = 0.0, bidirectional: bool = False, dtype: Any = "float32",
                  seed: int | np.random.Generator | None = None, recurrent_init: str = "uniform",
-                 stateful: bool = False, fast: bool = True) -> None:
+                 stateful: bool = False, fast: bool = True, *, activation: Any = None,
+                 activation_alpha: Sequence[float] | None = None,
+                 activation_beta: Sequence[float] | None = None,
+                 clip: float | None = None, merge_mode: str | None = "concat",
+                 go_backwards: bool = False) -> None:
         RNNCell(1, 1, nonlinearity=nonlinearity)  # validates the name before any work
-        self.nonlinearity = nonlinearity
+        spec = nonlinearity if activation is None else activation
+        act = _resolve_activations({"activation": spec}, activation_alpha,
+                                   activation_beta)["activation"]
+        named = RELU if nonlinearity == "relu" else TANH
+        if nonlinearity != "tanh" and act != named:
+            raise ValueError(f"nonlinearity={nonlinearity!r} and activation={act} contradict "
+                             "each other; give one of them")
+        check_clip(clip)
+        self.nonlinearity = "relu" if act == RELU else "tanh"
+        self._cell_fields: dict[str, Any] = {
+            "nonlinearity": self.nonlinearity,
+            "activation": None if act in (TANH, RELU) else act,
+            "clip": None if clip is None else float(clip),
+        }
+        self.cell_options = {
+            "activation": None if act in (TANH, RELU) else _activation_config(act),
+            "clip": self._cell_fields["clip"],
+        }
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, dtype, seed, recurrent_init, stateful, fast)
+                         bidirectional, dtype, seed, recurrent_init, stateful, fast,
+                         merge_mode=merge_mode, go_backwards=go_backwards)
 
     def _make_cell(self, input_size: int) -> RNNCell:
-        return RNNCell(input_size, self.hidden_size, self.bias, self.nonlinearity)
+        return RNNCell(input_size, self.hidden_size, self.bias, **self._cell_fields)
 
 
 def _stack(arrays: list[Array]) -> Array:

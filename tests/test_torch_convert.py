@@ -258,7 +258,7 @@ def test_import_torch_writes_safetensors_and_config(tmp_path):
     assert meta["config"] == {
         "input_size": 3, "hidden_size": 4, "num_layers": 2, "bias": True,
         "batch_first": False, "dropout": 0.0, "bidirectional": True, "dtype": "float32",
-        "nonlinearity": "relu",
+        "nonlinearity": "relu", "activation": None, "clip": None,
     }
     layer = getattr(lstmkit, meta["mode"])(**meta["config"])
     layer.load_state_dict(load_file(str(out)))

@@ -6,6 +6,9 @@ Backpropagated through time, dL/dh_prev = W_hh^T (act'(a) * dL/dh): a product of
 factor per step, which shrinks (vanishes) or grows (explodes) geometrically with the number of
 steps unless the spectral radius of ``diag(act') W_hh`` stays at 1 -- the problem the LSTM's
 Constant Error Carousel was designed to remove.
+
+``activation`` (an ``lstmkit.Activation``, ONNX's f) replaces ``act`` by any function of
+``lstmkit.activations``; ``clip`` (ONNX's) bounds the pre-activation a to [-clip, clip].
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from lstmkit.activations import RELU, TANH, Activation, clip_gradient, clip_preactivation
+from lstmkit.cells.lstm import check_clip
 
 Array = np.ndarray
 
@@ -31,6 +37,8 @@ class RNNCell:
     hidden_size: int
     bias: bool = True
     nonlinearity: str = "tanh"
+    activation: Activation | None = None  # None: the nonlinearity's; else it, when "tanh"
+    clip: float | None = None
 
     state_names = ("h",)
     gates = ()
@@ -40,6 +48,21 @@ class RNNCell:
             raise ValueError(
                 f"nonlinearity must be one of {NONLINEARITIES}, got {self.nonlinearity!r}"
             )
+        if self.activation is not None:
+            if not isinstance(self.activation, Activation):
+                raise TypeError(f"activation must be an lstmkit.Activation or None, "
+                                f"got {self.activation!r}")
+            if self.nonlinearity != "tanh":
+                raise ValueError(f"give either nonlinearity={self.nonlinearity!r} or "
+                                 f"activation={self.activation}, not both")
+        check_clip(self.clip)
+
+    @property
+    def function(self) -> Activation:
+        """The activation this cell applies."""
+        if self.activation is not None:
+            return self.activation
+        return RELU if self.nonlinearity == "relu" else TANH
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Names and shapes of the parameters, PyTorch-style names without the layer suffix."""
@@ -58,8 +81,8 @@ class RNNCell:
         a = x @ p["weight_ih"].T + h_prev @ p["weight_hh"].T
         if self.bias:
             a += p["bias_ih"] + p["bias_hh"]
-        h = np.tanh(a) if self.nonlinearity == "tanh" else np.maximum(a, 0.0)
-        return (h,), {"x": x, "h_prev": h_prev, "h": h}
+        h = self.function(clip_preactivation(a, self.clip))
+        return (h,), {"x": x, "h_prev": h_prev, "h": h, "a": a}
 
     def backward(
         self,
@@ -70,8 +93,11 @@ class RNNCell:
     ) -> tuple[Array, tuple[Array]]:
         """Backward of one step: d_state = (dL/dh,) (B, H) -> (dL/dx, (dL/dh_prev,))."""
         (dh,) = d_state
-        x, h_prev, h = cache["x"], cache["h_prev"], cache["h"]
-        da = dh * (1.0 - h**2) if self.nonlinearity == "tanh" else dh * (h > 0)
+        x, h_prev, h, a = cache["x"], cache["h_prev"], cache["h"], cache["a"]
+        da = dh * self.function.derivative(clip_preactivation(a, self.clip), h)
+        mask = clip_gradient(a, self.clip)
+        if mask is not None:
+            da = da * mask
         grads["weight_ih"] += da.T @ x
         grads["weight_hh"] += da.T @ h_prev
         if self.bias:

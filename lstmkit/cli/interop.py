@@ -58,8 +58,11 @@ def layer_config(layer: Any) -> dict[str, Any]:
     }
     if layer.mode == "RNN":
         config["nonlinearity"] = layer.nonlinearity
-    if layer.mode == "LSTM":
-        config.update(layer.cell_options)
+    config.update(layer.cell_options)
+    if layer.merge_mode != "concat":
+        config["merge_mode"] = layer.merge_mode
+    if layer.go_backwards:
+        config["go_backwards"] = True
     if layer.stateful:
         config["stateful"] = True
     return {"format": LAYER_FORMAT, "version": LAYER_FORMAT_VERSION, "mode": layer.mode,

@@ -10,7 +10,12 @@ kernels. What the conversion has to bridge, and how:
   position arithmetic.
 - Biases. ONNX takes one ``B`` = [Wb, Rb] per direction: our ``bias_ih`` and ``bias_hh``.
 - GRU reset. ``linear_before_reset=1`` makes ONNX apply the reset gate to ``W_hn h + b_hn``,
-  as PyTorch and lstmkit do.
+  as PyTorch and lstmkit's default do; a GRU with ``linear_before_reset=False`` gets 0.
+- Activations and clip. A layer's functions become the node's ``activations`` ([f, g, h] for
+  the LSTM, [f, g] for the GRU, [f] for the RNN, repeated per direction), with every alpha
+  and beta written out (``activation_alpha`` / ``activation_beta``, consumed by the functions
+  that take them, as ONNX Runtime reads them), identity as ``Affine`` (alpha 1, beta 0); the
+  cell clip is the ``clip`` attribute. Full gate recurrence has no ONNX form (an error says so).
 - Peepholes. ONNX's ``P`` input is [P_i, P_o, P_f] with exactly our convention: i and f see
   c_prev, o sees the new c.
 - LSTM variants. A gate that a switch removes is fixed at 1. ONNX has no such switch, so the
@@ -71,7 +76,6 @@ MIN_OPSET = 14  # Reshape with 0 = "copy this dimension" and the recurrent ops' 
 # rational approximations (ONNX Runtime clamps at 18, where its result is already 1.0).
 GATE_OPEN_BIAS = 64.0
 
-_RNN_ACTIVATION = {"tanh": "Tanh", "relu": "Relu"}
 
 
 def _onnx() -> Any:
@@ -298,6 +302,79 @@ def _lstm_attributes(layer: Any) -> dict[str, Any]:
     return {"input_forget": 1} if _layer_cell(layer, 0).coupled_input_forget else {}
 
 
+_ONNX_DEFAULT_ACTIVATIONS = {"LSTM": ("Sigmoid", "Tanh", "Tanh"), "GRU": ("Sigmoid", "Tanh"),
+                             "RNN": ("Tanh",)}
+
+
+def _cell_functions(cell: Any, mode: str) -> list[Any]:
+    """The cell's activations in ONNX's order: [f, g, h] (LSTM), [f, g] (GRU), [f] (RNN)."""
+    if mode == "LSTM":
+        return [cell.recurrent_activation, cell.activation, cell.output_activation]
+    if mode == "GRU":
+        return [cell.recurrent_activation, cell.activation]
+    return [cell.function]
+
+
+def _check_expressible(layer: Any) -> None:
+    """A clear error for what the ONNX operators cannot compute."""
+    if layer.merge_mode != "concat" or layer.go_backwards:
+        raise ValueError(
+            f"merge_mode={layer.merge_mode!r}, go_backwards={layer.go_backwards} (Keras' "
+            "Bidirectional options) are not exported to ONNX; export a layer with "
+            "merge_mode='concat' and go_backwards=False"
+        )
+    if layer.mode != "LSTM":
+        return
+    cell = _layer_cell(layer, 0)
+    if cell.full_gate_recurrence:
+        raise ValueError(
+            "the ONNX LSTM operator has no gate-to-gate recurrence: an LSTM with "
+            "full_gate_recurrence=True cannot be exported to ONNX"
+        )
+    if len(cell.gates) < 4 or cell.coupled_input_forget:
+        # a removed gate is exported as a gate opened by a large bias; the gate function
+        # (after the clip) must give exactly 1 there
+        z = np.float32(GATE_OPEN_BIAS if cell.clip is None else min(GATE_OPEN_BIAS, cell.clip))
+        removed = [g for g in ("i", "f", "o") if g not in cell.gates and
+                   not (g == "f" and cell.coupled_input_forget)]
+        if removed and cell.recurrent_activation(np.array([z]))[0] != 1.0:
+            raise ValueError(
+                f"a gate removed by a variant switch ({', '.join(removed)}) is exported as a "
+                f"gate opened by the bias {GATE_OPEN_BIAS:g}, but recurrent_activation="
+                f"{cell.recurrent_activation}"
+                + ("" if cell.clip is None else f" after clip={cell.clip:g}")
+                + f" gives {float(cell.recurrent_activation(np.array([z]))[0]):g} there, not "
+                "1: this combination cannot be exported to ONNX"
+            )
+
+
+def _activation_attributes(layer: Any, nd: int) -> dict[str, Any]:
+    """``activations``, ``activation_alpha``, ``activation_beta`` and ``clip`` of a node."""
+    cell = _layer_cell(layer, 0)
+    names, alphas, betas = [], [], []
+    for fn in _cell_functions(cell, layer.mode) * nd:
+        if fn.name == "Identity":  # ONNX's list has no identity: Affine(1, 0)
+            names.append("Affine")
+            alphas.append(1.0)
+            betas.append(0.0)
+            continue
+        names.append(fn.name)
+        if fn.alpha is not None:
+            alphas.append(fn.alpha)
+        if fn.beta is not None:
+            betas.append(fn.beta)
+    attributes: dict[str, Any] = {}
+    if names != list(_ONNX_DEFAULT_ACTIVATIONS[layer.mode]) * nd:
+        attributes["activations"] = names
+    if alphas:
+        attributes["activation_alpha"] = alphas
+    if betas:
+        attributes["activation_beta"] = betas
+    if cell.clip is not None:
+        attributes["clip"] = float(cell.clip)
+    return attributes
+
+
 def add_layer_nodes(
     builder: GraphBuilder,
     layer: Any,
@@ -324,6 +401,7 @@ def add_layer_nodes(
     Returns: the names of ``output`` (the layer's layout), ``h_n`` and ``c_n`` (LSTM only).
     """
     mode = _check_layer(layer)
+    _check_expressible(layer)
     stem = prefix or mode.lower()
     n_state = 2 if mode == "LSTM" else 1
     if initial_state is not None and len(initial_state) != n_state:
@@ -356,14 +434,13 @@ def add_layer_nodes(
             for n, name in enumerate(initial_state):
                 states0[n] = _slice_layer(builder, name, k, nd, L, f"{stem}_{'hc'[n]}0_l{k}")
         inputs = [x, W, R, B, sequence_lens or "", states0[0]]
-        attributes: dict[str, Any] = {"hidden_size": H, "direction": direction}
+        attributes: dict[str, Any] = {"hidden_size": H, "direction": direction,
+                                      **_activation_attributes(layer, nd)}
         if mode == "LSTM":
             inputs += [states0[1], P]
             attributes.update(_lstm_attributes(layer))
         elif mode == "GRU":
-            attributes["linear_before_reset"] = 1
-        else:
-            attributes["activations"] = [_RNN_ACTIVATION[layer.nonlinearity]] * nd
+            attributes["linear_before_reset"] = int(_layer_cell(layer, 0).linear_before_reset)
         while inputs[-1] == "":  # trailing optional inputs are left out, not named ""
             inputs.pop()
         outs = builder.node(mode, inputs, n_outputs=1 + n_state,

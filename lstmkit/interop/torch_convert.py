@@ -36,6 +36,14 @@ _VARIANT_DEFAULTS = {  # LSTM switches torch.nn.LSTM cannot express, with its fi
     "output_gate": True,
     "coupled_input_forget": False,
 }
+# cell options (``layer.cell_options``) torch.nn.LSTM/GRU/RNN compute only at these values
+_TORCH_OPTIONS = {
+    "LSTM": {"recurrent_activation": "Sigmoid", "activation": "Tanh", "output_activation": None,
+             "clip": None, "full_gate_recurrence": False},
+    "GRU": {"recurrent_activation": "Sigmoid", "activation": "Tanh", "clip": None,
+            "linear_before_reset": True},
+    "RNN": {"activation": None, "clip": None},
+}
 
 
 def _import_torch() -> Any:
@@ -126,6 +134,17 @@ def to_torch(layer: Any) -> Any:
                 "output_gate=True, coupled_input_forget=False). Export it with "
                 "lstmkit.interop.export_onnx instead"
             )
+    options = {**getattr(layer, "cell_options", {}), "merge_mode": layer.merge_mode,
+               "go_backwards": layer.go_backwards}
+    unsupported = [f"{name}={options[name]!r}"
+                   for name, value in {**_TORCH_OPTIONS[layer.mode], "merge_mode": "concat",
+                                       "go_backwards": False}.items()
+                   if name in options and options[name] != value]
+    if unsupported:
+        raise ValueError(
+            f"torch.nn.{layer.mode} cannot express this lstmkit {layer.mode}'s "
+            f"{', '.join(unsupported)}; export it with lstmkit.interop.export_onnx instead"
+        )
     kwargs: dict[str, Any] = {
         "num_layers": layer.num_layers,
         "bias": layer.bias,
