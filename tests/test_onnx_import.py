@@ -46,11 +46,6 @@ REFUSED = {
     "test_lstm_reverse": "direction='reverse'",
     "test_simple_rnn_reverse": "direction='reverse'",
     "test_gru_reverse": "direction='reverse'",
-    "test_gru_defaults": "linear_before_reset=0",
-    "test_gru_with_initial_bias": "linear_before_reset=0",
-    "test_gru_seq_length": "linear_before_reset=0",
-    "test_gru_batchwise": "linear_before_reset=0",
-    "test_gru_bidirectional": "linear_before_reset=0",
 }
 
 
@@ -192,7 +187,9 @@ def test_lstm_graphs_match_onnx_runtime(kw):
 
 
 @pytest.mark.parametrize("op,kw", [
+    ("GRU", {}),  # ONNX's default linear_before_reset=0
     ("GRU", {"linear_before_reset": 1}),
+    ("GRU", {"direction": "bidirectional", "lengths": True, "state": True}),
     ("GRU", {"linear_before_reset": 1, "direction": "bidirectional", "lengths": True,
              "state": True}),
     ("GRU", {"linear_before_reset": 1, "bias": False, "constants": "Constant"}),
@@ -204,6 +201,32 @@ def test_gru_and_rnn_graphs_match_onnx_runtime(op, kw):
     found = assert_matches_ort(model, feeds_for(model))
     if "activations" in kw:
         assert found.layer.nonlinearity == "relu"
+    if op == "GRU":
+        assert found.layer.cell_options["linear_before_reset"] == bool(
+            kw.get("linear_before_reset", 0))
+
+
+@pytest.mark.parametrize("op,kw", [
+    ("LSTM", {"clip": 0.7, "peepholes": True, "lengths": True}),
+    ("LSTM", {"activations": ["HardSigmoid", "LeakyRelu", "Softsign"],
+              "activation_alpha": [0.3, 0.05], "activation_beta": [0.4]}),
+    ("LSTM", {"activations": ["Sigmoid", "Elu", "ScaledTanh"] * 2, "direction": "bidirectional",
+              "activation_alpha": [0.8, 1.3, 0.8, 1.3], "activation_beta": [0.6, 0.6],
+              "clip": 2.0, "input_forget": 1, "state": True}),
+    ("GRU", {"activations": ["Softsign", "Softplus"], "clip": 1.5}),
+    ("GRU", {"activations": ["HardSigmoid", "Affine"] * 2, "direction": "bidirectional",
+             "activation_alpha": [0.25, 0.5, 0.25, 0.5], "activation_beta": [0.45, 0.1] * 2,
+             "linear_before_reset": 1}),
+    ("RNN", {"activations": ["ThresholdedRelu"], "activation_alpha": [0.2], "clip": 3.0}),
+    ("RNN", {"activations": ["Sigmoid"], "lengths": True}),
+])
+def test_activations_and_clip_match_onnx_runtime(op, kw):
+    """Every alpha and beta given: ONNX Runtime fills a missing Affine / ThresholdedRelu /
+    ScaledTanh parameter with 0 where the standard says the operator's default."""
+    model = build(op, **kw)
+    found = assert_matches_ort(model, feeds_for(model))
+    clip = found.layer.cell_options["clip"]
+    assert clip is None if "clip" not in kw else clip == pytest.approx(kw["clip"], rel=1e-7)
 
 
 def test_layout_1_is_the_batch_first_layer():
@@ -261,8 +284,13 @@ def test_constant_initial_state_and_lengths_are_read():
     ("LSTM", {"peepholes": True, "bidirectional": True}),
     ("LSTM", {"coupled_input_forget": True, "peepholes": True}),
     ("LSTM", {"bias": False}),
+    ("LSTM", {"activation": "softsign", "clip": 2.0,
+              "recurrent_activation": {"name": "HardSigmoid", "alpha": 0.25, "beta": 0.5},
+              "output_activation": {"name": "LeakyRelu", "alpha": 0.25}}),
     ("GRU", {"bidirectional": True}),
+    ("GRU", {"linear_before_reset": False, "activation": "elu", "clip": 0.5}),
     ("RNN", {"nonlinearity": "relu", "dtype": "float64"}),
+    ("RNN", {"activation": "softplus", "bidirectional": True}),
 ])
 def test_export_then_import_gives_the_same_layer(tmp_path, mode, kw):
     layer = getattr(lstmkit, mode)(3, 4, seed=0, **kw)
@@ -271,6 +299,7 @@ def test_export_then_import_gives_the_same_layer(tmp_path, mode, kw):
     assert type(back) is type(layer)
     assert (back.bias, back.bidirectional, back.dtype) == (
         layer.bias, layer.bidirectional, layer.dtype)
+    assert back.cell_options == layer.cell_options
     assert sorted(back.params) == sorted(layer.params)
     for name, value in layer.params.items():
         np.testing.assert_array_equal(back.params[name], value, err_msg=name)
@@ -313,13 +342,17 @@ def test_weights_must_be_constants():
 
 
 @pytest.mark.parametrize("op,attrs,message", [
-    ("LSTM", {"clip": 3.0}, "clip"),
-    ("LSTM", {"activations": ["HardSigmoid", "Tanh", "Tanh"]}, "activations"),
     ("LSTM", {"direction": "reverse"}, "direction='reverse'"),
-    ("GRU", {}, "linear_before_reset=0"),
-    ("RNN", {"activations": ["Sigmoid"]}, "activations"),
+    ("LSTM", {"direction": "bidirectional",
+              "activations": ["Sigmoid", "Tanh", "Tanh", "Sigmoid", "Tanh", "Relu"]},
+     "directions use different activations"),
+    ("LSTM", {"direction": "bidirectional", "activations": ["LeakyRelu", "Tanh", "Tanh"] * 2,
+              "activation_alpha": [0.1, 0.2]}, "directions use different activations"),
+    ("GRU", {"activations": ["Sigmoid", "Gelu"]}, r"activations \['Gelu'\] that ONNX does not"),
+    ("RNN", {"activations": ["Tanh", "Tanh"]}, "expected 1 per direction"),
+    ("RNN", {"activation_alpha": [0.5]}, "activation_alpha has 1 value"),
 ])
-def test_what_lstmkit_cannot_compute_yet_is_refused(op, attrs, message):
+def test_what_lstmkit_cannot_compute_is_refused(op, attrs, message):
     with pytest.raises(ValueError, match=message):
         from_onnx(build(op, **attrs))
 
@@ -366,10 +399,14 @@ def test_cli_import_onnx(tmp_path):
     torch_only = runner.invoke(cli, ["import", str(path), "--out", str(tmp_path / "o.st"),
                                      "--mode", "lstm"])
     assert torch_only.exit_code == 2 and "--mode: for PyTorch files only" in torch_only.output
-    refused = runner.invoke(cli, ["import", str(build_file(tmp_path, clip=1.0)), "--out",
+    refused = runner.invoke(cli, ["import", str(build_file(tmp_path, direction="reverse")),
+                                  "--out", str(tmp_path / "rev.safetensors")])
+    assert refused.exit_code == 1 and "direction='reverse'" in refused.output
+    assert "Traceback" not in refused.output and not (tmp_path / "rev.safetensors").exists()
+    clipped = runner.invoke(cli, ["import", str(build_file(tmp_path, clip=1.0)), "--out",
                                   str(tmp_path / "clip.safetensors")])
-    assert refused.exit_code == 1 and "clip" in refused.output
-    assert "Traceback" not in refused.output and not (tmp_path / "clip.safetensors").exists()
+    assert clipped.exit_code == 0, clipped.output
+    assert load_layer(tmp_path / "clip.safetensors").cell_options["clip"] == 1.0
 
 
 def build_file(tmp_path, **attrs):

@@ -24,8 +24,14 @@ with the exporter):
 - ``P`` (nd, 3H) = [P_i, P_o, P_f]: ``peepholes=True``, ``weight_ci/co/cf_l0``.
 - ``input_forget=1``: f = 1 - i (ONNX Runtime ignores the forget block of W, R, B and P_f
   then), lstmkit's ``coupled_input_forget=True``, which has no forget weights.
-- GRU ``linear_before_reset=1`` is PyTorch's GRU (lstmkit's default).
-- RNN ``activations=["Relu"]``: ``nonlinearity="relu"``.
+- ``activations`` with ``activation_alpha`` / ``activation_beta``: LSTM [f, g, h] =
+  ``recurrent_activation``, ``activation``, ``output_activation``; GRU [f, g] =
+  ``recurrent_activation``, ``activation``; RNN [f] = ``activation`` (as
+  ``lstmkit.Activation`` objects; an ONNX default alpha/beta is the ONNX operator's, as the
+  standard says). An lstmkit layer has one set of functions for both directions.
+- ``clip``: ``clip`` (every gate pre-activation clipped to [-clip, clip]).
+- GRU ``linear_before_reset`` (ONNX's default 0): ``linear_before_reset=False``; 1 is
+  PyTorch's GRU (lstmkit's default).
 
 Files from elsewhere are untrusted: the file is parsed as a protobuf and only the node's
 attributes and the constant tensors it names are read; nothing in it is run. Weights kept in
@@ -296,7 +302,8 @@ def read_node(node: Any, constants: dict[str, Any]) -> OnnxRecurrent:
                          "(batch first)")
     G = _GATES[op]
     H, D, dtype = _check_weights(label, op, W, R, Bias, P, nd, G, attrs.get("hidden_size"))
-    _check_supported(label, op, attrs, direction, nd)
+    _check_supported(label, direction)
+    acts = _activations(label, attrs, op, nd)
 
     options: dict[str, Any] = {
         "bias": Bias is not None,
@@ -304,11 +311,17 @@ def read_node(node: Any, constants: dict[str, Any]) -> OnnxRecurrent:
         "bidirectional": nd == 2,
         "dtype": dtype.name,
     }
+    if "clip" in attrs:
+        options["clip"] = float(attrs["clip"])
     if op == "LSTM":
         options["peepholes"] = P is not None
         options["coupled_input_forget"] = bool(attrs.get("input_forget", 0))
-    if op == "RNN":
-        options["nonlinearity"] = _activations(attrs, op, nd)[0]
+        options.update(zip(("recurrent_activation", "activation", "output_activation"), acts))
+    elif op == "GRU":
+        options["linear_before_reset"] = bool(attrs.get("linear_before_reset", 0))
+        options.update(zip(("recurrent_activation", "activation"), acts))
+    else:
+        options["activation"] = acts[0]
     import lstmkit
 
     layer = getattr(lstmkit, op)(D, H, **options)
@@ -368,51 +381,47 @@ def _check_weights(label: str, op: str, W: Array, R: Array, Bias: Array | None,
     return int(H), int(D), dtype
 
 
-def _activations(attrs: dict[str, Any], op: str, nd: int) -> tuple[str, ...]:
-    """The node's activation functions of the first direction, lower case (checked equal
-    across directions)."""
-    default = _DEFAULT_ACTIVATIONS[op]
+def _activations(label: str, attrs: dict[str, Any], op: str, nd: int) -> tuple[Any, ...]:
+    """The node's activation functions of one direction (``lstmkit.Activation``s: LSTM f, g,
+    h; GRU f, g; RNN f), with activation_alpha / activation_beta consumed as ONNX Runtime
+    does; both directions must use the same functions."""
+    from lstmkit.activations import NAMES, resolve_functions
+
+    n = len(_DEFAULT_ACTIVATIONS[op])
     given = attrs.get("activations")
-    if given is None:
-        return default
-    names = tuple(_text(a).lower() for a in given)
-    n = len(default)
+    names = ([_text(a) for a in given] if given is not None
+             else list(_DEFAULT_ACTIVATIONS[op]) * nd)
     if len(names) != n * nd:
         raise ValueError(
-            f"the {op} node lists {len(names)} activations {list(names)}; expected {n} per "
-            f"direction ({n * nd} in all)"
+            f"{label} lists {len(names)} activations {names}; expected {n} per direction "
+            f"({n * nd} in all)"
         )
-    if nd == 2 and names[:n] != names[n:]:
+    onnx_names = {name.lower() for name in NAMES if name != "Identity"}
+    unknown = [name for name in names if name.lower() not in onnx_names]
+    if unknown:
+        raise ValueError(f"{label} uses activations {unknown} that ONNX does not define; "
+                         f"expected names from {sorted(n for n in NAMES if n != 'Identity')}")
+    try:
+        acts = resolve_functions(names, attrs.get("activation_alpha"),
+                                 attrs.get("activation_beta"),
+                                 [f"activations[{j}]" for j in range(len(names))])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{label}: {error}") from None
+    if nd == 2 and acts[:n] != acts[n:]:
         raise ValueError(
-            f"the {op} node's directions use different activations {list(names[:n])} and "
-            f"{list(names[n:])}; an lstmkit layer has one set for both directions"
+            f"{label}'s directions use different activations "
+            f"{[str(a) for a in acts[:n]]} and {[str(a) for a in acts[n:]]}; an lstmkit "
+            "layer has one set of functions for both directions"
         )
-    return names[:n]
+    return acts[:n]
 
 
-def _check_supported(label: str, op: str, attrs: dict[str, Any], direction: str,
-                     nd: int) -> None:
+def _check_supported(label: str, direction: str) -> None:
     """Refuse, with the reason, what the lstmkit layers cannot compute yet."""
-    activations = _activations(attrs, op, nd)
-    plain = activations == _DEFAULT_ACTIVATIONS[op] or (op == "RNN" and activations == ("relu",))
-    if not plain:
-        raise ValueError(
-            f"{label} uses activations {list(activations)}; lstmkit's {op} computes only "
-            f"ONNX's default {list(_DEFAULT_ACTIVATIONS[op])}"
-            + (" (or ['Relu'])" if op == "RNN" else "")
-        )
-    if "clip" in attrs:
-        raise ValueError(f"{label} clips its pre-activations (clip={attrs['clip']}); lstmkit "
-                         "layers have no cell clip, expected no clip attribute")
     if direction == "reverse":
         raise ValueError(
             f"{label} runs in direction='reverse' alone; lstmkit layers run forward or "
             "bidirectional, expected direction 'forward' or 'bidirectional'"
-        )
-    if op == "GRU" and int(attrs.get("linear_before_reset", 0)) != 1:
-        raise ValueError(
-            f"{label} has linear_before_reset=0 (ONNX's default: the reset gate multiplies "
-            "h_prev before R_h); lstmkit's GRU is PyTorch's, linear_before_reset=1"
         )
 
 
