@@ -66,6 +66,24 @@ LAYERS = {  # kind -> (keras, return_sequences) -> layer
         k.layers.GRU(5, return_sequences=seq)),
     "bidirectional_rnn": lambda k, seq: k.layers.Bidirectional(
         k.layers.SimpleRNN(5, return_sequences=seq)),
+    "lstm_activations": lambda k, seq: k.layers.LSTM(
+        5, activation="softsign", recurrent_activation="hard_sigmoid", return_sequences=seq),
+    "lstm_go_backwards": lambda k, seq: k.layers.LSTM(5, go_backwards=True,
+                                                      return_sequences=seq),
+    "gru_reset_before": lambda k, seq: k.layers.GRU(5, reset_after=False, return_sequences=seq),
+    "gru_reset_before_no_bias": lambda k, seq: k.layers.GRU(
+        5, reset_after=False, use_bias=False, activation="relu", return_sequences=seq),
+    "gru_go_backwards": lambda k, seq: k.layers.GRU(5, go_backwards=True, activation="elu",
+                                                    recurrent_activation="hard_sigmoid",
+                                                    return_sequences=seq),
+    "simple_rnn_sigmoid": lambda k, seq: k.layers.SimpleRNN(5, activation="leaky_relu",
+                                                            return_sequences=seq),
+    "bidirectional_sum": lambda k, seq: k.layers.Bidirectional(
+        k.layers.LSTM(5, activation="softplus", return_sequences=seq), merge_mode="sum"),
+    "bidirectional_mul": lambda k, seq: k.layers.Bidirectional(
+        k.layers.GRU(5, reset_after=False, return_sequences=seq), merge_mode="mul"),
+    "bidirectional_ave": lambda k, seq: k.layers.Bidirectional(
+        k.layers.SimpleRNN(5, activation="linear", return_sequences=seq), merge_mode="ave"),
 }
 
 
@@ -82,10 +100,23 @@ def test_layers_equal_keras(keras, kind):
     np.testing.assert_allclose(output, expected, rtol=TOL32, atol=TOL32)
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru", "bidirectional_lstm"])
+def test_merge_mode_none_is_the_pair(keras):
+    layer = keras.layers.Bidirectional(keras.layers.LSTM(4, return_sequences=True),
+                                       merge_mode=None)
+    x = x_of()
+    layer(x)
+    randomize(layer)
+    forward, backward = (keras.ops.convert_to_numpy(y) for y in layer(x))
+    (ours_forward, ours_backward), _ = from_keras(layer)(x)
+    np.testing.assert_allclose(ours_forward, forward, rtol=TOL32, atol=TOL32)
+    np.testing.assert_allclose(ours_backward, backward, rtol=TOL32, atol=TOL32)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru_go_backwards", "bidirectional_lstm"])
 def test_return_sequences_false_is_the_final_state(keras, kind):
     """Keras without return_sequences returns the last state: h_n (both directions'
-    concatenated for Bidirectional, merge_mode="concat")."""
+    concatenated for Bidirectional, merge_mode="concat"; with go_backwards, the state after
+    reading x[:, 0])."""
     layer = LAYERS[kind](keras, False)
     x = x_of()
     layer(x)
@@ -111,20 +142,17 @@ def test_stateful_carries_the_state(keras):
 
 
 @pytest.mark.parametrize("make,message", [
-    (lambda k: k.layers.LSTM(3, go_backwards=True), "go_backwards=True"),
-    (lambda k: k.layers.LSTM(3, activation="relu"), "activation='relu'"),
-    (lambda k: k.layers.LSTM(3, recurrent_activation="hard_sigmoid"),
-     "recurrent_activation='hard_sigmoid'"),
-    (lambda k: k.layers.GRU(3, reset_after=False), "reset_after=False"),
-    (lambda k: k.layers.SimpleRNN(3, activation="sigmoid"), "activation='sigmoid'"),
-    (lambda k: k.layers.Bidirectional(k.layers.LSTM(3), merge_mode="sum"), "merge_mode='sum'"),
-    (lambda k: k.layers.Bidirectional(k.layers.LSTM(3), merge_mode=None), "merge_mode=None"),
+    (lambda k: k.layers.LSTM(3, activation="gelu"), "activation='gelu', which lstmkit does not"),
+    (lambda k: k.layers.SimpleRNN(3, activation="swish"), "activation='silu'"),
     (lambda k: k.layers.Bidirectional(k.layers.LSTM(3),
                                       backward_layer=k.layers.LSTM(3, go_backwards=True,
                                                                    use_bias=False)),
      r"configured differently \(\['use_bias'\]\)"),
+    (lambda k: k.layers.Bidirectional(k.layers.LSTM(3, go_backwards=True),
+                                      backward_layer=k.layers.LSTM(3)),
+     "runs its forward layer backwards"),
 ])
-def test_what_lstmkit_cannot_compute_yet_is_refused(keras, make, message):
+def test_what_lstmkit_cannot_compute_is_refused(keras, make, message):
     layer = make(keras)
     layer(x_of())
     with pytest.raises(ValueError, match=message):

@@ -24,9 +24,16 @@ What the conversion bridges (gate orders in ``lstmkit.interop.gate_order``):
 - LSTM: ``kernel`` (D, 4H) and ``recurrent_kernel`` (H, 4H), columns i, f, c, o (PyTorch's
   order), transposed into ``weight_ih`` / ``weight_hh``; the one ``bias`` (4H,) goes to
   ``bias_ih`` and ``bias_hh`` is zero. ``unit_forget_bias`` only initialises that bias.
-- GRU with ``reset_after=True`` (Keras 3's default) is PyTorch's GRU: columns z, r, h
-  reordered to r, z, n; ``bias`` (2, 3H) = [input bias, recurrent bias].
-- SimpleRNN: ``activation`` "tanh" or "relu" is the RNN's ``nonlinearity``.
+- GRU: columns z, r, h reordered to r, z, n. ``reset_after=True`` (Keras 3's default) is
+  PyTorch's GRU, ``linear_before_reset=True``, with ``bias`` (2, 3H) = [input bias, recurrent
+  bias]; ``reset_after=False`` is ``linear_before_reset=False`` with the one bias (3H,) in
+  ``bias_ih``.
+- ``activation`` and ``recurrent_activation`` by Keras' names (``lstmkit.activations``:
+  "hard_sigmoid" is Keras 3's relu6(x + 3) / 6); a custom function is refused.
+- ``go_backwards``: ``go_backwards`` (the input read from its end, the output sequence in
+  that order, as Keras returns it); ``Bidirectional``'s ``merge_mode`` (concat, sum, mul, ave,
+  or None: the pair (forward, backward)): ``bidirectional=True, merge_mode=...``. The two
+  directions must be configured alike (lstmkit's layer has one configuration).
 - ``use_bias=False``: ``bias=False``; ``stateful=True``: ``stateful=True``.
 - ``dropout`` and ``recurrent_dropout`` act only while training and are not carried over.
 """
@@ -53,12 +60,6 @@ RECURRENT_CLASSES = {"LSTM": "LSTM", "GRU": "GRU", "SimpleRNN": "RNN"}  # Keras 
 # numbered per class in the model's layer order (lstm, lstm_1, ...), not after the layer's name.
 _H5_NAMES = {"LSTM": "lstm", "GRU": "gru", "SimpleRNN": "simple_rnn",
              "Bidirectional": "bidirectional"}
-_DEFAULTS = {  # the Keras options lstmkit computes today, at the value it computes
-    "activation": "tanh",
-    "recurrent_activation": "sigmoid",
-    "go_backwards": False,
-    "reset_after": True,
-}
 _MAX_CONFIG_BYTES = 64 * 2**20
 
 
@@ -68,7 +69,8 @@ class KerasRecurrent:
 
     ``class_name`` is "LSTM", "GRU" or "SimpleRNN"; ``config`` its Keras config (the forward
     layer's inside a ``Bidirectional``); ``weights`` one list per direction of [kernel,
-    recurrent_kernel, bias?]; ``merge_mode`` the ``Bidirectional``'s, None for one direction.
+    recurrent_kernel, bias?]; for a ``Bidirectional``, ``backward_config`` is its backward
+    layer's config and ``merge_mode`` its merge mode (None: Keras returns both outputs).
     """
 
     class_name: str
@@ -293,16 +295,19 @@ def _object_weights(layer: Any) -> list[Array]:
 # -- conversion ---------------------------------------------------------------------------------
 
 
-def _option(config: dict[str, Any], key: str, label: str) -> Any:
-    """A Keras option lstmkit computes only at its default; an error naming it otherwise."""
-    value = config.get(key, _DEFAULTS[key])
-    if isinstance(value, dict):
-        raise ValueError(f"{label} has a custom {key} function ({value.get('config')!r}); "
-                         "lstmkit reads only Keras' named activations")
-    if value != _DEFAULTS[key]:
-        raise ValueError(f"{label} has {key}={value!r}; lstmkit's layer computes only "
-                         f"{key}={_DEFAULTS[key]!r}")
-    return value
+def _activation(config: dict[str, Any], key: str, default: str, label: str) -> Any:
+    """A Keras activation named in ``config`` as an ``lstmkit.Activation``."""
+    from lstmkit.activations import get
+
+    value = config.get(key, default)
+    if not isinstance(value, str):
+        raise ValueError(f"{label} has a custom {key} function ({value!r:.100}); lstmkit reads "
+                         "only Keras' named activations")
+    try:
+        return get(value)
+    except ValueError as error:
+        raise ValueError(f"{label} has {key}={value!r}, which lstmkit does not compute: "
+                         f"{error}") from None
 
 
 def _to_layer(found: KerasRecurrent) -> Any:
@@ -314,33 +319,30 @@ def _to_layer(found: KerasRecurrent) -> Any:
                          "GRU or SimpleRNN")
     mode = RECURRENT_CLASSES[cls]
     label = f"the Keras {cls} {found.name!r}"
-    bidirectional = found.merge_mode is not None or found.backward_config is not None
+    bidirectional = found.backward_config is not None
     if bidirectional:
         _check_bidirectional(found, label)
     use_bias = bool(config.get("use_bias", True))
     units = int(config["units"])
     options: dict[str, Any] = {"bias": use_bias, "batch_first": True,
                                "bidirectional": bidirectional,
-                               "stateful": bool(config.get("stateful", False))}
-    if mode == "RNN":
-        activation = config.get("activation", "tanh")
-        if activation not in ("tanh", "relu"):
-            raise ValueError(f"{label} has activation={activation!r}; lstmkit's RNN computes "
-                             "'tanh' or 'relu'")
-        options["nonlinearity"] = activation
+                               "stateful": bool(config.get("stateful", False)),
+                               "activation": _activation(config, "activation", "tanh", label)}
+    if bidirectional:
+        options["merge_mode"] = found.merge_mode
     else:
-        _option(config, "activation", label)
-        _option(config, "recurrent_activation", label)
+        options["go_backwards"] = bool(config.get("go_backwards", False))
+    if mode != "RNN":
+        options["recurrent_activation"] = _activation(config, "recurrent_activation",
+                                                      "sigmoid", label)
+    reset_after = bool(config.get("reset_after", True))
     if mode == "GRU":
-        _option(config, "reset_after", label)
-    if not bidirectional:
-        _option(config, "go_backwards", label)
-
+        options["linear_before_reset"] = reset_after
     states = {}
     dtype = None
     for d, weights in enumerate(found.weights):
         sfx = "_reverse" if d else ""
-        tensors, dtype = _direction(weights, mode, units, use_bias, label)
+        tensors, dtype = _direction(weights, mode, units, use_bias, reset_after, label)
         states.update({f"{key}_l0{sfx}": value for key, value in tensors.items()})
     D = states["weight_ih_l0"].shape[1]
     layer = getattr(lstmkit, mode)(D, units, dtype=dtype, **options)
@@ -349,12 +351,6 @@ def _to_layer(found: KerasRecurrent) -> Any:
 
 
 def _check_bidirectional(found: KerasRecurrent, label: str) -> None:
-    merge = found.merge_mode
-    if merge != "concat":
-        raise ValueError(
-            f"the Bidirectional around {label} has merge_mode={merge!r}; lstmkit's "
-            "bidirectional layers concatenate the two directions, expected 'concat'"
-        )
     forward, backward = found.config, found.backward_config or {}
     if forward.get("go_backwards", False) or not backward.get("go_backwards", True):
         raise ValueError(f"the Bidirectional around {label} runs its forward layer backwards; "
@@ -369,7 +365,7 @@ def _check_bidirectional(found: KerasRecurrent, label: str) -> None:
                          "both directions")
 
 
-def _direction(weights: list[Array], mode: str, H: int, use_bias: bool,
+def _direction(weights: list[Array], mode: str, H: int, use_bias: bool, reset_after: bool,
                label: str) -> tuple[dict[str, Array], np.dtype]:
     """One direction's kernel, recurrent_kernel (and bias) as lstmkit's short-named tensors."""
     n = 3 if use_bias else 2
@@ -395,7 +391,7 @@ def _direction(weights: list[Array], mode: str, H: int, use_bias: bool,
     tensors = {"weight_ih": ours(kernel.T), "weight_hh": ours(recurrent.T)}
     if use_bias:
         bias = weights[2]
-        if mode == "GRU":  # reset_after: (2, 3H) = [input bias, recurrent bias]
+        if mode == "GRU" and reset_after:  # (2, 3H) = [input bias, recurrent bias]
             if bias.shape != (2, G * H):
                 raise ValueError(f"{label}: bias has shape {bias.shape}; expected (2, {G * H}) "
                                  "(reset_after=True)")
