@@ -253,7 +253,9 @@ def test_custom_and_malformed_files_are_refused(keras, tmp_path):
 def test_cli_import_keras(keras, tmp_path):
     from lstmkit.cli.interop import load_layer
 
-    layer = keras.layers.Bidirectional(keras.layers.LSTM(4, return_sequences=True))
+    layer = keras.layers.Bidirectional(
+        keras.layers.GRU(4, reset_after=False, activation="softsign", return_sequences=True),
+        merge_mode="ave")
     model = keras.Sequential([keras.Input((6, 4)), layer])
     randomize(layer)
     path = save(keras, model, tmp_path / "bi.keras")
@@ -263,6 +265,8 @@ def test_cli_import_keras(keras, tmp_path):
     meta = json.loads((tmp_path / "bi.json").read_text())
     assert meta["source"] == {"format": "keras", "file": "bi.keras"}
     assert meta["config"]["batch_first"] and meta["config"]["bidirectional"]
+    assert meta["config"]["merge_mode"] == "ave" and meta["config"]["activation"] == "Softsign"
+    assert meta["config"]["linear_before_reset"] is False
     x = x_of()
     np.testing.assert_allclose(load_layer(out)(x)[0], keras_output(keras, layer, x),
                                rtol=TOL32, atol=TOL32)
