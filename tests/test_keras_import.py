@@ -100,6 +100,17 @@ def test_layers_equal_keras(keras, kind):
     np.testing.assert_allclose(output, expected, rtol=TOL32, atol=TOL32)
 
 
+def test_float64_layers_stay_float64(keras):
+    layer = keras.layers.GRU(4, dtype="float64", return_sequences=True)
+    x = x_of().astype(np.float64)
+    layer(x)
+    randomize(layer)
+    ours = from_keras(layer)
+    assert ours.dtype == np.float64
+    np.testing.assert_allclose(ours(x)[0], keras_output(keras, layer, x), rtol=1e-12,
+                               atol=1e-12)
+
+
 def test_merge_mode_none_is_the_pair(keras):
     layer = keras.layers.Bidirectional(keras.layers.LSTM(4, return_sequences=True),
                                        merge_mode=None)
@@ -144,6 +155,7 @@ def test_stateful_carries_the_state(keras):
 @pytest.mark.parametrize("make,message", [
     (lambda k: k.layers.LSTM(3, activation="gelu"), "activation='gelu', which lstmkit does not"),
     (lambda k: k.layers.SimpleRNN(3, activation="swish"), "activation='silu'"),
+    (lambda k: k.layers.GRU(3, dtype="mixed_float16"), "dtype policy 'mixed_float16'"),
     (lambda k: k.layers.Bidirectional(k.layers.LSTM(3),
                                       backward_layer=k.layers.LSTM(3, go_backwards=True,
                                                                    use_bias=False)),

@@ -322,6 +322,13 @@ def _to_layer(found: KerasRecurrent) -> Any:
     bidirectional = found.backward_config is not None
     if bidirectional:
         _check_bidirectional(found, label)
+    policy = config.get("dtype")
+    if isinstance(policy, dict):  # a DTypePolicy: {"class_name": ..., "config": {"name": ...}}
+        policy = (policy.get("config") or {}).get("name")
+    if isinstance(policy, str) and policy not in ("float32", "float64"):
+        raise ValueError(f"{label} computes with the dtype policy {policy!r}; lstmkit computes "
+                         "in its weights' float32 or float64: save the layer with "
+                         "dtype='float32' (or 'float64')")
     use_bias = bool(config.get("use_bias", True))
     units = int(config["units"])
     options: dict[str, Any] = {"bias": use_bias, "batch_first": True,
