@@ -10,14 +10,18 @@ from lstmkit.grad_mode import is_grad_enabled, no_grad
 from lstmkit.interop import export_onnx, from_keras, from_onnx, from_torch, to_torch
 from lstmkit.layers import GRU, LSTM, RNN
 from lstmkit.models import CharLM, SequenceModel
+from lstmkit.step import GRUCell, LSTMCell, RNNCell
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Activation",
     "GRU",
+    "GRUCell",
     "LSTM",
+    "LSTMCell",
     "RNN",
+    "RNNCell",
     "CharLM",
     "Plan",
     "SequenceModel",

@@ -115,7 +115,9 @@ class TrainConfig:
     ``patience`` evaluations without a lower validation loss stop the run (0: never).
     ``sample_every`` steps (0: never) print ``sample_length`` characters at
     ``sample_temperature``. ``keep``: checkpoints kept besides the best one. ``seed`` fixes
-    the weights, the dropout masks and the samples.
+    the weights, the dropout masks and the samples. ``cell_options``: keyword arguments of the
+    recurrent layer (``lstmkit.LSTM``'s peepholes, forget_bias, activations, clip, ...; see
+    docs/options.md), JSON values, recorded with the model so that a checkpoint rebuilds it.
     """
 
     cell: str = "lstm"
@@ -141,6 +143,7 @@ class TrainConfig:
     keep: int = 3
     seed: int = 0
     dtype: str = "float32"
+    cell_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def validate(self) -> TrainConfig:
         """Check every field; return self. Raises TrainingError naming the bad field."""
@@ -179,6 +182,10 @@ class TrainConfig:
                 raise TrainingError(f"{name} is {value!r}; expected a finite number >= 0")
         if self.dtype not in ("float32", "float64"):
             raise TrainingError(f"dtype is {self.dtype!r}; expected 'float32' or 'float64'")
+        if not (isinstance(self.cell_options, Mapping)
+                and all(isinstance(k, str) for k in self.cell_options)):
+            raise TrainingError(f"cell_options is {self.cell_options!r}; expected a dict of "
+                                "the recurrent layer's keyword arguments")
         return self
 
     def to_json(self) -> dict[str, Any]:
@@ -466,11 +473,15 @@ class Trainer:
                 "a larger val_fraction, or val_fraction=0"
             )
         self.batcher = StreamBatcher(self.train_ids, config.batch_size, config.seq_len)
-        self.model = CharLM(
-            len(self.vocab), config.hidden_size, config.num_layers, cell=config.cell,
-            embedding_dim=config.embedding_dim, dropout=config.dropout, dtype=config.dtype,
-            seed=config.seed,
-        )
+        try:
+            self.model = CharLM(
+                len(self.vocab), config.hidden_size, config.num_layers, cell=config.cell,
+                embedding_dim=config.embedding_dim, dropout=config.dropout, dtype=config.dtype,
+                seed=config.seed, **config.cell_options,
+            )
+        except (TypeError, ValueError) as error:
+            raise TrainingError(f"the cell options {dict(config.cell_options)} do not make a "
+                                f"{config.cell.upper()}: {error}") from None
         self.model.train()
         self.optimizer = Adam(self.model.params, self.model.grads, lr=config.lr)
         self.schedule: CosineAnnealingLR | None = None

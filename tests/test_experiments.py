@@ -169,3 +169,13 @@ def test_carousel_gradient_carries_errors_back_only_through_c(tmp_path):
         run_experiment("forget-gate", mode="tiny", out=tmp_path / "x", show_progress=False,
                        gradient="sideways")
     assert result.data["config"].gradient == "carousel"
+
+
+def test_variants_compare_each_with_vanilla_by_welchs_t_test():
+    from lstmkit.experiments.variants import _versus_vanilla
+
+    assert _versus_vanilla([0.1, 0.2, 0.15], [0.8, 0.9, 0.85]).endswith("(worse)")
+    assert _versus_vanilla([0.8, 0.9, 0.85], [0.1, 0.2, 0.15]).endswith("(better)")
+    assert _versus_vanilla([0.9, 0.8, 0.85], [0.8, 0.9, 0.84]) == "0.94"
+    assert _versus_vanilla([0.5], [0.4, 0.3]) == "-"  # one seed: no test
+    assert _versus_vanilla([1.0, 1.0], [1.0, 1.0]) == "-"  # no spread: no p-value

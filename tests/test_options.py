@@ -317,3 +317,17 @@ def test_merge_mode_and_go_backwards_errors():
     layer(np.zeros((2, 1, 2), dtype=np.float32))
     with pytest.raises(ValueError, match="must be one too"):
         layer.backward(np.zeros((2, 1, 6), dtype=np.float32))
+
+
+def test_full_gate_recurrence_stateful_and_unbatched():
+    """A stateful FGR layer carries the gates between calls: two halves equal one call."""
+    layer = lstmkit.LSTM(2, 3, dtype="float64", seed=0, full_gate_recurrence=True)
+    x = np.random.default_rng(0).standard_normal((6, 2))  # unbatched (T, D)
+    whole, (h, c) = layer(x)
+    halves = lstmkit.LSTM(2, 3, dtype="float64", seed=0, full_gate_recurrence=True,
+                          stateful=True)
+    first, _ = halves(x[:3])
+    second, (h2, c2) = halves(x[3:])
+    np.testing.assert_allclose(np.concatenate([first, second]), whole, rtol=1e-12)
+    np.testing.assert_allclose(h2, h, rtol=1e-12)
+    assert h.shape == (1, 3)

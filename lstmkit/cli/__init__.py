@@ -28,5 +28,6 @@ def _register() -> None:
 
 _COMMAND_MODULES: list[str] = [
     "demo", "interop", "charlm", "gates", "experiment", "export", "bench",
+    "sweep",
 ]
 _register()

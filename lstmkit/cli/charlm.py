@@ -21,6 +21,7 @@ from typing import Any
 import click
 
 import lstmkit.train as training
+from lstmkit.experiments.variants import VARIANTS as GREFF_VARIANTS
 from lstmkit.io import CheckpointError
 from lstmkit.sampling import sample as sample_text
 from lstmkit.text import TextError, UnknownCharactersError, read_text
@@ -97,6 +98,27 @@ def _preset_help() -> str:
                    f"[default: {DEFAULTS.patience}]")
 @click.option("--keep", type=click.IntRange(min=1),
               help=f"Checkpoints kept besides the best one. [default: {DEFAULTS.keep}]")
+@click.option("--variant", type=click.Choice(list(GREFF_VARIANTS)),
+              help="One of Greff et al.'s LSTM variants (lstmkit experiment variants): its "
+                   "switches, which the options below may override.")
+@click.option("--peepholes/--no-peepholes", default=None,
+              help="LSTM peephole connections (Gers et al. 2002). [default: off]")
+@click.option("--forget-bias", type=float,
+              help="Added to the LSTM's forget-gate bias at initialisation. [default: 0]")
+@click.option("--activation", help="The cell input's (and LSTM output's) function: a name of "
+                                   "lstmkit.activations, e.g. tanh, relu, identity, elu. "
+                                   "[default: tanh]")
+@click.option("--recurrent-activation", help="The gates' function, e.g. sigmoid, hard_sigmoid. "
+                                             "[default: sigmoid]")
+@click.option("--output-activation", help="The LSTM's function of c in h = o * f(c) (ONNX's h). "
+                                          "[default: as --activation]")
+@click.option("--cell-clip", type=click.FloatRange(min=0, min_open=True),
+              help="ONNX's cell clip: every gate pre-activation bounded to [-C, C]. "
+                   "[default: none]")
+@click.option("--cell-option", "cell_option", multiple=True, metavar="KEY=VALUE",
+              help="Any other keyword of the recurrent layer (docs/options.md), VALUE as JSON "
+                   "or a plain string, e.g. input_gate=false, linear_before_reset=false. "
+                   "Repeatable.")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out exactly where it stopped (same text; the budget, "
                    "evaluation and patience options may change).")
@@ -111,7 +133,10 @@ def train(text_file: Path, out_dir: Path, preset: str | None, resume: bool, forc
     The last --val-fraction of the text is held out for validation. Ctrl-C (or SIGTERM)
     finishes the current step, saves a checkpoint and exits; --resume continues from it.
     """
+    cell_options = _cell_options(options)
     given = {key: value for key, value in options.items() if value is not None}
+    if cell_options:
+        given["cell_options"] = cell_options
     if "time_limit" in given:
         given["time_limit"] = given["time_limit"] * 60.0
     if resume and force:
@@ -139,6 +164,29 @@ def train(text_file: Path, out_dir: Path, preset: str | None, resume: bool, forc
         summary += f"; best {result.best_val_loss:.4f} in {result.best_checkpoint}"
     summary += f"; peak memory {_peak_memory_mb():.0f} MiB"
     click.echo(summary)
+
+
+def _cell_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The recurrent layer's keyword arguments from train's options (removed from ``options``):
+    the variant's switches, then the named options, then each --cell-option KEY=VALUE."""
+    variant = options.pop("variant")
+    result: dict[str, Any] = dict(GREFF_VARIANTS[variant]) if variant else {}
+    named = {"peepholes": options.pop("peepholes"), "forget_bias": options.pop("forget_bias"),
+             "activation": options.pop("activation"),
+             "recurrent_activation": options.pop("recurrent_activation"),
+             "output_activation": options.pop("output_activation"),
+             "clip": options.pop("cell_clip")}
+    result.update({key: value for key, value in named.items() if value is not None})
+    for item in options.pop("cell_option"):
+        key, sep, text = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}",
+                                     param_hint="--cell-option")
+        try:
+            result[key] = json.loads(text)
+        except json.JSONDecodeError:
+            result[key] = text
+    return result
 
 
 @click.command()

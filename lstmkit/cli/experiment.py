@@ -14,6 +14,7 @@ import click
 
 from lstmkit.experiments import EXPERIMENTS, TITLES, run_experiment
 from lstmkit.experiments.common import stopwatch
+from lstmkit.experiments.trial import limit_threads
 
 
 def _parse_settings(settings: tuple[str, ...]) -> dict[str, str]:
@@ -39,10 +40,18 @@ def _parse_settings(settings: tuple[str, ...]) -> dict[str, str]:
 @click.option("--force", is_flag=True, help="Write over the results already in --out.")
 @click.option("--set", "settings", multiple=True, metavar="NAME=VALUE",
               help="Change one setting of the experiment (repeatable), e.g. budget=200000.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Threads for the kernels and BLAS [default: Numba's, every core]. Runs "
+                   "with the same seed, settings and threads give the same numbers.")
+@click.option("--parallel", is_flag=True,
+              help="Run the seeds side by side as Ray tasks on this machine's cores, one "
+                   "thread each (the numbers of --threads 1); needs Ray: "
+                   'pip install "lstmkit[sweep]".')
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show a progress bar.")
 def experiment(name: str, quick: bool, tiny: bool, seeds: int | None, seed: int,
-               out: str | None, force: bool, settings: tuple[str, ...], progress: bool) -> None:
+               out: str | None, force: bool, settings: tuple[str, ...], threads: int | None,
+               parallel: bool, progress: bool) -> None:
     """Run experiment NAME and write results.json, results.md and plots.
 
     NAME is one of: adding, clipping, forget-gate, peepholes, temporal-order, variants
@@ -53,13 +62,19 @@ def experiment(name: str, quick: bool, tiny: bool, seeds: int | None, seed: int,
     names = list(EXPERIMENTS) if name == "all" else [name]
     if name == "all" and overrides:
         raise click.UsageError("--set applies to one experiment; name it instead of 'all'")
+    if parallel and threads not in (None, 1):
+        raise click.UsageError("--parallel runs each seed on one thread; leave out --threads")
+    if parallel:
+        from lstmkit.experiments.sweep import run_seeds_on_ray as run
+    else:
+        run = run_experiment
     for each in names:
         target = out if name != "all" or out is None else f"{out}/{each}"
         click.echo(f"== {TITLES[each]} ({mode} mode)")
-        with stopwatch() as timing:
+        with stopwatch() as timing, limit_threads(threads):
             try:
-                result = run_experiment(each, mode=mode, seeds=seeds, seed=seed, out=target,
-                                        force=force, show_progress=progress, **overrides)
+                result = run(each, mode=mode, seeds=seeds, seed=seed, out=target, force=force,
+                             show_progress=progress, **overrides)
             except ValueError as error:
                 raise click.UsageError(str(error)) from error
         click.echo(result.table)

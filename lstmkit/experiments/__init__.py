@@ -14,11 +14,16 @@ variants        Greff et al. 2017: V, NIG, NFG, NOG, NP, CIFG on one task
 Each module has ``run(mode="full"|"quick"|"tiny", seeds=None, seed=0, out=None, force=False,
 show_progress=True, **overrides)``, which writes ``results.json``, ``results.md`` and PNGs into
 a results folder (see :mod:`lstmkit.experiments.common`) and returns an ``ExperimentResult``.
+``run`` is made of the parts a sweep (:mod:`lstmkit.experiments.sweep`) runs separately:
+``configure(mode, overrides)`` (the settings), ``run_seed(config, seed, index)`` (every run
+of one seed, each a dict of what it measured), ``report(config, mode, seeds, runs, out_dir)``
+(tables, plots, results files) and ``MEASURES`` (which numbers a sweep summarises).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 from lstmkit.experiments import (
@@ -31,23 +36,20 @@ from lstmkit.experiments import (
 )
 from lstmkit.experiments.common import ExperimentResult
 
-EXPERIMENTS: dict[str, Callable[..., ExperimentResult]] = {
-    "adding": adding.run,
-    "clipping": clipping.run,
-    "forget-gate": forget_gate.run,
-    "peepholes": peepholes.run,
-    "temporal-order": temporal_order.run,
-    "variants": variants.run,
+MODULES: dict[str, ModuleType] = {
+    "adding": adding,
+    "clipping": clipping,
+    "forget-gate": forget_gate,
+    "peepholes": peepholes,
+    "temporal-order": temporal_order,
+    "variants": variants,
 }
 
-TITLES: dict[str, str] = {
-    "adding": adding.TITLE,
-    "clipping": clipping.TITLE,
-    "forget-gate": forget_gate.TITLE,
-    "peepholes": peepholes.TITLE,
-    "temporal-order": temporal_order.TITLE,
-    "variants": variants.TITLE,
+EXPERIMENTS: dict[str, Callable[..., ExperimentResult]] = {
+    name: module.run for name, module in MODULES.items()
 }
+
+TITLES: dict[str, str] = {name: module.TITLE for name, module in MODULES.items()}
 
 
 def run_experiment(name: str, **kwargs: Any) -> ExperimentResult:
@@ -57,4 +59,4 @@ def run_experiment(name: str, **kwargs: Any) -> ExperimentResult:
     return EXPERIMENTS[name](**kwargs)
 
 
-__all__ = ["EXPERIMENTS", "TITLES", "ExperimentResult", "run_experiment"]
+__all__ = ["EXPERIMENTS", "MODULES", "TITLES", "ExperimentResult", "run_experiment"]

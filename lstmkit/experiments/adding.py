@@ -26,6 +26,7 @@ import numpy as np
 
 import lstmkit
 from lstmkit.experiments.common import (
+    Measures,
     PathLike,
     all_finite,
     markdown_table,
@@ -50,6 +51,8 @@ CHANCE_MSE = 19 / 480  # always answering 0.5
 PAPER = {"T": 100, "sequences": 74_000, "wrong": "1/2560", "trials": 10}
 SOLVED_ACCURACY = 0.97
 PARTIAL_ACCURACY, PARTIAL_MSE = 0.90, 0.005
+MEASURES = Measures(group=("label",), metrics=("final_accuracy", "final_mse", "sequences"),
+                    curve=("sequences", "accuracy"))
 
 
 @dataclass(frozen=True)
@@ -160,28 +163,51 @@ def train_one(kind: str, config: AddingConfig, seed: int, test: Any,
     }
 
 
+def configure(mode: str, overrides: dict[str, Any]) -> AddingConfig:
+    """The preset for ``mode`` with ``overrides`` applied (see ``pick_config``)."""
+    return pick_config(PRESETS, mode, overrides)
+
+
+def seed_work(config: AddingConfig) -> int:
+    """The progress-bar units (training sequences) of one seed."""
+    return config.budget * len(config.models)
+
+
+def run_seed(config: AddingConfig, seed: int, index: int = 0,
+             bar: Any = None) -> list[dict[str, Any]]:
+    """Every model of ``config.models`` trained with one seed (``index``: its place among the
+    experiment's seeds, unused here)."""
+    test = hochreiter_adding(np.random.default_rng(2560), config.test_size, config.T)
+    runs = []
+    for kind in config.models:
+        if bar is not None:
+            bar.set_postfix_str(f"{kind} seed {seed}")
+        runs.append(train_one(kind, config, seed, test, bar))
+    return runs
+
+
 def run(mode: str = "full", seeds: int | None = None, seed: int = 0, out: PathLike | None = None,
         force: bool = False, show_progress: bool = True, **overrides: Any) -> Any:
     """Run the experiment and write its results folder; returns an ``ExperimentResult``."""
-    config = pick_config(PRESETS, mode, overrides)
-    runs_seeds = seed_list(seed, seeds if seeds is not None else config.seeds)
+    config = configure(mode, overrides)
+    run_seeds = seed_list(seed, seeds if seeds is not None else config.seeds)
     out_dir = prepare_out_dir(NAME, out, force)
-    test = hochreiter_adding(np.random.default_rng(2560), config.test_size, config.T)
-    total = config.budget * len(runs_seeds) * len(config.models)
-    runs = []
-    with progress_bar(total, NAME, show_progress) as bar:
-        for s in runs_seeds:
-            for kind in config.models:
-                bar.set_postfix_str(f"{kind} seed {s}")
-                runs.append(train_one(kind, config, s, test, bar))
+    with progress_bar(seed_work(config) * len(run_seeds), NAME, show_progress) as bar:
+        runs = [r for k, s in enumerate(run_seeds) for r in run_seed(config, s, k, bar)]
+    return report(config, mode, run_seeds, runs, out_dir)
 
+
+def report(config: AddingConfig, mode: str, run_seeds: list[int], runs: list[dict[str, Any]],
+           out_dir: Path) -> Any:
+    """Write the table, plots, results.json and results.md of ``runs``; an ``ExperimentResult``."""
+    test_size = config.test_size
     rows = []
     for r in runs:
         rows.append([
             r["label"], r["seed"], f"{r['sequences']:,}",
             _fmt_reached(r["reached"]["90%"]), _fmt_reached(r["reached"]["97%"]),
             f"{r['final_mse']:.4f}", pct(r["final_accuracy"], 2),
-            f"{r['wrong']}/{len(test.y)}", f"{r['seconds']:.0f} s",
+            f"{r['wrong']}/{test_size}", f"{r['seconds']:.0f} s",
         ])
     rows.append(["LSTM, paper (10 trials, T=100)", "-", f"{PAPER['sequences']:,}", "-", "-",
                  "-", "99.96%", PAPER["wrong"], "-"])
@@ -193,14 +219,14 @@ def run(mode: str = "full", seeds: int | None = None, seed: int = 0, out: PathLi
     notes = [
         f"T = {config.T} (lengths T..T+T//10), {config.hidden} units, Adam lr {config.lr}, "
         f"batch {config.batch}, gradient clipped at global norm {config.clip}; "
-        f"test set {len(test.y)} sequences (seed 2560), correct if |error| < {ADDING_TOLERANCE}.",
+        f"test set {test_size} sequences (seed 2560), correct if |error| < {ADDING_TOLERANCE}.",
         f"Chance: always answering 0.5 gives MSE {CHANCE_MSE:.4f} and ~15% correct.",
         f"Bar for a correct implementation (calibration, T=100): LSTM >= 97% (or MSE < 0.005 "
         f"and >= 90%) within 400k sequences, RNN <= 25%. A run stops early at "
         f"{pct(config.stop_accuracy, 0)} test accuracy.",
         *summary,
     ]
-    data = {"config": config, "mode": mode, "seeds": runs_seeds, "paper": PAPER,
+    data = {"config": config, "mode": mode, "seeds": run_seeds, "paper": PAPER,
             "chance_mse": CHANCE_MSE, "runs": runs, "summary": summary}
     return write_results(NAME, out_dir, TITLE, table, data, notes, plots)
 

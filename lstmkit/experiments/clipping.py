@@ -24,6 +24,7 @@ import numpy as np
 
 import lstmkit
 from lstmkit.experiments.common import (
+    Measures,
     PathLike,
     markdown_table,
     mean_std,
@@ -49,6 +50,9 @@ PAPER = ("Pascanu et al. (2013) show the explosion in the regime where the recur
          "spectral radius exceeds 1 and propose rescaling the gradient when its norm exceeds a "
          "threshold (their Algorithm 1); with it, SGD trains the adding problem. Qualitative: "
          "no per-seed counts to compare with.")
+MEASURES = Measures(group=("panel", "radius", "clip"),
+                    metrics=("updates_run", "max_grad_norm", "final_test_mse", "best_test_mse"),
+                    curve=("update", "mse"))
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,8 @@ class ClippingConfig:
     """Settings (``--set NAME=VALUE``).
 
     Panel 1: ``radius`` (1.4), ``updates`` per run, with and without clipping, ``seeds`` seeds.
-    Panel 2: the milder start ``learn_radius`` (1.2), ``learn_updates``, ``learn_seeds`` seeds.
+    Panel 2: the milder start ``learn_radius`` (1.2), ``learn_updates``, on the first
+    ``learn_seeds`` of those seeds.
     """
 
     T: int = 50
@@ -143,35 +148,62 @@ def _test_mse(model: SequenceModel, test: Any) -> float:
     return float(np.mean((y.astype(np.float64) - test.y) ** 2))
 
 
+def configure(mode: str, overrides: dict[str, Any]) -> ClippingConfig:
+    """The preset for ``mode`` with ``overrides`` applied (see ``pick_config``)."""
+    return pick_config(PRESETS, mode, overrides)
+
+
+def seed_work(config: ClippingConfig) -> int:
+    """The progress-bar units (updates) of one seed (the first seeds also run panel 2)."""
+    return 2 * config.updates + 2 * config.learn_updates * (config.learn_seeds > 0)
+
+
+def run_seed(config: ClippingConfig, seed: int, index: int = 0,
+             bar: Any = None) -> list[dict[str, Any]]:
+    """One seed's runs without and with clipping: panel 1 ("explode", ``radius``), and panel 2
+    ("learn", ``learn_radius``) when the seed is among the experiment's first ``learn_seeds``
+    (``index``: its place among them)."""
+    test = pascanu_adding(np.random.default_rng(50), config.test_size, config.T)
+    panels = [("explode", config.radius, config.updates)]
+    if index < config.learn_seeds:
+        panels.append(("learn", config.learn_radius, config.learn_updates))
+    elif bar is not None:
+        bar.update(2 * config.learn_updates)
+    runs = []
+    for panel, radius, updates in panels:
+        for clip in (False, True):
+            if bar is not None:
+                bar.set_postfix_str(f"radius {radius} clip={clip} seed {seed}")
+            runs.append({"panel": panel,
+                         **train_one(config, radius, clip, updates, seed, test, bar)})
+    return runs
+
+
 def run(mode: str = "full", seeds: int | None = None, seed: int = 0, out: PathLike | None = None,
         force: bool = False, show_progress: bool = True, **overrides: Any) -> Any:
     """Run the experiment and write its results folder; returns an ``ExperimentResult``."""
-    config = pick_config(PRESETS, mode, overrides)
-    main_seeds = seed_list(seed, seeds if seeds is not None else config.seeds)
-    learn_seeds = seed_list(seed, config.learn_seeds)
+    config = configure(mode, overrides)
+    run_seeds = seed_list(seed, seeds if seeds is not None else config.seeds)
     out_dir = prepare_out_dir(NAME, out, force)
-    test = pascanu_adding(np.random.default_rng(50), config.test_size, config.T)
-    total = 2 * config.updates * len(main_seeds) + 2 * config.learn_updates * len(learn_seeds)
-    explode, learn = [], []
-    with progress_bar(total, NAME, show_progress) as bar:
-        for clip in (False, True):
-            for s in main_seeds:
-                bar.set_postfix_str(f"radius {config.radius} clip={clip} seed {s}")
-                explode.append(train_one(config, config.radius, clip, config.updates, s, test,
-                                         bar))
-        for clip in (False, True):
-            for s in learn_seeds:
-                bar.set_postfix_str(f"radius {config.learn_radius} clip={clip} seed {s}")
-                learn.append(train_one(config, config.learn_radius, clip, config.learn_updates,
-                                       s, test, bar))
+    with progress_bar(seed_work(config) * len(run_seeds), NAME, show_progress) as bar:
+        runs = [r for k, s in enumerate(run_seeds) for r in run_seed(config, s, k, bar)]
+    return report(config, mode, run_seeds, runs, out_dir)
 
+
+def report(config: ClippingConfig, mode: str, main_seeds: list[int],
+           runs: list[dict[str, Any]], out_dir: Path) -> Any:
+    """Write the tables, plots, results.json and results.md of ``runs``; an
+    ``ExperimentResult``."""
+    explode = sorted((r for r in runs if r["panel"] == "explode"), key=lambda r: r["clip"])
+    learn = sorted((r for r in runs if r["panel"] == "learn"), key=lambda r: r["clip"])
+    learn_seeds = sorted({r["seed"] for r in learn})
     headers = ["radius", "clipping", "seeds", "diverged (NaN/inf)", "updates to divergence",
                "finite for all updates", "max gradient norm", "final test MSE"]
     rows = []
-    for radius, runs, updates in ((config.radius, explode, config.updates),
-                                  (config.learn_radius, learn, config.learn_updates)):
-        for clip in (False, True):
-            mine = [r for r in runs if r["clip"] == clip]
+    for radius, panel, updates in ((config.radius, explode, config.updates),
+                                   (config.learn_radius, learn, config.learn_updates)):
+        for clip in (False, True) if panel else ():
+            mine = [r for r in panel if r["clip"] == clip]
             div = [r["diverged_at"] for r in mine if r["diverged_at"] is not None]
             rows.append([
                 f"{radius:g}", f"global norm {config.max_norm:g}" if clip else "none",

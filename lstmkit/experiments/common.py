@@ -120,6 +120,22 @@ def prepare_out_dir(name: str, out: PathLike | None = None, force: bool = False)
     return candidate
 
 
+@dataclass(frozen=True)
+class Measures:
+    """What a sweep reads from an experiment's runs (the dicts its ``run_seed`` returns).
+
+    Attributes:
+        group: the keys whose values name a group of runs compared across seeds (a model, a
+            variant), e.g. ``("label",)``.
+        metrics: the scalar numbers to summarise (mean ± std, box plots), the headline first.
+        curve: the keys of a run's ``curve`` points to plot: (x, y), e.g. ("update", "mse").
+    """
+
+    group: tuple[str, ...]
+    metrics: tuple[str, ...]
+    curve: tuple[str, str]
+
+
 @dataclass
 class ExperimentResult:
     """What an experiment returns and writes.
@@ -160,6 +176,18 @@ def to_jsonable(value: Any) -> Any:
         return value if np.isfinite(value) else str(value)
     if isinstance(value, Path):
         return str(value)
+    return value
+
+
+def from_jsonable(value: Any) -> Any:
+    """``to_jsonable``'s non-finite numbers back as floats ("nan", "inf", "-inf" -> float),
+    in nested dicts and lists; everything else as it is."""
+    if isinstance(value, Mapping):
+        return {k: from_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [from_jsonable(v) for v in value]
+    if isinstance(value, str) and value in ("nan", "inf", "-inf"):
+        return float(value)
     return value
 
 

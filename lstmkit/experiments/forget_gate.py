@@ -43,6 +43,7 @@ import numpy as np
 import lstmkit
 from lstmkit.engine.reference import ReferenceRecurrence
 from lstmkit.experiments.common import (
+    Measures,
     PathLike,
     bce_with_logits,
     markdown_table,
@@ -77,6 +78,10 @@ MODELS: dict[str, dict[str, Any]] = {
     "no-forget": {"forget_gate": False},
     "no-forget-reset": {"forget_gate": False},
 }
+MEASURES = Measures(group=("label",),
+                    metrics=("long_range_accuracy", "strings_all_legal", "step_accuracy",
+                             "mean_error_free_run", "c_norm_last_string"),
+                    curve=("update", "long_range_accuracy"))
 LABELS = {
     "forget": "LSTM with forget gate (bias +1)",
     "no-forget": "LSTM without forget gate",
@@ -289,25 +294,48 @@ def train_one(kind: str, options: dict[str, Any], reset: bool, config: ReberConf
             **final}
 
 
-def run(mode: str = "full", seeds: int | None = None, seed: int = 0, out: PathLike | None = None,
-        force: bool = False, show_progress: bool = True, **overrides: Any) -> Any:
-    """Run the experiment and write its results folder; returns an ``ExperimentResult``."""
+def configure(mode: str, overrides: dict[str, Any]) -> ReberConfig:
+    """The preset for ``mode`` with ``overrides`` applied (see ``pick_config``), checked."""
     config = pick_config(PRESETS, mode, overrides)
     unknown = sorted(set(config.models) - set(MODELS))
     if unknown:
         raise ValueError(f"unknown models {unknown}; choose among {sorted(MODELS)}")
-    run_seeds = seed_list(seed, seeds if seeds is not None else config.seeds)
-    out_dir = prepare_out_dir(NAME, out, force)
+    return config
+
+
+def seed_work(config: ReberConfig) -> int:
+    """The progress-bar units (updates) of one seed."""
+    return config.updates * len(config.models)
+
+
+def run_seed(config: ReberConfig, seed: int, index: int = 0,
+             bar: Any = None) -> list[dict[str, Any]]:
+    """Every network of ``config.models`` trained with one seed (``index``: its place among the
+    experiment's seeds, unused here)."""
     test = continual_embedded_reber(np.random.default_rng(TEST_SEED), config.test_strings)
     runs = []
-    with progress_bar(config.updates * len(run_seeds) * len(config.models), NAME,
-                      show_progress) as bar:
-        for s in run_seeds:
-            for kind in config.models:
-                bar.set_postfix_str(f"{kind} seed {s}")
-                runs.append(train_one(kind, MODELS[kind], kind.endswith("reset"), config, s,
-                                      test, bar))
+    for kind in config.models:
+        if bar is not None:
+            bar.set_postfix_str(f"{kind} seed {seed}")
+        runs.append(train_one(kind, MODELS[kind], kind.endswith("reset"), config, seed, test,
+                              bar))
+    return runs
 
+
+def run(mode: str = "full", seeds: int | None = None, seed: int = 0, out: PathLike | None = None,
+        force: bool = False, show_progress: bool = True, **overrides: Any) -> Any:
+    """Run the experiment and write its results folder; returns an ``ExperimentResult``."""
+    config = configure(mode, overrides)
+    run_seeds = seed_list(seed, seeds if seeds is not None else config.seeds)
+    out_dir = prepare_out_dir(NAME, out, force)
+    with progress_bar(seed_work(config) * len(run_seeds), NAME, show_progress) as bar:
+        runs = [r for k, s in enumerate(run_seeds) for r in run_seed(config, s, k, bar)]
+    return report(config, mode, run_seeds, runs, out_dir)
+
+
+def report(config: ReberConfig, mode: str, run_seeds: list[int], runs: list[dict[str, Any]],
+           out_dir: Path) -> Any:
+    """Write the table, plots, results.json and results.md of ``runs``; an ``ExperimentResult``."""
     headers = ["model", "seed", "long-range symbol right", "strings all steps legal",
                "steps legal", "mean error-free run", "‖c‖ first string -> last string",
                "cells saturated (last string)", "paper"]

@@ -21,12 +21,14 @@ difference on their (non-timing) benchmarks.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 import lstmkit
 from lstmkit.experiments.common import (
+    Measures,
     PathLike,
     bce_with_logits,
     markdown_table,
@@ -50,6 +52,9 @@ TITLE = "Precise timing with and without peepholes (Gers, Schraudolph & Schmidhu
 PAPER = ("Gers et al. 2002: LSTM with peepholes learned the timing tasks (e.g. generating "
          "f_cos with F = 10 and 25, measuring delays); LSTM without peepholes failed on them. "
          "Greff et al. 2017: removing peepholes did not hurt on TIMIT, IAM and JSB.")
+MEASURES = Measures(group=("task", "peepholes"),
+                    metrics=("solved", "step_error_rate", "max_error", "rmse"),
+                    curve=("update", "train_loss"))
 COS_TOLERANCE = 0.1
 SPIKE_TRAIN_STEPS, SPIKE_TRAIN_STREAMS = 60, 16
 SPIKE_TEST_STEPS, SPIKE_TEST_STREAMS, TEST_SEED = 400, 20, 2002
@@ -154,23 +159,47 @@ def _task_name(task: str) -> str:
     return f"{what} ({updates} updates)"
 
 
-def run(mode: str = "full", seeds: int | None = None, seed: int = 0, out: PathLike | None = None,
-        force: bool = False, show_progress: bool = True, **overrides: Any) -> Any:
-    """Run the experiment and write its results folder; returns an ``ExperimentResult``."""
+def configure(mode: str, overrides: dict[str, Any]) -> PeepholeConfig:
+    """The preset for ``mode`` with ``overrides`` applied (see ``pick_config``), checked."""
     config = pick_config(PRESETS, mode, overrides)
     for task in config.tasks:
         parse_task(task)
+    return config
+
+
+def seed_work(config: PeepholeConfig) -> int:
+    """The progress-bar units (updates) of one seed."""
+    return 2 * sum(parse_task(t)[2] for t in config.tasks)
+
+
+def run_seed(config: PeepholeConfig, seed: int, index: int = 0,
+             bar: Any = None) -> list[dict[str, Any]]:
+    """Every task learned with and without peepholes with one seed (``index``: its place among
+    the experiment's seeds, unused here)."""
+    runs = []
+    for task in config.tasks:
+        for peep in (True, False):
+            if bar is not None:
+                bar.set_postfix_str(f"{task} peepholes={peep} seed {seed}")
+            runs.append(train_one(task, peep, config, seed, bar))
+    return runs
+
+
+def run(mode: str = "full", seeds: int | None = None, seed: int = 0, out: PathLike | None = None,
+        force: bool = False, show_progress: bool = True, **overrides: Any) -> Any:
+    """Run the experiment and write its results folder; returns an ``ExperimentResult``."""
+    config = configure(mode, overrides)
     run_seeds = seed_list(seed, seeds if seeds is not None else config.seeds)
     out_dir = prepare_out_dir(NAME, out, force)
-    total = 2 * len(run_seeds) * sum(parse_task(t)[2] for t in config.tasks)
-    runs = []
-    with progress_bar(total, NAME, show_progress) as bar:
-        for task in config.tasks:
-            for peep in (True, False):
-                for s in run_seeds:
-                    bar.set_postfix_str(f"{task} peepholes={peep} seed {s}")
-                    runs.append(train_one(task, peep, config, s, bar))
+    with progress_bar(seed_work(config) * len(run_seeds), NAME, show_progress) as bar:
+        runs = [r for k, s in enumerate(run_seeds) for r in run_seed(config, s, k, bar)]
+    return report(config, mode, run_seeds, runs, out_dir)
 
+
+def report(config: PeepholeConfig, mode: str, run_seeds: list[int],
+           runs: list[dict[str, Any]], out_dir: Path) -> Any:
+    """Write the table, plots, results.json and results.md of ``runs``; an ``ExperimentResult``."""
+    runs = sorted(runs, key=lambda r: (config.tasks.index(r["task"]), not r["peepholes"]))
     headers = ["task", "variant", "solved", "solve rate", "error (mean ± std over seeds)",
                "failed seeds"]
     rows = []

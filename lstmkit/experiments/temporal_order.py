@@ -37,12 +37,14 @@ after 31,390 training sequences.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 import lstmkit
 from lstmkit.experiments.common import (
+    Measures,
     PathLike,
     all_finite,
     markdown_table,
@@ -64,6 +66,8 @@ NAME = "temporal-order"
 TITLE = "Temporal order (Hochreiter & Schmidhuber 1997, Experiment 6a)"
 PAPER = {"sequences": 31_390, "wrong": "1/2560", "trials": 20}
 N_CLASSES = 4
+MEASURES = Measures(group=("label",), metrics=("paper_accuracy", "accuracy", "loss", "sequences"),
+                    curve=("sequences", "paper_accuracy"))
 LABELS = {"lstm": "LSTM", "lstm-1997": "LSTM without forget gate (1997)", "rnn": "RNN (tanh)"}
 
 
@@ -191,27 +195,49 @@ def train_one(kind: str, config: TemporalOrderConfig, seed: int, test: Any,
             "seconds": timing["seconds"], "curve": curve, **final}
 
 
+def configure(mode: str, overrides: dict[str, Any]) -> TemporalOrderConfig:
+    """The preset for ``mode`` with ``overrides`` applied (see ``pick_config``)."""
+    return pick_config(PRESETS, mode, overrides)
+
+
+def seed_work(config: TemporalOrderConfig) -> int:
+    """The progress-bar units (training sequences) of one seed."""
+    return config.budget * len(config.models)
+
+
+def run_seed(config: TemporalOrderConfig, seed: int, index: int = 0,
+             bar: Any = None) -> list[dict[str, Any]]:
+    """Every network of ``config.models`` trained with one seed (``index``: its place among the
+    experiment's seeds, unused here)."""
+    test = temporal_order(np.random.default_rng(2561), config.test_size)
+    runs = []
+    for kind in config.models:
+        if bar is not None:
+            bar.set_postfix_str(f"{kind} seed {seed}")
+        runs.append(train_one(kind, config, seed, test, bar))
+    return runs
+
+
 def run(mode: str = "full", seeds: int | None = None, seed: int = 0, out: PathLike | None = None,
         force: bool = False, show_progress: bool = True, **overrides: Any) -> Any:
     """Run the experiment and write its results folder; returns an ``ExperimentResult``."""
-    config = pick_config(PRESETS, mode, overrides)
+    config = configure(mode, overrides)
     run_seeds = seed_list(seed, seeds if seeds is not None else config.seeds)
     out_dir = prepare_out_dir(NAME, out, force)
-    test = temporal_order(np.random.default_rng(2561), config.test_size)
-    runs = []
-    with progress_bar(config.budget * len(run_seeds) * len(config.models), NAME,
-                      show_progress) as bar:
-        for s in run_seeds:
-            for kind in config.models:
-                bar.set_postfix_str(f"{kind} seed {s}")
-                runs.append(train_one(kind, config, s, test, bar))
+    with progress_bar(seed_work(config) * len(run_seeds), NAME, show_progress) as bar:
+        runs = [r for k, s in enumerate(run_seeds) for r in run_seed(config, s, k, bar)]
+    return report(config, mode, run_seeds, runs, out_dir)
 
+
+def report(config: TemporalOrderConfig, mode: str, run_seeds: list[int],
+           runs: list[dict[str, Any]], out_dir: Path) -> Any:
+    """Write the table, plots, results.json and results.md of ``runs``; an ``ExperimentResult``."""
     headers = ["model", "seed", "sequences trained", "seqs to 99% (paper criterion)",
                "test accuracy (argmax)", "test accuracy (paper criterion)", "wrong", "time"]
     rows = [[r["label"], r["seed"], f"{r['sequences']:,}",
              "never" if r["reached_99"] is None else f"{r['reached_99']:,}",
              pct(r["accuracy"], 2), pct(r["paper_accuracy"], 2),
-             f"{r['wrong']}/{len(test.y)}", f"{r['seconds']:.0f} s"] for r in runs]
+             f"{r['wrong']}/{config.test_size}", f"{r['seconds']:.0f} s"] for r in runs]
     rows.append(["LSTM, paper (20 trials)", "-", f"{PAPER['sequences']:,}", "-", "-", "99.96%",
                  PAPER["wrong"], "-"])
     table = markdown_table(headers, rows)
@@ -236,7 +262,7 @@ def run(mode: str = "full", seeds: int | None = None, seed: int = 0, out: PathLi
     notes = [
         f"{config.hidden} units, Adam lr {config.lr}, batch {config.batch}, LSTM forget bias "
         f"{config.forget_bias:g} and input gate bias {config.input_bias:+g}, gradient clipped "
-        f"at {config.clip:g}; test set {len(test.y)} sequences (seed 2561). A run stops at "
+        f"at {config.clip:g}; test set {config.test_size} sequences (seed 2561). A run stops at "
         f"{pct(config.stop_accuracy)} (paper criterion).",
         *summary,
     ]

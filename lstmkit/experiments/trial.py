@@ -1,0 +1,90 @@
+"""One trial: one seed of one experiment with one settings dict, run and recorded as JSON.
+
+A trial is the unit of work of ``lstmkit sweep``: ``run_trial("adding", "quick", {"lr":
+"0.01"}, seed=3)`` runs exactly the runs that ``lstmkit experiment adding --quick --set lr=0.01
+--seed 3 --seeds 1`` runs (the experiment's ``run_seed``), on a given number of threads, and
+returns a plain-JSON record of them::
+
+    {"experiment": "adding", "mode": "quick", "settings": {"lr": "0.01"}, "seed": 3,
+     "index": 0, "status": "ok", "config": {...}, "runs": [...every number measured...],
+     "threads": 1, "seconds": 41.2, "host": "node-1", "finished": "2026-...", ...}
+
+or, if the experiment raised, the same keys with ``"status": "error"`` and the error and its
+traceback instead of ``runs``. The same seed, settings and thread count give the same numbers,
+wherever the trial runs.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+import traceback
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from lstmkit.experiments.common import to_jsonable
+
+
+@contextmanager
+def limit_threads(threads: int | None) -> Iterator[int]:
+    """Run the block with ``threads`` threads for lstmkit's kernels (Numba's pool) and for
+    every BLAS loaded in the process (threadpoolctl); both are restored afterwards.
+
+    ``None`` leaves the thread counts as they are. Yields the kernels' thread count in the
+    block. The kernels' results depend on how many threads split a step, so runs compared bit
+    for bit must use the same count.
+    """
+    from lstmkit.engine.kernels.threads import keep_torch_openmp_apart, kernel_threads
+
+    if threads is None:
+        yield kernel_threads()
+        return
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    import scipy.linalg.cython_blas  # noqa: F401  (load the kernels' BLAS so that it is limited too)
+
+    keep_torch_openmp_apart()  # before Numba's OpenMP pool starts (engine.kernels.threads)
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    previous = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        with threadpool_limits(limits=threads):
+            yield numba.get_num_threads()
+    finally:
+        numba.set_num_threads(previous)
+
+
+def run_trial(experiment: str, mode: str, settings: Mapping[str, Any], seed: int,
+              index: int = 0, threads: int | None = 1) -> dict[str, Any]:
+    """Run one seed of ``experiment`` (its ``run_seed``) with ``settings`` (``--set`` values,
+    by name) on ``threads`` threads, and return the trial's JSON-ready record.
+
+    ``index`` is the seed's place among the seeds of the whole sweep (the ``clipping``
+    experiment's second panel runs on the first seeds only). An exception raised by the
+    experiment is caught and recorded (``status`` "error"); settings the experiment does not
+    accept raise ``ValueError`` before anything runs.
+    """
+    from lstmkit.experiments import MODULES
+
+    module = MODULES[experiment]
+    config = module.configure(mode, dict(settings))
+    record: dict[str, Any] = {
+        "experiment": experiment, "mode": mode, "settings": dict(settings), "seed": seed,
+        "index": index, "config": config,
+    }
+    start = time.perf_counter()
+    try:
+        with limit_threads(threads) as used:
+            record["threads"] = used
+            runs = module.run_seed(config, seed, index)
+        record.update(status="ok", runs=runs)
+    except Exception as error:  # a failing trial is recorded; the sweep goes on
+        record.update(status="error", error=f"{type(error).__name__}: {error}",
+                      traceback=traceback.format_exc())
+    record.update(seconds=time.perf_counter() - start, host=socket.gethostname(),
+                  finished=datetime.now().isoformat(timespec="seconds"))
+    return to_jsonable(record)
