@@ -68,6 +68,9 @@ def main() -> None:
     def detach(state: Any) -> Any:
         return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
 
+    # As lstmkit's evaluate: held-out characters the training part lacks are not scored.
+    unknown = vocab.unknown_id
+
     def evaluate() -> float:
         model.eval()
         total, count, state = 0.0, 0, None
@@ -75,8 +78,8 @@ def main() -> None:
             for x, y in validation_batches(val_ids, config.eval_batch_size, config.eval_seq_len):
                 logits, state = model(torch.from_numpy(x), state)
                 total += F.cross_entropy(logits.reshape(-1, V), torch.from_numpy(y).reshape(-1),
-                                         reduction="sum").item()
-                count += y.size
+                                         ignore_index=unknown, reduction="sum").item()
+                count += int((y != unknown).sum())
         model.train()
         return total / count
 

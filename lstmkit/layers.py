@@ -79,7 +79,12 @@ def _resolve_activations(
     specs: dict[str, Any], alphas: Sequence[float] | None, betas: Sequence[float] | None
 ) -> dict[str, Activation]:
     """The layer's activations, by argument name, in ONNX's order (f, g, h); a spec that is
-    None is left out (it takes no value from activation_alpha / activation_beta)."""
+    None is left out (it takes no value from activation_alpha / activation_beta), which only
+    ``output_activation`` may be."""
+    for name, spec in specs.items():
+        if spec is None and name != "output_activation":
+            raise TypeError(f"{name}=None: give a function's name, e.g. 'linear' (what Keras "
+                            "means by None) or 'tanh'")
     for what, values in (("activation_alpha", alphas), ("activation_beta", betas)):
         if values is not None and (isinstance(values, (str, bytes)) or
                                    not isinstance(values, Sequence)):
@@ -161,15 +166,20 @@ class RecurrentLayer(Module):
         *,
         merge_mode: str | None = "concat",
         go_backwards: bool = False,
+        reverse: bool = False,
     ) -> None:
         if merge_mode not in MERGE_MODES:
             raise ValueError(f"merge_mode must be one of {MERGE_MODES}, got {merge_mode!r}")
         if merge_mode != "concat" and not bidirectional:
             raise ValueError(f"merge_mode={merge_mode!r} merges the two directions of a "
                              "bidirectional layer; this one has bidirectional=False")
-        if go_backwards and bidirectional:
-            raise ValueError("go_backwards reverses a one-directional layer (Keras'); a "
-                             "bidirectional layer already runs both ways")
+        if (go_backwards or reverse) and bidirectional:
+            raise ValueError(f"{'go_backwards' if go_backwards else 'reverse'} makes a "
+                             "one-directional layer run from the end; a bidirectional layer "
+                             "already runs both ways")
+        if go_backwards and reverse:
+            raise ValueError("go_backwards already runs the layer from the end (reverse=True) "
+                             "and returns its outputs in that order; give one of them")
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
                             ("num_layers", num_layers)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
@@ -193,6 +203,7 @@ class RecurrentLayer(Module):
         self.stateful = bool(stateful)
         self.merge_mode = merge_mode
         self.go_backwards = bool(go_backwards)
+        self.reverse = bool(reverse)
         # the engine (one call per layer and direction); an experiment may put a recurrence
         # of its own here (``ReferenceRecurrence``'s interface), e.g. a truncated gradient
         self.recurrence: Any = ENGINE
@@ -259,7 +270,7 @@ class RecurrentLayer(Module):
                 params = self._direction(self.params, k, d)
                 out, _, cache = _REFERENCE.forward(cell, params, layer_in,
                                                    tuple(s[k * nd + d] for s in state0), mask,
-                                                   d == 1, True)
+                                                   self._runs_reversed(d), True)
                 outs.append(out)
                 streams.append(TraceStream(f"l{k}{'_reverse' if d else ''}", cell, params,
                                            cache))
@@ -377,7 +388,8 @@ class RecurrentLayer(Module):
                 j = k * nd + d
                 out, final, cache = self.recurrence.forward(
                     cell, self._direction(self.params, k, d), layer_in,
-                    tuple(s[j] for s in state0), mask, d == 1, keep or return_gates,
+                    tuple(s[j] for s in state0), mask, self._runs_reversed(d),
+                    keep or return_gates,
                     rows_of=fold if k == 0 else None, plan=self._pin)
                 plans[f"l{k}{'_reverse' if d else ''}"] = plan_of(cache)
                 outs.append(out)
@@ -434,7 +446,7 @@ class RecurrentLayer(Module):
                              f"{(T, B)}, got {ids.dtype} {ids.shape}")
         if E.ndim != 2 or E.shape[1] != D:
             raise ValueError(f"rows_of: E must be (V, {D}), got shape {E.shape}")
-        return (ids[::-1] if self.go_backwards else ids), E
+        return ids, E
 
     def _direction(self, store: dict[str, Array], k: int, d: int) -> dict[str, Array]:
         """The parameters (or gradients) of layer k, direction d, under the cell's short names."""
@@ -493,8 +505,7 @@ class RecurrentLayer(Module):
                 f"expected input_size={self.input_size}"
             )
         unbatched = x.ndim == 2
-        x = self._from_user(x, unbatched)
-        x = np.ascontiguousarray(x[::-1] if self.go_backwards else x)
+        x = np.ascontiguousarray(self._from_user(x, unbatched))
         if x.shape[0] == 0:
             raise ValueError("input has sequence length T = 0; expected T >= 1")
         if x.shape[1] == 0:
@@ -604,15 +615,20 @@ class RecurrentLayer(Module):
             return d_layer, self._pack_state(d_state_0)
         if unbatched:
             d_state_0 = tuple(s[:, 0] for s in d_state_0)
-        if self.go_backwards:  # back to the input's order
-            d_layer = d_layer[::-1]
         return self._to_user(d_layer, unbatched), self._pack_state(d_state_0)
 
     # -- merging the directions (Keras' merge_mode) ----------------------------------------------
 
+    def _runs_reversed(self, d: int) -> bool:
+        """Whether direction d runs from the last step to the first."""
+        return d == 1 or self.reverse or self.go_backwards
+
     def _merge(self, out: Array, unbatched: bool) -> Any:
         """(T, B, nd * H) time-major -> the user's output: concatenated (PyTorch's), summed,
-        multiplied, averaged, or None: the pair (forward, backward), each (.., H)."""
+        multiplied, averaged, or None: the pair (forward, backward), each (.., H); with
+        ``go_backwards``, in the order the steps ran (Keras')."""
+        if self.go_backwards:
+            out = out[::-1]
         if self.merge_mode == "concat":
             return self._to_user(out, unbatched)
         H = self.hidden_size
@@ -625,6 +641,9 @@ class RecurrentLayer(Module):
 
     def _unmerge_gradient(self, d_output: Any, out: Array, unbatched: bool) -> Array:
         """dL/d(the user's output) -> dL/d(out), (T, B, nd * H) time-major."""
+        if self.go_backwards:
+            d = self._user_gradient(d_output, out.shape, unbatched, "d_output")
+            return np.ascontiguousarray(d[::-1])
         T, B, width = out.shape
         H = self.hidden_size
         if self.merge_mode is None:
@@ -714,6 +733,7 @@ class LSTM(RecurrentLayer):
         full_gate_recurrence: bool = False,
         merge_mode: str | None = "concat",
         go_backwards: bool = False,
+        reverse: bool = False,
     ) -> None:
         acts = _resolve_activations(
             {"recurrent_activation": recurrent_activation, "activation": activation,
@@ -742,7 +762,7 @@ class LSTM(RecurrentLayer):
             raise ValueError("forget_bias needs a forget gate; got forget_gate=False")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype, seed, recurrent_init, stateful, fast,
-                         merge_mode=merge_mode, go_backwards=go_backwards)
+                         merge_mode=merge_mode, go_backwards=go_backwards, reverse=reverse)
 
     def _make_cell(self, input_size: int) -> LSTMCell:
         return LSTMCell(input_size, self.hidden_size, self.bias, **self._cell_fields)
@@ -811,6 +831,7 @@ class GRU(RecurrentLayer):
         clip: float | None = None,
         merge_mode: str | None = "concat",
         go_backwards: bool = False,
+        reverse: bool = False,
     ) -> None:
         acts = _resolve_activations(
             {"recurrent_activation": recurrent_activation, "activation": activation},
@@ -826,7 +847,7 @@ class GRU(RecurrentLayer):
         }
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype, seed, recurrent_init, stateful, fast,
-                         merge_mode=merge_mode, go_backwards=go_backwards)
+                         merge_mode=merge_mode, go_backwards=go_backwards, reverse=reverse)
 
     def _make_cell(self, input_size: int) -> GRUCell:
         return GRUCell(input_size, self.hidden_size, self.bias, **self._cell_fields)
@@ -854,7 +875,7 @@ class RNN(RecurrentLayer):
                  activation_alpha: Sequence[float] | None = None,
                  activation_beta: Sequence[float] | None = None,
                  clip: float | None = None, merge_mode: str | None = "concat",
-                 go_backwards: bool = False) -> None:
+                 go_backwards: bool = False, reverse: bool = False) -> None:
         RNNCell(1, 1, nonlinearity=nonlinearity)  # validates the name before any work
         spec = nonlinearity if activation is None else activation
         act = _resolve_activations({"activation": spec}, activation_alpha,
@@ -876,7 +897,7 @@ class RNN(RecurrentLayer):
         }
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype, seed, recurrent_init, stateful, fast,
-                         merge_mode=merge_mode, go_backwards=go_backwards)
+                         merge_mode=merge_mode, go_backwards=go_backwards, reverse=reverse)
 
     def _make_cell(self, input_size: int) -> RNNCell:
         return RNNCell(input_size, self.hidden_size, self.bias, **self._cell_fields)

@@ -7,7 +7,9 @@ character is drawn from the softmax of the model's next logits and fed back in:
 
 ``temperature`` below 1 sharpens the distribution (safer, more repetitive text), above 1 flattens
 it (more surprising text); ``temperature=0`` always takes the most likely character (greedy).
-Everything runs in evaluation mode (no dropout) under :func:`lstmkit.no_grad`, and the draws come
+The vocabulary's unknown symbol, if it has one, is never drawn: it stands for characters the
+model never learned to write. Everything runs in evaluation mode (no dropout) under
+:func:`lstmkit.no_grad`, and the draws come
 from a Generator of their own, so the same model, prime and seed always give the same text and
 sampling never disturbs a training run's random streams.
 
@@ -126,7 +128,11 @@ def sample(
             last = logits[-1, 0]  # (V,)
             out = np.empty(length, dtype=np.int64)
             token = np.empty((1, 1), dtype=np.int64)
+            unknown = vocab.unknown_id
             for n in range(length):
+                if unknown is not None:  # the unknown symbol is not a character to print
+                    last = last.copy()
+                    last[unknown] = -np.inf
                 probs = next_char_probabilities(last, temperature, top_k)
                 # Inverse-CDF draw: one uniform number per character, the same on every platform.
                 cdf = np.cumsum(probs)

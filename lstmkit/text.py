@@ -22,7 +22,9 @@ __all__ = [
     "StreamBatcher",
     "TextError",
     "UnknownCharactersError",
+    "UNKNOWN_DISPLAY",
     "Vocabulary",
+    "held_out_start",
     "read_text",
     "split_train_val",
 ]
@@ -33,6 +35,8 @@ _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 _CONTROL = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x9f]")
 # A file whose characters are more than this fraction control characters is data, not text.
 _MAX_CONTROL_FRACTION = 0.10
+#: How :meth:`Vocabulary.decode` shows the unknown symbol: U+FFFD REPLACEMENT CHARACTER.
+UNKNOWN_DISPLAY = "\ufffd"
 
 
 class TextError(ValueError):
@@ -112,27 +116,36 @@ def read_text(path: str | os.PathLike[str]) -> str:
 
 
 class Vocabulary:
-    """A bijection between characters and ids ``0 .. len(vocab) - 1``.
+    """A bijection between characters and ids ``0 .. len(vocab) - 1``, and an unknown symbol.
 
     Built from text, the characters are the distinct characters of the text sorted by code
-    point, so the same text always gives the same ids.
+    point, so the same text always gives the same ids. With ``unknown=True`` one more id,
+    :attr:`unknown_id` ``= len(chars)``, stands for every character outside ``chars``: a
+    model trained with it can read a text holding characters it never saw. The unknown id comes
+    after the characters, so adding it changes no character's id, and a vocabulary saved
+    without it (lstmkit 0.1's checkpoints) loads as it was.
 
     Example::
 
-        vocab = Vocabulary.from_text(text)
+        vocab = Vocabulary.from_text(text, unknown=True)
         ids = vocab.encode("hello")         # int64 array, shape (5,)
         assert vocab.decode(ids) == "hello"
+        vocab.encode("h\u00e9llo")          # UnknownCharactersError: '\u00e9' is not in it
+        vocab.encode("h\u00e9llo", allow_unknown=True)   # '\u00e9' -> vocab.unknown_id
     """
 
-    def __init__(self, chars: Sequence[str]) -> None:
+    def __init__(self, chars: Sequence[str], unknown: bool = False) -> None:
         """Make a vocabulary whose id ``k`` is ``chars[k]``.
 
         Args:
             chars: distinct single characters, at least one.
+            unknown: add the unknown symbol, id ``len(chars)``.
         """
         if isinstance(chars, str):
             chars = list(chars)
         chars = list(chars)
+        if not isinstance(unknown, (bool, np.bool_)):
+            raise TextError(f"unknown is {unknown!r}; expected True or False")
         if not chars:
             raise TextError("a vocabulary needs at least one character; got none")
         for char in chars:
@@ -148,6 +161,7 @@ class Vocabulary:
                 f"{', '.join(map(_show, repeated))}"
             )
         self._chars = tuple(chars)
+        self._unknown = bool(unknown)
         self._ids = {char: i for i, char in enumerate(chars)}
         # For vectorised encoding: the code points in ascending order and their ids.
         code_points = np.array([ord(c) for c in chars], dtype=np.uint32)
@@ -155,21 +169,49 @@ class Vocabulary:
         self._sorted_code_points = code_points[self._order]
 
     @classmethod
-    def from_text(cls, text: str) -> Vocabulary:
-        """The vocabulary of ``text``: its distinct characters, sorted by code point."""
+    def from_text(cls, text: str, unknown: bool = False, min_count: int = 1) -> Vocabulary:
+        """The vocabulary of ``text``: its distinct characters, sorted by code point.
+
+        Args:
+            text: the text.
+            unknown: add the unknown symbol (see the class docstring).
+            min_count: leave out the characters that occur fewer times than this; they are read
+                as the unknown symbol, which needs ``unknown=True``.
+        """
         if not isinstance(text, str):
             raise TypeError(f"text is a {type(text).__name__}; expected a str")
         if not text:
             raise TextError("cannot build a vocabulary from empty text")
-        return cls(sorted(set(text)))
+        if isinstance(min_count, bool) or not isinstance(min_count, (int, np.integer)) or (
+            min_count < 1
+        ):
+            raise TextError(f"min_count is {min_count!r}; expected an integer >= 1")
+        if min_count > 1 and not unknown:
+            raise TextError(
+                f"min_count={min_count} leaves rare characters out, which needs the unknown "
+                "symbol to stand for them: pass unknown=True"
+            )
+        counts = Counter(text)
+        chars = sorted(char for char, count in counts.items() if count >= min_count)
+        if not chars:
+            raise TextError(
+                f"no character of the text occurs {min_count} times or more; lower min_count"
+            )
+        return cls(chars, unknown=unknown)
 
     @property
     def chars(self) -> tuple[str, ...]:
-        """The characters, in id order."""
+        """The characters, in id order (without the unknown symbol)."""
         return self._chars
 
+    @property
+    def unknown_id(self) -> int | None:
+        """The id of the unknown symbol (``len(chars)``), or None if there is none."""
+        return len(self._chars) if self._unknown else None
+
     def __len__(self) -> int:
-        return len(self._chars)
+        """The number of ids: the characters, plus one for the unknown symbol if there is one."""
+        return len(self._chars) + self._unknown
 
     def __contains__(self, char: object) -> bool:
         return char in self._ids
@@ -177,15 +219,16 @@ class Vocabulary:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Vocabulary):
             return NotImplemented
-        return self._chars == other._chars
+        return self._chars == other._chars and self._unknown == other._unknown
 
     def __hash__(self) -> int:
-        return hash(self._chars)
+        return hash((self._chars, self._unknown))
 
     def __repr__(self) -> str:
         preview = "".join(self._chars[:20])
         more = "..." if len(self._chars) > 20 else ""
-        return f"Vocabulary({len(self)} characters: {preview!r}{more})"
+        unknown = " and the unknown symbol" if self._unknown else ""
+        return f"Vocabulary({len(self._chars)} characters{unknown}: {preview!r}{more})"
 
     def index(self, char: str) -> int:
         """The id of one character."""
@@ -193,15 +236,21 @@ class Vocabulary:
             return self._ids[char]
         except (KeyError, TypeError):
             raise UnknownCharactersError(
-                f"{char!r} is not in the vocabulary of {len(self)} characters", [char]
+                f"{char!r} is not in the vocabulary of {len(self._chars)} characters", [char]
             ) from None
 
-    def encode(self, text: str) -> np.ndarray:
+    def encode(self, text: str, allow_unknown: bool = False) -> np.ndarray:
         """Ids of the characters of ``text``: int64, shape ``(len(text),)``.
 
+        Args:
+            text: the text.
+            allow_unknown: read characters outside the vocabulary as :attr:`unknown_id`
+                instead of refusing them (needs a vocabulary with the unknown symbol).
+
         Raises:
-            UnknownCharactersError: ``text`` holds characters not in the vocabulary; the message
-                lists every one of them (its ``characters`` attribute too).
+            UnknownCharactersError: ``text`` holds characters not in the vocabulary (and
+                ``allow_unknown`` is False, or there is no unknown symbol); the message lists
+                every one of them (its ``characters`` attribute too).
         """
         if not isinstance(text, str):
             raise TypeError(f"text is a {type(text).__name__}; expected a str")
@@ -210,17 +259,31 @@ class Vocabulary:
         slots = np.searchsorted(self._sorted_code_points, code_points)
         slots = np.minimum(slots, len(self._chars) - 1)
         known = self._sorted_code_points[slots] == code_points
-        if not known.all():
-            unknown = sorted({chr(int(cp)) for cp in np.unique(code_points[~known])})
-            raise UnknownCharactersError(
-                f"{len(unknown)} character{'s' if len(unknown) != 1 else ''} not in the "
-                f"vocabulary of {len(self)}: {', '.join(map(_show, unknown))}",
-                unknown,
-            )
-        return self._order[slots]
+        ids = self._order[slots]
+        if known.all():
+            return ids
+        if allow_unknown and self._unknown:
+            ids[~known] = len(self._chars)
+            return ids
+        unknown = sorted({chr(int(cp)) for cp in np.unique(code_points[~known])})
+        hint = ""
+        if allow_unknown:
+            hint = ("; this vocabulary has no unknown symbol to read them as (it was saved by "
+                    "an older lstmkit): train the model again to have one")
+        raise UnknownCharactersError(
+            f"{len(unknown)} character{'s' if len(unknown) != 1 else ''} not in the "
+            f"vocabulary of {len(self._chars)}: {', '.join(map(_show, unknown))}{hint}",
+            unknown,
+        )
+
+    def unknown_characters(self, text: str) -> list[str]:
+        """The distinct characters of ``text`` that are not in the vocabulary, sorted."""
+        if not isinstance(text, str):
+            raise TypeError(f"text is a {type(text).__name__}; expected a str")
+        return sorted(set(text) - self._ids.keys())
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
-        """The text that a sequence of ids stands for.
+        """The text that a sequence of ids stands for (the unknown symbol as U+FFFD).
 
         Args:
             ids: a 1-D sequence of integer ids in ``0 .. len(self) - 1``.
@@ -232,31 +295,42 @@ class Vocabulary:
             return ""
         if array.dtype.kind not in "iu":
             raise TextError(f"ids have dtype {array.dtype}; expected integers")
-        bad = (array < 0) | (array >= len(self._chars))
+        bad = (array < 0) | (array >= len(self))
         if bad.any():
             shown = ", ".join(str(i) for i in np.unique(array[bad])[:20])
             raise TextError(
                 f"ids {shown} are out of range; this vocabulary has ids 0 to {len(self) - 1}"
             )
-        return "".join(self._chars[i] for i in array.tolist())
+        chars = self._chars + ((UNKNOWN_DISPLAY,) if self._unknown else ())
+        return "".join(chars[i] for i in array.tolist())
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready description, for a checkpoint's metadata."""
-        return {"kind": "characters", "chars": list(self._chars)}
+        """A JSON-ready description, for a checkpoint's metadata.
+
+        ``{"kind": "characters", "chars": [...]}``, with ``"unknown": true`` when the
+        vocabulary has the unknown symbol (the key is absent otherwise, as lstmkit 0.1 wrote it).
+        """
+        data: dict[str, Any] = {"kind": "characters", "chars": list(self._chars)}
+        if self._unknown:
+            data["unknown"] = True
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Vocabulary:
-        """Rebuild a vocabulary from :meth:`to_json` output."""
+        """Rebuild a vocabulary from :meth:`to_json` output (with or without ``"unknown"``)."""
         if (
             not isinstance(data, Mapping)
             or data.get("kind") != "characters"
             or not isinstance(data.get("chars"), list)
+            or not isinstance(data.get("unknown", False), bool)
+            or set(data) - {"kind", "chars", "unknown"}
         ):
             raise TextError(
                 f"vocabulary data is {data!r:.100}; expected "
-                '{"kind": "characters", "chars": [<one-character strings>]}'
+                '{"kind": "characters", "chars": [<one-character strings>]} and optionally '
+                '"unknown": true'
             )
-        return cls(data["chars"])
+        return cls(data["chars"], unknown=data.get("unknown", False))
 
 
 def _check_ids(ids: Any, argument: str = "ids") -> np.ndarray:
@@ -285,20 +359,24 @@ def split_train_val(ids: Any, val_fraction: float = 0.1) -> tuple[np.ndarray, np
         ``(train, val)``: views of ``ids`` (int64).
     """
     array = _check_ids(ids)
+    start = held_out_start(len(array), val_fraction)
+    return array[:start], array[start:]
+
+
+def held_out_start(length: int, val_fraction: float) -> int:
+    """Where :func:`split_train_val` cuts a text of ``length`` characters: the held-out start."""
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, numbers.Real):
         raise TypeError(f"val_fraction is {val_fraction!r}; expected a number in [0, 1)")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction is {val_fraction}; expected a number in [0, 1)")
-    n = len(array)
     if val_fraction == 0:
-        return array, array[n:]
-    if n < 2:
+        return length
+    if length < 2:
         raise TextError(
-            f"the text has {n} character{'s' if n != 1 else ''}; splitting off a validation part "
-            "needs at least 2"
+            f"the text has {length} character{'s' if length != 1 else ''}; splitting off a "
+            "validation part needs at least 2"
         )
-    n_val = min(max(round(n * val_fraction), 1), n - 1)
-    return array[: n - n_val], array[n - n_val :]
+    return length - min(max(round(length * val_fraction), 1), length - 1)
 
 
 class StreamBatcher:

@@ -67,15 +67,25 @@ from lstmkit.nn import softmax_cross_entropy
 from lstmkit.optim import Adam
 from lstmkit.sampling import sample
 from lstmkit.schedules import CosineAnnealingLR
-from lstmkit.text import StreamBatcher, TextError, Vocabulary, read_text, split_train_val
+from lstmkit.text import (
+    StreamBatcher,
+    TextError,
+    UnknownCharactersError,
+    Vocabulary,
+    held_out_start,
+    read_text,
+)
 
 __all__ = [
+    "ARCHITECTURE",
     "PRESETS",
+    "TextEvaluation",
     "TrainConfig",
     "TrainResult",
     "Trainer",
     "TrainingError",
     "evaluate",
+    "evaluate_text",
     "calibration_due",
     "load_charlm",
     "prepare_text",
@@ -106,8 +116,10 @@ class TrainConfig:
     Model: ``cell`` ("lstm", "gru", "rnn"), ``num_layers``, ``hidden_size``, ``embedding_dim``,
     ``dropout`` (between recurrent layers and before the decoder). Data: ``seq_len`` (T, the
     truncated-BPTT length), ``batch_size`` (B, the number of streams), ``val_fraction`` (the
-    held-out end of the text). Optimisation: Adam with ``lr`` annealed along a cosine to
-    ``min_lr`` over the run, gradients clipped to global norm ``clip`` (0: no clipping).
+    held-out end of the text), ``min_count`` (characters seen fewer times in the training part
+    are read as the vocabulary's unknown symbol, which every new run has). Optimisation: Adam
+    with ``lr`` annealed along a cosine to ``min_lr`` over the run, gradients clipped to global
+    norm ``clip`` (0: no clipping).
     Budget: ``steps`` and/or ``time_limit`` (seconds, wall clock, counted over all sessions of a
     resumed run); with only a time limit the cosine's length is estimated from the measured
     speed once training has warmed up, and re-estimated at every validation. Evaluation: every
@@ -128,6 +140,7 @@ class TrainConfig:
     seq_len: int = 50
     batch_size: int = 16
     val_fraction: float = 0.1
+    min_count: int = 1
     lr: float = 3e-3
     min_lr: float = 1e-4
     clip: float = 5.0
@@ -150,7 +163,7 @@ class TrainConfig:
         if self.cell not in CELLS:
             raise TrainingError(f"cell is {self.cell!r}; expected one of {', '.join(CELLS)}")
         positive = ("num_layers", "hidden_size", "embedding_dim", "seq_len", "batch_size",
-                    "eval_every", "eval_batch_size", "eval_seq_len", "keep")
+                    "min_count", "eval_every", "eval_batch_size", "eval_seq_len", "keep")
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -271,12 +284,21 @@ def _sha256_text(text: str) -> str:
 
 
 def prepare_text(
-    text: str, val_fraction: float = 0.1, vocab: Vocabulary | None = None
+    text: str, val_fraction: float = 0.1, vocab: Vocabulary | None = None, min_count: int = 1
 ) -> tuple[Vocabulary, np.ndarray, np.ndarray]:
-    """Vocabulary (of the whole text unless given), training ids and held-out ids (the end)."""
-    vocab = Vocabulary.from_text(text) if vocab is None else vocab
-    train_ids, val_ids = split_train_val(vocab.encode(text), val_fraction)
-    return vocab, train_ids, val_ids
+    """Vocabulary, training ids and held-out ids (the last ``val_fraction`` of the text).
+
+    Without ``vocab``, the vocabulary is built from the training part alone, with the unknown
+    symbol, which stands for the characters seen fewer than ``min_count`` times there and for
+    the held-out part's characters that the training part lacks: the held-out text is then
+    scored as a text never seen would be. A given vocabulary with the unknown symbol reads the
+    characters it lacks as that symbol; one without it (an older checkpoint's) refuses them.
+    """
+    start = held_out_start(len(text), val_fraction)
+    if vocab is None:
+        vocab = Vocabulary.from_text(text[:start], unknown=True, min_count=min_count)
+    ids = vocab.encode(text, allow_unknown=vocab.unknown_id is not None)
+    return vocab, ids[:start], ids[start:]
 
 
 def validation_batches(
@@ -303,27 +325,82 @@ def validation_batches(
                np.ascontiguousarray(grid[start + 1 : stop + 1]))
 
 
-def evaluate(model: CharLM, ids: np.ndarray, batch_size: int = 32, seq_len: int = 200) -> float:
+def evaluate(
+    model: CharLM, ids: np.ndarray, batch_size: int = 32, seq_len: int = 200,
+    ignore_index: int | None = None,
+) -> float:
     """Mean cross entropy (nats per character) of ``model`` on ``ids``, in eval mode.
 
     Runs under :func:`lstmkit.no_grad` over the windows of :func:`validation_batches`, carrying
-    the state from window to window; restores the model's training mode afterwards.
+    the state from window to window; restores the model's training mode afterwards. Targets
+    equal to ``ignore_index`` (the unknown symbol) are read as inputs but left out of the mean.
+
+    Raises:
+        TextError: every target is ``ignore_index``: there is nothing to score.
     """
     was_training = model.training
     model.eval()
     total, count, state = 0.0, 0, None
+    ignore = -100 if ignore_index is None else int(ignore_index)
     try:
         with no_grad():
             for x, y in validation_batches(ids, batch_size, seq_len):
                 logits, state = model(x, state)
                 loss, _ = softmax_cross_entropy(
-                    logits, y, reduction="sum", compute_grad=False, out=logits
+                    logits, y, ignore_index=ignore, reduction="sum", compute_grad=False,
+                    out=logits,
                 )
                 total += float(loss)
-                count += y.size
+                count += y.size if ignore_index is None else int(np.count_nonzero(y != ignore))
     finally:
         model.train(was_training)
+    if count == 0:
+        raise TextError("every character to predict is unknown to the model: nothing to score")
     return total / count
+
+
+@dataclass
+class TextEvaluation:
+    """A model's score on a text, the characters it never saw set apart.
+
+    ``loss`` (nats per character), ``bpc`` and ``perplexity`` are over the predicted characters
+    that the vocabulary holds; ``unknown_count`` characters of the text (``unknown_share`` of
+    its ``characters``) are not in it: the model reads each as its unknown symbol, and predicting
+    them is not scored. ``unknown_characters``: the distinct ones, sorted.
+    """
+
+    loss: float
+    bpc: float
+    perplexity: float
+    characters: int
+    unknown_count: int
+    unknown_share: float
+    unknown_characters: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+
+def evaluate_text(
+    model: CharLM, vocab: Vocabulary, text: str, batch_size: int = 32, seq_len: int = 200
+) -> TextEvaluation:
+    """Score ``model`` on ``text`` (see :class:`TextEvaluation` and :func:`evaluate`).
+
+    Raises:
+        UnknownCharactersError: the text holds characters outside a vocabulary that has no
+            unknown symbol (a checkpoint of lstmkit 0.1); the message lists them.
+        TextError: the text is shorter than 2 characters, or all of it is unknown.
+    """
+    ids = vocab.encode(text, allow_unknown=True)
+    unknown = vocab.unknown_id
+    unknown_count = 0 if unknown is None else int(np.count_nonzero(ids == unknown))
+    loss = evaluate(model, ids, batch_size, seq_len, ignore_index=unknown)
+    return TextEvaluation(
+        loss=loss, bpc=loss / LN2, perplexity=math.exp(loss), characters=int(ids.size),
+        unknown_count=unknown_count, unknown_share=unknown_count / ids.size,
+        unknown_characters=vocab.unknown_characters(text) if unknown_count else [],
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -383,6 +460,53 @@ def load_charlm(
     )
     model.eval()
     return model, Vocabulary.from_json(meta["vocabulary"]), meta
+
+
+#: The settings that fix a model's architecture, named alike in TrainConfig and CharLM.config().
+ARCHITECTURE = ("cell", "num_layers", "hidden_size", "embedding_dim", "dtype")
+
+
+def _fine_tuning_source(
+    path: str | Path, config: TrainConfig
+) -> tuple[CharLM, Vocabulary, dict[str, Any]]:
+    """The model to fine-tune, its vocabulary, and what the new run records about it.
+
+    Raises:
+        TrainingError: the checkpoint cannot be read, or ``config`` asks for another
+            architecture (or another vocabulary, through ``min_count``).
+    """
+    try:
+        model, vocab, meta = load_charlm(path)
+    except CheckpointError as error:
+        raise TrainingError(f"cannot fine-tune from {path}: {error}") from None
+    saved = model.config()
+    for key in ARCHITECTURE:
+        if getattr(config, key) != saved[key]:
+            raise TrainingError(
+                f"{key}={getattr(config, key)!r} contradicts the model in {path}, which has "
+                f"{key}={saved[key]!r}: fine-tuning keeps the architecture, so leave that option "
+                "out (it is taken from the checkpoint) or give the checkpoint's value"
+            )
+    others = {k: v for k, v in saved.items()
+              if k not in {*ARCHITECTURE, "vocab_size", "dropout", "tie_weights"}}
+    if saved.get("tie_weights"):
+        raise TrainingError(
+            f"the model in {path} has options training does not set (tie_weights); "
+            "lstmkit train can fine-tune only the models it trains"
+        )
+    if others != dict(config.cell_options):
+        raise TrainingError(
+            f"cell_options={dict(config.cell_options)!r} contradicts the model in {path}, whose "
+            f"cell options are {others!r}: fine-tuning keeps the architecture"
+        )
+    if config.min_count != 1:
+        raise TrainingError(
+            f"min_count={config.min_count} would build a new vocabulary, but a fine-tuned model "
+            f"keeps the vocabulary of {path}: leave min_count out"
+        )
+    record = {"path": str(path), "step": meta.get("progress", {}).get("step"),
+              "data_sha256": meta.get("data", {}).get("sha256")}
+    return model, vocab, record
 
 
 def _existing_run(out_dir: Path) -> bool:
@@ -452,6 +576,7 @@ class Trainer:
         text: str,
         out_dir: Path,
         *,
+        vocab: Vocabulary | None = None,
         text_path: str | None = None,
         quiet: bool = False,
         progress: bool | None = None,
@@ -466,7 +591,15 @@ class Trainer:
         self.callback = callback
         self.text_sha256 = _sha256_text(text)
         self.text_path = text_path
-        self.vocab, self.train_ids, self.val_ids = prepare_text(text, config.val_fraction)
+        self.vocab, self.train_ids, self.val_ids = prepare_text(
+            text, config.val_fraction, vocab, config.min_count
+        )
+        unknown = self.vocab.unknown_id
+        self.unknown_counts = tuple(
+            0 if unknown is None else int(np.count_nonzero(part == unknown))
+            for part in (self.train_ids, self.val_ids)
+        )
+        self.init_from: dict[str, Any] | None = None
         if self.val_ids.size == 1:
             raise TrainingError(
                 "the validation part is 1 character, too short to evaluate: use a longer text, "
@@ -510,8 +643,11 @@ class Trainer:
 
     @classmethod
     def new(cls, config: TrainConfig, text: str, out_dir: str | Path, *, force: bool = False,
-            **kwargs: Any) -> Trainer:
-        """A fresh run writing into ``out_dir``; an existing run there needs ``force``."""
+            init_from: str | Path | None = None, **kwargs: Any) -> Trainer:
+        """A fresh run writing into ``out_dir``; an existing run there needs ``force``.
+
+        ``init_from``: a trained model's checkpoint to fine-tune; see :func:`train`.
+        """
         out_dir = Path(out_dir)
         if _existing_run(out_dir):
             if not force:
@@ -519,7 +655,41 @@ class Trainer:
                     f"{out_dir} already holds the checkpoints of a training run; continue it with "
                     "--resume, or pass --force to delete them and start over"
                 )
-        trainer = cls(config, text, out_dir, **kwargs)
+        if init_from is None:
+            trainer = cls(config, text, out_dir, **kwargs)
+            rare, unseen = trainer.unknown_counts
+            parts = []
+            if rare:
+                parts.append(f"{rare:,} training characters seen fewer than {config.min_count} "
+                             "times")
+            if unseen:
+                parts.append(f"{unseen:,} held-out characters the training part lacks (not "
+                             "scored in validation)")
+            if parts:
+                trainer._log(
+                    f"vocabulary: {len(trainer.vocab.chars):,} characters of the training part "
+                    f"and the unknown symbol, which stands for {' and '.join(parts)}"
+                )
+        else:
+            source, vocab, record = _fine_tuning_source(init_from, config)
+            try:
+                trainer = cls(config, text, out_dir, vocab=vocab, **kwargs)
+            except UnknownCharactersError as error:
+                raise TrainingError(
+                    f"the text holds characters the model in {init_from} never saw, and its "
+                    f"vocabulary has no unknown symbol to read them as: {error}"
+                ) from None
+            trainer.model.load_state_dict(source.params)
+            trainer.init_from = record
+            unseen = sum(trainer.unknown_counts)
+            if unseen:
+                distinct = vocab.unknown_characters(text)
+                shown = "".join(distinct[:40]) + ("..." if len(distinct) > 40 else "")
+                trainer._log(
+                    f"{unseen:,} characters of the text ({unseen / len(text):.2%}; "
+                    f"{len(distinct)} distinct: {shown}) are not in the vocabulary of "
+                    f"{init_from}: the model reads them as its unknown symbol"
+                )
         if force and _existing_run(out_dir):
             _clear_run(out_dir)
         return trainer
@@ -560,8 +730,10 @@ class Trainer:
                 f"{meta['data']['sha256'][:12]}..., {meta['data']['num_chars']} characters): "
                 "resume with the same file"
             )
-        trainer = cls(config, text, out_dir, **kwargs)
+        vocab = Vocabulary.from_json(meta["vocabulary"])
+        trainer = cls(config, text, out_dir, vocab=vocab, **kwargs)
         trainer._restore(tensors, meta)
+        trainer.init_from = meta.get("init_from")
         return trainer
 
     def _make_schedule(self, total_steps: int, done: int = 0) -> None:
@@ -657,6 +829,7 @@ class Trainer:
                 "path": self.text_path, "sha256": self.text_sha256,
                 "num_chars": int(self.train_ids.size + self.val_ids.size),
                 "num_train": int(self.train_ids.size), "num_val": int(self.val_ids.size),
+                "unknown_train": self.unknown_counts[0], "unknown_val": self.unknown_counts[1],
             },
             "optimizer": {"name": "Adam", "hyperparameters": opt_state["hyperparameters"],
                           "step": opt_state["step"]},
@@ -671,6 +844,8 @@ class Trainer:
             },
             "history": self.history,
         }
+        if self.init_from is not None:
+            meta["init_from"] = self.init_from
         path = self.manager.save(self.step, tensors, meta, is_best=is_best, force=True)
         self.last_saved_step = self.step
         self._last_saved_status = status
@@ -684,7 +859,8 @@ class Trainer:
         val_loss = None
         start = time.perf_counter()
         if self.val_ids.size:
-            val_loss = evaluate(self.model, self.val_ids, cfg.eval_batch_size, cfg.eval_seq_len)
+            val_loss = evaluate(self.model, self.val_ids, cfg.eval_batch_size, cfg.eval_seq_len,
+                                ignore_index=self.vocab.unknown_id)
             self._eval_seconds = time.perf_counter() - start
             if self.best_val_loss is None or val_loss < self.best_val_loss:
                 self.best_val_loss, self.best_step, self.bad_evals = val_loss, self.step, 0
@@ -905,6 +1081,7 @@ def train(
     *,
     resume: bool = False,
     force: bool = False,
+    init_from: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
     quiet: bool = False,
     progress: bool | None = None,
@@ -920,6 +1097,11 @@ def train(
         config: the settings of a new run (default :class:`TrainConfig`).
         resume: continue the run in ``out_dir`` (``config`` is ignored; see ``overrides``).
         force: start a new run even though ``out_dir`` holds one (its checkpoints are deleted).
+        init_from: fine-tune: start from the weights of this trained model (a checkpoint root or
+            ``step-*`` directory; its best checkpoint) instead of random ones, with its
+            vocabulary (the text's characters outside it are read as the unknown symbol, and
+            their count is logged). ``config`` must give the same architecture (cell, layers,
+            sizes, dtype); the optimizer, schedule and step count start afresh.
         overrides: with ``resume``, new values for :data:`RESUME_OVERRIDES`.
         quiet: no progress bar and no log lines.
         progress: show the tqdm bar (None: only when stderr is a terminal).
@@ -938,7 +1120,10 @@ def train(
     kwargs = {"text_path": text_path, "quiet": quiet, "progress": progress, "log": log,
               "callback": callback}
     if resume:
+        if init_from is not None:
+            raise TrainingError("resume continues a run and init_from starts one: choose one")
         trainer = Trainer.resume(text, out_dir, overrides, **kwargs)
     else:
-        trainer = Trainer.new(config or TrainConfig(), text, out_dir, force=force, **kwargs)
+        trainer = Trainer.new(config or TrainConfig(), text, out_dir, force=force,
+                              init_from=init_from, **kwargs)
     return trainer.run()

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 import lstmkit.train as train_module
 from lstmkit.cli import main
 from lstmkit.engine import kernels
+from lstmkit.grad_mode import no_grad
 from lstmkit.io import CheckpointManager, load_checkpoint
 from lstmkit.nn import softmax_cross_entropy
 
@@ -102,7 +103,9 @@ def test_train_sample_eval(tmp_path, runner, make_text, prime):
     as_json = invoke(runner, "eval", out, held_out, "--json")
     assert as_json.exit_code == 0, as_json.output
     metrics = json.loads(as_json.output)  # exactly one JSON object
-    assert set(metrics) == {"loss", "bpc", "perplexity"}
+    assert set(metrics) == {"loss", "bpc", "perplexity", "characters", "unknown_count",
+                            "unknown_share", "unknown_characters"}
+    assert metrics["unknown_count"] == 0 and metrics["characters"] == 200
     assert metrics["bpc"] == pytest.approx(metrics["loss"] / math.log(2))
     assert metrics["perplexity"] == pytest.approx(math.exp(metrics["loss"]))
     assert 0 < metrics["loss"] < math.log(len(set(make_text()))) + 1
@@ -215,11 +218,31 @@ def trained(tmp_path_factory):
     return root
 
 
-def test_unknown_characters_are_listed(trained, runner):
+def test_unknown_characters_are_counted_in_eval_and_refused_in_a_prime(trained, runner):
     other = trained / "other.txt"
     other.write_text("吾輩は犬である。Dog!", encoding="utf-8")
     result = invoke(runner, "eval", trained / "run", other, "--json")
-    assert_one_line_error(result, 1, "'犬'", "'D'", "'o'", "'g'", "'!'", "never saw")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output)
+    assert metrics["unknown_count"] == 5 and metrics["characters"] == 12
+    assert metrics["unknown_share"] == pytest.approx(5 / 12)
+    assert metrics["unknown_characters"] == ["!", "D", "g", "o", "犬"]
+    # The loss is over the 6 predicted characters the model knows (not 犬, D, o, g, !).
+    model, vocab, _ = train_module.load_charlm(trained / "run")
+    ids = vocab.encode("吾輩は犬である。Dog!", allow_unknown=True)
+    with no_grad():
+        logits, _ = model(ids[:-1, None])
+    targets = ids[1:, None]
+    expected, _ = softmax_cross_entropy(logits.astype(np.float64), targets,
+                                        ignore_index=vocab.unknown_id)
+    assert np.count_nonzero(targets != vocab.unknown_id) == 6
+    assert metrics["loss"] == pytest.approx(float(expected), rel=1e-5)
+    plain = invoke(runner, "eval", trained / "run", other)
+    assert "5 characters (41.67%) are unknown" in plain.output and "犬" in plain.output
+    unknown_only = trained / "unknown.txt"
+    unknown_only.write_text("Dog!", encoding="utf-8")
+    result = invoke(runner, "eval", trained / "run", unknown_only)
+    assert_one_line_error(result, 1, "nothing to score")
     result = invoke(runner, "sample", trained / "run", "--prime", "吾輩は犬", "-n", 5)
     assert_one_line_error(result, 1, "'犬' (U+72AC)", "prime")
     result = invoke(runner, "eval", trained / "run", trained / "missing.txt")
@@ -262,3 +285,22 @@ def test_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, signum):
     assert meta["status"] == "interrupted"
     assert meta["progress"]["step"] >= 20
     assert tensors["history.train_loss"].shape == (meta["progress"]["step"],)
+
+
+def test_init_from_takes_the_architecture_of_the_checkpoint(trained, runner, tmp_path):
+    new_text = tmp_path / "new.txt"
+    new_text.write_text(japanese(300).replace("猫", "犬"), encoding="utf-8")  # 犬 is new
+    result = invoke(runner, "train", new_text, "--out", tmp_path / "tuned", "--steps", 2,
+                    "--init-from", trained / "run", "--seq-len", 10, "--batch", 2,
+                    "--sample-every", 0)
+    assert result.exit_code == 0, result.output
+    assert "unknown symbol" in result.output and "犬" in result.output
+    _, meta = load_checkpoint(tmp_path / "tuned")
+    assert meta["model"]["hidden_size"] == 16 and meta["model"]["embedding_dim"] == 8
+    assert meta["init_from"]["path"] == str(trained / "run")
+    contradiction = invoke(runner, "train", new_text, "--out", tmp_path / "other", "--steps", 2,
+                           "--init-from", trained / "run", "--hidden", 32)
+    assert_one_line_error(contradiction, 1, "hidden_size=32 contradicts", "hidden_size=16")
+    both = invoke(runner, "train", new_text, "--out", tmp_path / "tuned", "--resume",
+                  "--init-from", trained / "run")
+    assert both.exit_code == 2 and "choose one" in both.output

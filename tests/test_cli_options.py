@@ -36,6 +36,15 @@ def test_a_variant_trains_and_is_rebuilt_for_sample_eval_and_gates(tmp_path, run
     assert invoke(runner, "eval", out, held_out, "--json").exit_code == 0
     gates = invoke(runner, "gates", out, "--text", "to be or not", "--out", tmp_path / "f.png")
     assert gates.exit_code == 0, gates.output
+    # fine-tuning takes the cell options from the checkpoint, and refuses others
+    tuned = invoke(runner, "train", text, "--out", tmp_path / "tuned", "--steps", 2,
+                   "--eval-every", 2, "--init-from", out, "--seq-len", 10, "--batch", 2,
+                   "--sample-every", 0, "--quiet")
+    assert tuned.exit_code == 0, tuned.output
+    assert load_charlm(tmp_path / "tuned")[0].rnn._cells[0] == cell
+    other = invoke(runner, "train", text, "--out", tmp_path / "other", "--steps", 2,
+                   "--init-from", out, "--cell-clip", 1, "--quiet")
+    assert_one_line_error(other, 1, "contradicts")
     # a resumed run keeps its model: other cell options are refused
     clash = invoke(runner, "train", text, "--out", out, "--steps", 6, "--resume",
                    "--cell-clip", 1)

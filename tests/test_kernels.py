@@ -651,6 +651,10 @@ def test_stale_compiled_kernels_are_dropped(tmp_path, monkeypatch):
     (mirror / "lstm.lstm_forward-1.py311.nbi").write_bytes(b"current")
     k._drop_stale_compiled_kernels()  # digest now matches: the cache stays
     assert (mirror / "lstm.lstm_forward-1.py311.nbi").exists()
+    other = 8 if k.vector_width() == 16 else 16  # kernels generated for another vector width
+    monkeypatch.setenv("LSTMKIT_VECTOR_WIDTH", str(other))
+    k._drop_stale_compiled_kernels()
+    assert not (mirror / "lstm.lstm_forward-1.py311.nbi").exists()
 
 
 def test_torch_keeps_its_own_openmp_after_parallel_kernels():

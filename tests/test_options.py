@@ -83,6 +83,8 @@ LSTM_ACTIVATIONS = [
      "activation_beta": [2.0], "input_gate": False, "peepholes": True},
     {"activation": "Affine", "activation_alpha": [0.5], "activation_beta": [0.2],
      "forget_gate": False},
+    {"clip": 0.5, "output_gate": False, "coupled_input_forget": True, "peepholes": True,
+     "recurrent_activation": "softplus"},
 ]
 
 
@@ -194,6 +196,8 @@ def test_option_errors_are_clear():
         lstmkit.LSTM(2, 3, activation="gelu")
     with pytest.raises(TypeError, match="activation_alpha must be a list"):
         lstmkit.LSTM(2, 3, activation="elu", activation_alpha=0.5)
+    with pytest.raises(TypeError, match="what Keras means by None"):
+        lstmkit.GRU(2, 3, recurrent_activation=None)
     with pytest.raises(ValueError, match="hold"):
         lstmkit.LSTM(2, 3, activation=Activation("Elu", 0.5), activation_alpha=[0.5])
 
@@ -306,6 +310,35 @@ def test_go_backwards_is_the_reversed_sequence_in_processing_order():
     np.testing.assert_allclose(dx, dx_ref[::-1])
 
 
+def test_reverse_is_the_backward_half_and_go_backwards_its_flip_with_lengths():
+    """reverse=True runs the one direction from each sequence's end (ONNX's "reverse",
+    the "_reverse" half of a bidirectional layer, output aligned with the input);
+    go_backwards returns the same outputs in the order they ran."""
+    bi = lstmkit.GRU(2, 3, dtype="float64", seed=0, bidirectional=True)
+    rev = lstmkit.GRU(2, 3, dtype="float64", seed=1, reverse=True)
+    back = lstmkit.GRU(2, 3, dtype="float64", seed=1, go_backwards=True)
+    weights = {k.removesuffix("_reverse"): v for k, v in bi.params.items() if "_reverse" in k}
+    rev.load_state_dict(weights)
+    back.load_state_dict(weights)
+    x = np.random.default_rng(0).standard_normal((5, 3, 2))
+    lengths = np.array([5, 2, 4])
+    out_bi, h_bi = bi(x, lengths=lengths)
+    out_rev, h_rev = rev(x, lengths=lengths)
+    out_back, h_back = back(x, lengths=lengths)
+    np.testing.assert_allclose(out_rev, out_bi[..., 3:], rtol=1e-12)
+    np.testing.assert_allclose(h_rev[0], h_bi[1], rtol=1e-12)
+    np.testing.assert_allclose(out_back, out_rev[::-1], rtol=1e-12)
+    np.testing.assert_allclose(h_back, h_rev, rtol=1e-12)
+    d = np.random.default_rng(1).standard_normal(out_rev.shape)
+    dx_rev, _ = rev.backward(d)
+    dx_back, _ = back.backward(d[::-1].copy())
+    np.testing.assert_allclose(dx_back, dx_rev, rtol=1e-12)
+    gradcheck_layer("LSTM", T=4, B=3, reverse=True, lengths=np.array([4, 1, 3]),
+                    reference=False, num_layers=2)
+    gradcheck_layer("RNN", T=4, B=3, go_backwards=True, lengths=np.array([4, 1, 3]),
+                    reference=False)
+
+
 def test_merge_mode_and_go_backwards_errors():
     with pytest.raises(ValueError, match="bidirectional=False"):
         lstmkit.LSTM(2, 3, merge_mode="sum")
@@ -313,6 +346,8 @@ def test_merge_mode_and_go_backwards_errors():
         lstmkit.LSTM(2, 3, bidirectional=True, merge_mode="max")
     with pytest.raises(ValueError, match="already runs both ways"):
         lstmkit.RNN(2, 3, bidirectional=True, go_backwards=True)
+    with pytest.raises(ValueError, match="give one of them"):
+        lstmkit.RNN(2, 3, reverse=True, go_backwards=True)
     layer = lstmkit.LSTM(2, 3, bidirectional=True, merge_mode=None)
     layer(np.zeros((2, 1, 2), dtype=np.float32))
     with pytest.raises(ValueError, match="must be one too"):

@@ -32,6 +32,8 @@ CASES = [
     ("RNN", {"activation": "affine", "activation_alpha": [0.5], "activation_beta": [0.1],
              "clip": 0.9}),
     ("RNN", {"activation": "elu", "bidirectional": True}),
+    ("LSTM", {"reverse": True, "peepholes": True, "num_layers": 2}),
+    ("GRU", {"reverse": True, "linear_before_reset": False}),
 ]
 
 

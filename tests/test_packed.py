@@ -1,9 +1,14 @@
 """The packed-weight product of one recurrent step (``lstmkit.engine.kernels.packed``) equals
 NumPy's ``A @ X`` to float32 rounding, on every tile remainder (rows not a multiple of 16, batch
-columns not a multiple of 6; for a single column, B = 1, rows in groups of 4 tiles and the
-rest), writing only its own block of rows."""
+columns not a multiple of the block width, 6 or 12; for a single column, B = 1, rows in groups
+of 4 or 8 tiles and the rest), writing only its own block of rows; for the host's vector width
+and, in a child process, for the other one (8 and 16 floats both run on any x86 CPU)."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -18,7 +23,8 @@ def _rows_product(a, a_off, X, C, r0, r1, beta):
 
 
 SHAPES = [(1, 1, 1), (16, 3, 6), (17, 5, 7), (33, 19, 13), (64, 64, 16), (100, 37, 20),
-          (128, 128, 1), (5, 200, 12), (64, 5, 1), (100, 37, 1), (200, 20, 1)]
+          (128, 128, 1), (5, 200, 12), (64, 5, 1), (100, 37, 1), (200, 20, 1), (40, 9, 11),
+          (48, 7, 24), (300, 17, 1)]
 
 
 @pytest.mark.parametrize("M,K,B", SHAPES)
@@ -101,14 +107,46 @@ def test_panels_product_equals_numpy(M, K, B, beta):
 
 
 def test_panel_layout_is_column_blocks_row_major():
-    """X (3, 14): blocks of columns [0, 4), [4, 9), [9, 14) (14 columns in as few blocks of at
-    most 6, of equal widths), each a (3, width) row-major panel at offset 3 * its first column."""
-    X = np.arange(3 * 14, dtype=np.float32).reshape(3, 14)
+    """X (3, 28): as few blocks of columns of at most MAX_NB (6: [0, 5), [5, 11), [11, 16),
+    [16, 22), [22, 28); 12: [0, 9), [9, 18), [18, 28)), of equal widths, each a (3, width)
+    row-major panel at offset 3 * its first column."""
+    X = np.arange(3 * 28, dtype=np.float32).reshape(3, 28)
     XP = np.full(X.size, np.nan, dtype=np.float32)
     packed.to_panels(X, 0, 3, XP)
-    np.testing.assert_array_equal(XP[:12].reshape(3, 4), X[:, 0:4])
-    np.testing.assert_array_equal(XP[12:27].reshape(3, 5), X[:, 4:9])
-    np.testing.assert_array_equal(XP[27:].reshape(3, 5), X[:, 9:14])
+    cuts = {6: [0, 5, 11, 16, 22, 28], 12: [0, 9, 18, 28]}[packed.MAX_NB]
+    for b0, b1 in zip(cuts[:-1], cuts[1:]):
+        np.testing.assert_array_equal(XP[3 * b0:3 * b1].reshape(3, b1 - b0), X[:, b0:b1])
+
+
+_OTHER_WIDTH = r"""
+import numpy as np
+from lstmkit.engine.kernels import packed
+assert packed.LANES == {lanes}, packed.LANES
+rng = np.random.default_rng(0)
+for M, K, K2, B in ((33, 19, 5, 13), (300, 17, 3, 1), (48, 7, 9, 24), (17, 64, 0, 6)):
+    A = rng.standard_normal((M, K + K2)).astype(np.float32)
+    X = rng.standard_normal((K + K2, B)).astype(np.float32)
+    expect = A.astype(np.float64) @ X.astype(np.float64)
+    C = np.zeros((M, B), np.float32)
+    packed.packed_gemm(packed.pack(A), 0, M, X, C, False)
+    np.testing.assert_allclose(C, expect, rtol=0, atol=1e-5 * (K + K2))
+    C2 = np.zeros((M, B), np.float32)
+    packed.packed_gemm_stacked(packed.pack(A), 0, M, X[:K].copy(), X[K:].copy(), C2, False)
+    np.testing.assert_allclose(C2, expect, rtol=0, atol=1e-5 * (K + K2))
+print("ok", packed.MAX_NB)
+"""
+
+
+def test_the_other_vector_width_runs_correctly_here(tmp_path):
+    """The micro-kernels written for the vector width this CPU does not have (AVX2's 8 floats
+    on an AVX-512 CPU, or AVX-512's 16 on another) compute the same products: LLVM joins or
+    splits the vectors. Compiled afresh in a child (its own Numba cache)."""
+    other = 8 if packed.LANES == 16 else 16
+    env = dict(os.environ, LSTMKIT_VECTOR_WIDTH=str(other), NUMBA_CACHE_DIR=str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", _OTHER_WIDTH.format(lanes=other)],
+                            capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.split() == ["ok", "6" if other == 8 else "12"]
 
 
 def test_pack_layout_is_tiles_of_16_rows_zero_padded():

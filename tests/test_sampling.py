@@ -125,3 +125,15 @@ def test_next_char_probabilities():
     assert top2[1] / top2[2] == pytest.approx(np.e)
     assert list(next_char_probabilities(logits, temperature=0)) == [0, 1, 0, 0]
     assert next_char_probabilities(logits, top_k=10) == pytest.approx(plain)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0, 5.0])
+def test_the_unknown_symbol_is_never_drawn(temperature):
+    vocab = Vocabulary.from_text(JAPANESE, unknown=True)
+    model = CharLM(len(vocab), 8, num_layers=1, embedding_dim=4, seed=0)
+    model.decoder.params["bias"][vocab.unknown_id] = 50.0  # the model's favourite, by far
+    text = sample(model, vocab, 200, prime="吾輩", temperature=temperature, seed=0)
+    assert len(text) == 200 and "\ufffd" not in text
+    assert set(text) <= set(vocab.chars)
+    top = sample(model, vocab, 50, prime="吾輩", temperature=1.0, top_k=1, seed=0)
+    assert "\ufffd" not in top

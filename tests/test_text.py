@@ -233,6 +233,52 @@ def test_unknown_characters_are_exactly_the_missing_ones(known, text):
         assert vocab.decode(vocab.encode(text)) == text
 
 
+def test_unknown_symbol_comes_after_the_characters_and_keeps_their_ids():
+    plain = Vocabulary.from_text(JAPANESE)
+    vocab = Vocabulary.from_text(JAPANESE, unknown=True)
+    assert vocab.chars == plain.chars and vocab != plain
+    assert plain.unknown_id is None and len(plain) == len(plain.chars)
+    assert vocab.unknown_id == len(vocab.chars) and len(vocab) == len(vocab.chars) + 1
+    assert np.array_equal(vocab.encode(JAPANESE), plain.encode(JAPANESE))
+    text = "とても犬が好き"  # 犬 好 き are not in the vocabulary
+    with pytest.raises(UnknownCharactersError) as caught:
+        vocab.encode(text)  # refused unless asked for
+    assert caught.value.characters == ["き", "好", "犬"]
+    ids = vocab.encode(text, allow_unknown=True)
+    assert ids.tolist() == [vocab.index(c) if c in vocab else vocab.unknown_id for c in text]
+    assert vocab.decode(ids) == "とても\ufffdが\ufffd\ufffd"
+    assert vocab.unknown_characters(text) == ["き", "好", "犬"]
+    with pytest.raises(UnknownCharactersError, match="no unknown symbol"):
+        plain.encode(text, allow_unknown=True)
+    with pytest.raises(TextError, match="out of range"):
+        plain.decode([len(plain)])
+
+
+def test_unknown_symbol_json_round_trip_and_older_vocabularies():
+    vocab = Vocabulary.from_text("abc", unknown=True)
+    data = json.loads(json.dumps(vocab.to_json()))
+    assert data == {"kind": "characters", "chars": ["a", "b", "c"], "unknown": True}
+    assert Vocabulary.from_json(data) == vocab
+    # What lstmkit 0.1 wrote: no "unknown" key; it loads as it was, without the symbol.
+    old = Vocabulary.from_json({"kind": "characters", "chars": ["a", "b", "c"]})
+    assert old.unknown_id is None and old.to_json() == {"kind": "characters",
+                                                        "chars": ["a", "b", "c"]}
+    for bad in ({"kind": "characters", "chars": ["a"], "unknown": "yes"},
+                {"kind": "characters", "chars": ["a"], "unknown": True, "extra": 1}):
+        with pytest.raises(TextError, match="expected"):
+            Vocabulary.from_json(bad)
+
+
+def test_min_count_folds_rare_characters_into_the_unknown_symbol():
+    vocab = Vocabulary.from_text("aabbbc", unknown=True, min_count=2)
+    assert vocab.chars == ("a", "b") and vocab.unknown_id == 2
+    assert vocab.encode("abc", allow_unknown=True).tolist() == [0, 1, 2]
+    with pytest.raises(TextError, match="unknown=True"):
+        Vocabulary.from_text("aabbbc", min_count=2)
+    with pytest.raises(TextError, match="lower min_count"):
+        Vocabulary.from_text("abc", unknown=True, min_count=2)
+
+
 # ----------------------------------------------------------------------------------------------
 # split_train_val
 

@@ -318,3 +318,102 @@ def test_evaluate_carries_the_state_across_windows():
     got = evaluate(model, ids, batch_size=1, seq_len=7)
     assert got == pytest.approx(float(expected), rel=1e-5)
     assert model.training  # the mode is restored
+
+
+# ----------------------------------------------------------------------------------------------
+# Unknown characters, older checkpoints, fine-tuning
+
+
+def test_the_vocabulary_is_the_training_part_s_with_the_unknown_symbol(tmp_path):
+    text = TEXT[:300] + "xyz" + TEXT[303:]  # x, y, z only in the held-out end (the last 33)
+    lines: list[str] = []
+    result = train(text, tmp_path / "run", tiny(steps=4), log=lines.append)
+    assert lines[0].startswith(f"vocabulary: {len(set(text[:297]))} characters")
+    assert lines[0].endswith("stands for 3 held-out characters the training part lacks (not "
+                             "scored in validation)")
+    _, meta = load_checkpoint(tmp_path / "run")
+    assert meta["vocabulary"] == {"kind": "characters", "chars": sorted(set(text[:297])),
+                                  "unknown": True}
+    assert meta["data"]["unknown_train"] == 0 and meta["data"]["unknown_val"] == 3
+    model, vocab, _ = load_charlm(tmp_path / "run")
+    val_ids = vocab.encode(text[297:], allow_unknown=True)
+    expected = evaluate(model, val_ids, 4, 16, ignore_index=vocab.unknown_id)
+    assert result.history[-1]["val_loss"] == pytest.approx(expected, rel=1e-6)
+    assert expected != pytest.approx(evaluate(model, val_ids, 4, 16), rel=1e-3)
+
+
+def test_min_count_trains_the_unknown_symbol_on_rare_characters(tmp_path):
+    text = TEXT[:100] + "Q" + TEXT[101:]  # one Q in the training part
+    train(text, tmp_path / "run", tiny(steps=4, min_count=2), quiet=True)
+    _, meta = load_checkpoint(tmp_path / "run")
+    assert "Q" not in meta["vocabulary"]["chars"] and meta["data"]["unknown_train"] == 1
+    assert meta["train"]["min_count"] == 2
+
+
+def save_old_checkpoint(path, text: str):
+    """A checkpoint as lstmkit 0.1 wrote it: the vocabulary of the whole text, no unknown."""
+    from lstmkit.io import save_checkpoint
+
+    chars = sorted(set(text))
+    model = CharLM(len(chars), 12, num_layers=1, embedding_dim=6, seed=0)
+    meta = {"format": train_module.FORMAT, "format_version": 1, "model": model.config(),
+            "vocabulary": {"kind": "characters", "chars": chars}}
+    save_checkpoint(path, {f"model.{k}": v for k, v in model.params.items()}, meta)
+    return model
+
+
+def test_checkpoints_without_the_unknown_symbol_load_and_work_as_before(tmp_path):
+    from lstmkit.sampling import sample
+    from lstmkit.text import UnknownCharactersError
+
+    original = save_old_checkpoint(tmp_path / "old", TEXT)
+    model, vocab, _ = load_charlm(tmp_path / "old")
+    assert vocab.unknown_id is None and len(vocab) == len(set(TEXT)) == model.vocab_size
+    assert all(np.array_equal(model.params[k], original.params[k]) for k in original.params)
+    assert len(sample(model, vocab, 20, prime="the ", seed=0)) == 20
+    scored = train_module.evaluate_text(model, vocab, TEXT[:100])
+    assert scored.unknown_count == 0
+    assert scored.loss == pytest.approx(evaluate(model, vocab.encode(TEXT[:100])))
+    with pytest.raises(UnknownCharactersError, match="'Z'.*no unknown symbol"):
+        train_module.evaluate_text(model, vocab, "the Zoo")
+    with pytest.raises(TrainingError, match="never saw.*'Z'"):
+        train("the Zoo " * 20, tmp_path / "tuned", tiny(num_layers=1), init_from=tmp_path / "old",
+              quiet=True)
+
+
+def test_init_from_fine_tunes_the_trained_weights_on_a_new_text(tmp_path):
+    run(tmp_path, "base", tiny(steps=8))
+    source, vocab, _ = load_charlm(tmp_path / "base")
+    new_text = make_text(330, seed=5).replace("dog", "cow")  # c o w: w is new
+    lines: list[str] = []
+    tuned = train(new_text, tmp_path / "tuned", tiny(steps=1, lr=0.0, min_lr=0.0),
+                  init_from=tmp_path / "base", log=lines.append)
+    assert tuned.step == 1
+    model, tuned_vocab, meta = load_charlm(tmp_path / "tuned")
+    assert tuned_vocab == vocab  # the checkpoint's vocabulary, not the new text's
+    assert all(np.array_equal(model.params[k], source.params[k]) for k in source.params)
+    assert meta["init_from"]["path"] == str(tmp_path / "base")
+    assert meta["init_from"]["step"] == 8
+    unseen = new_text.count("w")
+    assert meta["data"]["unknown_train"] + meta["data"]["unknown_val"] == unseen
+    assert any(line.startswith(f"{unseen} characters of the text") and "1 distinct: w)" in line
+               and "unknown symbol" in line for line in lines), lines
+    more = train(new_text, tmp_path / "tuned", resume=True, overrides={"steps": 2}, quiet=True)
+    assert more.step == 2 and load_charlm(tmp_path / "tuned")[2]["init_from"] == meta["init_from"]
+    learning = train(new_text, tmp_path / "learning", tiny(steps=4), init_from=tmp_path / "base",
+                     quiet=True)
+    assert learning.train_losses[0] < run(tmp_path, "scratch", tiny(steps=1)).train_losses[0]
+
+
+def test_init_from_refuses_another_architecture(tmp_path):
+    run(tmp_path, "base", tiny(steps=4))
+    for change, fragment in (({"hidden_size": 16}, "hidden_size=16 contradicts.*hidden_size=12"),
+                             ({"cell": "gru"}, "cell='gru' contradicts"),
+                             ({"min_count": 2}, "min_count=2.*keeps the vocabulary")):
+        with pytest.raises(TrainingError, match=fragment):
+            train(TEXT, tmp_path / "tuned", tiny(**change), init_from=tmp_path / "base",
+                  quiet=True)
+    with pytest.raises(TrainingError, match="cannot fine-tune from"):
+        train(TEXT, tmp_path / "tuned", tiny(), init_from=tmp_path / "missing", quiet=True)
+    with pytest.raises(TrainingError, match="choose one"):
+        train(TEXT, tmp_path / "base", resume=True, init_from=tmp_path / "base", quiet=True)

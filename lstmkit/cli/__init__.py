@@ -27,7 +27,7 @@ def _register() -> None:
 
 
 _COMMAND_MODULES: list[str] = [
-    "demo", "interop", "charlm", "gates", "experiment", "export", "bench",
-    "sweep",
+    "demo", "interop", "charlm", "gates", "explore", "experiment", "export", "bench",
+    "figures", "sweep",
 ]
 _register()

@@ -2,7 +2,9 @@
 
     lstmkit train input.txt --out runs/shakespeare --time-limit 15
     lstmkit sample runs/shakespeare --prime "ROMEO:" -n 500 --temperature 0.8 --seed 1
+    lstmkit sample --prime "吾輩は"       # no checkpoint: the bundled Japanese model
     lstmkit eval runs/shakespeare held_out.txt --json
+    lstmkit train new.txt --out runs/tuned --init-from runs/shakespeare   # fine-tune
 
 Problems the user can fix (an unreadable text, characters the model does not know, an output
 directory that already holds a run) end the command with a one-line ``Error: ...`` message and
@@ -23,9 +25,18 @@ import click
 import lstmkit.train as training
 from lstmkit.experiments.variants import VARIANTS as GREFF_VARIANTS
 from lstmkit.io import CheckpointError
+from lstmkit.models import CharLM
+from lstmkit.pretrained import load_pretrained
 from lstmkit.sampling import sample as sample_text
-from lstmkit.text import TextError, UnknownCharactersError, read_text
-from lstmkit.train import PRESET_HELP, PRESETS, TrainConfig, TrainingError, evaluate, load_charlm
+from lstmkit.text import TextError, Vocabulary, read_text
+from lstmkit.train import (
+    PRESET_HELP,
+    PRESETS,
+    TrainConfig,
+    TrainingError,
+    evaluate_text,
+    load_charlm,
+)
 
 DEFAULTS = TrainConfig()
 DEFAULT_MINUTES = 15.0
@@ -44,6 +55,32 @@ def _peak_memory_mb() -> float:
 
 def _preset_help() -> str:
     return "; ".join(f"{name}: {text}" for name, text in PRESET_HELP.items())
+
+
+def load_model(
+    checkpoint: Path | None, which: str = "best"
+) -> tuple[CharLM, Vocabulary, dict[str, Any]]:
+    """The model in CHECKPOINT, or without one the bundled Japanese model (user errors -> Error)."""
+    try:
+        if checkpoint is None:
+            return load_pretrained()
+        return load_charlm(checkpoint, which=which)
+    except _USER_ERRORS as error:
+        raise _fail(error) from None
+
+
+def _architecture_from(checkpoint: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` completed with the architecture of the model in ``checkpoint``.
+
+    Options the user gave are kept as they are, so that a contradiction is refused by
+    :func:`lstmkit.train.train` with both values named.
+    """
+    model, _, _ = load_model(checkpoint)
+    config = model.config()
+    cell_options = {k: v for k, v in config.items()
+                    if k not in {*training.ARCHITECTURE, "vocab_size", "dropout", "tie_weights"}}
+    return {**{key: config[key] for key in training.ARCHITECTURE},
+            **({"cell_options": cell_options} if cell_options else {}), **settings}
 
 
 @click.command()
@@ -87,6 +124,15 @@ def _preset_help() -> str:
 @click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True),
               help=f"Held-out end of the text for validation (0: none). "
                    f"[default: {DEFAULTS.val_fraction}]")
+@click.option("--min-count", type=click.IntRange(min=1),
+              help=f"Characters seen fewer times in the training part are read as the unknown "
+                   f"symbol (which learns to stand for rare characters). "
+                   f"[default: {DEFAULTS.min_count}]")
+@click.option("--init-from", type=click.Path(exists=True, path_type=Path),
+              help="Fine-tune: start from the weights and vocabulary of this trained model "
+                   "(a `lstmkit train --out` directory); the text's characters it never saw are "
+                   "read as its unknown symbol. Its architecture is kept: --model, --layers, "
+                   "--hidden and --embedding default to the checkpoint's and may not differ.")
 @click.option("--eval-every", type=click.IntRange(min=1),
               help=f"Validate and save a checkpoint every this many steps. "
                    f"[default: {DEFAULTS.eval_every}]")
@@ -127,7 +173,7 @@ def _preset_help() -> str:
 @click.option("--quiet", "-q", is_flag=True,
               help="No progress bar, log lines or samples; only the final summary.")
 def train(text_file: Path, out_dir: Path, preset: str | None, resume: bool, force: bool,
-          quiet: bool, **options: Any) -> None:
+          quiet: bool, init_from: Path | None, **options: Any) -> None:
     """Train a character-level language model on TEXT_FILE (any UTF-8 text).
 
     The last --val-fraction of the text is held out for validation. Ctrl-C (or SIGTERM)
@@ -142,7 +188,12 @@ def train(text_file: Path, out_dir: Path, preset: str | None, resume: bool, forc
     if resume and force:
         raise click.UsageError("--resume continues the run in --out and --force deletes it: "
                                "choose one")
+    if resume and init_from is not None:
+        raise click.UsageError("--resume continues the run in --out and --init-from starts a new "
+                               "one from another model: choose one")
     settings = {**(PRESETS[preset] if preset else {}), **given}
+    if init_from is not None:
+        settings = _architecture_from(init_from, settings)
     try:
         if resume:
             result = training.train(text_file, out_dir, resume=True, overrides=settings,
@@ -151,7 +202,8 @@ def train(text_file: Path, out_dir: Path, preset: str | None, resume: bool, forc
             if "steps" not in settings and "time_limit" not in settings:
                 settings["time_limit"] = DEFAULT_MINUTES * 60.0
             config = TrainConfig(**{**DEFAULTS.to_json(), **settings})
-            result = training.train(text_file, out_dir, config, force=force, quiet=quiet)
+            result = training.train(text_file, out_dir, config, force=force, quiet=quiet,
+                                    init_from=init_from)
     except _USER_ERRORS as error:
         raise _fail(error) from None
     if result.status == "nonfinite":
@@ -190,7 +242,7 @@ def _cell_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 @click.command()
-@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("checkpoint", required=False, type=click.Path(path_type=Path))
 @click.option("--prime", default="", help="Text the model reads first; the sample continues it.")
 @click.option("--temperature", "-t", default=0.8, show_default=True,
               type=click.FloatRange(min=0),
@@ -208,10 +260,11 @@ def sample(checkpoint: Path, prime: str, temperature: float, length: int, seed: 
            top_k: int | None, latest: bool) -> None:
     """Print text generated by the model in CHECKPOINT (a `lstmkit train --out` directory).
 
-    The output is the prime followed by the generated characters.
+    Without CHECKPOINT, the bundled Japanese model (trained on Natsume Soseki's "I Am a Cat")
+    writes. The output is the prime followed by the generated characters.
     """
+    model, vocab, _ = load_model(checkpoint, which="latest" if latest else "best")
     try:
-        model, vocab, _ = load_charlm(checkpoint, which="latest" if latest else "best")
         text = sample_text(model, vocab, length, prime=prime, temperature=temperature,
                            top_k=top_k, seed=seed)
     except _USER_ERRORS as error:
@@ -223,7 +276,9 @@ def sample(checkpoint: Path, prime: str, temperature: float, length: int, seed: 
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True,
-              help='Print one JSON object: {"loss": ..., "bpc": ..., "perplexity": ...}.')
+              help='Print one JSON object: {"loss": ..., "bpc": ..., "perplexity": ..., '
+                   '"characters": ..., "unknown_count": ..., "unknown_share": ..., '
+                   '"unknown_characters": [...]}.')
 @click.option("--latest", is_flag=True,
               help="Use the latest checkpoint instead of the one with the best validation loss.")
 @click.option("--batch", "batch_size", default=DEFAULTS.eval_batch_size, show_default=True,
@@ -235,25 +290,29 @@ def evaluate_command(checkpoint: Path, file: Path, as_json: bool, latest: bool,
     """Evaluate the model in CHECKPOINT on FILE: loss in nats/char, bits/char, perplexity.
 
     FILE is read as contiguous streams with the state carried from window to window, as the
-    validation during training.
+    validation during training. Characters the model never saw are read as its unknown symbol:
+    the loss is over the characters it knows, and the unknown ones are counted.
     """
+    model, vocab, _ = load_model(checkpoint, which="latest" if latest else "best")
     try:
-        model, vocab, _ = load_charlm(checkpoint, which="latest" if latest else "best")
         text = read_text(file)
         try:
-            ids = vocab.encode(text)
-        except UnknownCharactersError as error:
-            raise TextError(f"{file} holds characters the model never saw in training: "
-                            f"{error}") from None
-        loss = evaluate(model, ids, batch_size=batch_size, seq_len=seq_len)
+            result = evaluate_text(model, vocab, text, batch_size=batch_size, seq_len=seq_len)
+        except TextError as error:
+            raise TextError(f"{file}: {error}") from None
     except _USER_ERRORS as error:
         raise _fail(error) from None
-    bpc, perplexity = loss / math.log(2), math.exp(loss)
     if as_json:
-        click.echo(json.dumps({"loss": loss, "bpc": bpc, "perplexity": perplexity}))
-    else:
-        click.echo(f"loss {loss:.4f} nats/char, {bpc:.4f} bits/char, perplexity {perplexity:.3f} "
-                   f"({len(ids):,} characters)")
+        click.echo(json.dumps(result.to_json(), ensure_ascii=False))
+        return
+    click.echo(f"loss {result.loss:.4f} nats/char, {result.bpc:.4f} bits/char, perplexity "
+               f"{result.perplexity:.3f} ({result.characters:,} characters)")
+    if result.unknown_count:
+        shown = "".join(result.unknown_characters[:40])
+        more = "..." if len(result.unknown_characters) > 40 else ""
+        click.echo(f"{result.unknown_count:,} characters ({result.unknown_share:.2%}) are unknown "
+                   f"to the model ({len(result.unknown_characters)} distinct: {shown}{more}); "
+                   "the loss is over the others")
 
 
 COMMANDS = [train, sample, evaluate_command]

@@ -1,5 +1,6 @@
-"""``lstmkit gates CHECKPOINT --text "..."``: look at a text model's forget gate, character by
-character (the study note's question: which word of a sentence may the forget gate drop?)."""
+"""``lstmkit gates [CHECKPOINT] --text "..."``: look at a text model's forget gate, character by
+character (the study note's question: which word of a sentence may the forget gate drop?).
+Without CHECKPOINT the bundled Japanese model is used."""
 
 from __future__ import annotations
 
@@ -9,17 +10,16 @@ import click
 import numpy as np
 
 from lstmkit import diagnostics
+from lstmkit.cli.charlm import load_model
 from lstmkit.grad_mode import no_grad
-from lstmkit.io import CheckpointError
 from lstmkit.models import CharLM
 from lstmkit.text import TextError
-from lstmkit.train import load_charlm
 
 NOTE_SENTENCE = "映画おもしろかったね。ところで、とてもお腹が空いたから何か"
 
 
 @click.command()
-@click.argument("checkpoint", type=click.Path(exists=True, path_type=Path))
+@click.argument("checkpoint", required=False, type=click.Path(exists=True, path_type=Path))
 @click.option("--text", default=NOTE_SENTENCE, show_default=True,
               help="The characters to feed the model (all must be in its vocabulary).")
 @click.option("--gate", type=click.Choice(["f", "i", "o", "g", "c"]), default="f",
@@ -28,15 +28,19 @@ NOTE_SENTENCE = "映画おもしろかったね。ところで、とてもお腹
 @click.option("--units", default=16, show_default=True,
               help="Show the units whose values vary most over the text (0 = all).")
 @click.option("--out", "out_path", type=click.Path(path_type=Path), default=None,
-              help="PNG to write [default: gates-<gate>-l<layer>.png next to the checkpoint].")
+              help="PNG to write [default: gates-<gate>-l<layer>.png next to the checkpoint, "
+                   "or in the current directory for the bundled model].")
 @click.option("--force", is_flag=True, help="Overwrite the PNG if it exists.")
-def gates(checkpoint: Path, text: str, gate: str, layer: int, units: int,
+def gates(checkpoint: Path | None, text: str, gate: str, layer: int, units: int,
           out_path: Path | None, force: bool) -> None:
-    """Heatmap of one gate per character of TEXT for a trained character model."""
+    """Heatmap of one gate per character of TEXT for a trained character model.
+
+    Without CHECKPOINT, the bundled Japanese model is used.
+    """
+    model, vocab, _ = load_model(checkpoint)
     try:
-        model, vocab, _ = load_charlm(checkpoint)
         ids = vocab.encode(text)
-    except (CheckpointError, TextError, ValueError) as error:
+    except (TextError, ValueError) as error:
         raise click.ClickException(str(error)) from error
     if model.rnn.mode != "LSTM":
         raise click.ClickException(f"the model is a {model.rnn.mode}; gates needs an LSTM")
@@ -47,7 +51,7 @@ def gates(checkpoint: Path, text: str, gate: str, layer: int, units: int,
     values = _layer_gate(model, ids, gate, layer)
     order = np.argsort(-values.std(axis=0))
     chosen = order if units <= 0 else order[:units]
-    out_path = out_path or Path(checkpoint) / f"gates-{gate}-l{layer}.png"
+    out_path = out_path or Path(checkpoint or ".") / f"gates-{gate}-l{layer}.png"
     if out_path.exists() and not force:
         raise click.ClickException(f"{out_path} exists; pass --force to overwrite it")
     result = diagnostics.plot_gate_heatmap(

@@ -63,6 +63,8 @@ def layer_config(layer: Any) -> dict[str, Any]:
         config["merge_mode"] = layer.merge_mode
     if layer.go_backwards:
         config["go_backwards"] = True
+    if layer.reverse:
+        config["reverse"] = True
     if layer.stateful:
         config["stateful"] = True
     return {"format": LAYER_FORMAT, "version": LAYER_FORMAT_VERSION, "mode": layer.mode,

@@ -238,7 +238,7 @@ def _lstm_forward_t(cell: LSTMCell, x: Array, wih: Array, whh: Array, bias: Arra
         XT = np.empty((2, D + 1, B), dtype=dtype)
         XT[:, D, :] = 1.0
         wx_off, wx_size = _input_offsets(G, H, parts, D + 1 + H)
-        Wxp = np.empty(wx_size, dtype=np.float32)
+        Wxp = packed.empty_aligned(wx_size)
         P, Wp = _dummy(dtype, 3), _dummy(dtype, 1)
     else:
         XT, Wxp, wx_off = _dummy(dtype, 3), _dummy(dtype, 1), layout.w_off
@@ -246,7 +246,7 @@ def _lstm_forward_t(cell: LSTMCell, x: Array, wih: Array, whh: Array, bias: Arra
             wih, bias = np.take(wih, perm, axis=0), np.take(bias, perm)
         Tc = min(T, plan.chunk_steps or T)
         P = np.empty((GH, 1 if fold else Tc, B), dtype=dtype)
-        Wp = np.empty(layout.w_size, dtype=np.float32)
+        Wp = packed.empty_aligned(layout.w_size)
     Z = np.empty((T if keep else 1, GH, B), dtype=dtype)
     out = np.empty((T, B, H), dtype=dtype)
     # the cache's own h sequence (the caller may modify `out`), written by the kernel alongside
@@ -315,7 +315,7 @@ def _lstm_backward_t(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Arr
     scratch = np.empty((parts, 3, layout.units * B), dtype=dtype)
     if parts > 1:
         threads.starting_parallel()
-    Wp = np.empty(layout.wt_size, dtype=np.float32)
+    Wp = packed.empty_aligned(layout.wt_size)
     run = _lstm_t.lstm_backward_t if parts > 1 else _lstm_t.lstm_backward_t_serial
     with threads.blas_single_threaded():
         run(

@@ -320,8 +320,8 @@ def _check_expressible(layer: Any) -> None:
     if layer.merge_mode != "concat" or layer.go_backwards:
         raise ValueError(
             f"merge_mode={layer.merge_mode!r}, go_backwards={layer.go_backwards} (Keras' "
-            "Bidirectional options) are not exported to ONNX; export a layer with "
-            "merge_mode='concat' and go_backwards=False"
+            "options) are not exported to ONNX; export a layer with merge_mode='concat' and "
+            "go_backwards=False (reverse=True is ONNX's direction='reverse')"
         )
     if layer.mode != "LSTM":
         return
@@ -410,7 +410,7 @@ def add_layer_nodes(
             f"({'(h_0, c_0)' if n_state == 2 else '(h_0,)'}), got {initial_state!r}"
         )
     L, nd, H = layer.num_layers, layer.num_directions, layer.hidden_size
-    direction = "bidirectional" if nd == 2 else "forward"
+    direction = "bidirectional" if nd == 2 else ("reverse" if layer.reverse else "forward")
     sfxs = ["", "_reverse"][:nd]
 
     x = input_name

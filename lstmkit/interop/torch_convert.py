@@ -135,10 +135,10 @@ def to_torch(layer: Any) -> Any:
                 "lstmkit.interop.export_onnx instead"
             )
     options = {**getattr(layer, "cell_options", {}), "merge_mode": layer.merge_mode,
-               "go_backwards": layer.go_backwards}
+               "go_backwards": layer.go_backwards, "reverse": layer.reverse}
     unsupported = [f"{name}={options[name]!r}"
                    for name, value in {**_TORCH_OPTIONS[layer.mode], "merge_mode": "concat",
-                                       "go_backwards": False}.items()
+                                       "go_backwards": False, "reverse": False}.items()
                    if name in options and options[name] != value]
     if unsupported:
         raise ValueError(

@@ -24,20 +24,40 @@ import numpy as np
 Array = np.ndarray
 
 
+def vector_width() -> int:
+    """Floats per vector register the packed micro-kernels are written for: 16 where the CPU
+    has AVX-512 (its 32 registers of 16 floats), else 8 (AVX2's 16 registers of 8 floats; on a
+    CPU without them LLVM splits the vectors: slower, still correct). ``LSTMKIT_VECTOR_WIDTH``
+    (8 or 16) overrides the detection, e.g. to test the other width (either runs on any x86
+    CPU)."""
+    forced = os.environ.get("LSTMKIT_VECTOR_WIDTH", "").strip()
+    if forced in ("8", "16"):
+        return int(forced)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return 16 if "avx512f" in line.split() else 8
+    except OSError:
+        pass
+    return 8
+
+
 def _drop_stale_compiled_kernels() -> None:
     """Delete Numba's cached machine code when any kernel source changed.
 
     Numba checks only the source file of each cached function itself; a kernel compiled with
     an older ``gates.py`` (inlined into it) would otherwise be loaded as is. A digest of the
-    modules that define compiled functions (not of the Python around them) is kept next to the
-    cache, and the cache is dropped when it differs.
+    modules that define compiled functions (not of the Python around them), and of the vector
+    width they are generated for (``vector_width``), is kept next to the cache, and the cache is
+    dropped when it differs.
     """
     import glob
     import hashlib
 
     here = os.path.dirname(os.path.abspath(__file__))
     try:
-        digest = hashlib.sha256()
+        digest = hashlib.sha256(f"vector width {vector_width()}\0".encode())
         for path in sorted(glob.glob(os.path.join(here, "*.py"))):
             with open(path, "rb") as f:
                 source = f.read()
@@ -91,4 +111,4 @@ def fast_path(name: str, *arrays: Array | None) -> Any:
     return module if module.supports(*arrays) else None
 
 
-__all__ = ["fast_path", "is_enabled", "set_enabled"]
+__all__ = ["fast_path", "is_enabled", "set_enabled", "vector_width"]

@@ -9,25 +9,27 @@ Here the weights are packed once per forward or backward pass (``pack_rows``, or
 micro-kernel on them:
 
 - ``A`` (M, K) is stored as ceil(M/16) tiles of (K, 16): tile t holds rows 16t..16t+15, one
-  cache line per k (rows past M are zero);
-- a micro-kernel computes one 16 x nb block of ``C`` (nb <= 6 columns of the batch): for each
-  k it loads the tile's 16 weights as two 8-float vectors, broadcasts the nb numbers
-  ``X[k, b]``, and accumulates 2 * nb vector multiply-adds in registers (12 of the 16 AVX
-  registers for nb = 6), then adds the block into ``C`` (or writes it, ``beta = False``),
-  transposed in registers so that each row of C is written as a short vector (for short K
-  the block's store is a large part of the call: 1.5 us of 7.2 for a (256, 64) x (64, 16)
-  product written number by number, 0.6-0.9 us this way).
+  cache line per k (rows past M are zero), in a buffer aligned to 64 bytes (``empty_aligned``);
+- a micro-kernel computes one 16 x nb block of ``C`` (nb <= MAX_NB columns of the batch): for
+  each k it loads the tile's 16 weights as vectors of the host's width (``LANES``: two of 8
+  floats with AVX2, one of 16 with AVX-512), broadcasts the nb numbers ``X[k, b]``, and
+  accumulates nb multiply-adds per vector in registers (AVX2: 12 accumulators of its 16
+  registers, nb <= 6; AVX-512: 12 of 32, nb <= 12), then adds the block into ``C`` (or writes
+  it, ``beta = False``), transposed in registers so that each row of C is written as a short
+  vector (for short K the block's store is a large part of the call: 1.5 us of 7.2 for a
+  (256, 64) x (64, 16) product written number by number, 0.6-0.9 us this way).
 
 The micro-kernels are written directly in LLVM IR (``numba.extending.intrinsic``) with explicit
-``<8 x float>`` vectors and ``llvm.fmuladd``: Numba-compiled loops over small register tiles do
-not vectorise (measured: 3-8 GFLOP/s), these run at 65-95 GFLOP/s on one Zen 3 core; on the
-per-step products of the standard benchmark grid they are 1.0-1.5x as fast as OpenBLAS's
-``sgemm``, the most for small batches (``benchmarks/bench_packed.py``). A single sequence,
-B = 1, has a kernel of its own (``_column_kernel``: four tiles at once, so that its
-multiply-adds do not wait on each other; faster than BLAS's ``gemv``, which the row layout
-still uses on one thread). On a CPU without 8-wide vectors LLVM
-splits them, and ``fmuladd`` becomes a multiply and an add where there is no fused
-instruction: the results stay correct everywhere.
+vectors and ``llvm.fmuladd``: Numba-compiled loops over small register tiles do not vectorise
+(measured: 3-8 GFLOP/s); the 8-float kernels run at 65-95 GFLOP/s on one Zen 3 core, 1.0-1.5x
+OpenBLAS's ``sgemm`` on the per-step products of the standard benchmark grid
+(``benchmarks/bench_packed.py``); on an AVX-512 Xeon they use half its vector registers' width,
+and 16-float kernels are 1.4-1.9x faster there (``benchmarks/bench_gemm_libraries.py``,
+docs/performance.md). A single sequence, B = 1, has a kernel of its own (``_column_kernel``:
+TALL tiles at once, so that its multiply-adds do not wait on each other; faster than BLAS's
+``gemv``, which the row layout still uses on one thread). Either width runs on any x86 CPU:
+LLVM splits or joins the vectors, and ``fmuladd`` becomes a multiply and an add where there is
+no fused instruction (``LSTMKIT_VECTOR_WIDTH`` forces one, for tests).
 
 ``packed_gemm_stacked`` multiplies by two thin matrices stacked, ``A [X; X2]``, without
 stacking them: the LSTM's "direct" steps compute ``[W_ih | b | W_hh] [x_t^T; 1; h_prev]`` in one
@@ -45,15 +47,20 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from lstmkit.engine.kernels import vector_width
 from lstmkit.engine.kernels.transpose import shuffle_8x8, transpose_into
 
 _OPTS = {"cache": True, "error_model": "numpy", "nogil": True}
 
-LANES = 8  # floats per vector register (AVX)
-VECTORS = 2  # vectors per tile column: a tile is 16 rows of A
-TILE = LANES * VECTORS
-MAX_NB = 6  # batch columns per micro-kernel call: 2 * 6 accumulators + 2 weights + 1 broadcast
-TALL = 4  # tiles per call of the single-column kernel (B = 1)
+
+
+TILE = 16  # rows of A per packed tile (the packing is the same for every vector width)
+LANES = vector_width()  # floats per vector register (8: AVX2, 16: AVX-512)
+VECTORS = TILE // LANES  # vectors per tile column
+# batch columns per micro-kernel call: VECTORS * MAX_NB accumulators, VECTORS weights and a
+# broadcast in the registers (AVX2: 12 + 2 + 1 of 16; AVX-512: 12 + 1 + 1 of 32)
+MAX_NB = 6 if LANES == 8 else 12
+TALL = 4 if LANES == 8 else 8  # tiles per call of the single-column kernel (B = 1)
 
 _F32 = ir.FloatType()
 _I32 = ir.IntType(32)
@@ -82,13 +89,23 @@ def _arguments(context, builder, signature, args):
 
 
 def _fmuladd(builder: ir.IRBuilder) -> ir.Function:
-    """LLVM's fused multiply-add on 8-float vectors (a multiply and an add where no FMA)."""
+    """LLVM's fused multiply-add on vectors of LANES floats (a multiply and an add where no
+    FMA)."""
     return cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(_VEC, [_VEC, _VEC, _VEC]), "llvm.fmuladd.v8f32")
+        builder.module, ir.FunctionType(_VEC, [_VEC, _VEC, _VEC]), f"llvm.fmuladd.v{LANES}f32")
+
+
+def _eights(builder: ir.IRBuilder, vec: ir.Value) -> list[ir.Value]:
+    """A vector of LANES floats as LANES / 8 vectors of 8 (for the 8 x 8 transposes)."""
+    if LANES == 8:
+        return [vec]
+    return [builder.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(_I32, 8),
+                                                         list(range(8 * h, 8 * h + 8))))
+            for h in range(LANES // 8)]
 
 
 def _splat(builder: ir.IRBuilder, ptr: ir.Value) -> ir.Value:
-    """The float at ptr in all 8 lanes (a broadcast load)."""
+    """The float at ptr in all LANES lanes (a broadcast load)."""
     value = builder.insert_element(ir.Constant(_VEC, ir.Undefined), builder.load(ptr),
                                    ir.Constant(_I32, 0))
     return builder.shuffle_vector(value, ir.Constant(_VEC, ir.Undefined),
@@ -98,22 +115,32 @@ def _splat(builder: ir.IRBuilder, ptr: ir.Value) -> ir.Value:
 def _store_rows(builder: ir.IRBuilder, columns: list[list[ir.Value]], c_ptr: ir.Value,
                 c_off: ir.Value, ldc: ir.Value, beta: ir.Value) -> None:
     """A whole 16 x nb block into C (row r at c_off + r * ldc, nb contiguous numbers), from the
-    accumulators ``columns[j][v]`` (column j, rows 8v .. 8v + 7): each group of 8 rows is
-    transposed in registers (the nb columns padded with zeros to 8) so that row r becomes one
-    vector, whose first nb numbers are added to (``beta``) or written over C's row as pieces
-    of 4, 2 and 1 numbers: 16 short vector accesses instead of 16 * nb single numbers."""
+    accumulators ``columns[j][h]`` (column j, rows 8h .. 8h + 7, vectors of 8): each group of 8
+    rows is transposed in registers, 8 columns at a time (padded with zeros to 8), so that row r
+    becomes one vector, whose first numbers are added to (``beta``) or written over C's row as
+    pieces of 4, 2 and 1 numbers: 16 short vector accesses per 8 columns instead of 16 * nb
+    single numbers."""
+    for j0 in range(0, len(columns), 8):
+        offset = builder.add(c_off, ir.Constant(_I64, j0))
+        _store_rows8(builder, columns[j0:j0 + 8], c_ptr, offset, ldc, beta)
+
+
+def _store_rows8(builder: ir.IRBuilder, columns: list[list[ir.Value]], c_ptr: ir.Value,
+                 c_off: ir.Value, ldc: ir.Value, beta: ir.Value) -> None:
+    """``_store_rows`` for nb <= 8 columns."""
     nb = len(columns)
-    zero = ir.Constant(_VEC, [0.0] * LANES)
+    vec8 = ir.VectorType(_F32, 8)
+    zero = ir.Constant(vec8, [0.0] * 8)
     pieces = []  # (first lane, width) covering nb
     lane = 0
-    for width in (4, 2, 1):
+    for width in (8, 4, 2, 1):
         while nb - lane >= width:
             pieces.append((lane, width))
             lane += width
-    for v in range(VECTORS):
-        rows = shuffle_8x8(builder, [columns[j][v] for j in range(nb)] + [zero] * (LANES - nb))
-        for r in range(LANES):
-            start = builder.add(c_off, builder.mul(ir.Constant(_I64, LANES * v + r), ldc))
+    for h in range(TILE // 8):
+        rows = shuffle_8x8(builder, [columns[j][h] for j in range(nb)] + [zero] * (8 - nb))
+        for r in range(8):
+            start = builder.add(c_off, builder.mul(ir.Constant(_I64, 8 * h + r), ldc))
             for first, width in pieces:
                 ptr = builder.gep(c_ptr, [builder.add(start, ir.Constant(_I64, first))])
                 if width == 1:
@@ -157,8 +184,9 @@ def _micro_codegen(builder: ir.IRBuilder, nb: int, a_ptr: ir.Value, a_off: ir.Va
     full = builder.icmp_signed("==", rows, ir.Constant(_I64, TILE))
     with builder.if_else(full, likely=True) as (whole, partial):
         with whole:  # rows of C as short vectors (see _store_rows)
-            _store_rows(builder, [[builder.load(acc[j][v]) for v in range(VECTORS)]
-                                  for j in range(nb)], c_ptr, c_off, ldc, beta)
+            _store_rows(builder, [sum((_eights(builder, builder.load(acc[j][v]))
+                                       for v in range(VECTORS)), []) for j in range(nb)],
+                        c_ptr, c_off, ldc, beta)
         with partial:  # number by number, the rows that exist
             for j in range(nb):
                 for v in range(VECTORS):
@@ -224,10 +252,13 @@ def _micro_kernel(nb: int, stacked: bool = False):
     return micro
 
 
-_micro1, _micro2, _micro3, _micro4, _micro5, _micro6 = (_micro_kernel(nb)
-                                                        for nb in range(1, MAX_NB + 1))
-_stacked1, _stacked2, _stacked3, _stacked4, _stacked5, _stacked6 = (
-    _micro_kernel(nb, stacked=True) for nb in range(1, MAX_NB + 1))
+# one kernel per block width up to 12 (the dispatch below names each; widths past MAX_NB are
+# never called, and LLVM drops their branches)
+(_micro1, _micro2, _micro3, _micro4, _micro5, _micro6, _micro7, _micro8, _micro9, _micro10,
+ _micro11, _micro12) = (_micro_kernel(nb) for nb in range(1, 13))
+(_stacked1, _stacked2, _stacked3, _stacked4, _stacked5, _stacked6, _stacked7, _stacked8,
+ _stacked9, _stacked10, _stacked11, _stacked12) = (_micro_kernel(nb, stacked=True)
+                                                   for nb in range(1, 13))
 
 
 def _column_kernel():
@@ -285,7 +316,9 @@ _column = _column_kernel()
 
 @njit(**_OPTS)
 def _block(nb, a, a_off, x, x_off, ldx, K, c, c_off, ldc, rows, beta):
-    if nb == 6:
+    if MAX_NB > 6 and nb > 6:
+        _wide_block(nb, a, a_off, x, x_off, ldx, K, c, c_off, ldc, rows, beta)
+    elif nb == 6:
         _micro6(a, a_off, x, x_off, ldx, K, c, c_off, ldc, rows, beta)
     elif nb == 5:
         _micro5(a, a_off, x, x_off, ldx, K, c, c_off, ldc, rows, beta)
@@ -300,8 +333,44 @@ def _block(nb, a, a_off, x, x_off, ldx, K, c, c_off, ldc, rows, beta):
 
 
 @njit(**_OPTS)
+def _wide_block(nb, a, a_off, x, x_off, ldx, K, c, c_off, ldc, rows, beta):
+    """``_block`` for 7 to 12 columns (AVX-512 only)."""
+    if nb == 12:
+        _micro12(a, a_off, x, x_off, ldx, K, c, c_off, ldc, rows, beta)
+    elif nb == 11:
+        _micro11(a, a_off, x, x_off, ldx, K, c, c_off, ldc, rows, beta)
+    elif nb == 10:
+        _micro10(a, a_off, x, x_off, ldx, K, c, c_off, ldc, rows, beta)
+    elif nb == 9:
+        _micro9(a, a_off, x, x_off, ldx, K, c, c_off, ldc, rows, beta)
+    elif nb == 8:
+        _micro8(a, a_off, x, x_off, ldx, K, c, c_off, ldc, rows, beta)
+    else:
+        _micro7(a, a_off, x, x_off, ldx, K, c, c_off, ldc, rows, beta)
+
+
+@njit(**_OPTS)
+def _wide_stacked_block(nb, a, a_off, x, x2, x_off, ldx, K, K2, c, c_off, ldc, rows, beta):
+    """``_stacked_block`` for 7 to 12 columns (AVX-512 only)."""
+    if nb == 12:
+        _stacked12(a, a_off, x, x2, x_off, ldx, K, K2, c, c_off, ldc, rows, beta)
+    elif nb == 11:
+        _stacked11(a, a_off, x, x2, x_off, ldx, K, K2, c, c_off, ldc, rows, beta)
+    elif nb == 10:
+        _stacked10(a, a_off, x, x2, x_off, ldx, K, K2, c, c_off, ldc, rows, beta)
+    elif nb == 9:
+        _stacked9(a, a_off, x, x2, x_off, ldx, K, K2, c, c_off, ldc, rows, beta)
+    elif nb == 8:
+        _stacked8(a, a_off, x, x2, x_off, ldx, K, K2, c, c_off, ldc, rows, beta)
+    else:
+        _stacked7(a, a_off, x, x2, x_off, ldx, K, K2, c, c_off, ldc, rows, beta)
+
+
+@njit(**_OPTS)
 def _stacked_block(nb, a, a_off, x, x2, x_off, ldx, K, K2, c, c_off, ldc, rows, beta):
-    if nb == 6:
+    if MAX_NB > 6 and nb > 6:
+        _wide_stacked_block(nb, a, a_off, x, x2, x_off, ldx, K, K2, c, c_off, ldc, rows, beta)
+    elif nb == 6:
         _stacked6(a, a_off, x, x2, x_off, ldx, K, K2, c, c_off, ldc, rows, beta)
     elif nb == 5:
         _stacked5(a, a_off, x, x2, x_off, ldx, K, K2, c, c_off, ldc, rows, beta)
@@ -313,6 +382,17 @@ def _stacked_block(nb, a, a_off, x, x2, x_off, ldx, K, K2, c, c_off, ldc, rows, 
         _stacked2(a, a_off, x, x2, x_off, ldx, K, K2, c, c_off, ldc, rows, beta)
     else:
         _stacked1(a, a_off, x, x2, x_off, ldx, K, K2, c, c_off, ldc, rows, beta)
+
+
+def empty_aligned(size: int) -> np.ndarray:
+    """An uninitialised float32 array of ``size`` numbers starting on a 64-byte boundary: a
+    cache line, and one AVX-512 vector, so that every packed tile (16 K numbers) starts on one
+    too. (NumPy's allocations are 16-byte aligned; the single-column kernel's loads measured
+    1.33-1.36x faster aligned, and the AVX-512 one needs it to gain at all: docs/performance.md.)
+    """
+    raw = np.empty(size + 16, dtype=np.float32)
+    start = (-raw.ctypes.data % 64) // 4
+    return raw[start:start + size]
 
 
 def packed_size(M: int, K: int) -> int:
@@ -503,6 +583,6 @@ def packed_gemm_panels(a, a_off, M, XP, K, B, C, beta):
 def pack(A: np.ndarray) -> np.ndarray:
     """The packed copy of a float32 (M, K) matrix (for tests and one-off use)."""
     A = np.ascontiguousarray(A, dtype=np.float32)
-    out = np.empty(packed_size(*A.shape), dtype=np.float32)
+    out = empty_aligned(packed_size(*A.shape))
     pack_rows(A, np.arange(A.shape[0]), 0, A.shape[0], out, 0)
     return out
