@@ -41,14 +41,6 @@ def onnx_node_cases() -> list:
 
 
 NODE_CASES = onnx_node_cases()
-# what lstmkit's layers cannot compute yet, and the error that says so
-REFUSED = {
-    "test_lstm_reverse": "direction='reverse'",
-    "test_simple_rnn_reverse": "direction='reverse'",
-    "test_gru_reverse": "direction='reverse'",
-}
-
-
 def test_the_onnx_cases_are_found():
     ops = sorted({c.model.graph.node[0].op_type for c in NODE_CASES})
     assert ops == ["GRU", "LSTM", "RNN"] and len(NODE_CASES) >= 18
@@ -60,10 +52,6 @@ def test_onnx_operator_test_cases(case):
     inputs, expected = case.data_sets[0]
     feeds = dict(zip([n for n in node.input if n], inputs))
     weights = {k: v for k, v in feeds.items() if k in ("W", "R", "B", "P")}
-    if case.name in REFUSED:
-        with pytest.raises(ValueError, match=REFUSED[case.name]):
-            read_node(node, weights)
-        return
     found = read_node(node, weights)
     got = found.run(feeds["X"], feeds.get("initial_h"), feeds.get("initial_c"),
                     feeds.get("sequence_lens"))
@@ -168,6 +156,7 @@ def assert_matches_ort(model, feeds):
 
 LSTM_GRAPHS = [
     {},
+    {"direction": "reverse", "peepholes": True, "lengths": True, "state": True},
     {"bias": False},
     {"peepholes": True, "lengths": True, "state": True},
     {"direction": "bidirectional", "peepholes": True, "lengths": True, "state": True},
@@ -181,6 +170,7 @@ LSTM_GRAPHS = [
 def test_lstm_graphs_match_onnx_runtime(kw):
     found = assert_matches_ort(build("LSTM", **kw), feeds_for(build("LSTM", **kw)))
     layer = found.layer
+    assert layer.reverse == (kw.get("direction") == "reverse")
     assert layer.cell_options["peepholes"] == kw.get("peepholes", False)
     assert layer.cell_options["coupled_input_forget"] == bool(kw.get("input_forget"))
     assert layer.bias == kw.get("bias", True)
@@ -193,13 +183,15 @@ def test_lstm_graphs_match_onnx_runtime(kw):
     ("GRU", {"linear_before_reset": 1, "direction": "bidirectional", "lengths": True,
              "state": True}),
     ("GRU", {"linear_before_reset": 1, "bias": False, "constants": "Constant"}),
+    ("GRU", {"direction": "reverse", "lengths": True, "state": True}),
+    ("RNN", {"direction": "reverse", "lengths": True, "activations": ["Softsign"]}),
     ("RNN", {"lengths": True, "state": True}),
     ("RNN", {"activations": ["Relu", "Relu"], "direction": "bidirectional", "lengths": True}),
 ])
 def test_gru_and_rnn_graphs_match_onnx_runtime(op, kw):
     model = build(op, **kw)
     found = assert_matches_ort(model, feeds_for(model))
-    if "activations" in kw:
+    if kw.get("activations", ["Tanh"])[0] == "Relu":
         assert found.layer.nonlinearity == "relu"
     if op == "GRU":
         assert found.layer.cell_options["linear_before_reset"] == bool(
@@ -247,10 +239,12 @@ def test_layout_1_is_the_batch_first_layer():
     np.testing.assert_allclose(got["Y_c"], Y_c.swapaxes(0, 1), rtol=TOL32, atol=TOL32)
 
 
-def test_the_layer_is_called_as_the_design_says():
+@pytest.mark.parametrize("direction", ["bidirectional", "reverse"])
+def test_the_layer_is_called_as_the_design_says(direction):
     """output, state = layer(X, state, lengths=sequence_lens): X in the node's layout, the
-    state lstmkit's (nd, B, H), output (T, B, nd*H), ONNX's Y with the directions merged."""
-    model = build("LSTM", direction="bidirectional", lengths=True, state=True)
+    state lstmkit's (nd, B, H), output (T, B, nd*H), ONNX's Y with the directions merged,
+    aligned with the input positions (also for direction="reverse")."""
+    model = build("LSTM", direction=direction, lengths=True, state=True)
     feeds = feeds_for(model)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     Y, Y_h, Y_c = session.run(None, feeds)
@@ -290,6 +284,8 @@ def test_constant_initial_state_and_lengths_are_read():
     ("GRU", {"bidirectional": True}),
     ("GRU", {"linear_before_reset": False, "activation": "elu", "clip": 0.5}),
     ("RNN", {"nonlinearity": "relu", "dtype": "float64"}),
+    ("LSTM", {"reverse": True, "peepholes": True}),
+    ("GRU", {"reverse": True, "linear_before_reset": False}),
     ("RNN", {"activation": "softplus", "bidirectional": True}),
 ])
 def test_export_then_import_gives_the_same_layer(tmp_path, mode, kw):
@@ -297,8 +293,8 @@ def test_export_then_import_gives_the_same_layer(tmp_path, mode, kw):
     path = lstmkit.export_onnx(layer, tmp_path / "layer.onnx", initial_state=True, lengths=True)
     back = from_onnx(path)
     assert type(back) is type(layer)
-    assert (back.bias, back.bidirectional, back.dtype) == (
-        layer.bias, layer.bidirectional, layer.dtype)
+    assert (back.bias, back.bidirectional, back.reverse, back.dtype) == (
+        layer.bias, layer.bidirectional, layer.reverse, layer.dtype)
     assert back.cell_options == layer.cell_options
     assert sorted(back.params) == sorted(layer.params)
     for name, value in layer.params.items():
@@ -342,7 +338,7 @@ def test_weights_must_be_constants():
 
 
 @pytest.mark.parametrize("op,attrs,message", [
-    ("LSTM", {"direction": "reverse"}, "direction='reverse'"),
+    ("LSTM", {"direction": "backward"}, "direction='backward'; expected 'forward'"),
     ("LSTM", {"direction": "bidirectional",
               "activations": ["Sigmoid", "Tanh", "Tanh", "Sigmoid", "Tanh", "Relu"]},
      "directions use different activations"),
@@ -399,10 +395,14 @@ def test_cli_import_onnx(tmp_path):
     torch_only = runner.invoke(cli, ["import", str(path), "--out", str(tmp_path / "o.st"),
                                      "--mode", "lstm"])
     assert torch_only.exit_code == 2 and "--mode: for PyTorch files only" in torch_only.output
-    refused = runner.invoke(cli, ["import", str(build_file(tmp_path, direction="reverse")),
+    refused = runner.invoke(cli, ["import", str(build_file(tmp_path, activations=["Gelu"] * 3)),
+                                  "--out", str(tmp_path / "gelu.safetensors")])
+    assert refused.exit_code == 1 and "ONNX does not define" in refused.output
+    assert "Traceback" not in refused.output and not (tmp_path / "gelu.safetensors").exists()
+    reverse = runner.invoke(cli, ["import", str(build_file(tmp_path, direction="reverse")),
                                   "--out", str(tmp_path / "rev.safetensors")])
-    assert refused.exit_code == 1 and "direction='reverse'" in refused.output
-    assert "Traceback" not in refused.output and not (tmp_path / "rev.safetensors").exists()
+    assert reverse.exit_code == 0, reverse.output
+    assert load_layer(tmp_path / "rev.safetensors").reverse
     clipped = runner.invoke(cli, ["import", str(build_file(tmp_path, clip=1.0)), "--out",
                                   str(tmp_path / "clip.safetensors")])
     assert clipped.exit_code == 0, clipped.output

@@ -22,6 +22,9 @@ with the exporter):
   ``weight_ih_l0`` / ``weight_hh_l0`` (``_reverse`` for the second direction).
 - ``B`` (nd, 2*G*H) = [Wb, Rb]: ``bias_ih_l0`` and ``bias_hh_l0``; no ``B`` = ``bias=False``.
 - ``P`` (nd, 3H) = [P_i, P_o, P_f]: ``peepholes=True``, ``weight_ci/co/cf_l0``.
+- ``direction``: "forward", "bidirectional" (``bidirectional=True``) or "reverse"
+  (``reverse=True``: the one direction runs from each sequence's end, its output aligned
+  with the input positions, as ONNX's Y).
 - ``input_forget=1``: f = 1 - i (ONNX Runtime ignores the forget block of W, R, B and P_f
   then), lstmkit's ``coupled_input_forget=True``, which has no forget weights.
 - ``activations`` with ``activation_alpha`` / ``activation_beta``: LSTM [f, g, h] =
@@ -302,13 +305,13 @@ def read_node(node: Any, constants: dict[str, Any]) -> OnnxRecurrent:
                          "(batch first)")
     G = _GATES[op]
     H, D, dtype = _check_weights(label, op, W, R, Bias, P, nd, G, attrs.get("hidden_size"))
-    _check_supported(label, direction)
     acts = _activations(label, attrs, op, nd)
 
     options: dict[str, Any] = {
         "bias": Bias is not None,
         "batch_first": layout == 1,
         "bidirectional": nd == 2,
+        "reverse": direction == "reverse",
         "dtype": dtype.name,
     }
     if "clip" in attrs:
@@ -414,15 +417,6 @@ def _activations(label: str, attrs: dict[str, Any], op: str, nd: int) -> tuple[A
             "layer has one set of functions for both directions"
         )
     return acts[:n]
-
-
-def _check_supported(label: str, direction: str) -> None:
-    """Refuse, with the reason, what the lstmkit layers cannot compute yet."""
-    if direction == "reverse":
-        raise ValueError(
-            f"{label} runs in direction='reverse' alone; lstmkit layers run forward or "
-            "bidirectional, expected direction 'forward' or 'bidirectional'"
-        )
 
 
 def _state_dict(layer: Any, op: str, W: Array, R: Array, Bias: Array | None,
