@@ -262,6 +262,51 @@ def test_custom_and_malformed_files_are_refused(keras, tmp_path):
         from_keras(tmp_path / "missing.keras")
 
 
+def rewrite_weights(path, change) -> None:
+    """Edit a .keras archive's model.weights.h5 in place with h5py."""
+    import h5py
+
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    weights = path.parent / "weights.h5"
+    weights.write_bytes(members["model.weights.h5"])
+    with h5py.File(weights, "r+") as h5:
+        change(h5)
+    members["model.weights.h5"] = weights.read_bytes()
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+def test_weights_stored_outside_the_archive_are_refused(keras, tmp_path):
+    """HDF5 can point a dataset at another file (external storage, external links): a crafted
+    archive must not make lstmkit read this machine's files into the weights."""
+    model = keras.Sequential([keras.Input((6, 4)), keras.layers.SimpleRNN(2)])
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.arange(8, dtype=np.float32).tobytes())
+    path = save(keras, model, tmp_path / "storage.keras")
+
+    def external_storage(h5):
+        del h5["layers/simple_rnn/cell/vars/0"]
+        h5["layers/simple_rnn/cell/vars"].create_dataset(
+            "0", shape=(4, 2), dtype="float32", external=[(str(secret), 0, 32)])
+
+    rewrite_weights(path, external_storage)
+    with pytest.raises(ValueError, match="keeps layers/simple_rnn/cell/vars/0 in another file"):
+        from_keras(path)
+    path = save(keras, model, tmp_path / "link.keras")
+
+    def external_link(h5):
+        import h5py
+
+        del h5["layers/simple_rnn/cell/vars/1"]
+        h5["layers/simple_rnn/cell/vars/1"] = h5py.ExternalLink(str(tmp_path / "x.h5"), "/w")
+
+    rewrite_weights(path, external_link)
+    with pytest.raises(ValueError, match="links 'layers/simple_rnn/cell/vars/1' elsewhere"):
+        from_keras(path)
+
+
 def test_cli_import_keras(keras, tmp_path):
     from lstmkit.cli.interop import load_layer
 

@@ -230,19 +230,38 @@ def _choose(layers: list[dict[str, Any]], name: str | None,
 
 
 def _h5_vars(h5: Any, group: str, path: Path) -> list[Array]:
-    """The datasets 0, 1, ... of an HDF5 group (a cell's kernel, recurrent_kernel, bias)."""
-    h5py = _h5py()
-    node = h5.get(group)
-    if not isinstance(node, h5py.Group):
-        raise ValueError(f"{path}: model.weights.h5 has no group {group!r}; expected the "
-                         "weights Keras 3 saves for this layer")
+    """The datasets 0, 1, ... of an HDF5 group (a cell's kernel, recurrent_kernel, bias).
+
+    Only objects stored in the file itself are read: a soft or external link, or a dataset
+    whose data lives in another file (external storage, virtual datasets), is refused, so a
+    crafted file cannot make lstmkit read other files on this machine into the weights.
+    """
+    node = _inside(h5, group, path)
     arrays = []
     for j in range(len(node)):
-        dataset = node.get(str(j))
-        if not isinstance(dataset, h5py.Dataset):
-            raise ValueError(f"{path}: model.weights.h5 lacks {group}/{j}")
+        dataset = _inside(node, str(j), path, f"{group}/{j}")
+        if dataset.external or dataset.is_virtual:
+            raise ValueError(f"{path}: model.weights.h5 keeps {group}/{j} in another file; "
+                             "lstmkit reads only data stored inside the .keras archive")
         arrays.append(np.asarray(dataset[()]))
     return arrays
+
+
+def _inside(root: Any, relative: str, path: Path, label: str | None = None) -> Any:
+    """The group or dataset at ``relative`` under ``root``, reached through hard links only."""
+    h5py = _h5py()
+    node = root
+    for part in relative.split("/"):
+        link = node.get(part, getlink=True) if isinstance(node, h5py.Group) else None
+        if link is None:
+            raise ValueError(f"{path}: model.weights.h5 has no {label or relative!r}; expected "
+                             "the weights Keras 3 saves for this layer")
+        if not isinstance(link, h5py.HardLink):
+            raise ValueError(f"{path}: model.weights.h5 links {label or relative!r} elsewhere "
+                             f"({type(link).__name__}); lstmkit reads only data stored inside "
+                             "the .keras archive")
+        node = node[part]
+    return node
 
 
 # -- reading a Keras object ---------------------------------------------------------------------
