@@ -205,6 +205,10 @@ def test_keras_file_round_trip(keras, tmp_path, monkeypatch):
     expected_second = keras_output(keras, model.get_layer("second"), middle)
     with pytest.raises(ValueError, match=r"2 recurrent layers \['first', 'second'\]"):
         from_keras(path)
+    with pytest.raises(ValueError, match=r"recurrent layers \['first', 'second'\]; expected one"):
+        from_keras(model)
+    np.testing.assert_allclose(from_keras(model, name="second")(middle)[0], expected_second,
+                               rtol=TOL32, atol=TOL32)
     # the file is read as JSON + HDF5: it needs no Keras (and so runs none of it)
     monkeypatch.setitem(sys.modules, "keras", None)
     first = from_keras(path, name="first")
