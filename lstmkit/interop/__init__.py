@@ -1,7 +1,7 @@
 """Interoperability: ONNX export and import, Keras import, PyTorch conversion.
 
-``onnx`` and ``torch`` are optional: each is imported only when a function that needs it runs,
-and a clear ImportError says how to install it.
+``onnx``, ``torch`` and ``h5py`` (for .keras files) are optional: each is imported only when
+a function that needs it runs, and a clear ImportError says how to install it.
 """
 
 from lstmkit.interop.charlm_onnx import (

@@ -216,7 +216,7 @@ def read_onnx(model_or_path: Any, node: str | None = None) -> OnnxRecurrent:
         names = [n.name or f"#{j}" for j, n in enumerate(found)]
         raise ValueError(
             f"the graph has {len(found)} recurrent nodes {names}; expected one: pick one with "
-            "node=NAME"
+            "node=NAME (--name in the CLI)"
         )
     constants = _constants(graph, onnx)
     return read_node(found[0], constants)
