@@ -258,6 +258,11 @@ def test_custom_and_malformed_files_are_refused(keras, tmp_path):
     rewrite_config(path, registered)
     with pytest.raises(ValueError, match="not one of Keras' own layers"):
         from_keras(path)
+    path = save(keras, model, tmp_path / "m3.keras")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, "h5py", None)  # `import h5py` now raises ImportError
+        with pytest.raises(ImportError, match=r"pip install 'lstmkit\[keras\]'"):
+            from_keras(path)
     junk = tmp_path / "junk.keras"
     junk.write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="not a zip archive"):
