@@ -258,7 +258,7 @@ def test_the_layer_is_called_as_the_design_says(direction):
     np.testing.assert_allclose(c_n, Y_c, rtol=TOL32, atol=TOL32)
 
 
-def test_constant_initial_state_and_lengths_are_read():
+def test_constant_initial_state_and_lengths_are_read(tmp_path):
     model = build("GRU", linear_before_reset=1, lengths=True, state=True)
     feeds = feeds_for(model)
     graph = model.graph
@@ -272,6 +272,11 @@ def test_constant_initial_state_and_lengths_are_read():
     got = found.run(feeds["X"])  # the graph's constants, not zeros
     np.testing.assert_allclose(got["Y"], Y, rtol=TOL32, atol=TOL32)
     np.testing.assert_allclose(got["Y_h"], Y_h, rtol=TOL32, atol=TOL32)
+    onnx.save_model(model, str(tmp_path / "fixed.onnx"))
+    result = CliRunner().invoke(cli, ["import", str(tmp_path / "fixed.onnx"), "--out",
+                                      str(tmp_path / "fixed.safetensors")])
+    assert result.exit_code == 0, result.output
+    assert "the graph fixes the initial state and sequence_lens as constants" in result.output
 
 
 @pytest.mark.parametrize("mode,kw", [

@@ -184,7 +184,7 @@ def _read_torch(path: Path, mode: str | None, prefix: str, nonlinearity: str | N
                                  nonlinearity=nonlinearity or "tanh")
 
 
-def _read_layer(path: Path, file_format: str, name: str | None) -> Any:
+def _read_layer(path: Path, file_format: str, name: str | None) -> tuple[Any, list[str]]:
     """The lstmkit layer of an .onnx or .keras file, with its notes for the user."""
     notes = []
     if file_format == "onnx":
