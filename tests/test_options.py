@@ -366,3 +366,24 @@ def test_full_gate_recurrence_stateful_and_unbatched():
     np.testing.assert_allclose(np.concatenate([first, second]), whole, rtol=1e-12)
     np.testing.assert_allclose(h2, h, rtol=1e-12)
     assert h.shape == (1, 3)
+
+
+@pytest.mark.parametrize("layer", [
+    lstmkit.LSTM(2, 3, seed=0, recurrent_activation="hard_sigmoid", activation="elu",
+                 output_activation="identity", clip=2.0, full_gate_recurrence=True,
+                 peepholes=True),
+    lstmkit.GRU(2, 3, seed=0, linear_before_reset=False, bidirectional=True, merge_mode="ave"),
+    lstmkit.RNN(2, 3, seed=0, activation="leakyrelu", activation_alpha=[0.3], go_backwards=True),
+    lstmkit.LSTM(2, 3, seed=0, reverse=True),
+], ids=["lstm", "gru", "rnn", "reverse"])
+def test_saved_layer_files_rebuild_the_options(tmp_path, layer):
+    """The safetensors + JSON files of `lstmkit import-torch` / `import` keep every option."""
+    from lstmkit.cli.interop import load_layer, save_layer
+
+    save_layer(layer, tmp_path / "w.safetensors", force=False)
+    again = load_layer(tmp_path / "w.safetensors")
+    assert again._cells == layer._cells
+    assert (again.merge_mode, again.go_backwards, again.reverse) == (
+        layer.merge_mode, layer.go_backwards, layer.reverse)
+    x = np.random.default_rng(0).standard_normal((4, 2, 2)).astype(np.float32)
+    np.testing.assert_array_equal(again(x)[0], layer(x)[0])
