@@ -111,6 +111,20 @@ def test_float64_layers_stay_float64(keras):
                                atol=1e-12)
 
 
+@pytest.mark.parametrize("kind", ["lstm_activations", "gru_reset_before", "bidirectional_gru"])
+def test_keras_to_onnx_through_lstmkit(keras, kind, tmp_path):
+    """A Keras layer, imported and exported, runs in ONNX Runtime as it does in Keras."""
+    ort = pytest.importorskip("onnxruntime")
+    layer = LAYERS[kind](keras, True)
+    x = x_of()
+    layer(x)
+    randomize(layer)
+    path = lstmkit.export_onnx(from_keras(layer), tmp_path / "k.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (output, *_) = session.run(None, {"input": x})
+    np.testing.assert_allclose(output, keras_output(keras, layer, x), rtol=1e-5, atol=1e-5)
+
+
 def test_merge_mode_none_is_the_pair(keras):
     layer = keras.layers.Bidirectional(keras.layers.LSTM(4, return_sequences=True),
                                        merge_mode=None)
