@@ -7,7 +7,7 @@ from lstmkit.activations import Activation
 from lstmkit.clip import clip_grad_norm, clip_grad_value
 from lstmkit.engine import Plan, get_num_threads, set_num_threads
 from lstmkit.grad_mode import is_grad_enabled, no_grad
-from lstmkit.interop import export_onnx, from_torch, to_torch
+from lstmkit.interop import export_onnx, from_keras, from_onnx, from_torch, to_torch
 from lstmkit.layers import GRU, LSTM, RNN
 from lstmkit.models import CharLM, SequenceModel
 from lstmkit.step import GRUCell, LSTMCell, RNNCell
@@ -29,6 +29,8 @@ __all__ = [
     "clip_grad_value",
     "export_onnx",
     "get_num_threads",
+    "from_keras",
+    "from_onnx",
     "from_torch",
     "to_torch",
     "is_grad_enabled",

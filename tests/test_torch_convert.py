@@ -309,4 +309,25 @@ def test_export_layer_from_imported_weights(tmp_path):
     assert refused.exit_code == 1 and "--force" in refused.output
     no_meta = runner.invoke(cli, ["export-layer", str(tmp_path / "other.safetensors"),
                                   str(tmp_path / "o.onnx")])
-    assert no_meta.exit_code != 0 and "import-torch" in no_meta.output
+    assert no_meta.exit_code != 0 and "lstmkit import" in no_meta.output
+
+
+def test_import_reads_pytorch_files_as_import_torch_does(tmp_path):
+    torch.manual_seed(0)
+    module = torch.nn.GRU(3, 4, batch_first=True).eval()
+    sd = tmp_path / "gru.bin"
+    torch.save({f"enc.{k}": v for k, v in module.state_dict().items()}, sd)
+    runner = CliRunner()
+    result = runner.invoke(cli, ["import", str(sd), "--out", str(tmp_path / "gru.safetensors"),
+                                 "--prefix", "enc.", "--batch-first"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "gru.json").read_text())
+    assert meta["source"] == {"format": "torch", "file": "gru.bin"}
+    alias = runner.invoke(cli, ["import-torch", str(sd), "--out", str(tmp_path / "a.safetensors"),
+                                "--prefix", "enc.", "--batch-first"])
+    assert alias.exit_code == 0, alias.output
+    assert json.loads((tmp_path / "a.json").read_text())["config"] == meta["config"]
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "gru.safetensors").read_bytes()
+    named = runner.invoke(cli, ["import", str(sd), "--out", str(tmp_path / "n.safetensors"),
+                                "--name", "enc"])
+    assert named.exit_code == 2 and "--name applies to ONNX and Keras files" in named.output

@@ -1,11 +1,21 @@
-"""``lstmkit import-torch`` and ``lstmkit export-layer``: weights in from PyTorch, out to ONNX.
+"""``lstmkit import``, ``lstmkit import-torch`` and ``lstmkit export-layer``: weights in from
+ONNX, Keras and PyTorch files, out to ONNX.
 
-``import-torch`` converts a ``torch.save(module.state_dict())`` file of a torch.nn.LSTM, GRU
-or RNN into a layer file pair:
+``import`` converts the recurrent layer of a file into a layer file pair; the kind of file is
+told by its suffix (``--format`` overrides it):
+
+    .onnx            a graph with one ONNX LSTM, GRU or RNN node (``lstmkit.from_onnx``)
+    .keras           a Keras 3 model holding one LSTM, GRU, SimpleRNN or Bidirectional
+                     (``lstmkit.from_keras``; read as JSON and HDF5, nothing in it is run)
+    anything else    a ``torch.save(module.state_dict())`` file of a torch.nn.LSTM, GRU or RNN,
+                     read with torch.load(weights_only=True) (``import-torch`` is this case)
+
+It writes:
 
     OUT.safetensors   the weights, lstmkit's (= PyTorch's) state-dict names and layouts
     OUT.json          {"format": "lstmkit.layer", "version": 1, "mode": "LSTM",
-                       "config": {"input_size": ..., "hidden_size": ..., ...}}
+                       "config": {"input_size": ..., "hidden_size": ..., ...},
+                       "source": {"format": "onnx", "file": "model.onnx"}}
 
 ``config`` holds exactly the keyword arguments of the layer's constructor, so in Python::
 
@@ -55,13 +65,17 @@ def layer_config(layer: Any) -> dict[str, Any]:
         config["go_backwards"] = True
     if layer.reverse:
         config["reverse"] = True
+    if layer.stateful:
+        config["stateful"] = True
     return {"format": LAYER_FORMAT, "version": LAYER_FORMAT_VERSION, "mode": layer.mode,
             "config": config}
 
 
-def save_layer(layer: Any, weights: Path, force: bool) -> Path:
+def save_layer(layer: Any, weights: Path, force: bool,
+               source: dict[str, str] | None = None) -> Path:
     """Write ``weights`` (safetensors) and its JSON sidecar, each atomically; existing files
-    are kept unless ``force``. Returns the sidecar's path."""
+    are kept unless ``force``. ``source`` (the file it came from) is recorded in the sidecar.
+    Returns the sidecar's path."""
     from safetensors.numpy import save
 
     from lstmkit.interop.onnx_export import write_atomic
@@ -79,7 +93,10 @@ def save_layer(layer: Any, weights: Path, force: bool) -> Path:
     arrays = {name: np.ascontiguousarray(value) for name, value in layer.state_dict().items()}
     try:
         write_atomic(weights, save(arrays, metadata={"format": LAYER_FORMAT}), overwrite=force)
-        write_atomic(meta, (json.dumps(layer_config(layer), indent=2) + "\n").encode(),
+        description = layer_config(layer)
+        if source is not None:
+            description["source"] = source
+        write_atomic(meta, (json.dumps(description, indent=2) + "\n").encode(),
                      overwrite=force)
     except FileExistsError as error:
         raise click.ClickException(f"{error}; pass --force to replace it") from error
@@ -96,8 +113,9 @@ def load_layer(weights: Path) -> Any:
     meta_path = sidecar_path(weights)
     for path in (weights, meta_path):
         if not path.is_file():
-            raise click.FileError(str(path), hint="expected the files `lstmkit import-torch` "
-                                                  "writes: WEIGHTS.safetensors and WEIGHTS.json")
+            raise click.FileError(str(path), hint="expected the files `lstmkit import` (or "
+                                                  "import-torch) writes: WEIGHTS.safetensors "
+                                                  "and WEIGHTS.json")
     try:
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -129,41 +147,128 @@ def _refuse_existing(paths: list[Path], force: bool) -> None:
         )
 
 
-@click.command("import-torch")
-@click.argument("state_dict_file", type=click.Path(path_type=Path))
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path),
-              help="Weights file to write (OUT.safetensors); OUT.json gets the config.")
-@click.option("--mode", type=click.Choice(["lstm", "gru", "rnn"], case_sensitive=False),
-              default=None, help="Layer type; inferred from the weight shapes if left out.")
-@click.option("--prefix", default="", show_default=True,
-              help="Key prefix of the recurrent module inside a larger state_dict.")
-@click.option("--nonlinearity", type=click.Choice(["tanh", "relu"]), default="tanh",
-              show_default=True, help="An RNN's nonlinearity (not recorded in a state_dict).")
-@click.option("--batch-first", is_flag=True, help="Inputs are (B, T, D) (not recorded either).")
-@click.option("--force", is_flag=True, help="Replace existing output files.")
-def import_torch(state_dict_file: Path, out: Path, mode: str | None, prefix: str,
-                 nonlinearity: str, batch_first: bool, force: bool) -> None:
-    """Convert a PyTorch LSTM/GRU/RNN state_dict file into lstmkit's safetensors + JSON.
+_FORMATS = {".onnx": "onnx", ".keras": "keras"}  # any other suffix: a PyTorch state_dict
 
-    The file is read with torch.load(weights_only=True): tensors only, no pickled code.
-    """
+
+def _torch_options(command: Any) -> Any:
+    """The options that say what a PyTorch state_dict does not record."""
+    for option in reversed([
+        click.option("--mode", type=click.Choice(["lstm", "gru", "rnn"], case_sensitive=False),
+                     default=None, help="PyTorch: the layer type; inferred from the weight "
+                     "shapes if left out."),
+        click.option("--prefix", default="", show_default=True,
+                     help="PyTorch: key prefix of the recurrent module inside a larger "
+                     "state_dict."),
+        click.option("--nonlinearity", type=click.Choice(["tanh", "relu"]), default=None,
+                     help="PyTorch: an RNN's nonlinearity (not recorded in a state_dict; "
+                     "default tanh)."),
+        click.option("--batch-first", is_flag=True,
+                     help="PyTorch: inputs are (B, T, D) (not recorded either)."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _read_torch(path: Path, mode: str | None, prefix: str, nonlinearity: str | None,
+                batch_first: bool) -> Any:
     from lstmkit.interop.torch_convert import TORCH_REQUIREMENT, load_torch_state_dict
 
     try:
         import torch  # noqa: F401
     except ImportError as error:
         raise click.ClickException(
-            f"import-torch needs PyTorch to read {state_dict_file}: pip install "
-            f"{TORCH_REQUIREMENT}"
+            f"importing {path} (a PyTorch file) needs PyTorch, which is not installed: "
+            f"pip install {TORCH_REQUIREMENT}"
         ) from error
+    return load_torch_state_dict(path, mode, prefix=prefix, batch_first=batch_first,
+                                 nonlinearity=nonlinearity or "tanh")
+
+
+def _read_layer(path: Path, file_format: str, name: str | None) -> tuple[Any, list[str]]:
+    """The lstmkit layer of an .onnx or .keras file, with its notes for the user."""
+    notes = []
+    if file_format == "onnx":
+        from lstmkit.interop.onnx_import import read_onnx
+
+        found = read_onnx(path, node=name)
+        if found.initial_state is not None or found.sequence_lens is not None:
+            fixed = " and ".join(n for n, v in (("the initial state", found.initial_state),
+                                               ("sequence_lens", found.sequence_lens))
+                                 if v is not None)
+            notes.append(f"note: the graph fixes {fixed} as constants; the layer file holds "
+                         "the weights only (lstmkit.interop.read_onnx reads them)")
+        return found.layer, notes
+    from lstmkit.interop.keras_import import from_keras
+
+    return from_keras(path, name=name), notes
+
+
+@click.command("import")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path),
+              help="Weights file to write (OUT.safetensors); OUT.json gets the config.")
+@click.option("--format", "file_format", type=click.Choice(["onnx", "keras", "torch"]),
+              default=None, help="The kind of FILE; told by its suffix if left out "
+              "(.onnx, .keras, anything else: PyTorch).")
+@click.option("--name", default=None,
+              help="ONNX / Keras: the recurrent node or layer to read, when FILE holds several.")
+@_torch_options
+@click.option("--force", is_flag=True, help="Replace existing output files.")
+def import_layer(file: Path, out: Path, file_format: str | None, name: str | None,
+                 mode: str | None, prefix: str, nonlinearity: str | None, batch_first: bool,
+                 force: bool) -> None:
+    """Convert the recurrent layer of an ONNX, Keras or PyTorch file into lstmkit's
+    safetensors + JSON.
+
+    Nothing in FILE is run: ONNX and Keras files are parsed, PyTorch files read with
+    torch.load(weights_only=True).
+    """
+    file_format = file_format or _FORMATS.get(file.suffix.lower(), "torch")
+    if file_format != "torch":
+        given = [flag for flag, value in (("--mode", mode), ("--prefix", prefix),
+                                          ("--nonlinearity", nonlinearity),
+                                          ("--batch-first", batch_first)) if value]
+        if given:
+            raise click.UsageError(f"{', '.join(given)}: for PyTorch files only; {file} is "
+                                   f"read as {file_format} (its layout and nonlinearity are "
+                                   "in the file)")
+    elif name is not None:
+        raise click.UsageError("--name applies to ONNX and Keras files; for a PyTorch "
+                               "state_dict use --prefix")
     _refuse_existing([out, sidecar_path(out)], force)
+    notes: list[str] = []
     try:
-        layer = load_torch_state_dict(state_dict_file, mode, prefix=prefix,
-                                      batch_first=batch_first, nonlinearity=nonlinearity)
+        if file_format == "torch":
+            layer = _read_torch(file, mode, prefix, nonlinearity, batch_first)
+        else:
+            layer, notes = _read_layer(file, file_format, name)
+    except ImportError as error:
+        raise click.ClickException(str(error)) from error
     except (OSError, ValueError, TypeError, KeyError) as error:
         raise click.ClickException(str(error).strip("'\"")) from error
-    meta = save_layer(layer, out, force)
+    meta = save_layer(layer, out, force, source={"format": file_format, "file": file.name})
+    for note in notes:
+        click.echo(note)
     click.echo(f"wrote {out} and {meta}: {layer!r}")
+
+
+@click.command("import-torch")
+@click.argument("state_dict_file", type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path),
+              help="Weights file to write (OUT.safetensors); OUT.json gets the config.")
+@_torch_options
+@click.option("--force", is_flag=True, help="Replace existing output files.")
+def import_torch(state_dict_file: Path, out: Path, mode: str | None, prefix: str,
+                 nonlinearity: str | None, batch_first: bool, force: bool) -> None:
+    """`lstmkit import FILE --format torch`: a PyTorch LSTM/GRU/RNN state_dict file into
+    lstmkit's safetensors + JSON.
+
+    The file is read with torch.load(weights_only=True): tensors only, no pickled code.
+    """
+    ctx = click.get_current_context()
+    ctx.invoke(import_layer, file=state_dict_file, out=out, file_format="torch", name=None,
+               mode=mode, prefix=prefix, nonlinearity=nonlinearity, batch_first=batch_first,
+               force=force)
 
 
 @click.command("export-layer")
@@ -177,7 +282,7 @@ def import_torch(state_dict_file: Path, out: Path, mode: str | None, prefix: str
 @click.option("--force", is_flag=True, help="Replace an existing OUT.")
 def export_layer(weights: Path, out: Path, opset: int | None, initial_state: bool,
                  lengths: bool, as_float32: bool, force: bool) -> None:
-    """Export a layer written by `lstmkit import-torch` (WEIGHTS.safetensors + .json) to ONNX."""
+    """Export a layer written by `lstmkit import` (WEIGHTS.safetensors + .json) to ONNX."""
     from lstmkit.interop.onnx_export import DEFAULT_OPSET, export_onnx
 
     layer = load_layer(weights)
@@ -193,4 +298,4 @@ def export_layer(weights: Path, out: Path, opset: int | None, initial_state: boo
     click.echo(f"wrote {path}: {layer!r}")
 
 
-COMMANDS = [import_torch, export_layer]
+COMMANDS = [import_layer, import_torch, export_layer]

@@ -1,7 +1,7 @@
-"""Interoperability: ONNX export and PyTorch conversion.
+"""Interoperability: ONNX export and import, Keras import, PyTorch conversion.
 
-``onnx`` and ``torch`` are optional: each is imported only when a function that needs it runs,
-and a clear ImportError says how to install it.
+``onnx``, ``torch`` and ``h5py`` (for .keras files) are optional: each is imported only when
+a function that needs it runs, and a clear ImportError says how to install it.
 """
 
 from lstmkit.interop.charlm_onnx import (
@@ -10,6 +10,7 @@ from lstmkit.interop.charlm_onnx import (
     export_charlm_onnx,
     read_charlm_onnx_metadata,
 )
+from lstmkit.interop.keras_import import from_keras
 from lstmkit.interop.onnx_export import (
     DEFAULT_OPSET,
     GraphBuilder,
@@ -18,20 +19,25 @@ from lstmkit.interop.onnx_export import (
     export_onnx,
     to_onnx_model,
 )
+from lstmkit.interop.onnx_import import OnnxRecurrent, from_onnx, read_onnx
 from lstmkit.interop.torch_convert import from_torch, load_torch_state_dict, to_torch
 
 __all__ = [
     "DEFAULT_OPSET",
     "GraphBuilder",
     "LayerOutputs",
+    "OnnxRecurrent",
     "add_layer_nodes",
     "charlm_onnx_vocabulary",
     "charlm_to_onnx_model",
     "export_charlm_onnx",
     "export_onnx",
+    "from_keras",
+    "from_onnx",
     "from_torch",
     "load_torch_state_dict",
     "read_charlm_onnx_metadata",
+    "read_onnx",
     "to_onnx_model",
     "to_torch",
 ]

@@ -6,7 +6,8 @@ kernels. What the conversion has to bridge, and how:
 
 - Gate order. PyTorch (and lstmkit) stack the gate blocks i, f, g, o (LSTM) and r, z, n (GRU);
   ONNX stacks i, o, f, c and z, r, h. The blocks are reordered by name with
-  ``ONNX_LSTM_GATES`` and ``ONNX_GRU_GATES`` below, never by position arithmetic.
+  ``ONNX_LSTM_GATES`` and ``ONNX_GRU_GATES`` (``lstmkit.interop.gate_order``), never by
+  position arithmetic.
 - Biases. ONNX takes one ``B`` = [Wb, Rb] per direction: our ``bias_ih`` and ``bias_hh``.
 - GRU reset. ``linear_before_reset=1`` makes ONNX apply the reset gate to ``W_hn h + b_hn``,
   as PyTorch and lstmkit's default do; a GRU with ``linear_before_reset=False`` gets 0.
@@ -60,16 +61,14 @@ from typing import Any
 
 import numpy as np
 
+from lstmkit.interop.gate_order import ONNX_GRU_GATES, ONNX_LSTM_GATES, ONNX_PEEPHOLE_GATES
+from lstmkit.interop.gate_order import blocks as _blocks
+
 Array = np.ndarray
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 14  # Reshape with 0 = "copy this dimension" and the recurrent ops' current form
 
-# ONNX's gate block order, in lstmkit's gate letters (ONNX calls the LSTM's g "c", the GRU's n
-# "h"). Index j of the tuple is ONNX block j; the block comes from the gate of the same letter.
-ONNX_LSTM_GATES = ("i", "o", "f", "g")
-ONNX_GRU_GATES = ("z", "r", "n")
-ONNX_PEEPHOLE_GATES = ("i", "o", "f")  # the P input: [P_i, P_o, P_f]
 
 # The bias of a gate that a variant switch removes (fixed at 1). sigmoid(64) is 1.0 exactly in
 # float32 and float64 by every usual formula: 1 / (1 + exp(-64)) with exp(-64) = 1.6e-28 below
@@ -250,11 +249,6 @@ def _check_layer(layer: Any) -> str:
 
 def _layer_cell(layer: Any, k: int) -> Any:
     return layer._cells[k]
-
-
-def _blocks(array: Array, gates: tuple[str, ...], H: int) -> dict[str, Array]:
-    """Split a stacked (G*H, ...) weight or (G*H,) bias into its gate blocks by name."""
-    return {gate: array[j * H : (j + 1) * H] for j, gate in enumerate(gates)}
 
 
 def _direction_tensors(layer: Any, k: int, sfx: str) -> dict[str, Array]:
