@@ -38,6 +38,7 @@ import numpy as np
 
 from lstmkit.experiments import MODULES, TITLES
 from lstmkit.experiments.common import (
+    Measures,
     PathLike,
     from_jsonable,
     markdown_table,
@@ -398,10 +399,33 @@ def _group_label(run: Mapping[str, Any], keys: Sequence[str]) -> str:
 
 
 def _number(value: Any) -> float | None:
+    """A measured number as a float (True -> 1.0, "nan" -> nan); None if it is not one."""
     value = from_jsonable(value)
-    if isinstance(value, (bool, int, float)) and not isinstance(value, str):
-        return float(value)
-    return None
+    return float(value) if isinstance(value, (bool, int, float)) else None
+
+
+def _groups(runs: Sequence[Mapping[str, Any]], measures: Measures) -> list[dict[str, Any]]:
+    """The runs of one settings dict by group (``measures.group``): their seeds, each metric's
+    values (one per run, None where a run lacks it) with mean and sample std, and curves."""
+    groups = []
+    labels = dict.fromkeys(_group_label(run, measures.group) for run in runs)
+    for label in labels:
+        members = [run for run in runs if _group_label(run, measures.group) == label]
+        metrics = {}
+        for metric in measures.metrics:
+            values = [_number(run.get(metric)) for run in members]
+            finite = [v for v in values if v is not None and np.isfinite(v)]
+            if any(v is not None for v in values):
+                metrics[metric] = {
+                    "mean": float(np.mean(finite)) if finite else None,
+                    "std": float(np.std(finite, ddof=1)) if len(finite) > 1 else None,
+                    "n": len(finite), "values": values}
+        x, y = measures.curve
+        curves = [[(point[x], _number(point.get(y))) for point in run.get("curve", [])]
+                  for run in members]
+        groups.append({"group": label, "seeds": [run["seed"] for run in members],
+                       "metrics": metrics, "curves": curves})
+    return groups
 
 
 def summarize(out_dir: Path, plan: SweepPlan,
@@ -423,23 +447,8 @@ def summarize(out_dir: Path, plan: SweepPlan,
         module.report(module.configure(plan.mode, dict(settings)), plan.mode,
                       [r["seed"] for r in mine], runs, report_dir)
         reports.append(report_dir / "results.md")
-        labels = list(dict.fromkeys(_group_label(run, measures.group) for run in runs))
-        for label in labels:
-            members = [run for run in runs if _group_label(run, measures.group) == label]
-            metrics = {}
-            for metric in measures.metrics:
-                values = [_number(run.get(metric)) for run in members]
-                finite = [v for v in values if v is not None and np.isfinite(v)]
-                if values and any(v is not None for v in values):
-                    metrics[metric] = {
-                        "mean": float(np.mean(finite)) if finite else None,
-                        "std": float(np.std(finite, ddof=1)) if len(finite) > 1 else None,
-                        "n": len(finite), "values": values}
-            curves = [[(p[measures.curve[0]], _number(p.get(measures.curve[1])))
-                       for p in run.get("curve", [])] for run in members]
-            groups.append({"settings": settings, "slug": slug, "group": label,
-                           "seeds": [run["seed"] for run in members], "metrics": metrics,
-                           "curves": curves})
+        groups += [{"settings": settings, "slug": slug, **group}
+                   for group in _groups(runs, measures)]
     trials = [{"settings": r["settings"], "seed": r["seed"], "status": r["status"],
                "seconds": r.get("seconds"), "host": r.get("host"), "threads": r.get("threads"),
                "path": str(Trial(r["settings"], r["seed"], r["index"]).path(out_dir)
@@ -497,7 +506,7 @@ def _markdown(summary: Mapping[str, Any], table: str, reports: Sequence[Path],
 
 
 def _plots(out_dir: Path, plan: SweepPlan, groups: Sequence[Mapping[str, Any]],
-           measures: Any) -> list[Path]:
+           measures: Measures) -> list[Path]:
     if not groups:
         return []
     several = len(plan.settings) > 1
