@@ -124,6 +124,29 @@ def test_a_failing_trial_is_recorded_and_the_others_finish(local_ray, tmp_path):
     assert "1 finished before, 1 to run" in again.output
 
 
+def test_a_trial_whose_worker_dies_is_recorded_and_the_others_finish(local_ray, tmp_path,
+                                                                    monkeypatch):
+    from lstmkit.experiments import sweep
+
+    real = sweep.run_trial
+
+    def dies_on_seed_1(experiment, mode, settings, seed, index, threads):
+        if seed == 1:
+            import os
+
+            os._exit(1)  # the worker process dies mid-trial
+        return real(experiment, mode, settings, seed, index, threads)
+
+    monkeypatch.setattr(sweep, "run_trial", dies_on_seed_1)
+    result = CliRunner().invoke(main, ["sweep", "adding", "--tiny", "--seeds", "2",
+                                       "--out", str(tmp_path), "--no-progress"])
+    assert result.exit_code == 1 and "1 of 2 trials failed" in result.output
+    died = json.loads((tmp_path / "trials" / "default" / "seed-1.json").read_text())
+    assert died["status"] == "error" and "WorkerCrashedError" in died["error"]
+    ok = json.loads((tmp_path / "trials" / "default" / "seed-0.json").read_text())
+    assert ok["status"] == "ok"
+
+
 def test_cpus_per_trial_is_the_trials_thread_count(local_ray, tmp_path):
     import numba
 
