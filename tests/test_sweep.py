@@ -199,6 +199,30 @@ def test_plan_crosses_grids_and_seeds_and_samples_reproducibly():
     assert one != plan_sweep("adding", "tiny", grid=grid, samples=4, seed=3).settings
 
 
+def test_samples_draw_from_ranges_within_their_bounds():
+    grid = ["lr=0.0001..0.1:log", "hidden=8..64", "T=5,6"]
+    plan = plan_sweep("adding", "tiny", grid=grid, samples=20, seed=4)
+    assert plan.settings == plan_sweep("adding", "tiny", grid=grid, samples=20, seed=4).settings
+    assert len({tuple(s.items()) for s in plan.settings}) == 20
+    lrs = [float(s["lr"]) for s in plan.settings]
+    assert all(1e-4 <= lr <= 0.1 for lr in lrs) and min(lrs) < 1e-3 < max(lrs)  # log-uniform
+    assert all(8 <= int(s["hidden"]) <= 64 for s in plan.settings)  # whole numbers
+    assert {s["T"] for s in plan.settings} == {"5", "6"}
+    assert parse_grid(["x=1..2"])["x"].integer and not parse_grid(["x=1.0..2"])["x"].integer
+
+
+@pytest.mark.parametrize("grid, samples, message", [
+    (["lr=0.1..0.01"], 2, "needs LOW < HIGH"),
+    (["lr=0..0.1:log"], 2, "log range needs LOW > 0"),
+    (["lr=a..b"], 2, "two numbers"),
+    (["lr=0.01..0.1"], None, "add --samples N"),
+    (["T=5..6"], 3, "only 2 distinct settings"),
+])
+def test_range_errors(grid, samples, message):
+    with pytest.raises(SweepError, match=message):
+        plan_sweep("adding", "tiny", grid=grid, samples=samples)
+
+
 def test_a_folder_of_another_sweep_or_of_other_files_is_refused(tmp_path):
     prepare_sweep_dir(tmp_path / "a", "adding", "tiny")
     with pytest.raises(SweepError, match="holds a sweep of 'adding'"):
