@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from lstmkit.cli import main
+from lstmkit.experiments import run_experiment
 from lstmkit.experiments.sweep import (
     INSTALL_HINT,
     SweepError,
@@ -18,6 +19,7 @@ from lstmkit.experiments.sweep import (
     plan_sweep,
     prepare_sweep_dir,
     read_record,
+    run_sweep,
 )
 from lstmkit.experiments.trial import limit_threads
 
@@ -72,6 +74,22 @@ def test_a_trial_equals_a_lone_run_with_the_same_seed_settings_and_threads(finis
     other = json.loads((finished_sweep / "trials" / "lr=0.01,models=lstm" / "seed-0.json")
                        .read_text())
     assert numbers(other["runs"]) != numbers([r for r in lone["runs"] if r["seed"] == 0])
+
+
+@pytest.mark.parametrize("name", ["clipping", "forget-gate", "peepholes", "temporal-order",
+                                  "variants"])
+def test_every_experiments_trials_equal_its_lone_run(name, local_ray, tmp_path):
+    run_sweep(name, tmp_path / "sweep", mode="tiny", seeds=2, show_progress=False)
+    with limit_threads(1):
+        run_experiment(name, mode="tiny", seeds=2, out=tmp_path / "lone", show_progress=False)
+    lone = json.loads((tmp_path / "lone" / "results.json").read_text())
+    lone_runs = lone.get("runs") or lone["explode_runs"] + lone["learn_runs"]
+    for seed in (0, 1):
+        record = json.loads((tmp_path / "sweep" / "trials" / "default" / f"seed-{seed}.json")
+                            .read_text())
+        mine = [run for run in lone_runs if run["seed"] == seed]
+        assert sorted(map(json.dumps, numbers(record["runs"]))) == \
+            sorted(map(json.dumps, numbers(mine)))
 
 
 def test_summary_report_and_plots(finished_sweep):
