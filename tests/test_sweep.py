@@ -289,5 +289,7 @@ def test_limit_threads_sets_and_restores_the_kernels_threads():
     with limit_threads(1) as used:
         assert used == 1 and numba.get_num_threads() == 1
     assert numba.get_num_threads() == before
+    with limit_threads(None) as used:
+        assert used is None and numba.get_num_threads() == before
     with pytest.raises(ValueError, match="threads must be >= 1"), limit_threads(0):
         pass
