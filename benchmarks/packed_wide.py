@@ -1,5 +1,5 @@
-"""Prototype (not shipped): the packed micro-kernel of ``lstmkit.kernels.packed`` with the vector
-width, the tile height and the block width as parameters, to measure AVX-512 variants against
+"""Prototype (not shipped): the packed micro-kernel of ``lstmkit.engine.kernels.packed`` with the
+vector width, the tile height and the block width as parameters, to measure AVX-512 variants against
 the AVX2 kernel (``benchmarks/bench_gemm_libraries.py``).
 
 ``variant(lanes, vectors, max_nb, tall)`` returns ``(tile, gemm)``: A (M, K) packed in tiles of

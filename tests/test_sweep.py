@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from lstmkit.cli import main
+from lstmkit.experiments import run_experiment
 from lstmkit.experiments.sweep import (
     INSTALL_HINT,
     SweepError,
@@ -18,6 +19,7 @@ from lstmkit.experiments.sweep import (
     plan_sweep,
     prepare_sweep_dir,
     read_record,
+    run_sweep,
 )
 from lstmkit.experiments.trial import limit_threads
 
@@ -74,6 +76,22 @@ def test_a_trial_equals_a_lone_run_with_the_same_seed_settings_and_threads(finis
     assert numbers(other["runs"]) != numbers([r for r in lone["runs"] if r["seed"] == 0])
 
 
+@pytest.mark.parametrize("name", ["clipping", "forget-gate", "peepholes", "temporal-order",
+                                  "variants"])
+def test_every_experiments_trials_equal_its_lone_run(name, local_ray, tmp_path):
+    run_sweep(name, tmp_path / "sweep", mode="tiny", seeds=2, show_progress=False)
+    with limit_threads(1):
+        run_experiment(name, mode="tiny", seeds=2, out=tmp_path / "lone", show_progress=False)
+    lone = json.loads((tmp_path / "lone" / "results.json").read_text())
+    lone_runs = lone.get("runs") or lone["explode_runs"] + lone["learn_runs"]
+    for seed in (0, 1):
+        record = json.loads((tmp_path / "sweep" / "trials" / "default" / f"seed-{seed}.json")
+                            .read_text())
+        mine = [run for run in lone_runs if run["seed"] == seed]
+        assert sorted(map(json.dumps, numbers(record["runs"]))) == \
+            sorted(map(json.dumps, numbers(mine)))
+
+
 def test_summary_report_and_plots(finished_sweep):
     summary = json.loads((finished_sweep / "summary.json").read_text())
     assert summary["trials_total"] == 4 and summary["trials_ok"] == 4
@@ -122,6 +140,29 @@ def test_a_failing_trial_is_recorded_and_the_others_finish(local_ray, tmp_path):
     assert "unknown model 'gru'" in (tmp_path / "summary.md").read_text()
     again = CliRunner().invoke(main, args)  # a failed trial runs again; a finished one not
     assert "1 finished before, 1 to run" in again.output
+
+
+def test_a_trial_whose_worker_dies_is_recorded_and_the_others_finish(local_ray, tmp_path,
+                                                                    monkeypatch):
+    from lstmkit.experiments import sweep
+
+    real = sweep.run_trial
+
+    def dies_on_seed_1(experiment, mode, settings, seed, index, threads):
+        if seed == 1:
+            import os
+
+            os._exit(1)  # the worker process dies mid-trial
+        return real(experiment, mode, settings, seed, index, threads)
+
+    monkeypatch.setattr(sweep, "run_trial", dies_on_seed_1)
+    result = CliRunner().invoke(main, ["sweep", "adding", "--tiny", "--seeds", "2",
+                                       "--out", str(tmp_path), "--no-progress"])
+    assert result.exit_code == 1 and "1 of 2 trials failed" in result.output
+    died = json.loads((tmp_path / "trials" / "default" / "seed-1.json").read_text())
+    assert died["status"] == "error" and "WorkerCrashedError" in died["error"]
+    ok = json.loads((tmp_path / "trials" / "default" / "seed-0.json").read_text())
+    assert ok["status"] == "ok"
 
 
 def test_cpus_per_trial_is_the_trials_thread_count(local_ray, tmp_path):
@@ -176,6 +217,30 @@ def test_plan_crosses_grids_and_seeds_and_samples_reproducibly():
     assert one != plan_sweep("adding", "tiny", grid=grid, samples=4, seed=3).settings
 
 
+def test_samples_draw_from_ranges_within_their_bounds():
+    grid = ["lr=0.0001..0.1:log", "hidden=8..64", "T=5,6"]
+    plan = plan_sweep("adding", "tiny", grid=grid, samples=20, seed=4)
+    assert plan.settings == plan_sweep("adding", "tiny", grid=grid, samples=20, seed=4).settings
+    assert len({tuple(s.items()) for s in plan.settings}) == 20
+    lrs = [float(s["lr"]) for s in plan.settings]
+    assert all(1e-4 <= lr <= 0.1 for lr in lrs) and min(lrs) < 1e-3 < max(lrs)  # log-uniform
+    assert all(8 <= int(s["hidden"]) <= 64 for s in plan.settings)  # whole numbers
+    assert {s["T"] for s in plan.settings} == {"5", "6"}
+    assert parse_grid(["x=1..2"])["x"].integer and not parse_grid(["x=1.0..2"])["x"].integer
+
+
+@pytest.mark.parametrize("grid, samples, message", [
+    (["lr=0.1..0.01"], 2, "needs LOW < HIGH"),
+    (["lr=0..0.1:log"], 2, "log range needs LOW > 0"),
+    (["lr=a..b"], 2, "two numbers"),
+    (["lr=0.01..0.1"], None, "add --samples N"),
+    (["T=5..6"], 3, "only 2 distinct settings"),
+])
+def test_range_errors(grid, samples, message):
+    with pytest.raises(SweepError, match=message):
+        plan_sweep("adding", "tiny", grid=grid, samples=samples)
+
+
 def test_a_folder_of_another_sweep_or_of_other_files_is_refused(tmp_path):
     prepare_sweep_dir(tmp_path / "a", "adding", "tiny")
     with pytest.raises(SweepError, match="holds a sweep of 'adding'"):
@@ -224,5 +289,7 @@ def test_limit_threads_sets_and_restores_the_kernels_threads():
     with limit_threads(1) as used:
         assert used == 1 and numba.get_num_threads() == 1
     assert numba.get_num_threads() == before
+    with limit_threads(None) as used:
+        assert used is None and numba.get_num_threads() == before
     with pytest.raises(ValueError, match="threads must be >= 1"), limit_threads(0):
         pass

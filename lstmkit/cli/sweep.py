@@ -6,7 +6,8 @@ Examples::
     lstmkit sweep adding --quick --seeds 8 --out sweeps/adding
     lstmkit sweep variants --quick --seeds 20 --out sweeps/greff
     lstmkit sweep adding --quick --grid lr=0.01,0.003,0.001 --grid hidden=16,32 --out sweeps/lr
-    lstmkit sweep adding --quick --grid lr=0.01,0.003,0.001 --samples 2 --out sweeps/random
+    lstmkit sweep adding --quick --grid lr=0.0003..0.03:log --grid hidden=16..64 --samples 10 \\
+        --out sweeps/random
     lstmkit sweep variants --seeds 20 --out sweeps/greff --address head-node:6379
 """
 
@@ -28,10 +29,11 @@ from lstmkit.experiments.common import stopwatch
               help="Seeds per settings (seed, seed+1, ...); default: the experiment's own.")
 @click.option("--seed", type=int, default=0, show_default=True, help="The first seed.")
 @click.option("--grid", multiple=True, metavar="NAME=V1,V2,...",
-              help="Values of one setting to sweep (repeatable; the trials cross all grids).")
+              help="Values of one setting to sweep (repeatable; the trials cross all grids); "
+                   "with --samples also a range NAME=LOW..HIGH or NAME=LOW..HIGH:log.")
 @click.option("--samples", type=click.IntRange(min=1), default=None,
-              help="Run this many combinations of the grid's values, drawn at random, "
-                   "instead of all of them.")
+              help="Run this many settings drawn at random from the grid (its values and "
+                   "ranges; reproducibly from --seed) instead of all its combinations.")
 @click.option("--set", "settings", multiple=True, metavar="NAME=VALUE",
               help="A setting every trial shares (repeatable), as in lstmkit experiment.")
 @click.option("--quick", is_flag=True, help="The experiment's short version.")

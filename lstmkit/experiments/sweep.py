@@ -25,6 +25,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import random
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -38,6 +39,7 @@ import numpy as np
 
 from lstmkit.experiments import MODULES, TITLES
 from lstmkit.experiments.common import (
+    Measures,
     PathLike,
     from_jsonable,
     markdown_table,
@@ -66,46 +68,108 @@ class SweepError(ValueError):
 # -- what to run ----------------------------------------------------------------------------------
 
 
-def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
-    """``["lr=0.01,0.001", "hidden=8,16"]`` -> ``{"lr": ["0.01", "0.001"], "hidden": [...]}``.
+@dataclass(frozen=True)
+class Range:
+    """Values to draw from at random (``--grid KEY=LOW..HIGH`` with ``--samples``): uniform
+    between ``low`` and ``high``, or log-uniform (``LOW..HIGH:log``); whole numbers if both
+    ends are."""
 
-    Values stay strings; the experiment converts them to its settings' types.
+    low: float
+    high: float
+    log: bool = False
+    integer: bool = False
+
+    def draw(self, rng: random.Random) -> str:
+        """One value, as the command line would give it (floats to 4 significant digits)."""
+        if self.log:
+            value = math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
+        else:
+            value = rng.uniform(self.low, self.high)
+        return str(round(value)) if self.integer else f"{value:.4g}"
+
+
+_RANGE = re.compile(r"^(?P<low>[^,]+?)\.\.(?P<high>[^,:]+)(?P<log>:log)?$")
+
+
+def _parse_range(item: str, key: str, match: re.Match[str]) -> Range:
+    try:
+        low, high = float(match["low"]), float(match["high"])
+    except ValueError:
+        raise SweepError(f"--grid {item!r}: a range is LOW..HIGH (or LOW..HIGH:log) of two "
+                         f"numbers, e.g. {key}=0.0001..0.1:log") from None
+    if not low < high:
+        raise SweepError(f"--grid {item!r}: a range needs LOW < HIGH")
+    if match["log"] and low <= 0:
+        raise SweepError(f"--grid {item!r}: a log range needs LOW > 0")
+    integer = all(re.fullmatch(r"[+-]?\d+", match[end]) for end in ("low", "high"))
+    return Range(low, high, bool(match["log"]), integer)
+
+
+def parse_grid(items: Sequence[str]) -> dict[str, list[str] | Range]:
+    """``["lr=0.01,0.001", "hidden=8..64"]`` -> ``{"lr": ["0.01", "0.001"], "hidden":
+    Range(8, 64, integer=True)}``.
+
+    Listed values stay strings; the experiment converts them to its settings' types. A range
+    (``LOW..HIGH``, ``LOW..HIGH:log``) can only be sampled (``--samples``).
     """
-    grid: dict[str, list[str]] = {}
+    grid: dict[str, list[str] | Range] = {}
     for item in items:
         key, sep, values = item.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key:
-            raise SweepError(f"--grid expects NAME=V1,V2,... (e.g. lr=0.01,0.001), got {item!r}")
+            raise SweepError(f"--grid expects NAME=V1,V2,... or NAME=LOW..HIGH (e.g. "
+                             f"lr=0.01,0.001), got {item!r}")
+        if key in grid:
+            raise SweepError(f"--grid names {key!r} twice; give all its values in one "
+                             f"--grid {key}=V1,V2,...")
+        match = _RANGE.match(values.strip())
+        if match:
+            grid[key] = _parse_range(item, key, match)
+            continue
         choices = [value.strip() for value in values.split(",")]
         if any(not value for value in choices):
             raise SweepError(f"--grid {item!r}: expected values separated by commas after "
                              f"'{key}=', none of them empty (e.g. {key}=V1,V2)")
         if len(set(choices)) != len(choices):
             raise SweepError(f"--grid {item!r} repeats a value")
-        if key in grid:
-            raise SweepError(f"--grid names {key!r} twice; give all its values in one "
-                             f"--grid {key}=V1,V2,...")
         grid[key] = choices
     return grid
 
 
-def grid_settings(grid: Mapping[str, Sequence[str]]) -> list[dict[str, str]]:
+def grid_settings(grid: Mapping[str, list[str] | Range]) -> list[dict[str, str]]:
     """Every combination of the grid's values (keys sorted), one settings dict each."""
+    ranges = sorted(k for k, v in grid.items() if isinstance(v, Range))
+    if ranges:
+        raise SweepError(f"--grid {ranges[0]}=LOW..HIGH is a range, whose values can only be "
+                         "drawn at random: add --samples N")
     keys = sorted(grid)
     return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
 
 
-def sample_settings(grid: Mapping[str, Sequence[str]], samples: int,
+def sample_settings(grid: Mapping[str, list[str] | Range], samples: int,
                     seed: int) -> list[dict[str, str]]:
-    """``samples`` distinct combinations of the grid's values drawn at random (reproducibly
-    from ``seed``), in grid order."""
-    combos = grid_settings(grid)
-    if samples > len(combos):
-        raise SweepError(f"--samples {samples} asks for more settings than the grid's "
-                         f"{len(combos)} combinations; give fewer samples or more values")
-    picked = random.Random(seed).sample(range(len(combos)), samples)
-    return [combos[k] for k in sorted(picked)]
+    """``samples`` distinct settings drawn at random (reproducibly from ``seed``): with listed
+    values only, combinations of the grid in grid order; with ranges, each key's value drawn
+    on its own (a listed one uniformly), in the order drawn."""
+    rng = random.Random(seed)
+    if not any(isinstance(v, Range) for v in grid.values()):
+        combos = grid_settings(grid)
+        if samples > len(combos):
+            raise SweepError(f"--samples {samples} asks for more settings than the grid's "
+                             f"{len(combos)} combinations; give fewer samples or more values")
+        return [combos[k] for k in sorted(rng.sample(range(len(combos)), samples))]
+    drawn: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
+    for _ in range(100 * samples):
+        settings = {k: _draw(grid[k], rng) for k in sorted(grid)}
+        drawn.setdefault(tuple(settings.items()), settings)
+        if len(drawn) == samples:
+            return list(drawn.values())
+    raise SweepError(f"--samples {samples}: only {len(drawn)} distinct settings could be "
+                     "drawn from the grid; give fewer samples or wider ranges")
+
+
+def _draw(values: list[str] | Range, rng: random.Random) -> str:
+    return values.draw(rng) if isinstance(values, Range) else rng.choice(values)
 
 
 def settings_slug(settings: Mapping[str, Any]) -> str:
@@ -398,10 +462,33 @@ def _group_label(run: Mapping[str, Any], keys: Sequence[str]) -> str:
 
 
 def _number(value: Any) -> float | None:
+    """A measured number as a float (True -> 1.0, "nan" -> nan); None if it is not one."""
     value = from_jsonable(value)
-    if isinstance(value, (bool, int, float)) and not isinstance(value, str):
-        return float(value)
-    return None
+    return float(value) if isinstance(value, (bool, int, float)) else None
+
+
+def _groups(runs: Sequence[Mapping[str, Any]], measures: Measures) -> list[dict[str, Any]]:
+    """The runs of one settings dict by group (``measures.group``): their seeds, each metric's
+    values (one per run, None where a run lacks it) with mean and sample std, and curves."""
+    groups = []
+    labels = dict.fromkeys(_group_label(run, measures.group) for run in runs)
+    for label in labels:
+        members = [run for run in runs if _group_label(run, measures.group) == label]
+        metrics = {}
+        for metric in measures.metrics:
+            values = [_number(run.get(metric)) for run in members]
+            finite = [v for v in values if v is not None and np.isfinite(v)]
+            if any(v is not None for v in values):
+                metrics[metric] = {
+                    "mean": float(np.mean(finite)) if finite else None,
+                    "std": float(np.std(finite, ddof=1)) if len(finite) > 1 else None,
+                    "n": len(finite), "values": values}
+        x, y = measures.curve
+        curves = [[(point[x], _number(point.get(y))) for point in run.get("curve", [])]
+                  for run in members]
+        groups.append({"group": label, "seeds": [run["seed"] for run in members],
+                       "metrics": metrics, "curves": curves})
+    return groups
 
 
 def summarize(out_dir: Path, plan: SweepPlan,
@@ -423,23 +510,8 @@ def summarize(out_dir: Path, plan: SweepPlan,
         module.report(module.configure(plan.mode, dict(settings)), plan.mode,
                       [r["seed"] for r in mine], runs, report_dir)
         reports.append(report_dir / "results.md")
-        labels = list(dict.fromkeys(_group_label(run, measures.group) for run in runs))
-        for label in labels:
-            members = [run for run in runs if _group_label(run, measures.group) == label]
-            metrics = {}
-            for metric in measures.metrics:
-                values = [_number(run.get(metric)) for run in members]
-                finite = [v for v in values if v is not None and np.isfinite(v)]
-                if values and any(v is not None for v in values):
-                    metrics[metric] = {
-                        "mean": float(np.mean(finite)) if finite else None,
-                        "std": float(np.std(finite, ddof=1)) if len(finite) > 1 else None,
-                        "n": len(finite), "values": values}
-            curves = [[(p[measures.curve[0]], _number(p.get(measures.curve[1])))
-                       for p in run.get("curve", [])] for run in members]
-            groups.append({"settings": settings, "slug": slug, "group": label,
-                           "seeds": [run["seed"] for run in members], "metrics": metrics,
-                           "curves": curves})
+        groups += [{"settings": settings, "slug": slug, **group}
+                   for group in _groups(runs, measures)]
     trials = [{"settings": r["settings"], "seed": r["seed"], "status": r["status"],
                "seconds": r.get("seconds"), "host": r.get("host"), "threads": r.get("threads"),
                "path": str(Trial(r["settings"], r["seed"], r["index"]).path(out_dir)
@@ -497,21 +569,25 @@ def _markdown(summary: Mapping[str, Any], table: str, reports: Sequence[Path],
 
 
 def _plots(out_dir: Path, plan: SweepPlan, groups: Sequence[Mapping[str, Any]],
-           measures: Any) -> list[Path]:
+           measures: Measures) -> list[Path]:
     if not groups:
         return []
     several = len(plan.settings) > 1
     labels = [f"{g['slug']}: {g['group']}" if several else g["group"] for g in groups]
     shown = [m for m in measures.metrics if any(m in g["metrics"] for g in groups)][:3]
-    fig, axes = new_figure(max(6.0, 0.9 * len(groups)) * len(shown) / 1.5, 4.8,
-                           ncols=len(shown))
-    for ax, metric in zip(axes[0], shown):
+    fig, axes = new_figure(9.0, (0.3 * len(groups) + 1.2) * len(shown), nrows=len(shown))
+    for (ax,), metric in zip(axes, shown):
         data = [[v for v in g["metrics"].get(metric, {}).get("values", [])
                  if v is not None and np.isfinite(v)] for g in groups]
-        ax.boxplot([d if d else [np.nan] for d in data], showmeans=True)
-        ax.set_xticks(range(1, len(labels) + 1), labels, rotation=30, ha="right", fontsize=8)
+        data = [d if d else [np.nan] for d in data]
+        try:
+            ax.boxplot(data, orientation="horizontal", showmeans=True)
+        except TypeError:  # matplotlib < 3.10
+            ax.boxplot(data, vert=False, showmeans=True)
+        ax.set_yticks(range(1, len(labels) + 1), labels, fontsize=8)
+        ax.invert_yaxis()
         ax.set_title(metric)
-        ax.grid(True, axis="y", alpha=0.3)
+        ax.grid(True, axis="x", alpha=0.3)
     fig.suptitle(f"{plan.experiment}: one point per seed")
     box = save_figure(fig, out_dir / "box_plots.png")
 

@@ -28,34 +28,31 @@ from lstmkit.experiments.common import to_jsonable
 
 
 @contextmanager
-def limit_threads(threads: int | None) -> Iterator[int]:
+def limit_threads(threads: int | None) -> Iterator[int | None]:
     """Run the block with ``threads`` threads for lstmkit's kernels (Numba's pool) and for
     every BLAS loaded in the process (threadpoolctl); both are restored afterwards.
 
-    ``None`` leaves the thread counts as they are. Yields the kernels' thread count in the
-    block. The kernels' results depend on how many threads split a step, so runs compared bit
+    Yields the kernels' thread count in the block; ``None`` leaves everything as it is (and
+    yields None). Results depend on how many threads share the work, so runs compared bit
     for bit must use the same count.
     """
-    from lstmkit.engine.kernels.threads import keep_torch_openmp_apart, kernel_threads
-
     if threads is None:
-        yield kernel_threads()
+        yield None
         return
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     import scipy.linalg.cython_blas  # noqa: F401  (load the kernels' BLAS so that it is limited too)
-
-    keep_torch_openmp_apart()  # before Numba's OpenMP pool starts (engine.kernels.threads)
-    import numba
     from threadpoolctl import threadpool_limits
 
-    previous = numba.get_num_threads()
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    import lstmkit
+
+    previous = lstmkit.get_num_threads()
+    lstmkit.set_num_threads(threads)  # keeps PyTorch's OpenMP apart, before Numba's pool starts
     try:
         with threadpool_limits(limits=threads):
-            yield numba.get_num_threads()
+            yield lstmkit.get_num_threads()
     finally:
-        numba.set_num_threads(previous)
+        lstmkit.set_num_threads(previous)
 
 
 def run_trial(experiment: str, mode: str, settings: Mapping[str, Any], seed: int,
@@ -63,6 +60,7 @@ def run_trial(experiment: str, mode: str, settings: Mapping[str, Any], seed: int
     """Run one seed of ``experiment`` (its ``run_seed``) with ``settings`` (``--set`` values,
     by name) on ``threads`` threads, and return the trial's JSON-ready record.
 
+    ``threads=None`` leaves the process's thread counts as they are (recorded as None).
     ``index`` is the seed's place among the seeds of the whole sweep (the ``clipping``
     experiment's second panel runs on the first seeds only). An exception raised by the
     experiment is caught and recorded (``status`` "error"); settings the experiment does not
