@@ -261,16 +261,17 @@ def _micro_kernel(nb: int, stacked: bool = False):
                                                    for nb in range(1, 13))
 
 
-def _column_kernel():
-    """The intrinsic for a single batch column (B = 1), ``TALL`` tiles at once:
+def _column_kernel(tall: int):
+    """The intrinsic for a single batch column (B = 1), ``tall`` tiles at once:
 
-    ``column(a, a_off, K, x, c, c_off, beta)``: for r < 16 * TALL,
+    ``column(a, a_off, K, x, c, c_off, beta)``: for r < 16 * tall,
     ``c[c_off + r] (+)= sum_k a[a_off + (r // 16) * 16K + 16k + r % 16] * x[k]``.
 
-    With one column, a tile's 2 accumulators would each wait for the previous multiply-add
-    (4 cycles) at every k; TALL tiles give 2 * TALL independent chains, and C, one contiguous
-    column, is read and written as whole vectors. (Measured on one Zen 3 core: W (512, 128) in
-    2.7 us, against 5.5 us for the one-tile kernel and 4.2 us for OpenBLAS's sgemv.)
+    With one column, a tile's accumulators would each wait for the previous multiply-add
+    (4 cycles) at every k; ``tall`` tiles give VECTORS * tall independent chains, and C, one
+    contiguous column, is read and written as whole vectors. (Measured on one Zen 3 core:
+    W (512, 128) in 2.7 us, against 5.5 us for the one-tile kernel and 4.2 us for OpenBLAS's
+    sgemv.)
     """
 
     @intrinsic
@@ -285,13 +286,13 @@ def _column_kernel():
             a_off, K, c_off, beta = int64(1), int64(2), int64(5), flag(6)
             fmuladd = _fmuladd(builder)
             zero = ir.Constant(_VEC, [0.0] * LANES)
-            acc = [cgutils.alloca_once_value(builder, zero) for _ in range(TALL * VECTORS)]
+            acc = [cgutils.alloca_once_value(builder, zero) for _ in range(tall * VECTORS)]
             tile_stride = builder.mul(K, ir.Constant(_I64, TILE))
             with cgutils.for_range(builder, K) as loop:
                 k = loop.index
                 s = _splat(builder, builder.gep(x_ptr, [k]))
                 a_k = builder.add(a_off, builder.mul(k, ir.Constant(_I64, TILE)))
-                for t in range(TALL):
+                for t in range(tall):
                     a_t = builder.add(a_k, builder.mul(tile_stride, ir.Constant(_I64, t)))
                     for v in range(VECTORS):
                         ptr = builder.gep(a_ptr, [builder.add(a_t, ir.Constant(_I64, LANES * v))])
@@ -311,7 +312,10 @@ def _column_kernel():
     return column
 
 
-_column = _column_kernel()
+_column = _column_kernel(TALL)
+# AVX-512: after the groups of 8 tiles, groups of 4 (a thread's part of a step often has fewer
+# than 8 tiles: (200, 1, 32, 128) backward splits W_hh^T's 128 rows in two parts of 4 tiles)
+_column4 = _column_kernel(4)
 
 
 @njit(**_OPTS)
@@ -522,10 +526,14 @@ def packed_gemm(a, a_off, M, X, C, beta):
     xf = X.reshape(K * B)
     cf = C.reshape(M * B)
     first = 0
-    if B == 1:  # whole groups of TALL full tiles, then the rest one tile at a time
+    if B == 1:  # whole groups of TALL (then 4) full tiles, then the rest one tile at a time
         first = (M // (TALL * TILE)) * TALL
         for t in range(0, first, TALL):
             _column(a, a_off + t * K * TILE, K, xf, cf, t * TILE, beta)
+        if TALL > 4:
+            for t in range(first, (M // (4 * TILE)) * 4, 4):
+                _column4(a, a_off + t * K * TILE, K, xf, cf, t * TILE, beta)
+                first = t + 4
     _tiles(a, a_off, M, K, B, xf, False, first, cf, beta)
 
 
