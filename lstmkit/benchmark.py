@@ -473,11 +473,16 @@ def machine_info(threads: int) -> dict[str, Any]:
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:
-                if line.startswith("model name"):
+                if line.startswith("model name") and "cpu" not in info:
                     info["cpu"] = line.split(":", 1)[1].strip()
-                    break
+                elif line.startswith("flags") and "vector_flags" not in info:
+                    flags = line.split(":", 1)[1].split()
+                    info["vector_flags"] = [f for f in ("avx2", "fma", "avx512f") if f in flags]
     except OSError:
         info["cpu"] = platform.processor()
+    from lstmkit.engine.kernels import vector_width
+
+    info["kernel_vector_width"] = vector_width()  # floats per vector of the micro-kernels
     torch = _torch()
     if torch is not None:
         info["torch"] = torch.__version__
@@ -503,8 +508,9 @@ def run(shapes: list[tuple[int, int, int, int]] | None = None, cell: str = "lstm
     info["threads_set"] = threads_set
     info["path"] = "fused" if fast else "reference"
     torch = _torch()
-    echo(f"lstmkit bench: {cell.upper()} float32, {threads} thread(s), {info.get('cpu', '?')}, "
-         f"{'fused kernels' if fast else 'reference path'}"
+    echo(f"lstmkit bench: {cell.upper()} float32, {threads} thread(s), {info.get('cpu', '?')} "
+         f"({' '.join(info.get('vector_flags', [])) or 'no avx2'}; kernels' vectors of "
+         f"{info['kernel_vector_width']} floats), {'fused kernels' if fast else 'reference path'}"
          + ("" if torch is not None else " (PyTorch not installed: lstmkit alone)"))
     peak = sgemm_peak()
     echo(f"sgemm peak (1024^3 float32): NumPy {peak['numpy']:.1f} GFLOP/s, "
