@@ -16,6 +16,7 @@ radius 1.2 reached MSE 0.086 after 10k updates in one seed; that is the second p
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,8 @@ from lstmkit.experiments.common import (
     mean_std,
     pick_config,
     plot_curves,
-    prepare_out_dir,
-    progress_bar,
+    run_parts,
     sci,
-    seed_list,
     stopwatch,
     write_results,
 )
@@ -182,12 +181,8 @@ def run_seed(config: ClippingConfig, seed: int, index: int = 0,
 def run(mode: str = "full", seeds: int | None = None, seed: int = 0, out: PathLike | None = None,
         force: bool = False, show_progress: bool = True, **overrides: Any) -> Any:
     """Run the experiment and write its results folder; returns an ``ExperimentResult``."""
-    config = configure(mode, overrides)
-    run_seeds = seed_list(seed, seeds if seeds is not None else config.seeds)
-    out_dir = prepare_out_dir(NAME, out, force)
-    with progress_bar(seed_work(config) * len(run_seeds), NAME, show_progress) as bar:
-        runs = [r for k, s in enumerate(run_seeds) for r in run_seed(config, s, k, bar)]
-    return report(config, mode, run_seeds, runs, out_dir)
+    return run_parts(sys.modules[__name__], mode, seeds, seed, out, force, show_progress,
+                     **overrides)
 
 
 def report(config: ClippingConfig, mode: str, main_seeds: list[int],

@@ -385,3 +385,18 @@ def plot_curves(
     if suptitle:
         fig.suptitle(suptitle)
     return save_figure(fig, path)
+
+
+def run_parts(module: Any, mode: str = "full", seeds: int | None = None, seed: int = 0,
+              out: PathLike | None = None, force: bool = False, show_progress: bool = True,
+              **overrides: Any) -> Any:
+    """An experiment module's whole run from its parts (see ``lstmkit.experiments``): the
+    settings (``configure``), every run of each seed (``run_seed``), then the tables, plots and
+    results files (``report``); returns its ``ExperimentResult``."""
+    config = module.configure(mode, overrides)
+    run_seeds = seed_list(seed, seeds if seeds is not None else config.seeds)
+    out_dir = prepare_out_dir(module.NAME, out, force)
+    with progress_bar(module.seed_work(config) * len(run_seeds), module.NAME,
+                      show_progress) as bar:
+        runs = [r for k, s in enumerate(run_seeds) for r in module.run_seed(config, s, k, bar)]
+    return module.report(config, mode, run_seeds, runs, out_dir)
