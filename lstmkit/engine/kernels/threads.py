@@ -7,8 +7,10 @@ way (two pools spinning on two cores would fight). ``blas_single_threaded()`` se
 OpenBLAS that the kernels call (SciPy's, through Numba) to one thread for the duration of a
 kernel call.
 
-The thread count is Numba's (``numba.set_num_threads`` or ``NUMBA_NUM_THREADS``); a layer
-runs single-threaded when a step is too small to be worth splitting (see ``parts_for``).
+The thread count is Numba's (``lstmkit.set_num_threads``, ``numba.set_num_threads`` or
+``NUMBA_NUM_THREADS``); how many parts a recurrence's step is split into is its plan's
+(``lstmkit.engine.plan``), a dense kernel's ``parts_for_flops``'s: both depend on the thread
+count and the size of the work only, never on what else runs on the machine.
 """
 
 from __future__ import annotations
