@@ -66,6 +66,17 @@ class _Accumulate:
             self.target += self.array
 
 
+def _backward_operands(p: dict[str, Array], cache: Any, d_out: Array, d_state: State) -> tuple:
+    """What every backward reads first: x (T, B, D), its dtype, T, B, D, W_ih and W_hh
+    contiguous in that dtype, d_out contiguous, and copies of the state's gradients (the
+    kernels overwrite them with the gradient at the initial state)."""
+    x = cache["x"]
+    dtype = x.dtype
+    return (x, dtype, *x.shape, _c(p["weight_ih"], dtype), _c(p["weight_hh"], dtype),
+            _c(d_out, dtype),
+            tuple(np.array(s, dtype=dtype, order="C", copy=True) for s in d_state))
+
+
 def _weight_gradients(grads: dict[str, Array], GH: int, D: int, H: int,
                       dtype: np.dtype) -> list[_Accumulate]:
     """Accumulators for dW_ih (GH, D), dW_hh (GH, H), db_ih and db_hh (GH,), in that order."""
@@ -281,8 +292,9 @@ def _lstm_forward_t(cell: LSTMCell, x: Array, wih: Array, whh: Array, bias: Arra
     return out, (hs, cs), cache
 
 
-def _lstm_backward_t(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Array,
-                     dh: Array, dc: Array, grads: dict[str, Array]) -> tuple[Array, State]:
+def _lstm_backward_t(cell: LSTMCell, cache: Any, wih: Array, whh: Array, peep: Array,
+                     d_out: Array, dh: Array, dc: Array,
+                     grads: dict[str, Array]) -> tuple[Array, State]:
     x, Z = cache["x"], cache["Z"]
     dtype = x.dtype
     T, B, D = x.shape
@@ -292,8 +304,6 @@ def _lstm_backward_t(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Arr
     plan = cache["plan"]
     parts = plan.parts
     layout = _parts_layout(G, H, parts)
-    wih, whh = _c(p["weight_ih"], dtype), _c(p["weight_hh"], dtype)
-    peep = _lstm_peep(cell, p, H, dtype)
     wexp = _peephole_block(peep, B)
     dZ = np.empty((T, GH, 1) if B == 1 else (GH, T, B), dtype=dtype)  # see lstm_t
     dZs2 = np.empty((2, GH, B), dtype=dtype)
@@ -331,18 +341,11 @@ def _lstm_backward_t(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Arr
 
 def lstm_backward(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Array,
                   d_state: State, grads: dict[str, Array]) -> tuple[Array, State]:
-    x, Z = cache["x"], cache["Z"]
-    dtype = x.dtype
-    T, B, D = x.shape
-    H = cell.hidden_size
-    G = len(cell.gates)
-    wih, whh = _c(p["weight_ih"], dtype), _c(p["weight_hh"], dtype)
+    x, dtype, T, B, D, wih, whh, d_out, (dh, dc) = _backward_operands(p, cache, d_out, d_state)
+    Z, H, G = cache["Z"], cell.hidden_size, len(cell.gates)
     peep = _lstm_peep(cell, p, H, dtype)
-    d_out = _c(d_out, dtype)
-    dh = np.array(d_state[0], dtype=dtype, order="C", copy=True)
-    dc = np.array(d_state[1], dtype=dtype, order="C", copy=True)
     if cache["plan"].kernel == "batch-inner":
-        return _lstm_backward_t(cell, p, cache, d_out, dh, dc, grads)
+        return _lstm_backward_t(cell, cache, wih, whh, peep, d_out, dh, dc, grads)
     dZ = np.empty_like(Z)
     dX = np.empty((T, B, D), dtype=dtype)
     accs = _weight_gradients(grads, G * H, D, H, dtype)
@@ -419,13 +422,8 @@ def gru_forward(cell: GRUCell, p: dict[str, Array], x: Array, state0: State,
 
 def gru_backward(cell: GRUCell, p: dict[str, Array], cache: Any, d_out: Array,
                  d_state: State, grads: dict[str, Array]) -> tuple[Array, State]:
-    x, Z = cache["x"], cache["Z"]
-    dtype = x.dtype
-    T, B, D = x.shape
-    H = cell.hidden_size
-    wih, whh = _c(p["weight_ih"], dtype), _c(p["weight_hh"], dtype)
-    d_out = _c(d_out, dtype)
-    dh = np.array(d_state[0], dtype=dtype, order="C", copy=True)
+    x, dtype, T, B, D, wih, whh, d_out, (dh,) = _backward_operands(p, cache, d_out, d_state)
+    Z, H = cache["Z"], cell.hidden_size
     dGH = np.empty((T, B, 3, H), dtype=dtype)
     dNI = np.empty((T, B, H), dtype=dtype)
     dX = np.empty((T, B, D), dtype=dtype)
@@ -477,13 +475,8 @@ def rnn_forward(cell: RNNCell, p: dict[str, Array], x: Array, state0: State,
 
 def rnn_backward(cell: RNNCell, p: dict[str, Array], cache: Any, d_out: Array,
                  d_state: State, grads: dict[str, Array]) -> tuple[Array, State]:
-    x, A = cache["x"], cache["A"]
-    dtype = x.dtype
-    T, B, D = x.shape
-    H = cell.hidden_size
-    wih, whh = _c(p["weight_ih"], dtype), _c(p["weight_hh"], dtype)
-    d_out = _c(d_out, dtype)
-    dh = np.array(d_state[0], dtype=dtype, order="C", copy=True)
+    x, dtype, T, B, D, wih, whh, d_out, (dh,) = _backward_operands(p, cache, d_out, d_state)
+    A, H = cache["A"], cell.hidden_size
     dA = np.empty((T, B, H), dtype=dtype)
     dX = np.empty((T, B, D), dtype=dtype)
     accs = _weight_gradients(grads, H, D, H, dtype)
