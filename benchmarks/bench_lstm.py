@@ -9,7 +9,7 @@ Same options as ``lstmkit bench`` (this script calls it); without ``--json`` the
 PyTorch alternating with the same thread count, medians, the FLOP convention (forward = GEMM
 FLOPs 2*T*B*(D+H)*4H, training = 3x), the sgemm peak measured in the same run, peak memory as
 the resident-set high-water mark in a fresh subprocess per framework and shape, and the
-first-call (compile / cache load) cost -- is documented in ``lstmkit/kernels/benchmark.py``.
+first-call (compile / cache load) cost -- is documented in ``lstmkit/benchmark.py``.
 """
 
 from __future__ import annotations

@@ -146,9 +146,12 @@ class LayerTrace:
         return layer._initial_state(d_state, B, self.unbatched, label="d{}_n")
 
 
-def _is_count(value: Any) -> bool:
-    """A positive integer (not a bool): what sizes and counts must be."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
+def _check_sizes(input_size: Any, hidden_size: Any, num_layers: Any) -> None:
+    """Each a positive integer (not a bool), or a ValueError naming it."""
+    for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
+                        ("num_layers", num_layers)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 class RecurrentLayer(Module):
@@ -190,10 +193,7 @@ class RecurrentLayer(Module):
         if go_backwards and reverse:
             raise ValueError("go_backwards already runs the layer from the end (reverse=True) "
                              "and returns its outputs in that order; give one of them")
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
-                            ("num_layers", num_layers)):
-            if not _is_count(value):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        _check_sizes(input_size, hidden_size, num_layers)
         if not 0.0 <= _real("dropout", dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         if recurrent_init not in ("uniform", "orthogonal"):
@@ -807,10 +807,11 @@ class LSTM(RecurrentLayer):
         weight_drop: float = 0.0,
         layer_norm: bool = False,
     ) -> None:
+        _check_sizes(input_size, hidden_size, num_layers)  # before the cell that uses them
         if isinstance(proj_size, bool) or not isinstance(proj_size, (int, np.integer)) \
                 or proj_size < 0:
             raise ValueError(f"proj_size must be a non-negative integer, got {proj_size!r}")
-        if proj_size and _is_count(hidden_size) and proj_size >= hidden_size:
+        if proj_size >= hidden_size:
             raise ValueError(f"proj_size must be smaller than hidden_size (as torch.nn.LSTM "
                              f"requires), got proj_size={proj_size}, hidden_size={hidden_size}")
         acts = _resolve_activations(
@@ -831,9 +832,8 @@ class LSTM(RecurrentLayer):
         }
         self.proj_size = int(proj_size)
         self.layer_norm = bool(layer_norm)
-        # checks the combination before any work (the sizes are checked by the base class)
-        (LayerNormLSTMCell if self.layer_norm else LSTMCell)(
-            1, hidden_size if _is_count(hidden_size) else self.proj_size + 1, **self._cell_fields)
+        # checks the combination before any work
+        (LayerNormLSTMCell if self.layer_norm else LSTMCell)(1, hidden_size, **self._cell_fields)
         # the constructor's options, JSON-ready (``LSTM(..., **layer.cell_options)`` rebuilds)
         self.cell_options = {
             **self._cell_fields,

@@ -180,10 +180,10 @@ def lstm_forward(cell: LSTMCell, p: dict[str, Array], x: Array, state0: State,
                  mask: Array | None, reverse: bool, keep: bool, plan: Plan,
                  rows_of: tuple[Array, Array] | None = None) -> tuple[Array, State, Any]:
     """``rows_of = (ids, E)``: the caller's promise that x[t, b] = E[ids[t, b]] (an
-    embedding lookup, see ``can_fold``). The input projection W_ih x + b then comes from the
-    (GH, V) table W_ih E^T + b, and backward returns dL/dE (V, D) instead of dL/dx: for a
-    vocabulary smaller than T * B this replaces three (GH x D x T*B) products by three of
-    (GH x D x V)."""
+    embedding lookup), used by a "folded" plan (``plan.choose_plan``). The input projection
+    W_ih x + b then comes from the (GH, V) table W_ih E^T + b, and backward returns dL/dE (V, D)
+    instead of dL/dx: for a vocabulary smaller than T * B this replaces three (GH x D x T*B)
+    products by three of (GH x D x V)."""
     dtype = x.dtype
     x = _c(x, dtype)
     T, B, D = x.shape

@@ -13,7 +13,7 @@ block, the states h^T, c^T are (H, B). Two reasons:
 
 The input projection is either one GEMM per chunk of steps into a (GH, Tc*B) panel, whose
 rows are then copied into each step's block, or ("direct", while a thread's share of the
-weights is small, see ``recurrence.direct_projection``) computed in each step with the
+weights is small: the plan's "direct" projection, ``engine.plan``) computed in each step with the
 recurrent product, as one packed product ``[W_ih | b | W_hh] [x_t^T; 1; h_prev]`` straight into
 the step's block (that matrix packed once per pass, ``packed.packed_gemm_stacked``): no panel
 and no copy (the panel's rows, far apart in memory, cost more than their few numbers for small
