@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import lstmkit
+from lstmkit.activations import NAMES, Activation
 from lstmkit.cells import GRUCell, LSTMCell, RNNCell
 from lstmkit.engine import ENGINE, Plan, candidate_plans, choose_plan, kernels
 from lstmkit.engine.reference import ReferenceRecurrence
@@ -150,6 +151,44 @@ def test_lstm_variants_float64(variant, masked, reverse):
     compare(LSTMCell(5, 7, **variant), np.float64, masked=masked, reverse=reverse, seed=1)
 
 
+def _with_parameters(name):
+    """ONNX's function ``name`` with alpha = 0.7 and beta = 0.3 where it takes them."""
+    act = Activation(name)
+    return Activation(name, **{n: v for n, v in (("alpha", 0.7), ("beta", 0.3))
+                               if n in act.parameters})
+
+
+@pytest.mark.parametrize("k,name", list(enumerate(NAMES)), ids=NAMES)
+def test_lstm_functions_and_clip(k, name):
+    """Each of ONNX's functions (and identity), with non-default alpha and beta, as the gates',
+    the cell input's and the cell output's function, over the variant switches, every other one
+    with a clip, in every compiled plan of both dtypes (``cell_forward_options``)."""
+    variant = LSTM_VARIANTS[k % len(LSTM_VARIANTS)]
+    for j, field in enumerate(("recurrent_activation", "activation", "output_activation")):
+        cell = LSTMCell(5, 7, **variant, **{field: _with_parameters(name)},
+                        clip=0.4 if (k + j) % 2 else None)
+        plans = compare(cell, np.float32, masked=j == 1, reverse=j == 2, seed=k)
+        assert len(plans) == 1 + 3 * 2 * 2
+        compare(cell, np.float64, masked=j != 1, reverse=j == 0, seed=k)
+
+
+def test_clip_only_cuts_the_gates():
+    """ONNX's clip bounds the gates' pre-activations, never c: every gate stays within
+    f([-clip, clip]) while c (from a large c0) passes the clip, in every plan."""
+    cell = LSTMCell(3, 5, clip=0.1, peepholes=True)
+    plans = compare(cell, np.float32, T=9, B=4)
+    p, x, state0, mask, d_out, d_state = random_problem(cell, np.float32, 9, 4, False, 0,
+                                                        scale=3.0)
+    state0 = (state0[0], 4.0 * state0[1])
+    bound = 1.0 / (1.0 + np.exp(-0.1)) + 1e-6
+    for plan in plans:
+        run = run_recurrence(Pinned(plan), cell, p, x, state0, mask, False, d_out, d_state)
+        for gate in "ifo":
+            assert np.all(np.abs(run["gates"][gate] - 0.5) <= bound - 0.5), (plan, gate)
+        assert np.all(np.abs(run["gates"]["g"]) <= np.tanh(0.1) + 1e-6), plan
+        assert np.abs(run["gates"]["c"]).max() > 1.0, plan
+
+
 @pytest.mark.parametrize("T,B,H", [(1, 1, 9), (6, 1, 17), (5, 1, 40), (3, 1, 70), (5, 4, 16),
                                    (4, 9, 24)])
 def test_lstm_layouts_shapes(T, B, H):
@@ -248,8 +287,10 @@ def test_random_shapes(seed):
             seed=seed)
 
 
-@pytest.mark.parametrize("cell", [LSTMCell(4, 6, peepholes=True), GRUCell(4, 6), RNNCell(4, 6)],
-                         ids=["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("cell", [LSTMCell(4, 6, peepholes=True),
+                                  LSTMCell(4, 6, activation=Activation("Softsign"), clip=0.5),
+                                  GRUCell(4, 6), RNNCell(4, 6)],
+                         ids=["lstm", "lstm-options", "gru", "rnn"])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_no_grad_forward_in_chunks(cell, masked, reverse):

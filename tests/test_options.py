@@ -91,14 +91,15 @@ LSTM_ACTIVATIONS = [
 @pytest.mark.parametrize("options", LSTM_ACTIVATIONS, ids=lambda o: "-".join(
     str(v) for v in o.values()))
 def test_lstm_activations_gradcheck(options):
-    gradcheck_layer("LSTM", **options)
+    gradcheck_layer("LSTM", reference=False, **options)  # the compiled cell's options
 
 
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
 def test_clip_stacked_bidirectional_lengths_gradcheck(mode):
     kw = {"peepholes": True} if mode == "LSTM" else {}
     layer = gradcheck_layer(mode, T=4, B=3, num_layers=2, bidirectional=True,
-                            lengths=np.array([4, 2, 3]), clip=0.4, **kw)
+                            lengths=np.array([4, 2, 3]), clip=0.4, reference=mode != "LSTM",
+                            **kw)
     # the clip was active: some pre-activation lay outside [-0.4, 0.4]
     trace = layer.trace(np.random.default_rng(2).standard_normal((4, 3, 2)))
     keys = [k for k in trace.streams[0].cache["caches"][0] if k[:1] in "za"]
@@ -202,13 +203,19 @@ def test_option_errors_are_clear():
         lstmkit.LSTM(2, 3, activation=Activation("Elu", 0.5), activation_alpha=[0.5])
 
 
-def test_options_run_on_the_reference_and_defaults_on_the_fused_plan():
+def test_which_options_run_on_the_fused_plans():
+    """The LSTM's functions and clip run on the compiled plans (``kernels.activate``); full
+    gate recurrence, and the GRU's and RNN's options, on the reference."""
     x = np.random.default_rng(0).standard_normal((3, 2, 2)).astype(np.float32)
     for kw in ({"activation": "relu"}, {"clip": 3.0}, {"recurrent_activation": "hardsigmoid"},
-               {"full_gate_recurrence": True}, {"output_activation": "identity"}):
+               {"output_activation": "identity"}):
         layer = lstmkit.LSTM(2, 3, seed=0, **kw)
         layer(x)
-        assert str(layer.last_plans["l0"]) == "reference", kw
+        assert str(layer.last_plans["l0"]) != "reference", kw
+    for layer in (lstmkit.LSTM(2, 3, seed=0, full_gate_recurrence=True),
+                  lstmkit.GRU(2, 3, seed=0, clip=3.0), lstmkit.RNN(2, 3, seed=0, clip=3.0)):
+        layer(x)
+        assert str(layer.last_plans["l0"]) == "reference", layer
     layer = lstmkit.LSTM(2, 3, seed=0, activation="Tanh", recurrent_activation="SIGMOID",
                          output_activation="tanh")
     layer(x)

@@ -14,11 +14,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from lstmkit.activations import SIGMOID, TANH
 from lstmkit.cells import GRUCell, LSTMCell, RNNCell
+from lstmkit.engine.kernels import activate, packed, threads
 from lstmkit.engine.kernels import gru as _gru
 from lstmkit.engine.kernels import lstm as _lstm
 from lstmkit.engine.kernels import lstm_t as _lstm_t
-from lstmkit.engine.kernels import packed, threads
 from lstmkit.engine.kernels import rnn as _rnn
 from lstmkit.engine.plan import Plan
 
@@ -176,6 +177,18 @@ def _lstm_peep(cell: LSTMCell, p: dict[str, Array], H: int, dtype: np.dtype) -> 
     return peep
 
 
+_DEFAULT_FUNCTIONS = (SIGMOID, TANH, TANH)
+
+
+def _lstm_options(cell: LSTMCell, dtype: np.dtype) -> Array:
+    """The cell's functions and clip as the kernels read them (``kernels.activate.params``), or
+    an empty array for the default cell (sigmoid, tanh, tanh, no clip): its own kernels."""
+    functions = (cell.recurrent_activation, cell.activation, cell.output_activation)
+    if functions == _DEFAULT_FUNCTIONS and cell.clip is None:
+        return np.empty(0, dtype=dtype)
+    return activate.params(functions, cell.clip, dtype)
+
+
 def lstm_forward(cell: LSTMCell, p: dict[str, Array], x: Array, state0: State,
                  mask: Array | None, reverse: bool, keep: bool, plan: Plan,
                  rows_of: tuple[Array, Array] | None = None) -> tuple[Array, State, Any]:
@@ -209,16 +222,18 @@ def lstm_forward(cell: LSTMCell, p: dict[str, Array], x: Array, state0: State,
         HP = CP = _dummy(dtype, 3)
     hs = np.empty((B, H), dtype=dtype)
     cs = np.empty((B, H), dtype=dtype)
-    scratch = np.empty((4, H), dtype=dtype)
+    act = _lstm_options(cell, dtype)
+    PRE = np.empty_like(Z) if act.size else _dummy(dtype, 4)
+    scratch = np.empty((5, H), dtype=dtype)
     big = np.full((4, H), _lstm.BIG, dtype=dtype)
     with _row_blas(B):
         _lstm.lstm_forward(x, wih, whh, bias, cell.bias, peep, gidx, cell.coupled_input_forget,
-                           mask_arr, has_mask, reverse, keep, h0, c0, Z, out, C, HP, CP, hs, cs,
-                           scratch, big)
+                           act, mask_arr, has_mask, reverse, keep, h0, c0, Z, PRE, out, C, HP,
+                           CP, hs, cs, scratch, big)
     cache = None
     if keep:
-        cache = {"kind": "lstm", "plan": plan, "x": x, "Z": Z, "out": out, "C": C, "HP": HP,
-                 "CP": CP,
+        cache = {"kind": "lstm", "plan": plan, "x": x, "Z": Z, "PRE": PRE, "out": out, "C": C,
+                 "HP": HP, "CP": CP,
                  "h0": h0, "c0": c0, "mask": mask_arr, "has_mask": has_mask,
                  "reverse": reverse, "gidx": gidx}
         out = out.copy()  # the cache keeps its own h sequence: the caller may modify `out`
@@ -274,18 +289,20 @@ def _lstm_forward_t(cell: LSTMCell, x: Array, wih: Array, whh: Array, bias: Arra
     hs = np.empty((B, H), dtype=dtype)
     cs = np.empty((B, H), dtype=dtype)
     wexp = _peephole_block(peep, B)
-    scratch = np.empty((parts, 3, layout.units * B), dtype=dtype)
+    act = _lstm_options(cell, dtype)
+    PRE = np.empty_like(Z) if act.size else _dummy(dtype, 3)
+    scratch = np.empty((parts, 4, layout.units * B), dtype=dtype)
     if parts > 1:
         threads.starting_parallel()
     run = _lstm_t.lstm_forward_t if parts > 1 else _lstm_t.lstm_forward_t_serial
     with threads.blas_single_threaded():
         run(x, wih, whh, layout.order, bias, cell.bias, wexp, gidx,
-            cell.coupled_input_forget, mask_arr, has_mask, reverse, keep, h0, c0, P, Z, out,
-            out_kept, CT, HP, CPT, hT, cT, hnew, hs, cs, scratch, bounds, Wp, layout.w_off, fold,
-            table, ids, direct, XT, Wxp, wx_off)
+            cell.coupled_input_forget, act, mask_arr, has_mask, reverse, keep, h0, c0, P, Z, PRE,
+            out, out_kept, CT, HP, CPT, hT, cT, hnew, hs, cs, scratch, bounds, Wp, layout.w_off,
+            fold, table, ids, direct, XT, Wxp, wx_off)
     cache = None
     if keep:
-        cache = {"kind": "lstm", "plan": plan, "x": x, "Z": Z, "out": out_kept,
+        cache = {"kind": "lstm", "plan": plan, "x": x, "Z": Z, "PRE": PRE, "out": out_kept,
                  "C": CT, "HP": HP, "CP": CPT, "h0": h0, "c0": c0, "mask": mask_arr,
                  "has_mask": has_mask, "reverse": reverse, "gidx": gidx, "parts": parts,
                  "rows_of": (ids, E) if fold else None}
@@ -322,7 +339,7 @@ def _lstm_backward_t(cell: LSTMCell, cache: Any, wih: Array, whh: Array, peep: A
     gpeep = np.zeros((3, H), dtype=dtype)
     work = [np.empty((H, B), dtype=dtype) for _ in range(4)]
     ones = np.ones(max(T * B, H * B), dtype=dtype)
-    scratch = np.empty((parts, 3, layout.units * B), dtype=dtype)
+    scratch = np.empty((parts, 4, layout.units * B), dtype=dtype)
     if parts > 1:
         threads.starting_parallel()
     Wp = packed.empty_aligned(layout.wt_size)
@@ -330,9 +347,10 @@ def _lstm_backward_t(cell: LSTMCell, cache: Any, wih: Array, whh: Array, peep: A
     with threads.blas_single_threaded():
         run(
             x, wih, whh, layout.order, cell.bias, wexp, cache["gidx"],
-            cell.coupled_input_forget,
+            cell.coupled_input_forget, _lstm_options(cell, dtype),
             cache["mask"], cache["has_mask"], cache["reverse"], cache["h0"], cache["c0"], Z,
-            cache["out"], cache["C"], cache["HP"], cache["CP"], d_out, dh, dc, dZs2, dZP2, dZ, dX,
+            cache["PRE"], cache["out"], cache["C"], cache["HP"], cache["CP"], d_out, dh, dc, dZs2,
+            dZP2, dZ, dX,
             *g_arrays, gpeep, cell.peepholes, *work, ones, scratch, layout.bounds, Wp,
             layout.wt_off, fold, ids, E, S, dE)
     _finish(accs, grads, gpeep)
@@ -350,13 +368,14 @@ def lstm_backward(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Array,
     dX = np.empty((T, B, D), dtype=dtype)
     accs = _weight_gradients(grads, G * H, D, H, dtype)
     gpeep = np.zeros((3, H), dtype=dtype)
-    scratch = np.empty((4, H), dtype=dtype)
+    scratch = np.empty((5, H), dtype=dtype)
     ones = np.ones(H, dtype=dtype)
     with _row_blas(B):
         _lstm.lstm_backward(x, wih, whh, cell.bias, peep, cell.peepholes, cache["gidx"],
-                            cell.coupled_input_forget, cache["mask"], cache["has_mask"],
-                            cache["reverse"], cache["h0"], cache["c0"], Z, cache["out"], cache["C"],
-                            cache["HP"], cache["CP"], d_out, dh, dc, dZ, dX,
+                            cell.coupled_input_forget, _lstm_options(cell, dtype), cache["mask"],
+                            cache["has_mask"], cache["reverse"], cache["h0"], cache["c0"], Z,
+                            cache["PRE"], cache["out"], cache["C"], cache["HP"], cache["CP"],
+                            d_out, dh, dc, dZ, dX,
                             *(acc.array for acc in accs), gpeep, scratch, ones)
     _finish(accs, grads, gpeep)
     return dX, (dh, dc)

@@ -41,7 +41,8 @@ PROJECTIONS = ("panel", "direct", "folded")
 # away from its default runs on the reference
 _FUSED_SWITCHES: dict[type, frozenset[str]] = {
     LSTMCell: frozenset({"bias", "peepholes", "forget_gate", "input_gate", "output_gate",
-                         "coupled_input_forget"}),
+                         "coupled_input_forget", "recurrent_activation", "activation",
+                         "output_activation", "clip"}),
     GRUCell: frozenset({"bias"}),
     RNNCell: frozenset({"bias", "nonlinearity"}),
 }

@@ -188,3 +188,17 @@ def _one_like_impl(x):
     if x == types.float64:
         return lambda x: 1.0
     return None
+
+
+def zero_like(x):
+    """0 in the type of the scalar x (Numba only)."""
+    raise NotImplementedError("zero_like is only callable from Numba code")
+
+
+@overload(zero_like)
+def _zero_like_impl(x):
+    if x == types.float32:
+        return lambda x: _F0
+    if x == types.float64:
+        return lambda x: 0.0
+    return None

@@ -20,6 +20,12 @@ Variants (peepholes, a removed gate, CIFG) run the same code: a removed gate rea
 pre-activation whose sigmoid is exactly 1 (and writes to scratch), an absent peephole has
 weight 0 (adding 0 * c changes nothing), and CIFG selects f = 1 - i.
 
+Options (other functions than sigmoid and tanh, ONNX's clip): the same loops with
+``cell_forward_options`` and ``cell_backward_options`` for the element-wise pass, which apply
+the cell's functions (``activate``; a removed gate is then set to 1 outright) and keep each
+gate's pre-activation in ``PRE`` (the shape of Z) for backward, whose derivatives and clip
+read it.
+
 Masks (padded sequences): state buffers carry (h, c) past the masked steps, and the state
 before every step is kept for backward (``HP``, ``CP``); without a mask, the state before step
 t is simply the output and the cell state of the previous step.
@@ -30,6 +36,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from lstmkit.engine.kernels import activate
 from lstmkit.engine.kernels.blas import add_recurrent_weight_gradient, gemm
 from lstmkit.engine.kernels.gates import flush, one_like, sigmoid, tanh
 from lstmkit.engine.kernels.loops import (
@@ -119,6 +126,166 @@ def cell_backward(ai, af, ag, ao, c_row, cp, dh, dho, dc, dzi, dzf, dzg, dzo, wc
         dc[j] = flush(dc_prev)
 
 
+# -- the cell with its options: other functions than sigmoid/tanh, and the clip ------------------
+# Each loop below is compiled once per function (``activate.by_function``): ``f`` is the
+# function it applies, ``df`` its derivative; a, b its alpha and beta; ``clip`` the bound.
+
+
+def _gates_if(f, df):
+    def loop(args):  # i and f (the same function): pre-activations kept, then the gate values
+        zi, zf, cp, wci, wcf, pi, pf, a, b, clip = args
+        for j in range(cp.shape[0]):
+            vi = zi[j] + wci[j] * cp[j]
+            vf = zf[j] + wcf[j] * cp[j]
+            pi[j] = vi
+            pf[j] = vf
+            zi[j] = f(activate.clipped(vi, clip), a, b)
+            zf[j] = f(activate.clipped(vf, clip), a, b)
+    return loop
+
+
+def _cell_input(f, df):
+    def loop(args):  # g
+        zg, pg, a, b, clip = args
+        for j in range(zg.shape[0]):
+            v = zg[j]
+            pg[j] = v
+            zg[j] = f(activate.clipped(v, clip), a, b)
+    return loop
+
+
+def _cell_and_output_gate(f, df):
+    def loop(args):  # c = f * c_prev + i * g, then o (its peephole sees c)
+        zi, zf, zg, zo, cp, cn, wco, po, a, b, clip = args
+        for j in range(cp.shape[0]):
+            c = zf[j] * cp[j] + zi[j] * zg[j]
+            cn[j] = c
+            v = zo[j] + wco[j] * c
+            po[j] = v
+            zo[j] = f(activate.clipped(v, clip), a, b)
+    return loop
+
+
+def _hidden(f, df):
+    def loop(args):  # h = o * f(c)
+        zo, cn, hn, a, b = args
+        for j in range(cn.shape[0]):
+            hn[j] = zo[j] * f(cn[j], a, b)
+    return loop
+
+
+def _output_gradient(f, df):
+    def loop(args):  # from h = o * f(c): dL/do (into dzo) and dL/dc (into dct)
+        c, ao, dh, dho, dc, dzo, dct, a, b = args
+        for j in range(c.shape[0]):
+            y = f(c[j], a, b)
+            dhj = flush(dh[j]) + dho[j]
+            dzo[j] = dhj * y
+            dct[j] = dc[j] + dhj * ao[j] * df(c[j], y, a, b)
+    return loop
+
+
+def _output_gate_gradient(f, df):
+    def loop(args):  # dz_o, and its share of dL/dc through the peephole
+        po, ao, dzo, dct, wco, a, b, clip = args
+        for j in range(po.shape[0]):
+            d = activate.cut(dzo[j] * df(po[j], ao[j], a, b), po[j], clip)
+            dzo[j] = d
+            dct[j] += d * wco[j]
+    return loop
+
+
+def _cell_gradient(f, df):
+    def loop(args):  # c = f * c_prev + i * g: dz_g, dL/di, dL/df, dL/dc_prev (its f * dc part)
+        ai, af, ag, pg, cp, dct, dzi, dzf, dzg, dc, cifg, a, b, clip = args
+        for j in range(cp.shape[0]):
+            i = ai[j]
+            fg = one_like(i) - i if cifg else af[j]
+            d = dct[j]
+            di = d * ag[j]
+            dfg = d * cp[j]
+            dzg[j] = activate.cut(d * i * df(pg[j], ag[j], a, b), pg[j], clip)
+            dzi[j] = di - dfg if cifg else di
+            dzf[j] = dfg
+            dc[j] = d * fg
+    return loop
+
+
+def _input_forget_gradient(f, df):
+    def loop(args):  # dz_i, dz_f, the peepholes' share of dL/dc_prev; flush to zero
+        ai, af, pi, pf, dzi, dzf, dzg, dzo, dc, wci, wcf, a, b, clip = args
+        for j in range(dc.shape[0]):
+            di = activate.cut(dzi[j] * df(pi[j], ai[j], a, b), pi[j], clip)
+            dfg = activate.cut(dzf[j] * df(pf[j], af[j], a, b), pf[j], clip)
+            dc[j] = flush(dc[j] + dfg * wcf[j] + di * wci[j])
+            dzi[j] = flush(di)
+            dzf[j] = flush(dfg)
+            dzg[j] = flush(dzg[j])
+            dzo[j] = flush(dzo[j])
+    return loop
+
+
+_run_gates_if = activate.by_function(_gates_if)
+_run_cell_input = activate.by_function(_cell_input)
+_run_cell_and_output_gate = activate.by_function(_cell_and_output_gate)
+_run_hidden = activate.by_function(_hidden)
+_run_output_gradient = activate.by_function(_output_gradient)
+_run_output_gate_gradient = activate.by_function(_output_gate_gradient)
+_run_cell_gradient = activate.by_function(_cell_gradient)
+_run_input_forget_gradient = activate.by_function(_input_forget_gradient)
+
+
+@njit(**_OPTS)
+def _kind(act, k):
+    """(kind, alpha, beta) of function k of ``act`` (``activate.params``: 0 the gates', 1 the
+    cell input's, 2 the cell output's)."""
+    f = activate.FUNCTION_FIELDS * k
+    return int(act[f]), act[f + 1], act[f + 2]
+
+
+@njit(**_OPTS)
+def cell_forward_options(zi, zf, zg, zo, cp, cn, hn, wci, wcf, wco, cifg, gidx, act, pi, pf,
+                         pg, po):
+    """``cell_forward`` with the cell's options: the functions and clip of ``act``
+    (``activate.params``). The pre-activations (peepholes included, before the clip) go to
+    pi, pf, pg, po for backward; a removed gate (gidx < 0) is 1 (its z* and p* are scratch)."""
+    clip = act[activate.CLIP]
+    kind, a, b = _kind(act, 0)
+    _run_gates_if(kind, (zi, zf, cp, wci, wcf, pi, pf, a, b, clip))
+    if gidx[0] < 0:
+        fill1(zi, 1.0)
+    if gidx[1] < 0:
+        fill1(zf, 1.0)
+    if cifg:
+        for j in range(zf.shape[0]):
+            zf[j] = one_like(zi[j]) - zi[j]
+    kind_g, a_g, b_g = _kind(act, 1)
+    _run_cell_input(kind_g, (zg, pg, a_g, b_g, clip))
+    _run_cell_and_output_gate(kind, (zi, zf, zg, zo, cp, cn, wco, po, a, b, clip))
+    if gidx[3] < 0:
+        fill1(zo, 1.0)
+    kind_h, a_h, b_h = _kind(act, 2)
+    _run_hidden(kind_h, (zo, cn, hn, a_h, b_h))
+
+
+@njit(**_OPTS)
+def cell_backward_options(ai, af, ag, ao, c_row, cp, dh, dho, dc, dzi, dzf, dzg, dzo, wci, wcf,
+                          wco, cifg, gidx, act, pi, pf, pg, po, dct):
+    """``cell_backward`` with the cell's options (``cell_forward_options``): p* the kept
+    pre-activations (any array of ones for a removed gate), dct: n numbers of scratch."""
+    clip = act[activate.CLIP]
+    kind_h, a_h, b_h = _kind(act, 2)
+    _run_output_gradient(kind_h, (c_row, ao, dh, dho, dc, dzo, dct, a_h, b_h))
+    kind, a, b = _kind(act, 0)
+    if gidx[3] >= 0:
+        _run_output_gate_gradient(kind, (po, ao, dzo, dct, wco, a, b, clip))
+    kind_g, a_g, b_g = _kind(act, 1)
+    _run_cell_gradient(kind_g, (ai, af, ag, pg, cp, dct, dzi, dzf, dzg, dc, cifg, a_g, b_g,
+                                clip))
+    _run_input_forget_gradient(kind, (ai, af, pi, pf, dzi, dzf, dzg, dzo, dc, wci, wcf, a, b,
+                                      clip))
+
+
 @njit(**_OPTS)
 def _mul_add(acc, a, b):
     for j in range(acc.shape[0]):
@@ -126,8 +293,8 @@ def _mul_add(acc, a, b):
 
 
 @njit(**_OPTS)
-def lstm_forward(X, Wih, Whh, bias, has_bias, peep, gidx, cifg, mask, has_mask, reverse, keep,
-                 h0, c0, Z, OUT, C, HP, CP, hs, cs, scratch, big):
+def lstm_forward(X, Wih, Whh, bias, has_bias, peep, gidx, cifg, act, mask, has_mask, reverse,
+                 keep, h0, c0, Z, PRE, OUT, C, HP, CP, hs, cs, scratch, big):
     """Run the whole sequence. Buffers are allocated by the caller:
 
     Z: (T, B, G, H) when ``keep`` (holds the gate activations afterwards), else a chunk
@@ -135,6 +302,8 @@ def lstm_forward(X, Wih, Whh, bias, has_bias, peep, gidx, cifg, mask, has_mask, 
     (2, B, H). HP, CP: (T, B, H) states before each step (only with ``keep`` and a mask).
     hs, cs: (B, H), the final state on return. scratch, big: (4, H), big filled with BIG.
     ``gidx[k]`` is the block of gate k (i, f, g, o) in Z, or -1 if the gate is removed.
+    ``act``: the cell's functions and clip (``activate.params``), or empty for the defaults;
+    with them, PRE (the shape of Z) receives the pre-activations (``cell_forward_options``).
     """
     T, B, D = X.shape
     H = h0.shape[1]
@@ -146,6 +315,7 @@ def lstm_forward(X, Wih, Whh, bias, has_bias, peep, gidx, cifg, mask, has_mask, 
     wcf = peep[1]
     wco = peep[2]
     ki, kf, kg, ko = gidx[0], gidx[1], gidx[2], gidx[3]
+    options = act.shape[0] > 0
     copy2(hs, h0)
     copy2(cs, c0)
     done = 0
@@ -181,12 +351,20 @@ def lstm_forward(X, Wih, Whh, bias, has_bias, peep, gidx, cifg, mask, has_mask, 
             for b in range(B):
                 # a removed gate computes on scratch holding BIG: its sigmoid is exactly 1
                 if ki < 0 or kf < 0 or ko < 0:
-                    copy2(scratch, big)
+                    copy2(scratch[:4], big)
                 zi = zt[b, ki] if ki >= 0 else scratch[0]
                 zf = zt[b, kf] if kf >= 0 else scratch[1]
                 zo = zt[b, ko] if ko >= 0 else scratch[3]
-                cell_forward(zi, zf, zt[b, kg], zo, c_prev[b], C[cslot, b], OUT[t, b],
-                             wci, wcf, wco, cifg)
+                if options:
+                    pt = PRE[zoff + (t - t0), b]
+                    cell_forward_options(zi, zf, zt[b, kg], zo, c_prev[b], C[cslot, b],
+                                         OUT[t, b], wci, wcf, wco, cifg, gidx, act,
+                                         pt[ki] if ki >= 0 else scratch[4], pt[kf] if kf >= 0
+                                         else scratch[4], pt[kg], pt[ko] if ko >= 0
+                                         else scratch[4])
+                else:
+                    cell_forward(zi, zf, zt[b, kg], zo, c_prev[b], C[cslot, b], OUT[t, b],
+                                 wci, wcf, wco, cifg)
             if has_mask:
                 for b in range(B):
                     if mask[t, b]:
@@ -202,12 +380,14 @@ def lstm_forward(X, Wih, Whh, bias, has_bias, peep, gidx, cifg, mask, has_mask, 
 
 
 @njit(**_OPTS)
-def lstm_backward(X, Wih, Whh, has_bias, peep, has_peep, gidx, cifg, mask, has_mask, reverse,
-                  h0, c0, Z, OUT, C, HP, CP, dOUT, dh, dc, dZ, dX,
+def lstm_backward(X, Wih, Whh, has_bias, peep, has_peep, gidx, cifg, act, mask, has_mask,
+                  reverse, h0, c0, Z, PRE, OUT, C, HP, CP, dOUT, dh, dc, dZ, dX,
                   gWih, gWhh, gbih, gbhh, gpeep, scratch, ones):
     """Backpropagation through time. dh, dc (B, H): the gradient at the final state on entry,
     at the initial state on return. dZ (T, B, G, H), dX (T, B, D): outputs. Gradients are
-    accumulated into gWih, gWhh, gbih, gbhh (if has_bias) and gpeep (3, H) (if has_peep)."""
+    accumulated into gWih, gWhh, gbih, gbhh (if has_bias) and gpeep (3, H) (if has_peep).
+    ``act``, PRE: the options and the pre-activations the forward pass kept (``lstm_forward``);
+    scratch (5, H)."""
     T, B, D = X.shape
     H = h0.shape[1]
     G = Z.shape[2]
@@ -216,6 +396,7 @@ def lstm_backward(X, Wih, Whh, has_bias, peep, has_peep, gidx, cifg, mask, has_m
     wcf = peep[1]
     wco = peep[2]
     ki, kf, kg, ko = gidx[0], gidx[1], gidx[2], gidx[3]
+    options = act.shape[0] > 0
     for s in range(T - 1, -1, -1):
         t = T - 1 - s if reverse else s
         c_prev = state_before(s, t, reverse, has_mask, CP, c0, C)
@@ -231,8 +412,16 @@ def lstm_backward(X, Wih, Whh, has_bias, peep, has_peep, gidx, cifg, mask, has_m
             dzi = dzt[b, ki] if ki >= 0 else scratch[0]
             dzf = dzt[b, kf] if kf >= 0 else scratch[1]
             dzo = dzt[b, ko] if ko >= 0 else scratch[3]
-            cell_backward(ai, af, zt[b, kg], ao, C[t, b], c_prev[b], dh[b], dOUT[t, b], dc[b],
-                          dzi, dzf, dzt[b, kg], dzo, wci, wcf, wco, cifg)
+            if options:
+                pt = PRE[t, b]
+                cell_backward_options(ai, af, zt[b, kg], ao, C[t, b], c_prev[b], dh[b],
+                                      dOUT[t, b], dc[b], dzi, dzf, dzt[b, kg], dzo, wci, wcf,
+                                      wco, cifg, gidx, act, pt[ki] if ki >= 0 else ones,
+                                      pt[kf] if kf >= 0 else ones, pt[kg],
+                                      pt[ko] if ko >= 0 else ones, scratch[4])
+            else:
+                cell_backward(ai, af, zt[b, kg], ao, C[t, b], c_prev[b], dh[b], dOUT[t, b],
+                              dc[b], dzi, dzf, dzt[b, kg], dzo, wci, wcf, wco, cifg)
             if has_mask:
                 fill1(dh[b], 0.0)
         # dh_prev = dZ[t] W_hh (masked rows keep their passed-through gradient: beta = 1)

@@ -43,7 +43,12 @@ from numba import njit, prange
 
 from lstmkit.engine.kernels.blas import add_recurrent_weight_gradient, gemm
 from lstmkit.engine.kernels.loops import copy2, flush_all, state_before
-from lstmkit.engine.kernels.lstm import cell_backward, cell_forward
+from lstmkit.engine.kernels.lstm import (
+    cell_backward,
+    cell_backward_options,
+    cell_forward,
+    cell_forward_options,
+)
 from lstmkit.engine.kernels.packed import (
     pack_columns,
     pack_rows,
@@ -70,9 +75,9 @@ def _gate(flat, r0, kk, hp, B, n, other):
 
 
 @njit(**_OPTS)
-def _forward_part(u0, u1, G, gidx, cifg, zt, P, zs, Wp, w_off, hprev, cprev, cnew, hout, OUT,
-                  t, wexp, scratch, mask, has_mask, hstate, cstate, fold, table, ids, order,
-                  direct, xt, Wxp, wx_off):
+def _forward_part(u0, u1, G, gidx, cifg, act, zt, pt, P, zs, Wp, w_off, hprev, cprev, cnew,
+                  hout, OUT, t, wexp, scratch, mask, has_mask, hstate, cstate, fold, table, ids,
+                  order, direct, xt, Wxp, wx_off):
     """Step t for the units [u0, u1): copy their rows of the projection P[:, zs] (for B = 1
     held as (Tc, GH): P.reshape(Tc, GH)[zs]) into the step's block zt, add W_hh h_prev (their
     rows of W_hh, packed at Wp[w_off:]), then gates, c (into cnew), h (into hout), and OUT[t]
@@ -81,7 +86,9 @@ def _forward_part(u0, u1, G, gidx, cifg, zt, P, zs, Wp, w_off, hprev, cprev, cne
     With ``fold`` the input rows come from ``table`` (GH, V) = W_ih E^T + b instead of P:
     z[r, b] = table[order[r], ids[t, b]]. With ``direct`` there is no P, and the whole
     pre-activation is one packed product, [W_ih | b | W_hh] [x_t^T; 1; h_prev] (packed at
-    Wxp[wx_off:]; xt (D + 1, B) is x_t^T with a row of ones), written straight into zt."""
+    Wxp[wx_off:]; xt (D + 1, B) is x_t^T with a row of ones), written straight into zt.
+    With options (``act`` not empty: ``lstm.cell_forward_options``) the pre-activations go
+    to pt, laid out as zt."""
     H, B = hprev.shape
     hp = u1 - u0
     r0 = G * u0
@@ -111,13 +118,25 @@ def _forward_part(u0, u1, G, gidx, cifg, zt, P, zs, Wp, w_off, hprev, cprev, cne
                 scratch[k, j] = BIG
     a0 = u0 * B
     a1 = u1 * B
-    cell_forward(_gate(flat, r0, gidx[0], hp, B, n, scratch[0, :n]),
-                 _gate(flat, r0, gidx[1], hp, B, n, scratch[1, :n]),
-                 _gate(flat, r0, gidx[2], hp, B, n, scratch[2, :n]),
-                 _gate(flat, r0, gidx[3], hp, B, n, scratch[2, :n]),
-                 cprev.reshape(H * B)[a0:a1], cnew.reshape(H * B)[a0:a1],
-                 hout.reshape(H * B)[a0:a1], wexp[0].reshape(H * B)[a0:a1],
-                 wexp[1].reshape(H * B)[a0:a1], wexp[2].reshape(H * B)[a0:a1], cifg)
+    zi = _gate(flat, r0, gidx[0], hp, B, n, scratch[0, :n])
+    zf = _gate(flat, r0, gidx[1], hp, B, n, scratch[1, :n])
+    zg = _gate(flat, r0, gidx[2], hp, B, n, scratch[2, :n])
+    zo = _gate(flat, r0, gidx[3], hp, B, n, scratch[2, :n])
+    cp = cprev.reshape(H * B)[a0:a1]
+    cn = cnew.reshape(H * B)[a0:a1]
+    hn = hout.reshape(H * B)[a0:a1]
+    wci = wexp[0].reshape(H * B)[a0:a1]
+    wcf = wexp[1].reshape(H * B)[a0:a1]
+    wco = wexp[2].reshape(H * B)[a0:a1]
+    if act.shape[0] > 0:
+        pflat = pt.reshape(pt.shape[0] * B)
+        cell_forward_options(zi, zf, zg, zo, cp, cn, hn, wci, wcf, wco, cifg, gidx, act,
+                             _gate(pflat, r0, gidx[0], hp, B, n, scratch[3, :n]),
+                             _gate(pflat, r0, gidx[1], hp, B, n, scratch[3, :n]),
+                             _gate(pflat, r0, gidx[2], hp, B, n, scratch[3, :n]),
+                             _gate(pflat, r0, gidx[3], hp, B, n, scratch[3, :n]))
+    else:
+        cell_forward(zi, zf, zg, zo, cp, cn, hn, wci, wcf, wco, cifg)
     transpose_into(OUT[t, :, u0:u1], hout[u0:u1])
     if has_mask:
         for u in range(u0, u1):
@@ -251,9 +270,10 @@ def _weights_part(p, parts, u0, u1, gidx, reverse, has_mask, has_bias, has_peep,
 
 
 @njit(**_OPTS)
-def _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, mask, has_mask,
-                    reverse, keep, h0, P, Z, OUT, OUTK, CT, HP, CPT, hT, cT, hnew, scratch, bounds,
-                    Wp, w_off, fold, table, ids, claimed, finished, direct, XT, Wxp, wx_off):
+def _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, act, mask,
+                    has_mask, reverse, keep, h0, P, Z, PRE, OUT, OUTK, CT, HP, CPT, hT, cT, hnew,
+                    scratch, bounds, Wp, w_off, fold, table, ids, claimed, finished, direct, XT,
+                    Wxp, wx_off):
     """The forward pass as worker w of the region runs it: the packing of W_hh, each chunk's
     projection and each step are done part by part, worker w doing part w (``sync.claim``),
     and every worker waits for all parts of one before the next (slots: 0 for the packing,
@@ -297,6 +317,7 @@ def _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, mas
             t = T - 1 - s if reverse else s
             zs = t - t0
             zt = Z[t] if keep else Z[0]
+            pt = PRE[t if keep and act.shape[0] > 0 else 0]
             cslot = t if keep else s % 2
             hprev = hT[s % 2]
             hstate = hT[(s + 1) % 2]
@@ -319,10 +340,10 @@ def _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, mas
                     if has_mask and keep:  # the state before the step
                         transpose_into(HP[t, :, u0:u1], hprev[u0:u1])
                         copy2(CPT[t, u0:u1], cT[u0:u1])
-                    _forward_part(u0, u1, G, gidx, cifg, zt, P, zs, Wp, w_off[p], hprev, cprev,
-                                  CT[cslot], hout, OUT, t, wexp, scratch[p], mask, has_mask,
-                                  hstate, cT, fold, table, ids, order, direct, XT[s % 2], Wxp,
-                                  wx_off[p])
+                    _forward_part(u0, u1, G, gidx, cifg, act, zt, pt, P, zs, Wp, w_off[p],
+                                  hprev, cprev, CT[cslot], hout, OUT, t, wexp, scratch[p], mask,
+                                  has_mask, hstate, cT, fold, table, ids, order, direct,
+                                  XT[s % 2], Wxp, wx_off[p])
                     if keep:  # the cache's own copy of this part's outputs, still in cache
                         copy2(OUTK[t, :, u0:u1], OUT[t, :, u0:u1])
                     if direct and s + 1 < T:
@@ -334,20 +355,23 @@ def _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, mas
 
 
 def _forward_driver(loop):
-    def lstm_forward_t(X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, mask, has_mask,
-                       reverse, keep, h0, c0, P, Z, OUT, OUTK, CT, HP, CPT, hT, cT, hnew, hs, cs,
-                       scratch, bounds, Wp, w_off, fold, table, ids, direct, XT, Wxp, wx_off):
+    def lstm_forward_t(X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, act, mask,
+                       has_mask, reverse, keep, h0, c0, P, Z, PRE, OUT, OUTK, CT, HP, CPT, hT, cT,
+                       hnew, hs, cs, scratch, bounds, Wp, w_off, fold, table, ids, direct, XT,
+                       Wxp, wx_off):
         """The whole sequence. W_ih, bias and Z rows in the parts' order (see the module doc);
         W_hh as the layer holds it, ``order``: its rows in the parts' order.
 
         P (GH, Tc, B): the projection of a chunk of Tc steps (held as (Tc, GH) for B = 1).
-        Z (T, GH, B) with ``keep`` (the gate activations afterwards) else (1, GH, B). CT (T, H, B)
+        Z (T, GH, B) with ``keep`` (the gate activations afterwards) else (1, GH, B); with the
+        cell's options (``act``, ``lstm.cell_forward_options``) PRE, the shape of Z, receives
+        the pre-activations (else it is not read). CT (T, H, B)
         computed cell states with ``keep``, else (2, H, B). HP (T, B, H), CPT (T, H, B): the
         state before each step (``keep`` with a mask). hT (2, H, B), cT, hnew (H, B): work.
         hs, cs (B, H): the final state on return. OUT (T, B, H): the output h of every step;
         with ``keep`` also written to OUTK (T, B, H), the copy that backward reads (the caller
         may change OUT in place), else OUTK is not used.
-        wexp (3, H, B): peephole weights i, f, o per element. scratch (parts, 3, max units * B).
+        wexp (3, H, B): peephole weights i, f, o per element. scratch (parts, 4, max units * B).
         bounds (parts + 1,): the unit ranges of the parts. Wp, w_off (parts,): room for W_hh,
         packed part by part (``packed.pack_rows``), and where each part's rows start.
         fold: X[t, b] is row ids[t, b] of an embedding E, and table (GH, V) = W_ih E^T + b (rows
@@ -364,10 +388,10 @@ def _forward_driver(loop):
         claimed = np.zeros((2 * T + 1) * parts, dtype=np.int64)
         finished = np.zeros(2 * T + 1, dtype=np.int64)
         for w in loop(parts):  # one region: every worker runs the time loop (see sync.py)
-            _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, mask, has_mask,
-                            reverse, keep, h0, P, Z, OUT, OUTK, CT, HP, CPT, hT, cT, hnew, scratch,
-                            bounds, Wp, w_off, fold, table, ids, claimed, finished, direct, XT,
-                            Wxp, wx_off)
+            _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, act, mask,
+                            has_mask, reverse, keep, h0, P, Z, PRE, OUT, OUTK, CT, HP, CPT, hT, cT,
+                            hnew, scratch, bounds, Wp, w_off, fold, table, ids, claimed, finished,
+                            direct, XT, Wxp, wx_off)
         if not has_mask:
             last = 0 if reverse else T - 1
             copy2(cT, CT[last] if keep else CT[(T - 1) % 2])
@@ -378,16 +402,16 @@ def _forward_driver(loop):
 
 
 @njit(**_OPTS)
-def _backward_part(u0, u1, G, gidx, cifg, first, Z, t, dZs_prev, dZs, dZP_prev, dZP, dZ, order,
-                   Wp, w_off, C, CP, dhT, dOUT, dOT, dcT, wexp, ones, scratch, mask, has_mask,
-                   saved):
+def _backward_part(u0, u1, G, gidx, cifg, act, first, Z, PRE, t, dZs_prev, dZs, dZP_prev, dZP,
+                   dZ, order, Wp, w_off, C, CP, dhT, dOUT, dOT, dcT, wexp, ones, scratch, mask,
+                   has_mask, saved):
     """Step t backward for the units [u0, u1): dh^T of these units = W_hh^T dZ_{t+1} (their
     rows of W_hh^T, packed at Wp[w_off:]; dZ_{t+1} from dZs_prev, or from the same held as
     panels in dZP_prev when dZP is not empty, see ``packed.to_panels``; not for the first
     step processed), then the element-wise pass into this part's rows of dZs (GH, B, the
     parts' order), copied into dZ[:, t] (the layer's order: row r of dZs goes to row
     order[r]) and into the panels dZP. A masked column gets dZ = 0 and passes its dh, dc
-    through."""
+    through. With options (``act``), PRE holds the forward's pre-activations (as Z)."""
     H, B = dhT.shape
     hp = u1 - u0
     r0 = G * u0
@@ -407,19 +431,34 @@ def _backward_part(u0, u1, G, gidx, cifg, first, Z, t, dZs_prev, dZs, dZP_prev, 
                 saved[u, b] = dcT[u, b]
     zflat = Z[t].reshape(Z.shape[1] * B)
     dflat = dZs.reshape(dZs.shape[0] * B)
-    cell_backward(_gate(zflat, r0, gidx[0], hp, B, n, ones[:n]),
-                  _gate(zflat, r0, gidx[1], hp, B, n, ones[:n]),
-                  _gate(zflat, r0, gidx[2], hp, B, n, ones[:n]),
-                  _gate(zflat, r0, gidx[3], hp, B, n, ones[:n]),
-                  C.reshape(H * B)[a0:a1], CP.reshape(H * B)[a0:a1],
-                  dhT.reshape(H * B)[a0:a1], dOT.reshape(H * B)[a0:a1],
-                  dcT.reshape(H * B)[a0:a1],
-                  _gate(dflat, r0, gidx[0], hp, B, n, scratch[0, :n]),
-                  _gate(dflat, r0, gidx[1], hp, B, n, scratch[1, :n]),
-                  _gate(dflat, r0, gidx[2], hp, B, n, scratch[2, :n]),
-                  _gate(dflat, r0, gidx[3], hp, B, n, scratch[2, :n]),
-                  wexp[0].reshape(H * B)[a0:a1], wexp[1].reshape(H * B)[a0:a1],
-                  wexp[2].reshape(H * B)[a0:a1], cifg)
+    ai = _gate(zflat, r0, gidx[0], hp, B, n, ones[:n])
+    af = _gate(zflat, r0, gidx[1], hp, B, n, ones[:n])
+    ag = _gate(zflat, r0, gidx[2], hp, B, n, ones[:n])
+    ao = _gate(zflat, r0, gidx[3], hp, B, n, ones[:n])
+    c_run = C.reshape(H * B)[a0:a1]
+    cp_run = CP.reshape(H * B)[a0:a1]
+    dh_run = dhT.reshape(H * B)[a0:a1]
+    dho_run = dOT.reshape(H * B)[a0:a1]
+    dc_run = dcT.reshape(H * B)[a0:a1]
+    dzi = _gate(dflat, r0, gidx[0], hp, B, n, scratch[0, :n])
+    dzf = _gate(dflat, r0, gidx[1], hp, B, n, scratch[1, :n])
+    dzg = _gate(dflat, r0, gidx[2], hp, B, n, scratch[2, :n])
+    dzo = _gate(dflat, r0, gidx[3], hp, B, n, scratch[2, :n])
+    wci = wexp[0].reshape(H * B)[a0:a1]
+    wcf = wexp[1].reshape(H * B)[a0:a1]
+    wco = wexp[2].reshape(H * B)[a0:a1]
+    if act.shape[0] > 0:
+        pflat = PRE[t].reshape(PRE.shape[1] * B)
+        cell_backward_options(ai, af, ag, ao, c_run, cp_run, dh_run, dho_run, dc_run, dzi, dzf,
+                              dzg, dzo, wci, wcf, wco, cifg, gidx, act,
+                              _gate(pflat, r0, gidx[0], hp, B, n, ones[:n]),
+                              _gate(pflat, r0, gidx[1], hp, B, n, ones[:n]),
+                              _gate(pflat, r0, gidx[2], hp, B, n, ones[:n]),
+                              _gate(pflat, r0, gidx[3], hp, B, n, ones[:n]),
+                              scratch[3, :n])
+    else:
+        cell_backward(ai, af, ag, ao, c_run, cp_run, dh_run, dho_run, dc_run, dzi, dzf, dzg,
+                      dzo, wci, wcf, wco, cifg)
     if has_mask:
         for b in range(B):
             if mask[t, b]:
@@ -443,10 +482,10 @@ def _backward_part(u0, u1, G, gidx, cifg, first, Z, t, dZs_prev, dZs, dZP_prev, 
 
 
 @njit(**_OPTS)
-def _backward_thread(w, X, Wih, Whh, order, has_bias, wexp, gidx, cifg, mask, has_mask, reverse, h0,
-                     Z, OUT, CT, HP, CPT, dOUT, dZs2, dZP2, dZ, dX, gWih, gWhh, gbih, gbhh, gpeep,
-                     has_peep, dhT, dcT, dOT, saved, ones, scratch, bounds, Wp, w_off, fold, ids,
-                     E, S, dE, c0T, db, claimed, finished):
+def _backward_thread(w, X, Wih, Whh, order, has_bias, wexp, gidx, cifg, act, mask, has_mask,
+                     reverse, h0, Z, PRE, OUT, CT, HP, CPT, dOUT, dZs2, dZP2, dZ, dX, gWih, gWhh,
+                     gbih, gbhh, gpeep, has_peep, dhT, dcT, dOT, saved, ones, scratch, bounds,
+                     Wp, w_off, fold, ids, E, S, dE, c0T, db, claimed, finished):
     """Backpropagation through time as worker w of the region runs it: the packing of W_hh^T,
     each step and the weight gradients are done part by part, worker w doing part w
     (``sync.claim``; slots: 0 for the packing, T - s for step s, T + 1 for the weight
@@ -471,8 +510,9 @@ def _backward_thread(w, X, Wih, Whh, order, has_bias, wexp, gidx, cifg, mask, ha
         for q in range(parts):
             p = claim(claimed, slot, w, q, parts)
             if p >= 0:
-                _backward_part(bounds[p], bounds[p + 1], G, gidx, cifg, s == T - 1, Z, t, prev,
-                               cur, dZP2[(s + 1) % 2], dZP2[s % 2], dZ, order, Wp, w_off[p],
+                _backward_part(bounds[p], bounds[p + 1], G, gidx, cifg, act, s == T - 1, Z, PRE,
+                               t, prev, cur, dZP2[(s + 1) % 2], dZP2[s % 2], dZ, order, Wp,
+                               w_off[p],
                                CT[t], cprev, dhT, dOUT, dOT, dcT, wexp, ones, scratch[p], mask,
                                has_mask, saved)
                 finish(finished, slot)
@@ -493,12 +533,14 @@ def _backward_thread(w, X, Wih, Whh, order, has_bias, wexp, gidx, cifg, mask, ha
 
 
 def _backward_driver(loop):
-    def lstm_backward_t(X, Wih, Whh, order, has_bias, wexp, gidx, cifg, mask, has_mask, reverse, h0,
-                        c0, Z, OUT, CT, HP, CPT, dOUT, dh, dc, dZs2, dZP2, dZ, dX, gWih, gWhh,
+    def lstm_backward_t(X, Wih, Whh, order, has_bias, wexp, gidx, cifg, act, mask, has_mask,
+                        reverse, h0, c0, Z, PRE, OUT, CT, HP, CPT, dOUT, dh, dc, dZs2, dZP2, dZ, dX,
+                        gWih, gWhh,
                         gbih, gbhh, gpeep, has_peep, dhT, dcT, dOT, saved, ones, scratch, bounds,
                         Wp, w_off, fold, ids, E, S, dE):
         """Backpropagation through time. Z (T, GH, B): the forward's activations, rows in the
-        parts' order (``order``: those rows in the layer's order). dh, dc (B, H): the gradient
+        parts' order (``order``: those rows in the layer's order); PRE: the forward's
+        pre-activations with options (``act``), else not read. dh, dc (B, H): the gradient
         at the final state on entry, at the initial state on return. dZs2 (2, GH, B) and
         dZP2 (2, GH * B, the same as panels; or (2, 0): none): work (the parts' order);
         dZ (GH, T, B) (the layer's order; for B = 1 step-major, (T, GH, 1)), dX (T, B, D):
@@ -521,8 +563,9 @@ def _backward_driver(loop):
         claimed = np.zeros((T + 2) * parts, dtype=np.int64)
         finished = np.zeros(T + 2, dtype=np.int64)
         for w in loop(parts):  # one region: every worker runs the time loop (see sync.py)
-            _backward_thread(w, X, Wih, Whh, order, has_bias, wexp, gidx, cifg, mask, has_mask,
-                             reverse, h0, Z, OUT, CT, HP, CPT, dOUT, dZs2, dZP2, dZ, dX, gWih, gWhh,
+            _backward_thread(w, X, Wih, Whh, order, has_bias, wexp, gidx, cifg, act, mask,
+                             has_mask, reverse, h0, Z, PRE, OUT, CT, HP, CPT, dOUT, dZs2, dZP2, dZ,
+                             dX, gWih, gWhh,
                              gbih, gbhh, gpeep, has_peep, dhT, dcT, dOT, saved, ones, scratch,
                              bounds, Wp, w_off, fold, ids, E, S, dE, c0T, db, claimed, finished)
         TB = T * B
