@@ -20,10 +20,11 @@ import numpy as np
 import pytest
 
 import lstmkit
-from lstmkit.activations import NAMES, Activation
+from lstmkit.activations import NAMES, TANH, Activation
 from lstmkit.cells import GRUCell, LSTMCell, RNNCell
 from lstmkit.engine import ENGINE, Plan, candidate_plans, choose_plan, kernels
 from lstmkit.engine.reference import ReferenceRecurrence
+from lstmkit.regularisation import cell_masks
 
 REF = ReferenceRecurrence()
 RTOL = {np.float32: 1e-5, np.float64: 1e-10}
@@ -103,9 +104,12 @@ def random_problem(cell, dtype, T, B, masked, seed, scale=0.5):
     return p, x, state0, mask, d_out, d_state
 
 
-def compare(cell, dtype, T=6, B=3, masked=False, reverse=False, seed=0):
-    """Every compiled plan for this problem against the reference; returns the plans run."""
+def compare(cell, dtype, T=6, B=3, masked=False, reverse=False, seed=0, training=False):
+    """Every compiled plan for this problem against the reference; returns the plans run.
+    ``training``: with the random masks a layer draws while training (zoneout's)."""
     p, x, state0, mask, d_out, d_state = random_problem(cell, dtype, T, B, masked, seed)
+    if training:
+        p.update(cell_masks(cell, np.random.default_rng(seed + 7), T, B, dtype))
     ref = run_recurrence(REF, cell, p, x, state0, mask, reverse, d_out, d_state)
     plans = fused_plans(cell, dtype, T, B)
     for plan in plans:
@@ -170,6 +174,23 @@ def test_lstm_functions_and_clip(k, name):
         plans = compare(cell, np.float32, masked=j == 1, reverse=j == 2, seed=k)
         assert len(plans) == 1 + 3 * 2 * 2
         compare(cell, np.float64, masked=j != 1, reverse=j == 0, seed=k)
+
+
+@pytest.mark.parametrize("zoneout,zoneout_c", [(0.3, 0.0), (0.0, 0.4), (0.25, 0.5)])
+@pytest.mark.parametrize("training", [False, True])
+def test_lstm_zoneout(zoneout, zoneout_c, training):
+    """Zoneout (Krueger et al. 2017) on h, c or both, with the masks drawn for training or
+    their expectation (evaluation), in every plan, over the variant switches and the cell's
+    functions, padded sequences, directions and both dtypes; single sequences (B = 1)."""
+    for k, variant in enumerate(LSTM_VARIANTS):
+        cell = LSTMCell(5, 7, **variant, zoneout=zoneout, zoneout_c=zoneout_c,
+                        activation=Activation("Softsign") if k % 3 == 1 else TANH)
+        for dtype in (np.float32, np.float64):
+            plans = compare(cell, dtype, masked=k % 2 == 1, reverse=k % 4 >= 2, seed=k,
+                            training=training)
+            assert len(plans) == (1 + 3 * 2 * 2 if dtype == np.float32 else 1)
+    compare(LSTMCell(4, 19, peepholes=True, zoneout=zoneout, zoneout_c=zoneout_c), np.float32,
+            T=7, B=1, masked=True, reverse=True, seed=3, training=training)
 
 
 def test_clip_only_cuts_the_gates():

@@ -189,6 +189,19 @@ def _lstm_options(cell: LSTMCell, dtype: np.dtype) -> Array:
     return activate.params(functions, cell.clip, dtype)
 
 
+def _zoneout_masks(cell: LSTMCell, p: dict[str, Array], T: int, B: int,
+                   dtype: np.dtype) -> tuple[Array, Array]:
+    """The zoneout masks of h and c (T, B, H) for the row kernels: the layer's draws while
+    training (``p["zoneout_mask"]``, ``p["zoneout_c_mask"]``), else the rates (evaluation
+    uses the expectation, as the cell does); both empty (0, 1, 1) without zoneout."""
+    if not (cell.zoneout or cell.zoneout_c):
+        return (np.zeros((0, 1, 1), dtype=dtype),) * 2
+    H = cell.hidden_size
+    return tuple(_c(p[name], dtype) if name in p else np.full((T, B, H), rate, dtype=dtype)
+                 for name, rate in (("zoneout_mask", cell.zoneout),
+                                    ("zoneout_c_mask", cell.zoneout_c)))
+
+
 def lstm_forward(cell: LSTMCell, p: dict[str, Array], x: Array, state0: State,
                  mask: Array | None, reverse: bool, keep: bool, plan: Plan,
                  rows_of: tuple[Array, Array] | None = None) -> tuple[Array, State, Any]:
@@ -208,9 +221,10 @@ def lstm_forward(cell: LSTMCell, p: dict[str, Array], x: Array, state0: State,
     gidx = _lstm_gate_layout(cell)
     mask_arr, has_mask = _mask_args(mask)
     h0, c0 = _c(state0[0], dtype), _c(state0[1], dtype)
+    ZH, ZC = _zoneout_masks(cell, p, T, B, dtype)
     if plan.kernel == "batch-inner":
         return _lstm_forward_t(cell, x, wih, whh, bias, peep, gidx, mask_arr, has_mask, h0,
-                               c0, reverse, keep, rows_of, plan)
+                               c0, reverse, keep, rows_of, plan, (ZH, ZC))
     Tc = _row_chunk(T, keep, plan)
     Z = np.empty((Tc, B, G, H), dtype=dtype)
     out = np.empty((T, B, H), dtype=dtype)
@@ -224,16 +238,17 @@ def lstm_forward(cell: LSTMCell, p: dict[str, Array], x: Array, state0: State,
     cs = np.empty((B, H), dtype=dtype)
     act = _lstm_options(cell, dtype)
     PRE = np.empty_like(Z) if act.size else _dummy(dtype, 4)
+    CS = np.empty_like(C) if ZH.size else C
     scratch = np.empty((5, H), dtype=dtype)
     big = np.full((4, H), _lstm.BIG, dtype=dtype)
     with _row_blas(B):
         _lstm.lstm_forward(x, wih, whh, bias, cell.bias, peep, gidx, cell.coupled_input_forget,
-                           act, mask_arr, has_mask, reverse, keep, h0, c0, Z, PRE, out, C, HP,
-                           CP, hs, cs, scratch, big)
+                           act, ZH, ZC, mask_arr, has_mask, reverse, keep, h0, c0, Z, PRE, out,
+                           C, CS, HP, CP, hs, cs, scratch, big)
     cache = None
     if keep:
         cache = {"kind": "lstm", "plan": plan, "x": x, "Z": Z, "PRE": PRE, "out": out, "C": C,
-                 "HP": HP, "CP": CP,
+                 "CS": CS, "ZH": ZH, "ZC": ZC, "HP": HP, "CP": CP,
                  "h0": h0, "c0": c0, "mask": mask_arr, "has_mask": has_mask,
                  "reverse": reverse, "gidx": gidx}
         out = out.copy()  # the cache keeps its own h sequence: the caller may modify `out`
@@ -243,7 +258,9 @@ def lstm_forward(cell: LSTMCell, p: dict[str, Array], x: Array, state0: State,
 def _lstm_forward_t(cell: LSTMCell, x: Array, wih: Array, whh: Array, bias: Array,
                     peep: Array, gidx: Array, mask_arr: Array, has_mask: bool, h0: Array,
                     c0: Array, reverse: bool, keep: bool,
-                    rows_of: tuple[Array, Array] | None, plan: Plan) -> tuple[Array, State, Any]:
+                    rows_of: tuple[Array, Array] | None, plan: Plan,
+                    zoneout: tuple[Array, Array]) -> tuple[Array, State, Any]:
+    """The batch-inner plans; ``zoneout``: the masks of h and c (``_zoneout_masks``)."""
     dtype = x.dtype
     T, B, D = x.shape
     H = cell.hidden_size
@@ -291,18 +308,21 @@ def _lstm_forward_t(cell: LSTMCell, x: Array, wih: Array, whh: Array, bias: Arra
     wexp = _peephole_block(peep, B)
     act = _lstm_options(cell, dtype)
     PRE = np.empty_like(Z) if act.size else _dummy(dtype, 3)
+    ZHT, ZCT = (np.ascontiguousarray(m.transpose(0, 2, 1)) for m in zoneout)
+    CST = np.empty_like(CT) if ZHT.size else CT
     scratch = np.empty((parts, 4, layout.units * B), dtype=dtype)
     if parts > 1:
         threads.starting_parallel()
     run = _lstm_t.lstm_forward_t if parts > 1 else _lstm_t.lstm_forward_t_serial
     with threads.blas_single_threaded():
         run(x, wih, whh, layout.order, bias, cell.bias, wexp, gidx,
-            cell.coupled_input_forget, act, mask_arr, has_mask, reverse, keep, h0, c0, P, Z, PRE,
-            out, out_kept, CT, HP, CPT, hT, cT, hnew, hs, cs, scratch, bounds, Wp, layout.w_off,
-            fold, table, ids, direct, XT, Wxp, wx_off)
+            cell.coupled_input_forget, act, ZHT, ZCT, mask_arr, has_mask, reverse, keep, h0, c0,
+            P, Z, PRE, out, out_kept, CT, CST, HP, CPT, hT, cT, hnew, hs, cs, scratch, bounds, Wp,
+            layout.w_off, fold, table, ids, direct, XT, Wxp, wx_off)
     cache = None
     if keep:
         cache = {"kind": "lstm", "plan": plan, "x": x, "Z": Z, "PRE": PRE, "out": out_kept,
+                 "CS": CST, "ZH": ZHT, "ZC": ZCT,
                  "C": CT, "HP": HP, "CP": CPT, "h0": h0, "c0": c0, "mask": mask_arr,
                  "has_mask": has_mask, "reverse": reverse, "gidx": gidx, "parts": parts,
                  "rows_of": (ids, E) if fold else None}
@@ -339,7 +359,7 @@ def _lstm_backward_t(cell: LSTMCell, cache: Any, wih: Array, whh: Array, peep: A
     gpeep = np.zeros((3, H), dtype=dtype)
     work = [np.empty((H, B), dtype=dtype) for _ in range(4)]
     ones = np.ones(max(T * B, H * B), dtype=dtype)
-    scratch = np.empty((parts, 4, layout.units * B), dtype=dtype)
+    scratch = np.empty((parts, 8, layout.units * B), dtype=dtype)
     if parts > 1:
         threads.starting_parallel()
     Wp = packed.empty_aligned(layout.wt_size)
@@ -347,10 +367,10 @@ def _lstm_backward_t(cell: LSTMCell, cache: Any, wih: Array, whh: Array, peep: A
     with threads.blas_single_threaded():
         run(
             x, wih, whh, layout.order, cell.bias, wexp, cache["gidx"],
-            cell.coupled_input_forget, _lstm_options(cell, dtype),
+            cell.coupled_input_forget, _lstm_options(cell, dtype), cache["ZH"], cache["ZC"],
             cache["mask"], cache["has_mask"], cache["reverse"], cache["h0"], cache["c0"], Z,
-            cache["PRE"], cache["out"], cache["C"], cache["HP"], cache["CP"], d_out, dh, dc, dZs2,
-            dZP2, dZ, dX,
+            cache["PRE"], cache["out"], cache["C"], cache["CS"], cache["HP"], cache["CP"], d_out,
+            dh, dc, dZs2, dZP2, dZ, dX,
             *g_arrays, gpeep, cell.peepholes, *work, ones, scratch, layout.bounds, Wp,
             layout.wt_off, fold, ids, E, S, dE)
     _finish(accs, grads, gpeep)
@@ -368,14 +388,14 @@ def lstm_backward(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Array,
     dX = np.empty((T, B, D), dtype=dtype)
     accs = _weight_gradients(grads, G * H, D, H, dtype)
     gpeep = np.zeros((3, H), dtype=dtype)
-    scratch = np.empty((5, H), dtype=dtype)
+    scratch = np.empty((9, H), dtype=dtype)
     ones = np.ones(H, dtype=dtype)
     with _row_blas(B):
         _lstm.lstm_backward(x, wih, whh, cell.bias, peep, cell.peepholes, cache["gidx"],
-                            cell.coupled_input_forget, _lstm_options(cell, dtype), cache["mask"],
-                            cache["has_mask"], cache["reverse"], cache["h0"], cache["c0"], Z,
-                            cache["PRE"], cache["out"], cache["C"], cache["HP"], cache["CP"],
-                            d_out, dh, dc, dZ, dX,
+                            cell.coupled_input_forget, _lstm_options(cell, dtype), cache["ZH"],
+                            cache["ZC"], cache["mask"], cache["has_mask"], cache["reverse"],
+                            cache["h0"], cache["c0"], Z, cache["PRE"], cache["out"], cache["C"],
+                            cache["CS"], cache["HP"], cache["CP"], d_out, dh, dc, dZ, dX,
                             *(acc.array for acc in accs), gpeep, scratch, ones)
     _finish(accs, grads, gpeep)
     return dX, (dh, dc)
@@ -391,7 +411,7 @@ def lstm_gate_sequences(cell: LSTMCell, cache: Any) -> dict[str, Array]:
             unpermuted[:, perm] = Z
             Z = unpermuted
         Z = Z.reshape(T, len(cell.gates), cell.hidden_size, B).transpose(0, 3, 1, 2)
-        cache = dict(cache, C=cache["C"].transpose(0, 2, 1))
+        cache = dict(cache, C=cache["C"].transpose(0, 2, 1), CS=cache["CS"].transpose(0, 2, 1))
     result: dict[str, Array] = {}
     for k, name in enumerate("ifgo"):
         if gidx[k] >= 0:
@@ -400,7 +420,7 @@ def lstm_gate_sequences(cell: LSTMCell, cache: Any) -> dict[str, Array]:
             result[name] = 1.0 - result["i"]
         else:
             result[name] = np.ones(Z.shape[:2] + Z.shape[3:], dtype=Z.dtype)
-    result["c"] = np.array(cache["C"], order="C")  # a copy, in (T, B, H)
+    result["c"] = np.array(cache.get("CS", cache["C"]), order="C")  # the state, (T, B, H)
     return result
 
 

@@ -42,7 +42,7 @@ PROJECTIONS = ("panel", "direct", "folded")
 _FUSED_SWITCHES: dict[type, frozenset[str]] = {
     LSTMCell: frozenset({"bias", "peepholes", "forget_gate", "input_gate", "output_gate",
                          "coupled_input_forget", "recurrent_activation", "activation",
-                         "output_activation", "clip"}),
+                         "output_activation", "clip", "zoneout", "zoneout_c"}),
     GRUCell: frozenset({"bias"}),
     RNNCell: frozenset({"bias", "nonlinearity"}),
 }

@@ -287,14 +287,38 @@ def cell_backward_options(ai, af, ag, ao, c_row, cp, dh, dho, dc, dzi, dzf, dzg,
 
 
 @njit(**_OPTS)
+def zoneout_forward(h, h_prev, zh, c, c_prev, zc):
+    """Zoneout on runs of n numbers: h = zh * h_prev + (1 - zh) * h and the same for c (in
+    place; the masks are 1 where the previous value is kept)."""
+    for j in range(h.shape[0]):
+        one = one_like(zh[j])
+        h[j] = zh[j] * h_prev[j] + (one - zh[j]) * h[j]
+        c[j] = zc[j] * c_prev[j] + (one - zc[j]) * c[j]
+
+
+@njit(**_OPTS)
+def zoneout_backward(dh, dho, dc, zh, zc, dh_new, keep_h, keep_c):
+    """Split the gradients at the step's state (dh + dho, dc) into those at the cell's own
+    values (dh_new, and dc in place) and the parts kept from the previous step's state
+    (keep_h, keep_c), for zoneout masks zh, zc."""
+    for j in range(dc.shape[0]):
+        one = one_like(zh[j])
+        d = flush(dh[j]) + dho[j]
+        dh_new[j] = d * (one - zh[j])
+        keep_h[j] = d * zh[j]
+        keep_c[j] = dc[j] * zc[j]
+        dc[j] = dc[j] * (one - zc[j])
+
+
+@njit(**_OPTS)
 def _mul_add(acc, a, b):
     for j in range(acc.shape[0]):
         acc[j] += a[j] * b[j]
 
 
 @njit(**_OPTS)
-def lstm_forward(X, Wih, Whh, bias, has_bias, peep, gidx, cifg, act, mask, has_mask, reverse,
-                 keep, h0, c0, Z, PRE, OUT, C, HP, CP, hs, cs, scratch, big):
+def lstm_forward(X, Wih, Whh, bias, has_bias, peep, gidx, cifg, act, ZH, ZC, mask, has_mask,
+                 reverse, keep, h0, c0, Z, PRE, OUT, C, CS, HP, CP, hs, cs, scratch, big):
     """Run the whole sequence. Buffers are allocated by the caller:
 
     Z: (T, B, G, H) when ``keep`` (holds the gate activations afterwards), else a chunk
@@ -304,6 +328,9 @@ def lstm_forward(X, Wih, Whh, bias, has_bias, peep, gidx, cifg, act, mask, has_m
     ``gidx[k]`` is the block of gate k (i, f, g, o) in Z, or -1 if the gate is removed.
     ``act``: the cell's functions and clip (``activate.params``), or empty for the defaults;
     with them, PRE (the shape of Z) receives the pre-activations (``cell_forward_options``).
+    Zoneout (ZH, ZC (T, B, H), the masks of h and c: 1 keeps the previous value; empty
+    without): C then holds the cell's own c, and CS (the shape of C) the state it passes on,
+    d * c_prev + (1 - d) * c; without zoneout CS is C itself.
     """
     T, B, D = X.shape
     H = h0.shape[1]
@@ -316,6 +343,7 @@ def lstm_forward(X, Wih, Whh, bias, has_bias, peep, gidx, cifg, act, mask, has_m
     wco = peep[2]
     ki, kf, kg, ko = gidx[0], gidx[1], gidx[2], gidx[3]
     options = act.shape[0] > 0
+    zoneout = ZH.shape[0] > 0
     copy2(hs, h0)
     copy2(cs, c0)
     done = 0
@@ -346,7 +374,7 @@ def lstm_forward(X, Wih, Whh, bias, has_bias, peep, gidx, cifg, act, mask, has_m
             else:
                 tp = t + 1 if reverse else t - 1
                 h_prev = OUT[tp]
-                c_prev = C[tp if keep else (s - 1) % 2]
+                c_prev = CS[tp if keep else (s - 1) % 2]
             gemm(False, True, 1.0, h_prev, Whh, 1.0, zt.reshape(B, GH))
             for b in range(B):
                 # a removed gate computes on scratch holding BIG: its sigmoid is exactly 1
@@ -365,29 +393,33 @@ def lstm_forward(X, Wih, Whh, bias, has_bias, peep, gidx, cifg, act, mask, has_m
                 else:
                     cell_forward(zi, zf, zt[b, kg], zo, c_prev[b], C[cslot, b], OUT[t, b],
                                  wci, wcf, wco, cifg)
+                if zoneout:
+                    copy1(CS[cslot, b], C[cslot, b])
+                    zoneout_forward(OUT[t, b], h_prev[b], ZH[t, b], CS[cslot, b], c_prev[b],
+                                    ZC[t, b])
             if has_mask:
                 for b in range(B):
                     if mask[t, b]:
                         copy1(hs[b], OUT[t, b])
-                        copy1(cs[b], C[cslot, b])
+                        copy1(cs[b], CS[cslot, b])
                     else:
                         fill1(OUT[t, b], 0.0)
         done += n
     if not has_mask:
         last = 0 if reverse else T - 1
         copy2(hs, OUT[last])
-        copy2(cs, C[last if keep else (T - 1) % 2])
+        copy2(cs, CS[last if keep else (T - 1) % 2])
 
 
 @njit(**_OPTS)
-def lstm_backward(X, Wih, Whh, has_bias, peep, has_peep, gidx, cifg, act, mask, has_mask,
-                  reverse, h0, c0, Z, PRE, OUT, C, HP, CP, dOUT, dh, dc, dZ, dX,
+def lstm_backward(X, Wih, Whh, has_bias, peep, has_peep, gidx, cifg, act, ZH, ZC, mask,
+                  has_mask, reverse, h0, c0, Z, PRE, OUT, C, CS, HP, CP, dOUT, dh, dc, dZ, dX,
                   gWih, gWhh, gbih, gbhh, gpeep, scratch, ones):
     """Backpropagation through time. dh, dc (B, H): the gradient at the final state on entry,
     at the initial state on return. dZ (T, B, G, H), dX (T, B, D): outputs. Gradients are
     accumulated into gWih, gWhh, gbih, gbhh (if has_bias) and gpeep (3, H) (if has_peep).
-    ``act``, PRE: the options and the pre-activations the forward pass kept (``lstm_forward``);
-    scratch (5, H)."""
+    ``act``, PRE, ZH, ZC, CS: the options, masks and buffers of the forward pass
+    (``lstm_forward``); scratch (9, H)."""
     T, B, D = X.shape
     H = h0.shape[1]
     G = Z.shape[2]
@@ -397,9 +429,15 @@ def lstm_backward(X, Wih, Whh, has_bias, peep, has_peep, gidx, cifg, act, mask, 
     wco = peep[2]
     ki, kf, kg, ko = gidx[0], gidx[1], gidx[2], gidx[3]
     options = act.shape[0] > 0
+    zoneout = ZH.shape[0] > 0
+    dh_new = scratch[5]
+    no_dh = scratch[6]
+    keep_h = scratch[7]
+    keep_c = scratch[8]
+    fill1(no_dh, 0.0)
     for s in range(T - 1, -1, -1):
         t = T - 1 - s if reverse else s
-        c_prev = state_before(s, t, reverse, has_mask, CP, c0, C)
+        c_prev = state_before(s, t, reverse, has_mask, CP, c0, CS)
         zt = Z[t]
         dzt = dZ[t]
         for b in range(B):
@@ -412,20 +450,32 @@ def lstm_backward(X, Wih, Whh, has_bias, peep, has_peep, gidx, cifg, act, mask, 
             dzi = dzt[b, ki] if ki >= 0 else scratch[0]
             dzf = dzt[b, kf] if kf >= 0 else scratch[1]
             dzo = dzt[b, ko] if ko >= 0 else scratch[3]
+            dh_in = dh[b]
+            dho = dOUT[t, b]
+            if zoneout:
+                zoneout_backward(dh[b], dOUT[t, b], dc[b], ZH[t, b], ZC[t, b], dh_new, keep_h,
+                                 keep_c)
+                dh_in = dh_new
+                dho = no_dh
             if options:
                 pt = PRE[t, b]
-                cell_backward_options(ai, af, zt[b, kg], ao, C[t, b], c_prev[b], dh[b],
-                                      dOUT[t, b], dc[b], dzi, dzf, dzt[b, kg], dzo, wci, wcf,
+                cell_backward_options(ai, af, zt[b, kg], ao, C[t, b], c_prev[b], dh_in,
+                                      dho, dc[b], dzi, dzf, dzt[b, kg], dzo, wci, wcf,
                                       wco, cifg, gidx, act, pt[ki] if ki >= 0 else ones,
                                       pt[kf] if kf >= 0 else ones, pt[kg],
                                       pt[ko] if ko >= 0 else ones, scratch[4])
             else:
-                cell_backward(ai, af, zt[b, kg], ao, C[t, b], c_prev[b], dh[b], dOUT[t, b],
+                cell_backward(ai, af, zt[b, kg], ao, C[t, b], c_prev[b], dh_in, dho,
                               dc[b], dzi, dzf, dzt[b, kg], dzo, wci, wcf, wco, cifg)
-            if has_mask:
+            if zoneout:  # what the state kept of the previous step's passes straight back
+                copy1(dh[b], keep_h)
+                for j in range(H):
+                    dc[b, j] = flush(dc[b, j] + keep_c[j])
+            elif has_mask:
                 fill1(dh[b], 0.0)
-        # dh_prev = dZ[t] W_hh (masked rows keep their passed-through gradient: beta = 1)
-        gemm(False, False, 1.0, dzt.reshape(B, GH), Whh, 1.0 if has_mask else 0.0, dh)
+        # dh_prev = dZ[t] W_hh (+ what a masked row passes through, or zoneout keeps: beta = 1)
+        gemm(False, False, 1.0, dzt.reshape(B, GH), Whh, 1.0 if has_mask or zoneout else 0.0,
+             dh)
     TB = T * B
     dZ2 = dZ.reshape(TB, GH)
     X2 = X.reshape(TB, D)
@@ -441,7 +491,7 @@ def lstm_backward(X, Wih, Whh, has_bias, peep, has_peep, gidx, cifg, act, mask, 
     if has_peep:  # sum over steps of dz_i c_prev, dz_f c_prev, dz_o c
         for s in range(T):
             t = T - 1 - s if reverse else s
-            c_prev = state_before(s, t, reverse, has_mask, CP, c0, C)
+            c_prev = state_before(s, t, reverse, has_mask, CP, c0, CS)
             for b in range(B):
                 if ki >= 0:
                     _mul_add(gpeep[0], dZ[t, b, ki], c_prev[b])

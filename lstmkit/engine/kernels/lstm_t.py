@@ -42,12 +42,15 @@ import numpy as np
 from numba import njit, prange
 
 from lstmkit.engine.kernels.blas import add_recurrent_weight_gradient, gemm
-from lstmkit.engine.kernels.loops import copy2, flush_all, state_before
+from lstmkit.engine.kernels.gates import flush
+from lstmkit.engine.kernels.loops import copy1, copy2, flush_all, state_before
 from lstmkit.engine.kernels.lstm import (
     cell_backward,
     cell_backward_options,
     cell_forward,
     cell_forward_options,
+    zoneout_backward,
+    zoneout_forward,
 )
 from lstmkit.engine.kernels.packed import (
     pack_columns,
@@ -76,8 +79,8 @@ def _gate(flat, r0, kk, hp, B, n, other):
 
 @njit(**_OPTS)
 def _forward_part(u0, u1, G, gidx, cifg, act, zt, pt, P, zs, Wp, w_off, hprev, cprev, cnew,
-                  hout, OUT, t, wexp, scratch, mask, has_mask, hstate, cstate, fold, table, ids,
-                  order, direct, xt, Wxp, wx_off):
+                  cnext, ZHT, ZCT, hout, OUT, t, wexp, scratch, mask, has_mask, hstate, cstate,
+                  fold, table, ids, order, direct, xt, Wxp, wx_off):
     """Step t for the units [u0, u1): copy their rows of the projection P[:, zs] (for B = 1
     held as (Tc, GH): P.reshape(Tc, GH)[zs]) into the step's block zt, add W_hh h_prev (their
     rows of W_hh, packed at Wp[w_off:]), then gates, c (into cnew), h (into hout), and OUT[t]
@@ -88,7 +91,9 @@ def _forward_part(u0, u1, G, gidx, cifg, act, zt, pt, P, zs, Wp, w_off, hprev, c
     pre-activation is one packed product, [W_ih | b | W_hh] [x_t^T; 1; h_prev] (packed at
     Wxp[wx_off:]; xt (D + 1, B) is x_t^T with a row of ones), written straight into zt.
     With options (``act`` not empty: ``lstm.cell_forward_options``) the pre-activations go
-    to pt, laid out as zt."""
+    to pt, laid out as zt. With zoneout (ZHT, ZCT (T, H, B) not empty) h becomes
+    zh * h_prev + (1 - zh) * h in hout, and the state c passed on goes to cnext (cnew keeps
+    the cell's own c); without, cnext is cnew."""
     H, B = hprev.shape
     hp = u1 - u0
     r0 = G * u0
@@ -137,13 +142,18 @@ def _forward_part(u0, u1, G, gidx, cifg, act, zt, pt, P, zs, Wp, w_off, hprev, c
                              _gate(pflat, r0, gidx[3], hp, B, n, scratch[3, :n]))
     else:
         cell_forward(zi, zf, zg, zo, cp, cn, hn, wci, wcf, wco, cifg)
+    if ZHT.shape[0] > 0:
+        cs = cnext.reshape(H * B)[a0:a1]
+        copy1(cs, cn)
+        zoneout_forward(hn, hprev.reshape(H * B)[a0:a1], ZHT[t].reshape(H * B)[a0:a1], cs, cp,
+                        ZCT[t].reshape(H * B)[a0:a1])
     transpose_into(OUT[t, :, u0:u1], hout[u0:u1])
     if has_mask:
         for u in range(u0, u1):
             for b in range(B):
                 if mask[t, b]:
                     hstate[u, b] = hout[u, b]
-                    cstate[u, b] = cnew[u, b]
+                    cstate[u, b] = cnext[u, b]
                 else:
                     hstate[u, b] = hprev[u, b]
         for b in range(B):
@@ -211,15 +221,17 @@ def _gate_gradient(dZ, r, t, b):
 
 @njit(**_OPTS)
 def _weights_part(p, parts, u0, u1, gidx, reverse, has_mask, has_bias, has_peep, Wp, w_off, last,
-                  dhT, dZ, X2, gWih, HP, gWhh, O2, h0, ones, db, gbih, gbhh, Wih, dX2, CPT, c0T,
-                  CT, gpeep, fold, ids, E, S, dE):
+                  add_dh, dhT, dZ, X2, gWih, HP, gWhh, O2, h0, ones, db, gbih, gbhh, Wih, dX2, CPT,
+                  c0T, CT, CST, gpeep, fold, ids, E, S, dE):
     """After the time loop, part p: dh_0 of its units [u0, u1), then its share of the weight
     gradients: the rows [q0, q1) of dZ (GH, T, B; for B = 1 step-major, (T, GH, 1), see
     ``_gate_gradients``), which holds the gate gradients in the layer's
     own order (gate k, unit u at row k * H + u, as gWih, gWhh, gbih, gbhh and Wih): one GEMM
     each for dW_ih, dW_hh, the bias sums; its share of the rows of dX; the peephole gradients of
     its units. With ``fold`` (X = E[ids]): S = dZ summed by input id (its rows, (GH, V)),
-    dW_ih = S E, and instead of dX this part's term of dE = S^T W_ih, into dE[p] (V, D)."""
+    dW_ih = S E, and instead of dX this part's term of dE = S^T W_ih, into dE[p] (V, D).
+    ``add_dh``: dh_0 adds onto what dhT holds (a masked column's or zoneout's pass-through);
+    CST: the states c passed on (CT without zoneout)."""
     B, H = h0.shape
     T = X2.shape[0] // B
     GH = gWih.shape[0]
@@ -227,7 +239,7 @@ def _weights_part(p, parts, u0, u1, gidx, reverse, has_mask, has_bias, has_peep,
     q0 = (GH * p) // parts
     q1 = (GH * (p + 1)) // parts
     # dh_0^T of these units (the last step's gradients are still in the parts' order)
-    packed_gemm(Wp, w_off, u1 - u0, last, dhT[u0:u1], has_mask)
+    packed_gemm(Wp, w_off, u1 - u0, last, dhT[u0:u1], add_dh)
     Zq, tz = _gate_gradients(dZ, q0, q1, 0, TB)  # this part's rows, every step
     if fold:
         Mq = Zq.T if tz else Zq  # (q1 - q0, TB) either way
@@ -255,7 +267,7 @@ def _weights_part(p, parts, u0, u1, gidx, reverse, has_mask, has_bias, has_peep,
     if has_peep:
         for s in range(T):
             t = T - 1 - s if reverse else s
-            cp = state_before(s, t, reverse, has_mask, CPT, c0T, CT)
+            cp = state_before(s, t, reverse, has_mask, CPT, c0T, CST)
             for u in range(u0, u1):
                 for k in range(3):
                     kk = gidx[0] if k == 0 else gidx[1] if k == 1 else gidx[3]
@@ -270,10 +282,10 @@ def _weights_part(p, parts, u0, u1, gidx, reverse, has_mask, has_bias, has_peep,
 
 
 @njit(**_OPTS)
-def _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, act, mask,
-                    has_mask, reverse, keep, h0, P, Z, PRE, OUT, OUTK, CT, HP, CPT, hT, cT, hnew,
-                    scratch, bounds, Wp, w_off, fold, table, ids, claimed, finished, direct, XT,
-                    Wxp, wx_off):
+def _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, act, ZHT, ZCT,
+                    mask, has_mask, reverse, keep, h0, P, Z, PRE, OUT, OUTK, CT, CST, HP, CPT, hT,
+                    cT, hnew, scratch, bounds, Wp, w_off, fold, table, ids, claimed, finished,
+                    direct, XT, Wxp, wx_off):
     """The forward pass as worker w of the region runs it: the packing of W_hh, each chunk's
     projection and each step are done part by part, worker w doing part w (``sync.claim``),
     and every worker waits for all parts of one before the next (slots: 0 for the packing,
@@ -329,9 +341,9 @@ def _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, act
                 if s == 0:
                     cprev = cT
                 elif keep:
-                    cprev = CT[t + 1 if reverse else t - 1]
+                    cprev = CST[t + 1 if reverse else t - 1]
                 else:
-                    cprev = CT[(s - 1) % 2]
+                    cprev = CST[(s - 1) % 2]
             for q in range(parts):
                 p = claim(claimed, slot, w, q, parts)
                 if p >= 0:
@@ -341,9 +353,9 @@ def _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, act
                         transpose_into(HP[t, :, u0:u1], hprev[u0:u1])
                         copy2(CPT[t, u0:u1], cT[u0:u1])
                     _forward_part(u0, u1, G, gidx, cifg, act, zt, pt, P, zs, Wp, w_off[p],
-                                  hprev, cprev, CT[cslot], hout, OUT, t, wexp, scratch[p], mask,
-                                  has_mask, hstate, cT, fold, table, ids, order, direct,
-                                  XT[s % 2], Wxp, wx_off[p])
+                                  hprev, cprev, CT[cslot], CST[cslot], ZHT, ZCT, hout, OUT, t,
+                                  wexp, scratch[p], mask, has_mask, hstate, cT, fold, table, ids,
+                                  order, direct, XT[s % 2], Wxp, wx_off[p])
                     if keep:  # the cache's own copy of this part's outputs, still in cache
                         copy2(OUTK[t, :, u0:u1], OUT[t, :, u0:u1])
                     if direct and s + 1 < T:
@@ -355,17 +367,19 @@ def _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, act
 
 
 def _forward_driver(loop):
-    def lstm_forward_t(X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, act, mask,
-                       has_mask, reverse, keep, h0, c0, P, Z, PRE, OUT, OUTK, CT, HP, CPT, hT, cT,
-                       hnew, hs, cs, scratch, bounds, Wp, w_off, fold, table, ids, direct, XT,
-                       Wxp, wx_off):
+    def lstm_forward_t(X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, act, ZHT, ZCT,
+                       mask, has_mask, reverse, keep, h0, c0, P, Z, PRE, OUT, OUTK, CT, CST, HP,
+                       CPT, hT, cT, hnew, hs, cs, scratch, bounds, Wp, w_off, fold, table, ids,
+                       direct, XT, Wxp, wx_off):
         """The whole sequence. W_ih, bias and Z rows in the parts' order (see the module doc);
         W_hh as the layer holds it, ``order``: its rows in the parts' order.
 
         P (GH, Tc, B): the projection of a chunk of Tc steps (held as (Tc, GH) for B = 1).
         Z (T, GH, B) with ``keep`` (the gate activations afterwards) else (1, GH, B); with the
         cell's options (``act``, ``lstm.cell_forward_options``) PRE, the shape of Z, receives
-        the pre-activations (else it is not read). CT (T, H, B)
+        the pre-activations (else it is not read). ZHT, ZCT (T, H, B): zoneout's masks of h
+        and c, or empty (``_forward_part``); CST, the shape of CT: the states c passed on
+        (CT itself without zoneout). CT (T, H, B)
         computed cell states with ``keep``, else (2, H, B). HP (T, B, H), CPT (T, H, B): the
         state before each step (``keep`` with a mask). hT (2, H, B), cT, hnew (H, B): work.
         hs, cs (B, H): the final state on return. OUT (T, B, H): the output h of every step;
@@ -388,13 +402,13 @@ def _forward_driver(loop):
         claimed = np.zeros((2 * T + 1) * parts, dtype=np.int64)
         finished = np.zeros(2 * T + 1, dtype=np.int64)
         for w in loop(parts):  # one region: every worker runs the time loop (see sync.py)
-            _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, act, mask,
-                            has_mask, reverse, keep, h0, P, Z, PRE, OUT, OUTK, CT, HP, CPT, hT, cT,
-                            hnew, scratch, bounds, Wp, w_off, fold, table, ids, claimed, finished,
-                            direct, XT, Wxp, wx_off)
+            _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, act, ZHT,
+                            ZCT, mask, has_mask, reverse, keep, h0, P, Z, PRE, OUT, OUTK, CT, CST,
+                            HP, CPT, hT, cT, hnew, scratch, bounds, Wp, w_off, fold, table, ids,
+                            claimed, finished, direct, XT, Wxp, wx_off)
         if not has_mask:
             last = 0 if reverse else T - 1
-            copy2(cT, CT[last] if keep else CT[(T - 1) % 2])
+            copy2(cT, CST[last] if keep else CST[(T - 1) % 2])
         transpose_into(hs, hT[T % 2])
         transpose_into(cs, cT)
 
@@ -402,16 +416,18 @@ def _forward_driver(loop):
 
 
 @njit(**_OPTS)
-def _backward_part(u0, u1, G, gidx, cifg, act, first, Z, PRE, t, dZs_prev, dZs, dZP_prev, dZP,
-                   dZ, order, Wp, w_off, C, CP, dhT, dOUT, dOT, dcT, wexp, ones, scratch, mask,
-                   has_mask, saved):
+def _backward_part(u0, u1, G, gidx, cifg, act, ZHT, ZCT, first, Z, PRE, t, dZs_prev, dZs,
+                   dZP_prev, dZP, dZ, order, Wp, w_off, C, CP, dhT, dOUT, dOT, dcT, wexp, ones,
+                   scratch, mask, has_mask, saved):
     """Step t backward for the units [u0, u1): dh^T of these units = W_hh^T dZ_{t+1} (their
     rows of W_hh^T, packed at Wp[w_off:]; dZ_{t+1} from dZs_prev, or from the same held as
     panels in dZP_prev when dZP is not empty, see ``packed.to_panels``; not for the first
     step processed), then the element-wise pass into this part's rows of dZs (GH, B, the
     parts' order), copied into dZ[:, t] (the layer's order: row r of dZs goes to row
     order[r]) and into the panels dZP. A masked column gets dZ = 0 and passes its dh, dc
-    through. With options (``act``), PRE holds the forward's pre-activations (as Z)."""
+    through. With options (``act``), PRE holds the forward's pre-activations (as Z); with
+    zoneout (ZHT, ZCT), the part of dh, dc the state kept from the previous step passes
+    straight back (scratch rows 4-7: work)."""
     H, B = dhT.shape
     hp = u1 - u0
     r0 = G * u0
@@ -419,11 +435,13 @@ def _backward_part(u0, u1, G, gidx, cifg, act, first, Z, PRE, t, dZs_prev, dZs, 
     n = hp * B
     a0 = u0 * B
     a1 = u1 * B
-    if not first:
+    zoneout = ZHT.shape[0] > 0
+    if not first:  # + dh passed through a masked column, or kept by zoneout
         if dZP.shape[0] > 0:
-            packed_gemm_panels(Wp, w_off, hp, dZP_prev, dZs.shape[0], B, dhT[u0:u1], has_mask)
+            packed_gemm_panels(Wp, w_off, hp, dZP_prev, dZs.shape[0], B, dhT[u0:u1],
+                               has_mask or zoneout)
         else:
-            packed_gemm(Wp, w_off, hp, dZs_prev, dhT[u0:u1], has_mask)
+            packed_gemm(Wp, w_off, hp, dZs_prev, dhT[u0:u1], has_mask or zoneout)
     transpose_into(dOT[u0:u1], dOUT[t, :, u0:u1])
     if has_mask:
         for u in range(u0, u1):
@@ -447,6 +465,17 @@ def _backward_part(u0, u1, G, gidx, cifg, act, first, Z, PRE, t, dZs_prev, dZs, 
     wci = wexp[0].reshape(H * B)[a0:a1]
     wcf = wexp[1].reshape(H * B)[a0:a1]
     wco = wexp[2].reshape(H * B)[a0:a1]
+    keep_h = scratch[6, :n]
+    keep_c = scratch[7, :n]
+    if zoneout:
+        dh_new = scratch[4, :n]
+        no_dh = scratch[5, :n]
+        for j in range(n):
+            no_dh[j] = 0.0
+        zoneout_backward(dh_run, dho_run, dc_run, ZHT[t].reshape(H * B)[a0:a1],
+                         ZCT[t].reshape(H * B)[a0:a1], dh_new, keep_h, keep_c)
+        dh_run = dh_new
+        dho_run = no_dh
     if act.shape[0] > 0:
         pflat = PRE[t].reshape(PRE.shape[1] * B)
         cell_backward_options(ai, af, ag, ao, c_run, cp_run, dh_run, dho_run, dc_run, dzi, dzf,
@@ -459,11 +488,16 @@ def _backward_part(u0, u1, G, gidx, cifg, act, first, Z, PRE, t, dZs_prev, dZs, 
     else:
         cell_backward(ai, af, ag, ao, c_run, cp_run, dh_run, dho_run, dc_run, dzi, dzf, dzg,
                       dzo, wci, wcf, wco, cifg)
+    if zoneout:
+        for j in range(n):
+            dc_run[j] = flush(dc_run[j] + keep_c[j])
+        if not has_mask:
+            copy1(dhT.reshape(H * B)[a0:a1], keep_h)
     if has_mask:
         for b in range(B):
             if mask[t, b]:
-                for u in range(u0, u1):
-                    dhT[u, b] = 0.0  # the next GEMM adds dZ W_hh onto it (beta = 1)
+                for u in range(u0, u1):  # the next GEMM adds dZ W_hh onto it (beta = 1)
+                    dhT[u, b] = keep_h[(u - u0) * B + b] if zoneout else 0.0
             else:
                 for r in range(r0, r1):
                     dZs[r, b] = 0.0
@@ -482,8 +516,9 @@ def _backward_part(u0, u1, G, gidx, cifg, act, first, Z, PRE, t, dZs_prev, dZs, 
 
 
 @njit(**_OPTS)
-def _backward_thread(w, X, Wih, Whh, order, has_bias, wexp, gidx, cifg, act, mask, has_mask,
-                     reverse, h0, Z, PRE, OUT, CT, HP, CPT, dOUT, dZs2, dZP2, dZ, dX, gWih, gWhh,
+def _backward_thread(w, X, Wih, Whh, order, has_bias, wexp, gidx, cifg, act, ZHT, ZCT, mask,
+                     has_mask, reverse, h0, Z, PRE, OUT, CT, CST, HP, CPT, dOUT, dZs2, dZP2, dZ,
+                     dX, gWih, gWhh,
                      gbih, gbhh, gpeep, has_peep, dhT, dcT, dOT, saved, ones, scratch, bounds,
                      Wp, w_off, fold, ids, E, S, dE, c0T, db, claimed, finished):
     """Backpropagation through time as worker w of the region runs it: the packing of W_hh^T,
@@ -503,21 +538,22 @@ def _backward_thread(w, X, Wih, Whh, order, has_bias, wexp, gidx, cifg, act, mas
     wait(finished, 0, parts)
     for s in range(T - 1, -1, -1):
         t = T - 1 - s if reverse else s
-        cprev = state_before(s, t, reverse, has_mask, CPT, c0T, CT)
+        cprev = state_before(s, t, reverse, has_mask, CPT, c0T, CST)
         cur = dZs2[s % 2]
         prev = dZs2[(s + 1) % 2]
         slot = T - s
         for q in range(parts):
             p = claim(claimed, slot, w, q, parts)
             if p >= 0:
-                _backward_part(bounds[p], bounds[p + 1], G, gidx, cifg, act, s == T - 1, Z, PRE,
-                               t, prev, cur, dZP2[(s + 1) % 2], dZP2[s % 2], dZ, order, Wp,
+                _backward_part(bounds[p], bounds[p + 1], G, gidx, cifg, act, ZHT, ZCT, s == T - 1,
+                               Z, PRE, t, prev, cur, dZP2[(s + 1) % 2], dZP2[s % 2], dZ, order, Wp,
                                w_off[p],
                                CT[t], cprev, dhT, dOUT, dOT, dcT, wexp, ones, scratch[p], mask,
                                has_mask, saved)
                 finish(finished, slot)
         wait(finished, slot, parts)
     last = dZs2[0]  # the gradient of the first step processed last: s == 0
+    add_dh = has_mask or ZHT.shape[0] > 0  # dh_0 adds onto a pass-through (mask, zoneout)
     TB = T * B
     X2 = X.reshape(TB, D)
     dX2 = dX.reshape(TB, D)
@@ -526,21 +562,22 @@ def _backward_thread(w, X, Wih, Whh, order, has_bias, wexp, gidx, cifg, act, mas
         p = claim(claimed, T + 1, w, q, parts)
         if p >= 0:
             _weights_part(p, parts, bounds[p], bounds[p + 1], gidx, reverse, has_mask,
-                          has_bias, has_peep, Wp, w_off[p], last, dhT, dZ, X2, gWih, HP, gWhh, O2,
-                          h0, ones, db, gbih, gbhh, Wih, dX2, CPT, c0T, CT, gpeep, fold, ids, E, S,
-                          dE)
+                          has_bias, has_peep, Wp, w_off[p], last, add_dh,
+                          dhT, dZ, X2, gWih, HP, gWhh, O2, h0, ones, db, gbih, gbhh, Wih, dX2, CPT,
+                          c0T, CT, CST, gpeep, fold, ids, E, S, dE)
             finish(finished, T + 1)
 
 
 def _backward_driver(loop):
-    def lstm_backward_t(X, Wih, Whh, order, has_bias, wexp, gidx, cifg, act, mask, has_mask,
-                        reverse, h0, c0, Z, PRE, OUT, CT, HP, CPT, dOUT, dh, dc, dZs2, dZP2, dZ, dX,
-                        gWih, gWhh,
+    def lstm_backward_t(X, Wih, Whh, order, has_bias, wexp, gidx, cifg, act, ZHT, ZCT, mask,
+                        has_mask, reverse, h0, c0, Z, PRE, OUT, CT, CST, HP, CPT, dOUT, dh, dc,
+                        dZs2, dZP2, dZ, dX, gWih, gWhh,
                         gbih, gbhh, gpeep, has_peep, dhT, dcT, dOT, saved, ones, scratch, bounds,
                         Wp, w_off, fold, ids, E, S, dE):
         """Backpropagation through time. Z (T, GH, B): the forward's activations, rows in the
         parts' order (``order``: those rows in the layer's order); PRE: the forward's
-        pre-activations with options (``act``), else not read. dh, dc (B, H): the gradient
+        pre-activations with options (``act``), else not read; ZHT, ZCT, CST: zoneout's, as
+        in the forward pass. dh, dc (B, H): the gradient
         at the final state on entry, at the initial state on return. dZs2 (2, GH, B) and
         dZP2 (2, GH * B, the same as panels; or (2, 0): none): work (the parts' order);
         dZ (GH, T, B) (the layer's order; for B = 1 step-major, (T, GH, 1)), dX (T, B, D):
@@ -563,9 +600,9 @@ def _backward_driver(loop):
         claimed = np.zeros((T + 2) * parts, dtype=np.int64)
         finished = np.zeros(T + 2, dtype=np.int64)
         for w in loop(parts):  # one region: every worker runs the time loop (see sync.py)
-            _backward_thread(w, X, Wih, Whh, order, has_bias, wexp, gidx, cifg, act, mask,
-                             has_mask, reverse, h0, Z, PRE, OUT, CT, HP, CPT, dOUT, dZs2, dZP2, dZ,
-                             dX, gWih, gWhh,
+            _backward_thread(w, X, Wih, Whh, order, has_bias, wexp, gidx, cifg, act, ZHT, ZCT,
+                             mask, has_mask, reverse, h0, Z, PRE, OUT, CT, CST, HP, CPT, dOUT,
+                             dZs2, dZP2, dZ, dX, gWih, gWhh,
                              gbih, gbhh, gpeep, has_peep, dhT, dcT, dOT, saved, ones, scratch,
                              bounds, Wp, w_off, fold, ids, E, S, dE, c0T, db, claimed, finished)
         TB = T * B
