@@ -6,7 +6,8 @@ same process, alternating, ``--rounds`` times; each round times ``--reps`` calls
 keeps the best; the ratio printed is the median over rounds of option / plain (the plan that
 ran is printed too). Record the CPU with the numbers (printed first).
 
-    python benchmarks/bench_options.py [--shape 50,16,64,128] [--threads 1] [--json OUT]
+    python benchmarks/bench_options.py [--layer LSTM|GRU|RNN] [--shape 50,16,64,128]
+        [--threads 1] [--only SUBSTRING] [--json OUT]
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import time
 import numpy as np
 
 import lstmkit
+from lstmkit.layers import RecurrentLayer
 
-OPTIONS: dict[str, dict] = {
+OPTIONS: dict[str, dict[str, dict]] = {"LSTM": {
     "activation=relu": {"activation": "relu"},
     "recurrent_activation=hard_sigmoid": {"recurrent_activation": "hard_sigmoid"},
     "output_activation=identity (NOAF)": {"output_activation": "identity"},
@@ -36,7 +38,15 @@ OPTIONS: dict[str, dict] = {
     "zoneout=0.1, zoneout_c=0.1": {"zoneout": 0.1, "zoneout_c": 0.1},
     "weight_drop=0.3": {"weight_drop": 0.3},
     "layer_norm": {"layer_norm": True},
-}
+}, "GRU": {
+    "activation=relu": {"activation": "relu"},
+    "recurrent_activation=hard_sigmoid": {"recurrent_activation": "hard_sigmoid"},
+    "clip=3": {"clip": 3.0},
+    "linear_before_reset=False": {"linear_before_reset": False},
+}, "RNN": {
+    "activation=softsign": {"activation": "softsign"},
+    "clip=3": {"clip": 3.0},
+}}
 
 
 def cpu() -> str:
@@ -53,7 +63,7 @@ def cpu() -> str:
     return f"{name} ({' '.join(vector)})"
 
 
-def best_call(layer: lstmkit.LSTM, x: np.ndarray, d_out: np.ndarray, reps: int) -> float:
+def best_call(layer: RecurrentLayer, x: np.ndarray, d_out: np.ndarray, reps: int) -> float:
     """The best of ``reps`` training calls (forward and backward), seconds."""
     best = float("inf")
     for _ in range(reps):
@@ -66,6 +76,7 @@ def best_call(layer: lstmkit.LSTM, x: np.ndarray, d_out: np.ndarray, reps: int) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layer", default="LSTM", choices=sorted(OPTIONS))
     parser.add_argument("--shape", default="50,16,64,128", help="T,B,D,H")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5)
@@ -77,16 +88,18 @@ def main() -> None:
     lstmkit.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((T, B, D)).astype(np.float32)
-    print(f"CPU: {cpu()}; shape (T, B, D, H) = {(T, B, D, H)}; {args.threads} thread(s)")
-    plain = lstmkit.LSTM(D, H, seed=0)
+    print(f"CPU: {cpu()}; {args.layer}, shape (T, B, D, H) = {(T, B, D, H)}; "
+          f"{args.threads} thread(s)")
+    Layer = getattr(lstmkit, args.layer)
+    plain = Layer(D, H, seed=0)
     plain.train()
     d_plain = np.ones((T, B, H), np.float32)
     results = {}
-    for name, options in OPTIONS.items():
+    for name, options in OPTIONS[args.layer].items():
         if args.only and args.only not in name:
             continue
         options = {k: (H // 2 if v == -1 else v) for k, v in options.items()}
-        layer = lstmkit.LSTM(D, H, seed=0, **options)
+        layer = Layer(D, H, seed=0, **options)
         layer.train()
         d_out = np.ones((T, B, options.get("proj_size") or H), np.float32)
         best_call(layer, x, d_out, 2)  # compile and warm up
@@ -107,7 +120,8 @@ def main() -> None:
               f"  plan: {plan}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"cpu": cpu(), "shape": [T, B, D, H], "threads": args.threads,
+            json.dump({"cpu": cpu(), "layer": args.layer, "shape": [T, B, D, H],
+                       "threads": args.threads,
                        "results": results}, f, indent=1)
 
 

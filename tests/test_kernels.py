@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import lstmkit
-from lstmkit.activations import NAMES, TANH, Activation
+from lstmkit.activations import NAMES, RELU, SIGMOID, TANH, Activation
 from lstmkit.cells import GRUCell, LSTMCell, RNNCell
 from lstmkit.engine import ENGINE, Plan, candidate_plans, choose_plan, kernels
 from lstmkit.engine.reference import ReferenceRecurrence
@@ -193,6 +193,20 @@ def test_lstm_zoneout(zoneout, zoneout_c, training):
             T=7, B=1, masked=True, reverse=True, seed=3, training=training)
 
 
+@pytest.mark.parametrize("k,name", list(enumerate(NAMES)), ids=NAMES)
+def test_gru_rnn_functions_and_clip(k, name):
+    """The GRU's gate and candidate functions and the RNN's function, each of ONNX's with
+    non-default alpha and beta, every other one with a clip, in the compiled plan."""
+    act = _with_parameters(name)
+    clip = 0.4 if k % 2 else None
+    for cell in (GRUCell(4, 6, recurrent_activation=act, clip=clip, bias=k % 3 != 0),
+                 GRUCell(4, 6, activation=act, clip=clip), RNNCell(4, 6, activation=act,
+                                                                   clip=clip)):
+        for dtype in (np.float32, np.float64):
+            plans = compare(cell, dtype, masked=k % 2 == 0, reverse=k % 4 >= 2, seed=k)
+            assert [plan.kernel for plan in plans] == ["rows"]
+
+
 def test_clip_only_cuts_the_gates():
     """ONNX's clip bounds the gates' pre-activations, never c: every gate stays within
     f([-clip, clip]) while c (from a large c0) passes the clip, in every plan."""
@@ -310,8 +324,10 @@ def test_random_shapes(seed):
 
 @pytest.mark.parametrize("cell", [LSTMCell(4, 6, peepholes=True),
                                   LSTMCell(4, 6, activation=Activation("Softsign"), clip=0.5),
-                                  GRUCell(4, 6), RNNCell(4, 6)],
-                         ids=["lstm", "lstm-options", "gru", "rnn"])
+                                  GRUCell(4, 6), GRUCell(4, 6, activation=RELU, clip=0.5),
+                                  RNNCell(4, 6), RNNCell(4, 6, activation=SIGMOID, clip=0.5)],
+                         ids=["lstm", "lstm-options", "gru", "gru-options", "rnn",
+                              "rnn-options"])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_no_grad_forward_in_chunks(cell, masked, reverse):

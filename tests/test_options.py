@@ -98,8 +98,7 @@ def test_lstm_activations_gradcheck(options):
 def test_clip_stacked_bidirectional_lengths_gradcheck(mode):
     kw = {"peepholes": True} if mode == "LSTM" else {}
     layer = gradcheck_layer(mode, T=4, B=3, num_layers=2, bidirectional=True,
-                            lengths=np.array([4, 2, 3]), clip=0.4, reference=mode != "LSTM",
-                            **kw)
+                            lengths=np.array([4, 2, 3]), clip=0.4, reference=False, **kw)
     # the clip was active: some pre-activation lay outside [-0.4, 0.4]
     trace = layer.trace(np.random.default_rng(2).standard_normal((4, 3, 2)))
     keys = [k for k in trace.streams[0].cache["caches"][0] if k[:1] in "za"]
@@ -125,7 +124,9 @@ def test_clip_bounds_every_preactivation_and_not_c():
     {"recurrent_activation": "HardSigmoid", "activation": "Elu", "activation_alpha": [0.3]},
 ])
 def test_gru_options_gradcheck(options):
-    gradcheck_layer("GRU", H=3, **options)
+    # Cho et al.'s candidate (linear_before_reset=False) runs on the reference
+    gradcheck_layer("GRU", H=3, reference=not options.get("linear_before_reset", True),
+                    **options)
 
 
 def test_gru_linear_before_reset_false_is_cho_et_al():
@@ -151,7 +152,7 @@ def test_gru_linear_before_reset_false_is_cho_et_al():
 
 
 def test_rnn_activation_and_nonlinearity():
-    gradcheck_layer("RNN", activation="elu", clip=0.8)
+    gradcheck_layer("RNN", activation="elu", clip=0.8, reference=False)
     assert lstmkit.RNN(2, 3, activation="relu").nonlinearity == "relu"
     assert lstmkit.RNN(2, 3, nonlinearity="relu", activation="Relu").nonlinearity == "relu"
     with pytest.raises(ValueError, match="contradict"):
@@ -204,16 +205,20 @@ def test_option_errors_are_clear():
 
 
 def test_which_options_run_on_the_fused_plans():
-    """The LSTM's functions and clip run on the compiled plans (``kernels.activate``); full
-    gate recurrence, and the GRU's and RNN's options, on the reference."""
+    """The functions and clip of the LSTM, GRU and RNN run on the compiled plans
+    (``kernels.activate``); full gate recurrence and Cho et al.'s GRU on the reference."""
     x = np.random.default_rng(0).standard_normal((3, 2, 2)).astype(np.float32)
     for kw in ({"activation": "relu"}, {"clip": 3.0}, {"recurrent_activation": "hardsigmoid"},
                {"output_activation": "identity"}):
         layer = lstmkit.LSTM(2, 3, seed=0, **kw)
         layer(x)
         assert str(layer.last_plans["l0"]) != "reference", kw
+    for layer in (lstmkit.GRU(2, 3, seed=0, clip=3.0), lstmkit.RNN(2, 3, seed=0, clip=3.0),
+                  lstmkit.GRU(2, 3, seed=0, activation="relu")):
+        layer(x)
+        assert str(layer.last_plans["l0"]) != "reference", layer
     for layer in (lstmkit.LSTM(2, 3, seed=0, full_gate_recurrence=True),
-                  lstmkit.GRU(2, 3, seed=0, clip=3.0), lstmkit.RNN(2, 3, seed=0, clip=3.0)):
+                  lstmkit.GRU(2, 3, seed=0, linear_before_reset=False)):
         layer(x)
         assert str(layer.last_plans["l0"]) == "reference", layer
     layer = lstmkit.LSTM(2, 3, seed=0, activation="Tanh", recurrent_activation="SIGMOID",

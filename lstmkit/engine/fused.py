@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from lstmkit.activations import SIGMOID, TANH
+from lstmkit.activations import RELU, SIGMOID, TANH, Activation
 from lstmkit.cells import GRUCell, LSTMCell, RNNCell
 from lstmkit.engine.kernels import activate, packed, threads
 from lstmkit.engine.kernels import gru as _gru
@@ -177,16 +177,18 @@ def _lstm_peep(cell: LSTMCell, p: dict[str, Array], H: int, dtype: np.dtype) -> 
     return peep
 
 
-_DEFAULT_FUNCTIONS = (SIGMOID, TANH, TANH)
+def _options(functions: tuple[Activation, ...], defaults: tuple[Activation, ...],
+             clip: float | None, dtype: np.dtype) -> Array:
+    """A cell's functions and clip as the kernels read them (``kernels.activate.params``), or
+    an empty array when they are the cell's ``defaults`` without a clip: its own kernels."""
+    if functions == defaults and clip is None:
+        return np.empty(0, dtype=dtype)
+    return activate.params(functions, clip, dtype)
 
 
 def _lstm_options(cell: LSTMCell, dtype: np.dtype) -> Array:
-    """The cell's functions and clip as the kernels read them (``kernels.activate.params``), or
-    an empty array for the default cell (sigmoid, tanh, tanh, no clip): its own kernels."""
-    functions = (cell.recurrent_activation, cell.activation, cell.output_activation)
-    if functions == _DEFAULT_FUNCTIONS and cell.clip is None:
-        return np.empty(0, dtype=dtype)
-    return activate.params(functions, cell.clip, dtype)
+    return _options((cell.recurrent_activation, cell.activation, cell.output_activation),
+                    (SIGMOID, TANH, TANH), cell.clip, dtype)
 
 
 def _zoneout_masks(cell: LSTMCell, p: dict[str, Array], T: int, B: int,
@@ -448,13 +450,17 @@ def gru_forward(cell: GRUCell, p: dict[str, Array], x: Array, state0: State,
     HP = np.empty((T, B, H), dtype=dtype) if keep and has_mask else _dummy(dtype, 3)
     hs = np.empty((B, H), dtype=dtype)
     gh = np.empty((B, 3, H), dtype=dtype)
+    act = _options((cell.recurrent_activation, cell.activation), (SIGMOID, TANH), cell.clip,
+                   dtype)
+    PRE = np.empty_like(Z) if act.size else _dummy(dtype, 4)
     with _row_blas(B):
-        _gru.gru_forward(x, wih, whh, bih, bhh, cell.bias, mask_arr, has_mask, reverse, keep, h0,
-                         Z, HN, out, HP, hs, gh)
+        _gru.gru_forward(x, wih, whh, bih, bhh, cell.bias, act, mask_arr, has_mask, reverse, keep,
+                         h0, Z, PRE, HN, out, HP, hs, gh)
     cache = None
     if keep:
-        cache = {"kind": "gru", "plan": plan, "x": x, "Z": Z, "HN": HN, "out": out, "HP": HP,
-                 "h0": h0, "mask": mask_arr, "has_mask": has_mask, "reverse": reverse}
+        cache = {"kind": "gru", "plan": plan, "x": x, "Z": Z, "PRE": PRE, "act": act, "HN": HN,
+                 "out": out, "HP": HP, "h0": h0, "mask": mask_arr, "has_mask": has_mask,
+                 "reverse": reverse}
         out = out.copy()
     return out, (hs,), cache
 
@@ -469,8 +475,9 @@ def gru_backward(cell: GRUCell, p: dict[str, Array], cache: Any, d_out: Array,
     accs = _weight_gradients(grads, 3 * H, D, H, dtype)
     dh_new = np.empty((B, H), dtype=dtype)
     with _row_blas(B):
-        _gru.gru_backward(x, wih, whh, cell.bias, cache["mask"], cache["has_mask"],
-                          cache["reverse"], cache["h0"], Z, cache["HN"], cache["out"], cache["HP"],
+        _gru.gru_backward(x, wih, whh, cell.bias, cache["act"], cache["mask"], cache["has_mask"],
+                          cache["reverse"], cache["h0"], Z, cache["PRE"], cache["HN"],
+                          cache["out"], cache["HP"],
                           d_out, dh, dh_new, dGH, dNI, dX, *(acc.array for acc in accs))
     _finish(accs, grads)
     return dX, (dh,)
@@ -500,13 +507,15 @@ def rnn_forward(cell: RNNCell, p: dict[str, Array], x: Array, state0: State,
     HP = np.empty((T, B, H), dtype=dtype) if keep and has_mask else _dummy(dtype, 3)
     hs = np.empty((B, H), dtype=dtype)
     relu = cell.nonlinearity == "relu"
+    act = _options((cell.function,), (RELU if relu else TANH,), cell.clip, dtype)
+    PRE = np.empty_like(A) if act.size else _dummy(dtype, 3)
     with _row_blas(B):
-        _rnn.rnn_forward(x, wih, whh, bias, cell.bias, relu, mask_arr, has_mask, reverse, keep, h0,
-                         A, out, HP, hs)
+        _rnn.rnn_forward(x, wih, whh, bias, cell.bias, relu, act, mask_arr, has_mask, reverse,
+                         keep, h0, A, PRE, out, HP, hs)
     cache = None
     if keep:
-        cache = {"kind": "rnn", "plan": plan, "x": x, "A": A, "HP": HP, "h0": h0, "mask": mask_arr,
-                 "has_mask": has_mask, "reverse": reverse}
+        cache = {"kind": "rnn", "plan": plan, "x": x, "A": A, "PRE": PRE, "act": act, "HP": HP,
+                 "h0": h0, "mask": mask_arr, "has_mask": has_mask, "reverse": reverse}
         if out is A:
             out = out.copy()
     return out, (hs,), cache
@@ -521,8 +530,9 @@ def rnn_backward(cell: RNNCell, p: dict[str, Array], cache: Any, d_out: Array,
     accs = _weight_gradients(grads, H, D, H, dtype)
     relu = cell.nonlinearity == "relu"
     with _row_blas(B):
-        _rnn.rnn_backward(x, wih, whh, cell.bias, relu, cache["mask"], cache["has_mask"],
-                          cache["reverse"], cache["h0"], A, cache["HP"], d_out, dh, dA, dX,
+        _rnn.rnn_backward(x, wih, whh, cell.bias, relu, cache["act"], cache["mask"],
+                          cache["has_mask"], cache["reverse"], cache["h0"], A, cache["PRE"],
+                          cache["HP"], d_out, dh, dA, dX,
                           *(acc.array for acc in accs))
     _finish(accs, grads)
     return dX, (dh,)

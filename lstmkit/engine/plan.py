@@ -43,8 +43,8 @@ _FUSED_SWITCHES: dict[type, frozenset[str]] = {
     LSTMCell: frozenset({"bias", "peepholes", "forget_gate", "input_gate", "output_gate",
                          "coupled_input_forget", "recurrent_activation", "activation",
                          "output_activation", "clip", "zoneout", "zoneout_c"}),
-    GRUCell: frozenset({"bias"}),
-    RNNCell: frozenset({"bias", "nonlinearity"}),
+    GRUCell: frozenset({"bias", "recurrent_activation", "activation", "clip"}),
+    RNNCell: frozenset({"bias", "nonlinearity", "activation", "clip"}),
 }
 _SHAPE_FIELDS = frozenset({"input_size", "hidden_size"})
 

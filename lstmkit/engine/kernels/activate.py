@@ -32,22 +32,27 @@ _OPTS = {"cache": True, "error_model": "numpy", "fastmath": {"contract"}, "nogil
 _SCALAR = {"inline": "always", **_OPTS}
 
 KINDS = {name: k for k, name in enumerate(NAMES)}
-FUNCTION_FIELDS = 3  # kind, alpha, beta
-CLIP = 3 * FUNCTION_FIELDS  # after the three functions: the clip, then "no clip" (infinity)
-NO_CLIP = CLIP + 1
-SIZE = NO_CLIP + 1
+CLIP = 0  # params(): the clip, "no clip" (infinity), then (kind, alpha, beta) per function
+NO_CLIP = 1
+FUNCTION_FIELDS = 3
 
 
 def params(functions: tuple[Activation, ...], clip: float | None, dtype: np.dtype) -> np.ndarray:
-    """The kernels' description of a cell's three functions and clip: (kind, alpha, beta) of
-    each function in order, the clip (infinity for none), and infinity (the bound for a value
-    that is never clipped, such as the LSTM's c), in ``dtype`` (so that alpha and beta enter
-    the arithmetic in the arrays' precision, as they do in the reference)."""
-    values: list[float] = []
+    """The kernels' description of a cell's functions and clip: the clip (infinity for none),
+    infinity (the bound for a value that is never clipped, such as the LSTM's c), then
+    (kind, alpha, beta) of each function in order (``function``), in ``dtype`` (so that
+    alpha and beta enter the arithmetic in the arrays' precision, as in the reference)."""
+    values = [math.inf if clip is None else float(clip), math.inf]
     for act in functions:
         values += [KINDS[act.name], act.alpha or 0.0, act.beta or 0.0]
-    values += [math.inf if clip is None else float(clip), math.inf]
     return np.array(values, dtype=dtype)
+
+
+@njit(**_OPTS)
+def function(act, k):
+    """(kind, alpha, beta) of function k of ``act`` (``params``)."""
+    f = NO_CLIP + 1 + FUNCTION_FIELDS * k
+    return int(act[f]), act[f + 1], act[f + 2]
 
 
 # -- the scalar pairs: f(z, alpha, beta) and f'(z, y, alpha, beta), y = f(z) -----------------

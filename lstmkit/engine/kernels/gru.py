@@ -8,12 +8,17 @@ backward in HN (T, B, H).
 Backward: the per-step pass writes ``dgh = [dr, dz, dn_pre * r]`` into dGH (T, B, 3, H) and
 ``dn_pre`` (the n block of dgi, which differs from dgh's) into dNI (T, B, H); the recurrent
 gradient is one GEMM per step, the weight gradients large GEMMs over all steps afterwards.
+
+With the cell's options (other functions than sigmoid and tanh, ONNX's clip: ``activate``)
+the per-step passes are ``_gates_options`` and ``_candidate_options`` (and their backward),
+and the pre-activations of r, z, n are kept in PRE (the shape of Z) for backward.
 """
 
 from __future__ import annotations
 
 from numba import njit
 
+from lstmkit.engine.kernels import activate
 from lstmkit.engine.kernels.blas import add_recurrent_weight_gradient, gemm
 from lstmkit.engine.kernels.gates import flush, one_like, sigmoid, tanh
 from lstmkit.engine.kernels.loops import add_rows, copy1, copy2, fill1, fill_rows, flush_all
@@ -59,12 +64,99 @@ def _cell_backward(r, z, n, hn, hp, dh, dho, dr_out, dz_out, dnh_out, dni_out, d
         dh_prev[j] = flush(dhj * zj)
 
 
+# -- the cell with its options (loops compiled once per function: ``activate.by_function``) ----
+
+
+def _gates_options(f, df):
+    def loop(args):  # r, z = f(clip(gi + gh + b_h)), pre-activations kept
+        gr, gz, hr, hz, br, bz, pr, pz, a, b, clip = args
+        for j in range(gr.shape[0]):
+            vr = gr[j] + (hr[j] + br[j])
+            vz = gz[j] + (hz[j] + bz[j])
+            pr[j] = vr
+            pz[j] = vz
+            gr[j] = f(activate.clipped(vr, clip), a, b)
+            gz[j] = f(activate.clipped(vz, clip), a, b)
+    return loop
+
+
+def _candidate_options(f, df):
+    def loop(args):  # n = f(clip(gi_n + r * (W_hn h_prev + b_hn))), h
+        r, z, gn, hn, bn, pn, hp, hn_out, h_out, a, b, clip = args
+        for j in range(hp.shape[0]):
+            hnj = hn[j] + bn[j]
+            v = gn[j] + r[j] * hnj
+            pn[j] = v
+            n = f(activate.clipped(v, clip), a, b)
+            gn[j] = n
+            hn_out[j] = hnj
+            h_out[j] = (one_like(n) - z[j]) * n + z[j] * hp[j]
+    return loop
+
+
+def _candidate_options_backward(f, df):
+    def loop(args):  # dn_pre (dni), dL/dz before z's derivative (into dz_out), dh_prev's z part
+        z, n, pn, hp, dh, dho, dz_out, dni_out, dh_prev, a, b, clip = args
+        for j in range(hp.shape[0]):
+            dhj = flush(dh[j]) + dho[j]
+            zj = z[j]
+            dn = dhj * (one_like(zj) - zj)
+            dni_out[j] = flush(activate.cut(dn * df(pn[j], n[j], a, b), pn[j], clip))
+            dz_out[j] = dhj * (hp[j] - n[j])
+            dh_prev[j] = flush(dhj * zj)
+    return loop
+
+
+def _gates_options_backward(f, df):
+    def loop(args):  # dz, dr through the gates' function; dgh's n block dn_pre * r
+        r, z, hn, pr, pz, dr_out, dz_out, dnh_out, dni, a, b, clip = args
+        for j in range(r.shape[0]):
+            dz_out[j] = flush(activate.cut(dz_out[j] * df(pz[j], z[j], a, b), pz[j], clip))
+            dr_out[j] = flush(activate.cut(dni[j] * hn[j] * df(pr[j], r[j], a, b), pr[j],
+                                           clip))
+            dnh_out[j] = dni[j] * r[j]
+    return loop
+
+
+_run_gates_options = activate.by_function(_gates_options)
+_run_candidate_options = activate.by_function(_candidate_options)
+_run_candidate_options_backward = activate.by_function(_candidate_options_backward)
+_run_gates_options_backward = activate.by_function(_gates_options_backward)
+
+
 @njit(**_OPTS)
-def gru_forward(X, Wih, Whh, bih, bhh, has_bias, mask, has_mask, reverse, keep, h0,
-                Z, HN, OUT, HP, hs, gh):
+def _cell_forward_options(gr, gz, gn, hr, hz, hn, br, bz, bn, hp, hn_out, h_out, act, pr, pz,
+                          pn):
+    """``_cell_forward`` with the functions and clip of ``act`` (``activate.params``: the
+    gates', the candidate's); pre-activations into pr, pz, pn."""
+    clip = act[activate.CLIP]
+    kind, a, b = activate.function(act, 0)
+    _run_gates_options(kind, (gr, gz, hr, hz, br, bz, pr, pz, a, b, clip))
+    kind_n, a_n, b_n = activate.function(act, 1)
+    _run_candidate_options(kind_n, (gr, gz, gn, hn, bn, pn, hp, hn_out, h_out, a_n, b_n, clip))
+
+
+@njit(**_OPTS)
+def _cell_backward_options(r, z, n, hn, hp, dh, dho, dr_out, dz_out, dnh_out, dni_out, dh_prev,
+                           act, pr, pz, pn):
+    """``_cell_backward`` with the cell's options (``_cell_forward_options``)."""
+    clip = act[activate.CLIP]
+    kind_n, a_n, b_n = activate.function(act, 1)
+    _run_candidate_options_backward(kind_n, (z, n, pn, hp, dh, dho, dz_out, dni_out, dh_prev,
+                                             a_n, b_n, clip))
+    kind, a, b = activate.function(act, 0)
+    _run_gates_options_backward(kind, (r, z, hn, pr, pz, dr_out, dz_out, dnh_out, dni_out, a, b,
+                                       clip))
+
+
+@njit(**_OPTS)
+def gru_forward(X, Wih, Whh, bih, bhh, has_bias, act, mask, has_mask, reverse, keep, h0,
+                Z, PRE, HN, OUT, HP, hs, gh):
     """Z: (T, B, 3, H) if keep (r, z, n afterwards) else a (Tc, B, 3, H) chunk; HN: (T, B, H)
     if keep else (1, B, H); HP: (T, B, H) states before each step (keep with a mask);
-    hs (B, H): the final state; gh (B, 3, H): workspace."""
+    hs (B, H): the final state; gh (B, 3, H): workspace. ``act``: the cell's functions and
+    clip (``activate.params``), or empty for sigmoid and tanh; with them PRE (the shape of Z)
+    receives the pre-activations."""
     T, B, D = X.shape
     H = h0.shape[1]
     Tc = Z.shape[0]
@@ -99,8 +191,14 @@ def gru_forward(X, Wih, Whh, bih, bhh, has_bias, mask, has_mask, reverse, keep, 
             gemm(False, True, 1.0, h_prev, Whh, 0.0, gh2)
             hn_t = HN[t if keep else 0]
             for b in range(B):
-                _cell_forward(zt[b, 0], zt[b, 1], zt[b, 2], gh[b, 0], gh[b, 1], gh[b, 2],
-                              br, bz, bn, h_prev[b], hn_t[b], OUT[t, b])
+                if act.shape[0] > 0:
+                    pt = PRE[zoff + (t - t0), b]
+                    _cell_forward_options(zt[b, 0], zt[b, 1], zt[b, 2], gh[b, 0], gh[b, 1],
+                                          gh[b, 2], br, bz, bn, h_prev[b], hn_t[b], OUT[t, b],
+                                          act, pt[0], pt[1], pt[2])
+                else:
+                    _cell_forward(zt[b, 0], zt[b, 1], zt[b, 2], gh[b, 0], gh[b, 1], gh[b, 2],
+                                  br, bz, bn, h_prev[b], hn_t[b], OUT[t, b])
             if has_mask:
                 for b in range(B):
                     if mask[t, b]:
@@ -113,9 +211,10 @@ def gru_forward(X, Wih, Whh, bih, bhh, has_bias, mask, has_mask, reverse, keep, 
 
 
 @njit(**_OPTS)
-def gru_backward(X, Wih, Whh, has_bias, mask, has_mask, reverse, h0, Z, HN, OUT, HP, dOUT,
-                 dh, dh_new, dGH, dNI, dX, gWih, gWhh, gbih, gbhh):
-    """dh (B, H): gradient at the final state on entry, at the initial state on return."""
+def gru_backward(X, Wih, Whh, has_bias, act, mask, has_mask, reverse, h0, Z, PRE, HN, OUT, HP,
+                 dOUT, dh, dh_new, dGH, dNI, dX, gWih, gWhh, gbih, gbhh):
+    """dh (B, H): gradient at the final state on entry, at the initial state on return.
+    ``act``, PRE: the options and pre-activations of the forward pass (``gru_forward``)."""
     T, B, D = X.shape
     H = h0.shape[1]
     cur = dh
@@ -136,8 +235,14 @@ def gru_backward(X, Wih, Whh, has_bias, mask, has_mask, reverse, h0, Z, HN, OUT,
                 fill1(dNI[t, b], 0.0)
                 copy1(nxt[b], cur[b])
                 continue
-            _cell_backward(zt[b, 0], zt[b, 1], zt[b, 2], HN[t, b], h_prev[b], cur[b],
-                           dOUT[t, b], dg[b, 0], dg[b, 1], dg[b, 2], dNI[t, b], nxt[b])
+            if act.shape[0] > 0:
+                pt = PRE[t, b]
+                _cell_backward_options(zt[b, 0], zt[b, 1], zt[b, 2], HN[t, b], h_prev[b],
+                                       cur[b], dOUT[t, b], dg[b, 0], dg[b, 1], dg[b, 2],
+                                       dNI[t, b], nxt[b], act, pt[0], pt[1], pt[2])
+            else:
+                _cell_backward(zt[b, 0], zt[b, 1], zt[b, 2], HN[t, b], h_prev[b], cur[b],
+                               dOUT[t, b], dg[b, 0], dg[b, 1], dg[b, 2], dNI[t, b], nxt[b])
         # dh_prev = dh * z (set above) + dgh W_hh
         gemm(False, False, 1.0, dg.reshape(B, 3 * H), Whh, 1.0, nxt)
         cur, nxt = nxt, cur

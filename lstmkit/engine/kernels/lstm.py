@@ -236,21 +236,13 @@ _run_input_forget_gradient = activate.by_function(_input_forget_gradient)
 
 
 @njit(**_OPTS)
-def _kind(act, k):
-    """(kind, alpha, beta) of function k of ``act`` (``activate.params``: 0 the gates', 1 the
-    cell input's, 2 the cell output's)."""
-    f = activate.FUNCTION_FIELDS * k
-    return int(act[f]), act[f + 1], act[f + 2]
-
-
-@njit(**_OPTS)
 def cell_forward_options(zi, zf, zg, zo, cp, cn, hn, wci, wcf, wco, cifg, gidx, act, pi, pf,
                          pg, po):
     """``cell_forward`` with the cell's options: the functions and clip of ``act``
     (``activate.params``). The pre-activations (peepholes included, before the clip) go to
     pi, pf, pg, po for backward; a removed gate (gidx < 0) is 1 (its z* and p* are scratch)."""
     clip = act[activate.CLIP]
-    kind, a, b = _kind(act, 0)
+    kind, a, b = activate.function(act, 0)
     _run_gates_if(kind, (zi, zf, cp, wci, wcf, pi, pf, a, b, clip))
     if gidx[0] < 0:
         fill1(zi, 1.0)
@@ -259,12 +251,12 @@ def cell_forward_options(zi, zf, zg, zo, cp, cn, hn, wci, wcf, wco, cifg, gidx, 
     if cifg:
         for j in range(zf.shape[0]):
             zf[j] = one_like(zi[j]) - zi[j]
-    kind_g, a_g, b_g = _kind(act, 1)
+    kind_g, a_g, b_g = activate.function(act, 1)
     _run_cell_input(kind_g, (zg, pg, a_g, b_g, clip))
     _run_cell_and_output_gate(kind, (zi, zf, zg, zo, cp, cn, wco, po, a, b, clip))
     if gidx[3] < 0:
         fill1(zo, 1.0)
-    kind_h, a_h, b_h = _kind(act, 2)
+    kind_h, a_h, b_h = activate.function(act, 2)
     _run_hidden(kind_h, (zo, cn, hn, a_h, b_h))
 
 
@@ -274,12 +266,12 @@ def cell_backward_options(ai, af, ag, ao, c_row, cp, dh, dho, dc, dzi, dzf, dzg,
     """``cell_backward`` with the cell's options (``cell_forward_options``): p* the kept
     pre-activations (any array of ones for a removed gate), dct: n numbers of scratch."""
     clip = act[activate.CLIP]
-    kind_h, a_h, b_h = _kind(act, 2)
+    kind_h, a_h, b_h = activate.function(act, 2)
     _run_output_gradient(kind_h, (c_row, ao, dh, dho, dc, dzo, dct, a_h, b_h))
-    kind, a, b = _kind(act, 0)
+    kind, a, b = activate.function(act, 0)
     if gidx[3] >= 0:
         _run_output_gate_gradient(kind, (po, ao, dzo, dct, wco, a, b, clip))
-    kind_g, a_g, b_g = _kind(act, 1)
+    kind_g, a_g, b_g = activate.function(act, 1)
     _run_cell_gradient(kind_g, (ai, af, ag, pg, cp, dct, dzi, dzf, dzg, dc, cifg, a_g, b_g,
                                 clip))
     _run_input_forget_gradient(kind, (ai, af, pi, pf, dzi, dzf, dzg, dzo, dc, wci, wcf, a, b,

@@ -2,13 +2,15 @@
 
 A (T, B, H) holds ``b + X W_ih^T`` (one GEMM), then per step ``A[t] += h_prev W_hh^T`` (one
 GEMM) and the activation in place: A ends as h at every step (masked rows included). Without a
-mask A is the output itself.
+mask A is the output itself. With the cell's options (another function than tanh or relu, or
+ONNX's clip: ``activate``) each step's pre-activation is kept in PRE for backward.
 """
 
 from __future__ import annotations
 
 from numba import njit
 
+from lstmkit.engine.kernels import activate
 from lstmkit.engine.kernels.blas import add_recurrent_weight_gradient, gemm
 from lstmkit.engine.kernels.gates import flush, one_like, tanh
 from lstmkit.engine.kernels.loops import add_rows, copy1, copy2, fill1, fill_rows, flush_all
@@ -38,11 +40,36 @@ def _act_backward(h, dh, dho, da, relu):
             da[j] = flush(d * (one - hj * hj))
 
 
+def _step_options(f, df):
+    def loop(args):  # h = f(clip(z)), z kept
+        a, pre, alpha, beta, clip = args
+        for j in range(a.shape[0]):
+            v = a[j]
+            pre[j] = v
+            a[j] = f(activate.clipped(v, clip), alpha, beta)
+    return loop
+
+
+def _step_options_backward(f, df):
+    def loop(args):
+        h, pre, dh, dho, da, alpha, beta, clip = args
+        for j in range(h.shape[0]):
+            d = flush(dh[j]) + dho[j]
+            da[j] = flush(activate.cut(d * df(pre[j], h[j], alpha, beta), pre[j], clip))
+    return loop
+
+
+_run_step_options = activate.by_function(_step_options)
+_run_step_options_backward = activate.by_function(_step_options_backward)
+
+
 @njit(**_OPTS)
-def rnn_forward(X, Wih, Whh, bias, has_bias, relu, mask, has_mask, reverse, keep, h0,
-                A, OUT, HP, hs):
+def rnn_forward(X, Wih, Whh, bias, has_bias, relu, act, mask, has_mask, reverse, keep, h0,
+                A, PRE, OUT, HP, hs):
     """A: (T, B, H) activations; OUT: the output (A itself without a mask); HP: (T, B, H)
-    states before each step (keep with a mask); hs (B, H): the final state."""
+    states before each step (keep with a mask); hs (B, H): the final state. ``act``: the
+    function and clip (``activate.params``), or empty for tanh / relu (``relu``); with them
+    PRE (T, B, H) receives the pre-activations."""
     T, B, D = X.shape
     H = h0.shape[1]
     A2 = A.reshape(T * B, H)
@@ -62,8 +89,13 @@ def rnn_forward(X, Wih, Whh, bias, has_bias, relu, mask, has_mask, reverse, keep
             h_prev = A[t + 1 if reverse else t - 1]
         at = A[t]
         gemm(False, True, 1.0, h_prev, Whh, 1.0, at)
-        for b in range(B):
-            _act_forward(at[b], relu)
+        if act.shape[0] > 0:
+            kind, alpha, beta = activate.function(act, 0)
+            for b in range(B):
+                _run_step_options(kind, (at[b], PRE[t, b], alpha, beta, act[activate.CLIP]))
+        else:
+            for b in range(B):
+                _act_forward(at[b], relu)
         if has_mask:
             for b in range(B):
                 if mask[t, b]:
@@ -76,11 +108,13 @@ def rnn_forward(X, Wih, Whh, bias, has_bias, relu, mask, has_mask, reverse, keep
 
 
 @njit(**_OPTS)
-def rnn_backward(X, Wih, Whh, has_bias, relu, mask, has_mask, reverse, h0, A, HP, dOUT, dh,
-                 dA, dX, gWih, gWhh, gbih, gbhh):
-    """dh (B, H): gradient at the final state on entry, at the initial state on return."""
+def rnn_backward(X, Wih, Whh, has_bias, relu, act, mask, has_mask, reverse, h0, A, PRE, HP,
+                 dOUT, dh, dA, dX, gWih, gWhh, gbih, gbhh):
+    """dh (B, H): gradient at the final state on entry, at the initial state on return.
+    ``act``, PRE: the options and pre-activations of the forward pass (``rnn_forward``)."""
     T, B, D = X.shape
     H = h0.shape[1]
+    options = act.shape[0] > 0
     for s in range(T - 1, -1, -1):
         t = T - 1 - s if reverse else s
         da = dA[t]
@@ -88,7 +122,12 @@ def rnn_backward(X, Wih, Whh, has_bias, relu, mask, has_mask, reverse, h0, A, HP
             if has_mask and not mask[t, b]:
                 fill1(da[b], 0.0)
                 continue
-            _act_backward(A[t, b], dh[b], dOUT[t, b], da[b], relu)
+            if options:
+                kind, alpha, beta = activate.function(act, 0)
+                _run_step_options_backward(kind, (A[t, b], PRE[t, b], dh[b], dOUT[t, b], da[b],
+                                                  alpha, beta, act[activate.CLIP]))
+            else:
+                _act_backward(A[t, b], dh[b], dOUT[t, b], da[b], relu)
             if has_mask:
                 fill1(dh[b], 0.0)
         gemm(False, False, 1.0, da, Whh, 1.0 if has_mask else 0.0, dh)
