@@ -91,16 +91,16 @@ def random_problem(cell, dtype, T, B, masked, seed, scale=0.5):
     p = {k: rng.uniform(-scale, scale, size=s).astype(dtype)
          for k, s in cell.param_shapes().items()}
     x = rng.standard_normal((T, B, cell.input_size)).astype(dtype)
-    state0 = tuple(rng.standard_normal((B, cell.hidden_size)).astype(dtype)
-                   for _ in cell.state_names)
+    R = getattr(cell, "output_size", cell.hidden_size)  # the size of h (an LSTMP's P)
+    widths = [R if name == "h" else cell.hidden_size for name in cell.state_names]
+    state0 = tuple(rng.standard_normal((B, w)).astype(dtype) for w in widths)
     mask = None
     if masked:
         lengths = rng.integers(1, T + 1, size=B)
         lengths[0] = T
         mask = np.arange(T)[:, None] < lengths[None, :]
-    d_out = rng.standard_normal((T, B, cell.hidden_size)).astype(dtype)
-    d_state = tuple(rng.standard_normal((B, cell.hidden_size)).astype(dtype)
-                    for _ in cell.state_names)
+    d_out = rng.standard_normal((T, B, R)).astype(dtype)
+    d_state = tuple(rng.standard_normal((B, w)).astype(dtype) for w in widths)
     return p, x, state0, mask, d_out, d_state
 
 
@@ -205,6 +205,34 @@ def test_gru_rnn_functions_and_clip(k, name):
         for dtype in (np.float32, np.float64):
             plans = compare(cell, dtype, masked=k % 2 == 0, reverse=k % 4 >= 2, seed=k)
             assert [plan.kernel for plan in plans] == ["rows"]
+
+
+@pytest.mark.parametrize("masked,reverse", [(False, False), (True, True)])
+def test_lstm_projection(masked, reverse):
+    """proj_size (LSTMP, h = W_hr (o * tanh(c))) in the row kernels, over the variant switches,
+    with the cell's functions and zoneout (masks drawn, or their expectation), both dtypes,
+    B = 1 and chunked no-grad passes; the batch-inner plans refuse it."""
+    for k, variant in enumerate(LSTM_VARIANTS):
+        cell = LSTMCell(5, 7, **variant, proj_size=1 + k % 5,
+                        activation=Activation("Softsign") if k % 3 == 1 else TANH,
+                        zoneout=0.3 if k % 2 else 0.0, zoneout_c=0.2 if k % 4 == 1 else 0.0)
+        for dtype in (np.float32, np.float64):
+            plans = compare(cell, dtype, masked=masked, reverse=reverse, seed=k,
+                            training=k % 4 == 3)
+            assert plans == [Plan("rows")]
+    compare(LSTMCell(4, 9, proj_size=3, peepholes=True), np.float32, T=5, B=1, masked=masked,
+            reverse=reverse)
+    cell = LSTMCell(4, 6, proj_size=2)
+    assert choose(cell, B=64, T=50) == Plan("rows")
+    p, x, state0, mask, _, _ = random_problem(cell, np.float32, 7, 3, masked, 6)
+    ref_out, ref_final, _ = REF.forward(cell, p, x, state0, mask, reverse, False)
+    out, final, _ = ENGINE.forward(cell, p, x, state0, mask, reverse, False,
+                                   plan=Plan("rows", chunk_steps=2))
+    assert_close(out, ref_out, np.float32, "no-grad output")
+    for a, e in zip(final, ref_final):
+        assert_close(a, e, np.float32, "no-grad final state")
+    with pytest.raises(ValueError, match="do not implement"):
+        ENGINE.forward(cell, p, x, state0, mask, reverse, True, plan=Plan("batch-inner"))
 
 
 def test_clip_only_cuts_the_gates():

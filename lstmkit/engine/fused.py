@@ -193,15 +193,24 @@ def _lstm_options(cell: LSTMCell, dtype: np.dtype) -> Array:
 
 def _zoneout_masks(cell: LSTMCell, p: dict[str, Array], T: int, B: int,
                    dtype: np.dtype) -> tuple[Array, Array]:
-    """The zoneout masks of h and c (T, B, H) for the row kernels: the layer's draws while
-    training (``p["zoneout_mask"]``, ``p["zoneout_c_mask"]``), else the rates (evaluation
-    uses the expectation, as the cell does); both empty (0, 1, 1) without zoneout."""
+    """The zoneout masks of h (T, B, R) and c (T, B, H): the layer's draws while training
+    (``p["zoneout_mask"]``, ``p["zoneout_c_mask"]``), else the rates (evaluation uses the
+    expectation, as the cell does); both empty (0, 1, 1) without zoneout."""
     if not (cell.zoneout or cell.zoneout_c):
         return (np.zeros((0, 1, 1), dtype=dtype),) * 2
-    H = cell.hidden_size
-    return tuple(_c(p[name], dtype) if name in p else np.full((T, B, H), rate, dtype=dtype)
-                 for name, rate in (("zoneout_mask", cell.zoneout),
-                                    ("zoneout_c_mask", cell.zoneout_c)))
+    return tuple(_c(p[name], dtype) if name in p else np.full((T, B, size), rate, dtype=dtype)
+                 for name, rate, size in (("zoneout_mask", cell.zoneout, cell.output_size),
+                                          ("zoneout_c_mask", cell.zoneout_c, cell.hidden_size)))
+
+
+def _projection(cell: LSTMCell, p: dict[str, Array], steps: int, B: int,
+                dtype: np.dtype) -> tuple[Array, Array]:
+    """W_hr (P, H) and room for m = o * tanh(c) of ``steps`` steps (steps, B, H), or (0, H)
+    and a dummy without a projection (``proj_size`` = 0)."""
+    if not cell.proj_size:
+        return np.zeros((0, cell.hidden_size), dtype=dtype), _dummy(dtype, 3)
+    return (_c(p["weight_hr"], dtype),
+            np.empty((steps, B, cell.hidden_size), dtype=dtype))
 
 
 def lstm_forward(cell: LSTMCell, p: dict[str, Array], x: Array, state0: State,
@@ -228,15 +237,17 @@ def lstm_forward(cell: LSTMCell, p: dict[str, Array], x: Array, state0: State,
         return _lstm_forward_t(cell, x, wih, whh, bias, peep, gidx, mask_arr, has_mask, h0,
                                c0, reverse, keep, rows_of, plan, (ZH, ZC))
     Tc = _row_chunk(T, keep, plan)
+    R = cell.output_size
     Z = np.empty((Tc, B, G, H), dtype=dtype)
-    out = np.empty((T, B, H), dtype=dtype)
+    out = np.empty((T, B, R), dtype=dtype)
+    whr, M = _projection(cell, p, T if keep else 1, B, dtype)
     C = np.empty((T if keep else 2, B, H), dtype=dtype)
     if keep and has_mask:
-        HP = np.empty((T, B, H), dtype=dtype)
+        HP = np.empty((T, B, R), dtype=dtype)
         CP = np.empty((T, B, H), dtype=dtype)
     else:
         HP = CP = _dummy(dtype, 3)
-    hs = np.empty((B, H), dtype=dtype)
+    hs = np.empty((B, R), dtype=dtype)
     cs = np.empty((B, H), dtype=dtype)
     act = _lstm_options(cell, dtype)
     PRE = np.empty_like(Z) if act.size else _dummy(dtype, 4)
@@ -244,12 +255,13 @@ def lstm_forward(cell: LSTMCell, p: dict[str, Array], x: Array, state0: State,
     scratch = np.empty((5, H), dtype=dtype)
     big = np.full((4, H), _lstm.BIG, dtype=dtype)
     with _row_blas(B):
-        _lstm.lstm_forward(x, wih, whh, bias, cell.bias, peep, gidx, cell.coupled_input_forget,
-                           act, ZH, ZC, mask_arr, has_mask, reverse, keep, h0, c0, Z, PRE, out,
-                           C, CS, HP, CP, hs, cs, scratch, big)
+        _lstm.lstm_forward(x, wih, whh, whr, bias, cell.bias, peep, gidx,
+                           cell.coupled_input_forget, act, ZH, ZC, mask_arr, has_mask, reverse,
+                           keep, h0, c0, Z, PRE, out, M, C, CS, HP, CP, hs, cs, scratch, big)
     cache = None
     if keep:
         cache = {"kind": "lstm", "plan": plan, "x": x, "Z": Z, "PRE": PRE, "out": out, "C": C,
+                 "M": M,
                  "CS": CS, "ZH": ZH, "ZC": ZC, "HP": HP, "CP": CP,
                  "h0": h0, "c0": c0, "mask": mask_arr, "has_mask": has_mask,
                  "reverse": reverse, "gidx": gidx}
@@ -386,20 +398,27 @@ def lstm_backward(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Array,
     peep = _lstm_peep(cell, p, H, dtype)
     if cache["plan"].kernel == "batch-inner":
         return _lstm_backward_t(cell, cache, wih, whh, peep, d_out, dh, dc, grads)
+    R = cell.output_size
     dZ = np.empty_like(Z)
     dX = np.empty((T, B, D), dtype=dtype)
-    accs = _weight_gradients(grads, G * H, D, H, dtype)
+    accs = _weight_gradients(grads, G * H, D, R, dtype)
+    whr = _projection(cell, p, 0, B, dtype)[0]
+    gwhr = _Accumulate(grads.get("weight_hr"), whr.shape, dtype)
+    dHN = np.empty((T if cell.proj_size else 1, B, R), dtype=dtype)
+    dM = np.empty((B, H), dtype=dtype)
     gpeep = np.zeros((3, H), dtype=dtype)
-    scratch = np.empty((9, H), dtype=dtype)
+    scratch = np.empty((7, H), dtype=dtype)
     ones = np.ones(H, dtype=dtype)
+    gWih, gWhh, gbih, gbhh = (acc.array for acc in accs)
     with _row_blas(B):
-        _lstm.lstm_backward(x, wih, whh, cell.bias, peep, cell.peepholes, cache["gidx"],
+        _lstm.lstm_backward(x, wih, whh, whr, cell.bias, peep, cell.peepholes, cache["gidx"],
                             cell.coupled_input_forget, _lstm_options(cell, dtype), cache["ZH"],
                             cache["ZC"], cache["mask"], cache["has_mask"], cache["reverse"],
-                            cache["h0"], cache["c0"], Z, cache["PRE"], cache["out"], cache["C"],
-                            cache["CS"], cache["HP"], cache["CP"], d_out, dh, dc, dZ, dX,
-                            *(acc.array for acc in accs), gpeep, scratch, ones)
-    _finish(accs, grads, gpeep)
+                            cache["h0"], cache["c0"], Z, cache["PRE"], cache["out"], cache["M"],
+                            cache["C"], cache["CS"], cache["HP"], cache["CP"], d_out, dh, dc, dZ,
+                            dX, dHN, dM, gWih, gWhh, gwhr.array, gbih, gbhh, gpeep, scratch,
+                            ones)
+    _finish([*accs, gwhr], grads, gpeep)
     return dX, (dh, dc)
 
 

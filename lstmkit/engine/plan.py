@@ -42,11 +42,13 @@ PROJECTIONS = ("panel", "direct", "folded")
 _FUSED_SWITCHES: dict[type, frozenset[str]] = {
     LSTMCell: frozenset({"bias", "peepholes", "forget_gate", "input_gate", "output_gate",
                          "coupled_input_forget", "recurrent_activation", "activation",
-                         "output_activation", "clip", "zoneout", "zoneout_c"}),
+                         "output_activation", "clip", "zoneout", "zoneout_c", "proj_size"}),
     GRUCell: frozenset({"bias", "recurrent_activation", "activation", "clip"}),
     RNNCell: frozenset({"bias", "nonlinearity", "activation", "clip"}),
 }
 _SHAPE_FIELDS = frozenset({"input_size", "hidden_size"})
+# switches only the row kernels implement (the batch-inner plans refuse a cell that sets one)
+_ROWS_ONLY = frozenset({"proj_size"})
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,11 @@ def fused_supports(cell: Any, dtype: Any) -> bool:
     return True
 
 
+def _rows_only(cell: Any) -> bool:
+    """Whether the cell sets a switch that only the row kernels implement."""
+    return any(getattr(cell, name, 0) for name in _ROWS_ONLY)
+
+
 def _gates(cell: Any) -> int:
     return len(cell.gates) if isinstance(cell, LSTMCell) else (3 if isinstance(cell, GRUCell)
                                                                else 1)
@@ -147,7 +154,7 @@ def choose_plan(cell: Any, dtype: Any, T: int, B: int, *, keep: bool, threads: i
     if not enabled or not fused_supports(cell, dtype):
         return Plan("reference")
     H, D, G = cell.hidden_size, cell.input_size, _gates(cell)
-    if isinstance(cell, LSTMCell) and dtype == np.float32:
+    if isinstance(cell, LSTMCell) and dtype == np.float32 and not _rows_only(cell):
         parts = _parts(B, H, G, threads, fast_pool, th)
         # B = 1 on one thread keeps the row layout, whose per-step gemv is BLAS's
         if B >= 2 or parts > 1:
@@ -189,6 +196,8 @@ def check_plan(plan: Plan, cell: Any, dtype: Any, T: int, B: int,
         return
     if not (isinstance(cell, LSTMCell) and np.dtype(dtype) == np.float32):
         refuse("the batch-inner kernels are the float32 LSTM's")
+    if _rows_only(cell):
+        refuse(f"the batch-inner kernels do not implement {sorted(_ROWS_ONLY)} (use 'rows')")
     if plan.parts > cell.hidden_size:
         refuse(f"parts must be at most hidden_size = {cell.hidden_size}")
     if plan.projection == "folded" and (fold_rows is None or B < 2):
@@ -207,7 +216,7 @@ def candidate_plans(cell: Any, dtype: Any, T: int, B: int, *, keep: bool, max_pa
         return plans
     G, H = _gates(cell), cell.hidden_size
     plans.append(Plan("rows", chunk_steps=0 if keep else 1))
-    if not (isinstance(cell, LSTMCell) and dtype == np.float32):
+    if not (isinstance(cell, LSTMCell) and dtype == np.float32) or _rows_only(cell):
         return plans
     projections = ["panel"] + (["direct"] if B >= 2 else [])
     if fold_rows is not None and B >= 2:

@@ -279,27 +279,22 @@ def cell_backward_options(ai, af, ag, ao, c_row, cp, dh, dho, dc, dzi, dzf, dzg,
 
 
 @njit(**_OPTS)
-def zoneout_forward(h, h_prev, zh, c, c_prev, zc):
-    """Zoneout on runs of n numbers: h = zh * h_prev + (1 - zh) * h and the same for c (in
-    place; the masks are 1 where the previous value is kept)."""
-    for j in range(h.shape[0]):
-        one = one_like(zh[j])
-        h[j] = zh[j] * h_prev[j] + (one - zh[j]) * h[j]
-        c[j] = zc[j] * c_prev[j] + (one - zc[j]) * c[j]
+def zoneout_forward(x, x_prev, d):
+    """Zoneout on a run of numbers, in place: x = d * x_prev + (1 - d) * x (the mask d is 1
+    where the previous value is kept)."""
+    for j in range(x.shape[0]):
+        x[j] = d[j] * x_prev[j] + (one_like(d[j]) - d[j]) * x[j]
 
 
 @njit(**_OPTS)
-def zoneout_backward(dh, dho, dc, zh, zc, dh_new, keep_h, keep_c):
-    """Split the gradients at the step's state (dh + dho, dc) into those at the cell's own
-    values (dh_new, and dc in place) and the parts kept from the previous step's state
-    (keep_h, keep_c), for zoneout masks zh, zc."""
-    for j in range(dc.shape[0]):
-        one = one_like(zh[j])
-        d = flush(dh[j]) + dho[j]
-        dh_new[j] = d * (one - zh[j])
-        keep_h[j] = d * zh[j]
-        keep_c[j] = dc[j] * zc[j]
-        dc[j] = dc[j] * (one - zc[j])
+def zoneout_backward(d_state, d_out, z, d_new, keep):
+    """Zoneout backward on a run: the gradient at the step's state, d_state + d_out, split
+    into the cell's own value's (d_new) and the part the state kept of the previous one
+    (keep), for the mask z. d_new or keep may be d_state itself."""
+    for j in range(z.shape[0]):
+        d = flush(d_state[j]) + d_out[j]
+        d_new[j] = d * (one_like(d) - z[j])
+        keep[j] = d * z[j]
 
 
 @njit(**_OPTS)
@@ -309,8 +304,9 @@ def _mul_add(acc, a, b):
 
 
 @njit(**_OPTS)
-def lstm_forward(X, Wih, Whh, bias, has_bias, peep, gidx, cifg, act, ZH, ZC, mask, has_mask,
-                 reverse, keep, h0, c0, Z, PRE, OUT, C, CS, HP, CP, hs, cs, scratch, big):
+def lstm_forward(X, Wih, Whh, Whr, bias, has_bias, peep, gidx, cifg, act, ZH, ZC, mask,
+                 has_mask, reverse, keep, h0, c0, Z, PRE, OUT, M, C, CS, HP, CP, hs, cs, scratch,
+                 big):
     """Run the whole sequence. Buffers are allocated by the caller:
 
     Z: (T, B, G, H) when ``keep`` (holds the gate activations afterwards), else a chunk
@@ -323,9 +319,13 @@ def lstm_forward(X, Wih, Whh, bias, has_bias, peep, gidx, cifg, act, ZH, ZC, mas
     Zoneout (ZH, ZC (T, B, H), the masks of h and c: 1 keeps the previous value; empty
     without): C then holds the cell's own c, and CS (the shape of C) the state it passes on,
     d * c_prev + (1 - d) * c; without zoneout CS is C itself.
+    A projection (LSTMP: ``Whr`` (P, H), or (0, H) for none): h = W_hr m with m = o * tanh(c)
+    kept in M ((T, B, H) with ``keep``, else (1, B, H)); then h, h0, hs, OUT, HP and ZH are
+    P wide and Whh is (G*H, P).
     """
     T, B, D = X.shape
-    H = h0.shape[1]
+    H = c0.shape[1]
+    proj = Whr.shape[0] > 0
     Tc, _, G, _ = Z.shape
     GH = G * H
     X2 = X.reshape(T * B, D)
@@ -368,6 +368,7 @@ def lstm_forward(X, Wih, Whh, bias, has_bias, peep, gidx, cifg, act, ZH, ZC, mas
                 h_prev = OUT[tp]
                 c_prev = CS[tp if keep else (s - 1) % 2]
             gemm(False, True, 1.0, h_prev, Whh, 1.0, zt.reshape(B, GH))
+            m = M[t if keep else 0] if proj else OUT[t]  # where the cell writes o * tanh(c)
             for b in range(B):
                 # a removed gate computes on scratch holding BIG: its sigmoid is exactly 1
                 if ki < 0 or kf < 0 or ko < 0:
@@ -378,17 +379,21 @@ def lstm_forward(X, Wih, Whh, bias, has_bias, peep, gidx, cifg, act, ZH, ZC, mas
                 if options:
                     pt = PRE[zoff + (t - t0), b]
                     cell_forward_options(zi, zf, zt[b, kg], zo, c_prev[b], C[cslot, b],
-                                         OUT[t, b], wci, wcf, wco, cifg, gidx, act,
+                                         m[b], wci, wcf, wco, cifg, gidx, act,
                                          pt[ki] if ki >= 0 else scratch[4], pt[kf] if kf >= 0
                                          else scratch[4], pt[kg], pt[ko] if ko >= 0
                                          else scratch[4])
                 else:
-                    cell_forward(zi, zf, zt[b, kg], zo, c_prev[b], C[cslot, b], OUT[t, b],
+                    cell_forward(zi, zf, zt[b, kg], zo, c_prev[b], C[cslot, b], m[b],
                                  wci, wcf, wco, cifg)
                 if zoneout:
                     copy1(CS[cslot, b], C[cslot, b])
-                    zoneout_forward(OUT[t, b], h_prev[b], ZH[t, b], CS[cslot, b], c_prev[b],
-                                    ZC[t, b])
+                    zoneout_forward(CS[cslot, b], c_prev[b], ZC[t, b])
+            if proj:  # h = m W_hr^T
+                gemm(False, True, 1.0, m, Whr, 0.0, OUT[t])
+            if zoneout:
+                for b in range(B):
+                    zoneout_forward(OUT[t, b], h_prev[b], ZH[t, b])
             if has_mask:
                 for b in range(B):
                     if mask[t, b]:
@@ -404,16 +409,20 @@ def lstm_forward(X, Wih, Whh, bias, has_bias, peep, gidx, cifg, act, ZH, ZC, mas
 
 
 @njit(**_OPTS)
-def lstm_backward(X, Wih, Whh, has_bias, peep, has_peep, gidx, cifg, act, ZH, ZC, mask,
-                  has_mask, reverse, h0, c0, Z, PRE, OUT, C, CS, HP, CP, dOUT, dh, dc, dZ, dX,
-                  gWih, gWhh, gbih, gbhh, gpeep, scratch, ones):
+def lstm_backward(X, Wih, Whh, Whr, has_bias, peep, has_peep, gidx, cifg, act, ZH, ZC, mask,
+                  has_mask, reverse, h0, c0, Z, PRE, OUT, M, C, CS, HP, CP, dOUT, dh, dc, dZ, dX,
+                  dHN, dM, gWih, gWhh, gWhr, gbih, gbhh, gpeep, scratch, ones):
     """Backpropagation through time. dh, dc (B, H): the gradient at the final state on entry,
     at the initial state on return. dZ (T, B, G, H), dX (T, B, D): outputs. Gradients are
     accumulated into gWih, gWhh, gbih, gbhh (if has_bias) and gpeep (3, H) (if has_peep).
-    ``act``, PRE, ZH, ZC, CS: the options, masks and buffers of the forward pass
-    (``lstm_forward``); scratch (9, H)."""
+    ``act``, PRE, ZH, ZC, CS, Whr, M: the options, masks and buffers of the forward pass
+    (``lstm_forward``); with a projection its gradient is accumulated into gWhr (P, H).
+    dHN: the gradient at each step's own h (before zoneout), (T, B, R) with a projection
+    (read again for dW_hr), else (1, B, R); dM (B, H): work. scratch (8, H)."""
     T, B, D = X.shape
-    H = h0.shape[1]
+    H = c0.shape[1]
+    R = h0.shape[1]
+    proj = Whr.shape[0] > 0
     G = Z.shape[2]
     GH = G * H
     wci = peep[0]
@@ -422,16 +431,29 @@ def lstm_backward(X, Wih, Whh, has_bias, peep, has_peep, gidx, cifg, act, ZH, ZC
     ki, kf, kg, ko = gidx[0], gidx[1], gidx[2], gidx[3]
     options = act.shape[0] > 0
     zoneout = ZH.shape[0] > 0
-    dh_new = scratch[5]
-    no_dh = scratch[6]
-    keep_h = scratch[7]
-    keep_c = scratch[8]
+    no_dh = scratch[5]
+    keep_c = scratch[6]
     fill1(no_dh, 0.0)
     for s in range(T - 1, -1, -1):
         t = T - 1 - s if reverse else s
         c_prev = state_before(s, t, reverse, has_mask, CP, c0, CS)
         zt = Z[t]
         dzt = dZ[t]
+        # the gradient at each row's own h (dhn), and what passes straight back in dh: a
+        # masked row's whole gradient, zoneout's kept part, else nothing
+        dhn = dHN[t if proj else 0]
+        for b in range(B):
+            if has_mask and not mask[t, b]:
+                fill1(dhn[b], 0.0)
+            elif zoneout:
+                zoneout_backward(dh[b], dOUT[t, b], ZH[t, b], dhn[b], dh[b])
+            else:
+                for j in range(R):
+                    dhn[b, j] = flush(dh[b, j]) + dOUT[t, b, j]
+                    dh[b, j] = 0.0
+        if proj:  # h = W_hr m: the gradient at m = o * tanh(c)
+            gemm(False, False, 1.0, dhn, Whr, 0.0, dM)
+        dm = dM if proj else dhn
         for b in range(B):
             if has_mask and not mask[t, b]:
                 fill1(dzt[b].reshape(GH), 0.0)
@@ -442,39 +464,33 @@ def lstm_backward(X, Wih, Whh, has_bias, peep, has_peep, gidx, cifg, act, ZH, ZC
             dzi = dzt[b, ki] if ki >= 0 else scratch[0]
             dzf = dzt[b, kf] if kf >= 0 else scratch[1]
             dzo = dzt[b, ko] if ko >= 0 else scratch[3]
-            dh_in = dh[b]
-            dho = dOUT[t, b]
             if zoneout:
-                zoneout_backward(dh[b], dOUT[t, b], dc[b], ZH[t, b], ZC[t, b], dh_new, keep_h,
-                                 keep_c)
-                dh_in = dh_new
-                dho = no_dh
+                zoneout_backward(dc[b], no_dh, ZC[t, b], dc[b], keep_c)
             if options:
                 pt = PRE[t, b]
-                cell_backward_options(ai, af, zt[b, kg], ao, C[t, b], c_prev[b], dh_in,
-                                      dho, dc[b], dzi, dzf, dzt[b, kg], dzo, wci, wcf,
+                cell_backward_options(ai, af, zt[b, kg], ao, C[t, b], c_prev[b], dm[b],
+                                      no_dh, dc[b], dzi, dzf, dzt[b, kg], dzo, wci, wcf,
                                       wco, cifg, gidx, act, pt[ki] if ki >= 0 else ones,
                                       pt[kf] if kf >= 0 else ones, pt[kg],
                                       pt[ko] if ko >= 0 else ones, scratch[4])
             else:
-                cell_backward(ai, af, zt[b, kg], ao, C[t, b], c_prev[b], dh_in, dho,
+                cell_backward(ai, af, zt[b, kg], ao, C[t, b], c_prev[b], dm[b], no_dh,
                               dc[b], dzi, dzf, dzt[b, kg], dzo, wci, wcf, wco, cifg)
-            if zoneout:  # what the state kept of the previous step's passes straight back
-                copy1(dh[b], keep_h)
+            if zoneout:  # what the state kept of the previous step's c passes straight back
                 for j in range(H):
                     dc[b, j] = flush(dc[b, j] + keep_c[j])
-            elif has_mask:
-                fill1(dh[b], 0.0)
-        # dh_prev = dZ[t] W_hh (+ what a masked row passes through, or zoneout keeps: beta = 1)
-        gemm(False, False, 1.0, dzt.reshape(B, GH), Whh, 1.0 if has_mask or zoneout else 0.0,
-             dh)
+        # dh_prev = dZ[t] W_hh + what passes straight back (beta = 1)
+        gemm(False, False, 1.0, dzt.reshape(B, GH), Whh, 1.0, dh)
     TB = T * B
     dZ2 = dZ.reshape(TB, GH)
     X2 = X.reshape(TB, D)
     gemm(True, False, 1.0, dZ2, X2, 1.0, gWih)
     gemm(False, False, 1.0, dZ2, Wih, 0.0, dX.reshape(TB, D))
-    add_recurrent_weight_gradient(gWhh, dZ2, True, OUT.reshape(TB, H), HP, h0, T, B,
+    add_recurrent_weight_gradient(gWhh, dZ2, True, OUT.reshape(TB, R), HP, h0, T, B,
                                   reverse, has_mask)
+    if proj:  # dW_hr = sum over steps of dh_t^T m_t
+        gemm(True, False, 1.0, dHN.reshape(TB, R), M.reshape(TB, H), 1.0, gWhr)
+        flush_all(gWhr.reshape(gWhr.size))
     if has_bias:
         db = np.zeros(GH, dtype=X.dtype)
         add_rows(db, dZ2)
@@ -492,6 +508,6 @@ def lstm_backward(X, Wih, Whh, has_bias, peep, has_peep, gidx, cifg, act, ZH, ZC
                 if ko >= 0:
                     _mul_add(gpeep[2], dZ[t, b, ko], C[t, b])
     # flush-to-zero for what the GEMMs produced (the element-wise results already are)
-    for a in (dX.reshape(TB * D), dh.reshape(B * H), gWih.reshape(GH * D), gWhh.reshape(GH * H),
+    for a in (dX.reshape(TB * D), dh.reshape(B * R), gWih.reshape(GH * D), gWhh.reshape(GH * R),
               gbih, gbhh, gpeep.reshape(3 * H)):
         flush_all(a)

@@ -145,8 +145,8 @@ def _forward_part(u0, u1, G, gidx, cifg, act, zt, pt, P, zs, Wp, w_off, hprev, c
     if ZHT.shape[0] > 0:
         cs = cnext.reshape(H * B)[a0:a1]
         copy1(cs, cn)
-        zoneout_forward(hn, hprev.reshape(H * B)[a0:a1], ZHT[t].reshape(H * B)[a0:a1], cs, cp,
-                        ZCT[t].reshape(H * B)[a0:a1])
+        zoneout_forward(hn, hprev.reshape(H * B)[a0:a1], ZHT[t].reshape(H * B)[a0:a1])
+        zoneout_forward(cs, cp, ZCT[t].reshape(H * B)[a0:a1])
     transpose_into(OUT[t, :, u0:u1], hout[u0:u1])
     if has_mask:
         for u in range(u0, u1):
@@ -472,8 +472,8 @@ def _backward_part(u0, u1, G, gidx, cifg, act, ZHT, ZCT, first, Z, PRE, t, dZs_p
         no_dh = scratch[5, :n]
         for j in range(n):
             no_dh[j] = 0.0
-        zoneout_backward(dh_run, dho_run, dc_run, ZHT[t].reshape(H * B)[a0:a1],
-                         ZCT[t].reshape(H * B)[a0:a1], dh_new, keep_h, keep_c)
+        zoneout_backward(dh_run, dho_run, ZHT[t].reshape(H * B)[a0:a1], dh_new, keep_h)
+        zoneout_backward(dc_run, no_dh, ZCT[t].reshape(H * B)[a0:a1], dc_run, keep_c)
         dh_run = dh_new
         dho_run = no_dh
     if act.shape[0] > 0:
