@@ -19,8 +19,8 @@ FGR     full gate recurrence (gates see i, f, o     ``full_gate_recurrence=True`
         of the previous step)
 ======  ==========================================  =====================================
 
-NIAF, NOAF and FGR run on the reference plan (their options are not compiled), so they take
-several times longer per update than the others.
+FGR runs on the reference plan (full gate recurrence is not compiled), so it takes several
+times longer per update than the others; NIAF and NOAF (identity functions) are compiled.
 
 The task is the continual embedded Reber grammar of the ``forget-gate`` experiment (same
 training and test stream, see ``lstmkit.experiments.forget_gate``): one endless stream, so the
