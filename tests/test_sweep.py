@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import threading
 
 import pytest
 from click.testing import CliRunner
 
 from lstmkit.cli import main
 from lstmkit.experiments import run_experiment
+from lstmkit.experiments.ray_session import RaySession
 from lstmkit.experiments.sweep import (
     INSTALL_HINT,
     SweepError,
@@ -293,3 +295,78 @@ def test_limit_threads_sets_and_restores_the_kernels_threads():
         assert used is None and numba.get_num_threads() == before
     with pytest.raises(ValueError, match="threads must be >= 1"), limit_threads(0):
         pass
+
+
+class FakeRay:
+    """``ray.init`` / ``ray.shutdown`` recorded; a shutdown outside the main thread waits
+    until ``release`` is set (one in the main thread returns at once, recorded as such)."""
+
+    def __init__(self, initialised: bool = False) -> None:
+        self.initialised = initialised
+        self.calls: list[tuple] = []
+        self.release = threading.Event()
+
+    def is_initialized(self) -> bool:
+        return self.initialised
+
+    def init(self, **options) -> None:
+        self.calls.append(("init", options))
+        self.initialised = True
+
+    def shutdown(self) -> None:
+        in_main = threading.current_thread() is threading.main_thread()
+        self.calls.append(("shutdown", "main thread" if in_main else "background"))
+        if not in_main:
+            self.release.wait()
+        self.calls.append(("stopped",))
+        self.initialised = False
+
+
+def test_a_session_stops_ray_in_the_background_and_close_waits_for_it():
+    fake = FakeRay()
+    session = RaySession(fake, address=None, num_cpus=2)
+    assert session.owned and fake.calls == [("init", {"address": None, "num_cpus": 2})]
+    session.stop_in_background()
+    session.stop_in_background()  # once only
+    assert ("stopped",) not in fake.calls  # returned while ray.shutdown still runs
+    fake.release.set()
+    session.close()
+    assert fake.calls[1:] == [("shutdown", "background"), ("stopped",)]
+
+
+def test_a_session_without_a_background_stop_stops_ray_in_close():
+    fake = FakeRay()
+    session = RaySession(fake)
+    session.close()
+    assert fake.calls == [("init", {}), ("shutdown", "main thread"), ("stopped",)]
+
+
+def test_a_session_leaves_a_ray_it_did_not_start_running():
+    fake = FakeRay(initialised=True)
+    session = RaySession(fake, address="auto")
+    session.stop_in_background()
+    session.close()
+    assert not session.owned and fake.calls == [] and fake.initialised
+
+
+def test_ray_stops_while_the_summaries_are_written(local_ray, tmp_path, monkeypatch):
+    from lstmkit.experiments import sweep
+
+    fake = FakeRay()  # stands for the Ray the sweep starts; its tasks run on local_ray
+    for name in ("is_initialized", "init", "shutdown"):
+        monkeypatch.setattr(ray, name, getattr(fake, name))
+    real = sweep.summarize
+
+    def summarize(*args):
+        fake.calls.append(("summarize",))
+        try:
+            return real(*args)
+        finally:
+            fake.release.set()  # the background shutdown may end now
+
+    monkeypatch.setattr(sweep, "summarize", summarize)
+    result = run_sweep("adding", tmp_path, mode="tiny", seeds=2, show_progress=False)
+    assert result.ran == 2 and (tmp_path / "summary.json").exists()
+    assert fake.calls[0][0] == "init"
+    assert sorted(fake.calls[1:3]) == [("shutdown", "background"), ("summarize",)]
+    assert fake.calls[3:] == [("stopped",)]  # and run_sweep returned only once Ray had stopped

@@ -29,7 +29,7 @@ import math
 import random
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -51,6 +51,7 @@ from lstmkit.experiments.common import (
     seed_list,
     to_jsonable,
 )
+from lstmkit.experiments.ray_session import RaySession
 from lstmkit.experiments.trial import run_trial
 from lstmkit.io import _dump_json, _remove_leftovers, _write_atomic
 
@@ -327,29 +328,27 @@ def import_ray() -> Any:
 
 
 @contextmanager
-def ray_session(address: str | None = None) -> Iterator[Any]:
+def ray_session(address: str | None = None) -> Iterator[RaySession]:
     """Ray for the block: started on this machine's cores (no ``address``) or joined at a
-    cluster's ``address``, and shut down afterwards. A Ray already initialised in this process
-    (a notebook's, a test's) is used as it is and left running."""
+    cluster's ``address``, and stopped when the block ends; the block may start stopping it
+    earlier, to write its results meanwhile (``session.stop_in_background()``). A Ray already
+    initialised in this process (a notebook's, a test's) is used as it is and left running."""
     ray = import_ray()
-    if ray.is_initialized():
-        yield ray
-        return
     # Ray starts its workers at nice 15 to keep its own processes responsive; a trial is the
     # user's foreground work, as `lstmkit experiment` is, and at nice 15 on a machine shared
     # with other jobs it gets only what they leave (docs/sweep.md). A cluster's nodes set
     # their own (RAY_worker_niceness=0 in `ray start`'s environment).
     local = {} if address else {"_system_config": {"worker_niceness": 0}}
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING, **local)
+        session = RaySession(ray, address=address, include_dashboard=False,
+                             log_to_driver=False, logging_level=logging.WARNING, **local)
     except (ConnectionError, RuntimeError, ValueError) as error:
         where = f"join the Ray cluster at {address!r}" if address else "start Ray on this machine"
         raise SweepError(f"could not {where}: {error}") from error
     try:
-        yield ray
+        yield session
     finally:
-        ray.shutdown()
+        session.close()
 
 
 def run_trials(ray: Any, experiment: str, mode: str, trials: Sequence[Trial], cpus: int,
@@ -407,18 +406,20 @@ def run_sweep(experiment: str, out: PathLike, mode: str = "full", seeds: int | N
             records[trial] = record
     echo(f"{len(plan.trials)} trials ({len(plan.settings)} settings x {len(plan.seeds)} seeds): "
          f"{len(records)} finished before, {len(todo)} to run, {cpus_per_trial} CPU(s) each")
-    if todo:
-        with ray_session(address) as ray, \
-                progress_bar(len(plan.trials), f"{experiment} trials", show_progress) as bar:
-            bar.update(len(records))
+    with ExitStack() as stack:
+        if todo:
+            session = stack.enter_context(ray_session(address))
+            with progress_bar(len(plan.trials), f"{experiment} trials", show_progress) as bar:
+                bar.update(len(records))
 
-            def done(trial: Trial, record: dict[str, Any]) -> None:
-                write_record(trial.path(out_dir), record)
-                records[trial] = record
-                bar.update(1)
+                def done(trial: Trial, record: dict[str, Any]) -> None:
+                    write_record(trial.path(out_dir), record)
+                    records[trial] = record
+                    bar.update(1)
 
-            run_trials(ray, experiment, mode, todo, cpus_per_trial, done)
-    summary, table = summarize(out_dir, plan, [records[t] for t in plan.trials])
+                run_trials(session.ray, experiment, mode, todo, cpus_per_trial, done)
+            session.stop_in_background()  # Ray stops while the summaries are written
+        summary, table = summarize(out_dir, plan, [records[t] for t in plan.trials])
     failed = [r for r in summary["trials"] if r["status"] != "ok"]
     return SweepResult(out_dir, plan, len(plan.trials) - len(todo), len(todo), failed, summary,
                        table)
@@ -437,19 +438,21 @@ def run_seeds_on_ray(experiment: str, mode: str = "full", seeds: int | None = No
     out_dir = prepare_out_dir(experiment, out, force)
     trials = [Trial(dict(overrides), s, k) for k, s in enumerate(run_seeds)]
     records: dict[Trial, dict[str, Any]] = {}
-    with ray_session(address) as ray, \
-            progress_bar(len(trials), f"{experiment} seeds", show_progress) as bar:
+    with ray_session(address) as session:
+        with progress_bar(len(trials), f"{experiment} seeds", show_progress) as bar:
 
-        def done(trial: Trial, record: dict[str, Any]) -> None:
-            records[trial] = record
-            bar.update(1)
+            def done(trial: Trial, record: dict[str, Any]) -> None:
+                records[trial] = record
+                bar.update(1)
 
-        run_trials(ray, experiment, mode, trials, 1, done)
-    failed = [records[t] for t in trials if records[t]["status"] != "ok"]
-    if failed:
-        raise SweepError("; ".join(f"seed {r['seed']} failed: {r['error']}" for r in failed))
-    runs = [from_jsonable(run) for t in trials for run in records[t]["runs"]]
-    return module.report(config, mode, run_seeds, runs, out_dir)
+            run_trials(session.ray, experiment, mode, trials, 1, done)
+        session.stop_in_background()  # Ray stops while the results are written
+        failed = [records[t] for t in trials if records[t]["status"] != "ok"]
+        if failed:
+            raise SweepError("; ".join(f"seed {r['seed']} failed: {r['error']}"
+                                       for r in failed))
+        runs = [from_jsonable(run) for t in trials for run in records[t]["runs"]]
+        return module.report(config, mode, run_seeds, runs, out_dir)
 
 
 # -- summaries ------------------------------------------------------------------------------------
