@@ -65,11 +65,14 @@ def _cell_backward(r, z, n, hn, hp, dh, dho, dr_out, dz_out, dnh_out, dni_out, d
 
 
 # -- the cell with its options (loops compiled once per function: ``activate.by_function``) ----
+# Each loop runs a whole step, all B rows: Z, gh, PRE blocks (B, 3, H), the rest (B, H); its
+# ``row`` takes the runs of one row as arguments (views made inside the loop and indexed there
+# kept LLVM from vectorising: 4x slower).
 
 
 def _gates_options(f, df):
-    def loop(args):  # r, z = f(clip(gi + gh + b_h)), pre-activations kept
-        gr, gz, hr, hz, br, bz, pr, pz, a, b, clip = args
+    @njit(**_OPTS)
+    def row(gr, gz, hr, hz, br, bz, pr, pz, a, b, clip):
         for j in range(gr.shape[0]):
             vr = gr[j] + (hr[j] + br[j])
             vz = gz[j] + (hz[j] + bz[j])
@@ -77,12 +80,19 @@ def _gates_options(f, df):
             pz[j] = vz
             gr[j] = f(activate.clipped(vr, clip), a, b)
             gz[j] = f(activate.clipped(vz, clip), a, b)
+
+    def loop(args):  # r, z = f(clip(gi + gh + b_h)), pre-activations kept
+        zt, gh, bhh, pt, a, b, clip = args
+        B, _, H = zt.shape
+        for k in range(B):
+            row(zt[k, 0], zt[k, 1], gh[k, 0], gh[k, 1], bhh[:H], bhh[H:2 * H], pt[k, 0],
+                pt[k, 1], a, b, clip)
     return loop
 
 
 def _candidate_options(f, df):
-    def loop(args):  # n = f(clip(gi_n + r * (W_hn h_prev + b_hn))), h
-        r, z, gn, hn, bn, pn, hp, hn_out, h_out, a, b, clip = args
+    @njit(**_OPTS)
+    def row(r, z, gn, hn, bn, pn, hp, hn_out, h_out, a, b, clip):
         for j in range(hp.shape[0]):
             hnj = hn[j] + bn[j]
             v = gn[j] + r[j] * hnj
@@ -91,30 +101,47 @@ def _candidate_options(f, df):
             gn[j] = n
             hn_out[j] = hnj
             h_out[j] = (one_like(n) - z[j]) * n + z[j] * hp[j]
+
+    def loop(args):  # n = f(clip(gi_n + r * (W_hn h_prev + b_hn))), h
+        zt, gh, bhh, pt, hp, hn_out, h_out, a, b, clip = args
+        B, _, H = zt.shape
+        for k in range(B):
+            row(zt[k, 0], zt[k, 1], zt[k, 2], gh[k, 2], bhh[2 * H:], pt[k, 2], hp[k], hn_out[k],
+                h_out[k], a, b, clip)
     return loop
 
 
 def _candidate_options_backward(f, df):
-    def loop(args):  # dn_pre (dni), dL/dz before z's derivative (into dz_out), dh_prev's z part
-        z, n, pn, hp, dh, dho, dz_out, dni_out, dh_prev, a, b, clip = args
+    @njit(**_OPTS)
+    def row(z, n, pn, hp, dh, dho, dz, dni, dh_prev, a, b, clip):
         for j in range(hp.shape[0]):
             dhj = flush(dh[j]) + dho[j]
-            zj = z[j]
-            dn = dhj * (one_like(zj) - zj)
-            dni_out[j] = flush(activate.cut(dn * df(pn[j], n[j], a, b), pn[j], clip))
-            dz_out[j] = dhj * (hp[j] - n[j])
-            dh_prev[j] = flush(dhj * zj)
+            dn = dhj * (one_like(z[j]) - z[j])
+            dni[j] = flush(activate.cut(dn * df(pn[j], n[j], a, b), pn[j], clip))
+            dz[j] = dhj * (hp[j] - n[j])
+            dh_prev[j] = flush(dhj * z[j])
+
+    def loop(args):  # dn_pre (dni), dL/dz before z's derivative (into dg's z block), dh_prev
+        zt, pt, hp, dh, dho, dg, dni, dh_prev, a, b, clip = args
+        for k in range(zt.shape[0]):
+            row(zt[k, 1], zt[k, 2], pt[k, 2], hp[k], dh[k], dho[k], dg[k, 1], dni[k],
+                dh_prev[k], a, b, clip)
     return loop
 
 
 def _gates_options_backward(f, df):
-    def loop(args):  # dz, dr through the gates' function; dgh's n block dn_pre * r
-        r, z, hn, pr, pz, dr_out, dz_out, dnh_out, dni, a, b, clip = args
+    @njit(**_OPTS)
+    def row(r, z, pr, pz, hn, dni, dr, dz, dnh, a, b, clip):
         for j in range(r.shape[0]):
-            dz_out[j] = flush(activate.cut(dz_out[j] * df(pz[j], z[j], a, b), pz[j], clip))
-            dr_out[j] = flush(activate.cut(dni[j] * hn[j] * df(pr[j], r[j], a, b), pr[j],
-                                           clip))
-            dnh_out[j] = dni[j] * r[j]
+            dz[j] = flush(activate.cut(dz[j] * df(pz[j], z[j], a, b), pz[j], clip))
+            dr[j] = flush(activate.cut(dni[j] * hn[j] * df(pr[j], r[j], a, b), pr[j], clip))
+            dnh[j] = dni[j] * r[j]
+
+    def loop(args):  # dz, dr through the gates' function; dgh's n block dn_pre * r
+        zt, pt, hn, dg, dni, a, b, clip = args
+        for k in range(zt.shape[0]):
+            row(zt[k, 0], zt[k, 1], pt[k, 0], pt[k, 1], hn[k], dni[k], dg[k, 0], dg[k, 1],
+                dg[k, 2], a, b, clip)
     return loop
 
 
@@ -125,28 +152,27 @@ _run_gates_options_backward = activate.by_function(_gates_options_backward)
 
 
 @njit(**_OPTS)
-def _cell_forward_options(gr, gz, gn, hr, hz, hn, br, bz, bn, hp, hn_out, h_out, act, pr, pz,
-                          pn):
-    """``_cell_forward`` with the functions and clip of ``act`` (``activate.params``: the
-    gates', the candidate's); pre-activations into pr, pz, pn."""
+def _step_forward_options(zt, gh, bhh, pt, hp, hn_out, h_out, act):
+    """The element-wise pass of one step, all rows, with the functions and clip of ``act``
+    (``activate.params``: the gates', the candidate's): r, z, n into zt (B, 3, H), their
+    pre-activations into pt, W_hn h_prev + b_hn into hn_out, h into h_out."""
     clip = act[activate.CLIP]
     kind, a, b = activate.function(act, 0)
-    _run_gates_options(kind, (gr, gz, hr, hz, br, bz, pr, pz, a, b, clip))
+    _run_gates_options(kind, (zt, gh, bhh, pt, a, b, clip))
     kind_n, a_n, b_n = activate.function(act, 1)
-    _run_candidate_options(kind_n, (gr, gz, gn, hn, bn, pn, hp, hn_out, h_out, a_n, b_n, clip))
+    _run_candidate_options(kind_n, (zt, gh, bhh, pt, hp, hn_out, h_out, a_n, b_n, clip))
 
 
 @njit(**_OPTS)
-def _cell_backward_options(r, z, n, hn, hp, dh, dho, dr_out, dz_out, dnh_out, dni_out, dh_prev,
-                           act, pr, pz, pn):
-    """``_cell_backward`` with the cell's options (``_cell_forward_options``)."""
+def _step_backward_options(zt, pt, hn, hp, dh, dho, dg, dni, dh_prev, act):
+    """Backward of ``_step_forward_options``: dgh = [dr, dz, dn_pre * r] into dg (B, 3, H),
+    dn_pre into dni, dh * z into dh_prev (every row: the caller fixes the masked ones)."""
     clip = act[activate.CLIP]
     kind_n, a_n, b_n = activate.function(act, 1)
-    _run_candidate_options_backward(kind_n, (z, n, pn, hp, dh, dho, dz_out, dni_out, dh_prev,
-                                             a_n, b_n, clip))
+    _run_candidate_options_backward(kind_n, (zt, pt, hp, dh, dho, dg, dni, dh_prev, a_n, b_n,
+                                             clip))
     kind, a, b = activate.function(act, 0)
-    _run_gates_options_backward(kind, (r, z, hn, pr, pz, dr_out, dz_out, dnh_out, dni_out, a, b,
-                                       clip))
+    _run_gates_options_backward(kind, (zt, pt, hn, dg, dni, a, b, clip))
 
 
 @njit(**_OPTS)
@@ -190,13 +216,11 @@ def gru_forward(X, Wih, Whh, bih, bhh, has_bias, act, mask, has_mask, reverse, k
                 h_prev = OUT[t + 1 if reverse else t - 1]
             gemm(False, True, 1.0, h_prev, Whh, 0.0, gh2)
             hn_t = HN[t if keep else 0]
-            for b in range(B):
-                if act.shape[0] > 0:
-                    pt = PRE[zoff + (t - t0), b]
-                    _cell_forward_options(zt[b, 0], zt[b, 1], zt[b, 2], gh[b, 0], gh[b, 1],
-                                          gh[b, 2], br, bz, bn, h_prev[b], hn_t[b], OUT[t, b],
-                                          act, pt[0], pt[1], pt[2])
-                else:
+            if act.shape[0] > 0:
+                _step_forward_options(zt, gh, bhh, PRE[zoff + (t - t0)], h_prev, hn_t, OUT[t],
+                                      act)
+            else:
+                for b in range(B):
                     _cell_forward(zt[b, 0], zt[b, 1], zt[b, 2], gh[b, 0], gh[b, 1], gh[b, 2],
                                   br, bz, bn, h_prev[b], hn_t[b], OUT[t, b])
             if has_mask:
@@ -229,18 +253,15 @@ def gru_backward(X, Wih, Whh, has_bias, act, mask, has_mask, reverse, h0, Z, PRE
             h_prev = OUT[t + 1 if reverse else t - 1]
         zt = Z[t]
         dg = dGH[t]
+        if act.shape[0] > 0:  # every row at once; masked rows are set right below
+            _step_backward_options(zt, PRE[t], HN[t], h_prev, cur, dOUT[t], dg, dNI[t], nxt, act)
         for b in range(B):
             if has_mask and not mask[t, b]:
                 fill1(dg[b].reshape(3 * H), 0.0)
                 fill1(dNI[t, b], 0.0)
                 copy1(nxt[b], cur[b])
                 continue
-            if act.shape[0] > 0:
-                pt = PRE[t, b]
-                _cell_backward_options(zt[b, 0], zt[b, 1], zt[b, 2], HN[t, b], h_prev[b],
-                                       cur[b], dOUT[t, b], dg[b, 0], dg[b, 1], dg[b, 2],
-                                       dNI[t, b], nxt[b], act, pt[0], pt[1], pt[2])
-            else:
+            if act.shape[0] == 0:
                 _cell_backward(zt[b, 0], zt[b, 1], zt[b, 2], HN[t, b], h_prev[b], cur[b],
                                dOUT[t, b], dg[b, 0], dg[b, 1], dg[b, 2], dNI[t, b], nxt[b])
         # dh_prev = dh * z (set above) + dgh W_hh
