@@ -245,3 +245,16 @@ def clipped(z, clip):
 def cut(d, z, clip):
     """d where the clip kept z (|z| <= clip), else 0: the clip's gradient."""
     return d if abs(z) <= clip else zero_like(d)
+
+
+def _apply_keeping(f, df):
+    def loop(args):  # z = f(clip(z)) in place, the pre-activation kept in pre
+        z, pre, a, b, clip = args
+        for j in range(z.shape[0]):
+            v = z[j]
+            pre[j] = v
+            z[j] = f(clipped(v, clip), a, b)
+    return loop
+
+
+apply_keeping = by_function(_apply_keeping)  # (kind, (z, pre, alpha, beta, clip))

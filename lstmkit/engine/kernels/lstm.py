@@ -144,16 +144,6 @@ def _gates_if(f, df):
     return loop
 
 
-def _cell_input(f, df):
-    def loop(args):  # g
-        zg, pg, a, b, clip = args
-        for j in range(zg.shape[0]):
-            v = zg[j]
-            pg[j] = v
-            zg[j] = f(activate.clipped(v, clip), a, b)
-    return loop
-
-
 def _cell_and_output_gate(f, df):
     def loop(args):  # c = f * c_prev + i * g, then o (its peephole sees c)
         zi, zf, zg, zo, cp, cn, wco, po, a, b, clip = args
@@ -226,7 +216,6 @@ def _input_forget_gradient(f, df):
 
 
 _run_gates_if = activate.by_function(_gates_if)
-_run_cell_input = activate.by_function(_cell_input)
 _run_cell_and_output_gate = activate.by_function(_cell_and_output_gate)
 _run_hidden = activate.by_function(_hidden)
 _run_output_gradient = activate.by_function(_output_gradient)
@@ -252,7 +241,7 @@ def cell_forward_options(zi, zf, zg, zo, cp, cn, hn, wci, wcf, wco, cifg, gidx, 
         for j in range(zf.shape[0]):
             zf[j] = one_like(zi[j]) - zi[j]
     kind_g, a_g, b_g = activate.function(act, 1)
-    _run_cell_input(kind_g, (zg, pg, a_g, b_g, clip))
+    activate.apply_keeping(kind_g, (zg, pg, a_g, b_g, clip))  # g
     _run_cell_and_output_gate(kind, (zi, zf, zg, zo, cp, cn, wco, po, a, b, clip))
     if gidx[3] < 0:
         fill1(zo, 1.0)

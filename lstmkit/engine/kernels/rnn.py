@@ -40,16 +40,6 @@ def _act_backward(h, dh, dho, da, relu):
             da[j] = flush(d * (one - hj * hj))
 
 
-def _step_options(f, df):
-    def loop(args):  # h = f(clip(z)), z kept
-        a, pre, alpha, beta, clip = args
-        for j in range(a.shape[0]):
-            v = a[j]
-            pre[j] = v
-            a[j] = f(activate.clipped(v, clip), alpha, beta)
-    return loop
-
-
 def _step_options_backward(f, df):
     def loop(args):
         h, pre, dh, dho, da, alpha, beta, clip = args
@@ -59,7 +49,6 @@ def _step_options_backward(f, df):
     return loop
 
 
-_run_step_options = activate.by_function(_step_options)
 _run_step_options_backward = activate.by_function(_step_options_backward)
 
 
@@ -92,7 +81,7 @@ def rnn_forward(X, Wih, Whh, bias, has_bias, relu, act, mask, has_mask, reverse,
         if act.shape[0] > 0:
             kind, alpha, beta = activate.function(act, 0)
             for b in range(B):
-                _run_step_options(kind, (at[b], PRE[t, b], alpha, beta, act[activate.CLIP]))
+                activate.apply_keeping(kind, (at[b], PRE[t, b], alpha, beta, act[activate.CLIP]))
         else:
             for b in range(B):
                 _act_forward(at[b], relu)
