@@ -235,6 +235,25 @@ def test_lstm_projection(masked, reverse):
         ENGINE.forward(cell, p, x, state0, mask, reverse, True, plan=Plan("batch-inner"))
 
 
+@pytest.mark.parametrize("masked,reverse", [(False, False), (True, False), (False, True),
+                                            (True, True)])
+def test_lstm_recurrent_dropout(masked, reverse):
+    """Recurrent dropout (one mask per gate and sequence on h_prev) in the row kernels, over
+    the variant switches, with the cell's functions, zoneout and a projection, both dtypes and
+    B = 1; without the masks (evaluation) it is the identity, as in the cell."""
+    for k, variant in enumerate(LSTM_VARIANTS):
+        cell = LSTMCell(5, 7, **variant, recurrent_dropout=0.4,
+                        activation=Activation("Softsign") if k % 3 == 1 else TANH,
+                        zoneout=0.3 if k % 4 == 2 else 0.0, proj_size=3 if k % 3 == 2 else 0)
+        for dtype in (np.float32, np.float64):
+            for training in (True, False):
+                plans = compare(cell, dtype, masked=masked, reverse=reverse, seed=k,
+                                training=training)
+                assert plans == [Plan("rows")]
+    compare(LSTMCell(4, 9, recurrent_dropout=0.5, peepholes=True), np.float32, T=5, B=1,
+            masked=masked, reverse=reverse, training=True)
+
+
 def test_clip_only_cuts_the_gates():
     """ONNX's clip bounds the gates' pre-activations, never c: every gate stays within
     f([-clip, clip]) while c (from a large c0) passes the clip, in every plan."""

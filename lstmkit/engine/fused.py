@@ -203,6 +203,15 @@ def _zoneout_masks(cell: LSTMCell, p: dict[str, Array], T: int, B: int,
                                           ("zoneout_c_mask", cell.zoneout_c, cell.hidden_size)))
 
 
+def _recurrent_dropout_mask(cell: LSTMCell, p: dict[str, Array], dtype: np.dtype) -> Array:
+    """The layer's recurrent-dropout masks (G, B, R) while training
+    (``p["recurrent_dropout_mask"]``), else (0, 1, 1): none (dropout is the identity
+    without them, as in the cell)."""
+    if cell.recurrent_dropout and "recurrent_dropout_mask" in p:
+        return _c(p["recurrent_dropout_mask"], dtype)
+    return np.zeros((0, 1, 1), dtype=dtype)
+
+
 def _projection(cell: LSTMCell, p: dict[str, Array], steps: int, B: int,
                 dtype: np.dtype) -> tuple[Array, Array]:
     """W_hr (P, H) and room for m = o * tanh(c) of ``steps`` steps (steps, B, H), or (0, H)
@@ -252,16 +261,18 @@ def lstm_forward(cell: LSTMCell, p: dict[str, Array], x: Array, state0: State,
     act = _lstm_options(cell, dtype)
     PRE = np.empty_like(Z) if act.size else _dummy(dtype, 4)
     CS = np.empty_like(C) if ZH.size else C
+    DROP = _recurrent_dropout_mask(cell, p, dtype)
     scratch = np.empty((5, H), dtype=dtype)
     big = np.full((4, H), _lstm.BIG, dtype=dtype)
     with _row_blas(B):
         _lstm.lstm_forward(x, wih, whh, whr, bias, cell.bias, peep, gidx,
-                           cell.coupled_input_forget, act, ZH, ZC, mask_arr, has_mask, reverse,
-                           keep, h0, c0, Z, PRE, out, M, C, CS, HP, CP, hs, cs, scratch, big)
+                           cell.coupled_input_forget, act, ZH, ZC, DROP, mask_arr, has_mask,
+                           reverse, keep, h0, c0, Z, PRE, out, M, C, CS, HP, CP, hs, cs,
+                           np.empty((B, R), dtype=dtype), scratch, big)
     cache = None
     if keep:
         cache = {"kind": "lstm", "plan": plan, "x": x, "Z": Z, "PRE": PRE, "out": out, "C": C,
-                 "M": M,
+                 "M": M, "DROP": DROP,
                  "CS": CS, "ZH": ZH, "ZC": ZC, "HP": HP, "CP": CP,
                  "h0": h0, "c0": c0, "mask": mask_arr, "has_mask": has_mask,
                  "reverse": reverse, "gidx": gidx}
@@ -413,11 +424,12 @@ def lstm_backward(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Array,
     with _row_blas(B):
         _lstm.lstm_backward(x, wih, whh, whr, cell.bias, peep, cell.peepholes, cache["gidx"],
                             cell.coupled_input_forget, _lstm_options(cell, dtype), cache["ZH"],
-                            cache["ZC"], cache["mask"], cache["has_mask"], cache["reverse"],
+                            cache["ZC"], cache["DROP"], cache["mask"], cache["has_mask"],
+                            cache["reverse"],
                             cache["h0"], cache["c0"], Z, cache["PRE"], cache["out"], cache["M"],
                             cache["C"], cache["CS"], cache["HP"], cache["CP"], d_out, dh, dc, dZ,
-                            dX, dHN, dM, gWih, gWhh, gwhr.array, gbih, gbhh, gpeep, scratch,
-                            ones)
+                            dX, dHN, dM, np.empty((B, R), dtype=dtype), gWih, gWhh, gwhr.array,
+                            gbih, gbhh, gpeep, scratch, ones)
     _finish([*accs, gwhr], grads, gpeep)
     return dX, (dh, dc)
 

@@ -42,13 +42,14 @@ PROJECTIONS = ("panel", "direct", "folded")
 _FUSED_SWITCHES: dict[type, frozenset[str]] = {
     LSTMCell: frozenset({"bias", "peepholes", "forget_gate", "input_gate", "output_gate",
                          "coupled_input_forget", "recurrent_activation", "activation",
-                         "output_activation", "clip", "zoneout", "zoneout_c", "proj_size"}),
+                         "output_activation", "clip", "zoneout", "zoneout_c", "proj_size",
+                         "recurrent_dropout"}),
     GRUCell: frozenset({"bias", "recurrent_activation", "activation", "clip"}),
     RNNCell: frozenset({"bias", "nonlinearity", "activation", "clip"}),
 }
 _SHAPE_FIELDS = frozenset({"input_size", "hidden_size"})
 # switches only the row kernels implement (the batch-inner plans refuse a cell that sets one)
-_ROWS_ONLY = frozenset({"proj_size"})
+_ROWS_ONLY = frozenset({"proj_size", "recurrent_dropout"})
 
 
 @dataclass(frozen=True)

@@ -287,15 +287,54 @@ def zoneout_backward(d_state, d_out, z, d_new, keep):
 
 
 @njit(**_OPTS)
+def _add_recurrent(h_prev, Whh, DROP, hd, zt):
+    """zt (B, G, H) += W_hh h_prev for every gate block; with recurrent dropout (DROP not
+    empty) block k sees h_prev * DROP[k] instead."""
+    B, G, H = zt.shape
+    if DROP.shape[0] == 0:
+        gemm(False, True, 1.0, h_prev, Whh, 1.0, zt.reshape(B, G * H))
+        return
+    for k in range(G):
+        for b in range(B):
+            for j in range(hd.shape[1]):
+                hd[b, j] = h_prev[b, j] * DROP[k, b, j]
+        gemm(False, True, 1.0, hd, Whh[k * H:(k + 1) * H], 1.0, zt[:, k])
+
+
+@njit(**_OPTS)
+def _recurrent_backward(dzt, Whh, DROP, hd, dh):
+    """dh (B, R) += the gradient through ``_add_recurrent``: dZ_t W_hh, or with recurrent
+    dropout the sum over gate blocks k of (dZ_t,k W_hh,k) * DROP[k]."""
+    B, G, H = dzt.shape
+    if DROP.shape[0] == 0:
+        gemm(False, False, 1.0, dzt.reshape(B, G * H), Whh, 1.0, dh)
+        return
+    for k in range(G):
+        gemm(False, False, 1.0, dzt[:, k], Whh[k * H:(k + 1) * H], 0.0, hd)
+        for b in range(B):
+            for j in range(hd.shape[1]):
+                dh[b, j] += hd[b, j] * DROP[k, b, j]
+
+
+@njit(**_OPTS)
+def _scale_rows(dst, src, m):
+    """dst[t, b] = src[t, b] * m[b] for (T, B, R) arrays and a (B, R) mask."""
+    for t in range(src.shape[0]):
+        for b in range(src.shape[1]):
+            for j in range(src.shape[2]):
+                dst[t, b, j] = src[t, b, j] * m[b, j]
+
+
+@njit(**_OPTS)
 def _mul_add(acc, a, b):
     for j in range(acc.shape[0]):
         acc[j] += a[j] * b[j]
 
 
 @njit(**_OPTS)
-def lstm_forward(X, Wih, Whh, Whr, bias, has_bias, peep, gidx, cifg, act, ZH, ZC, mask,
-                 has_mask, reverse, keep, h0, c0, Z, PRE, OUT, M, C, CS, HP, CP, hs, cs, scratch,
-                 big):
+def lstm_forward(X, Wih, Whh, Whr, bias, has_bias, peep, gidx, cifg, act, ZH, ZC, DROP, mask,
+                 has_mask, reverse, keep, h0, c0, Z, PRE, OUT, M, C, CS, HP, CP, hs, cs, hd,
+                 scratch, big):
     """Run the whole sequence. Buffers are allocated by the caller:
 
     Z: (T, B, G, H) when ``keep`` (holds the gate activations afterwards), else a chunk
@@ -311,6 +350,8 @@ def lstm_forward(X, Wih, Whh, Whr, bias, has_bias, peep, gidx, cifg, act, ZH, ZC
     A projection (LSTMP: ``Whr`` (P, H), or (0, H) for none): h = W_hr m with m = o * tanh(c)
     kept in M ((T, B, H) with ``keep``, else (1, B, H)); then h, h0, hs, OUT, HP and ZH are
     P wide and Whh is (G*H, P).
+    Recurrent dropout (DROP (G, B, R), the masks of one sequence, scaled; or (0, 1, 1)): gate
+    block k sees h_prev * DROP[k] (one product per gate, through hd (B, R)).
     """
     T, B, D = X.shape
     H = c0.shape[1]
@@ -356,7 +397,7 @@ def lstm_forward(X, Wih, Whh, Whr, bias, has_bias, peep, gidx, cifg, act, ZH, ZC
                 tp = t + 1 if reverse else t - 1
                 h_prev = OUT[tp]
                 c_prev = CS[tp if keep else (s - 1) % 2]
-            gemm(False, True, 1.0, h_prev, Whh, 1.0, zt.reshape(B, GH))
+            _add_recurrent(h_prev, Whh, DROP, hd, zt)
             m = M[t if keep else 0] if proj else OUT[t]  # where the cell writes o * tanh(c)
             for b in range(B):
                 # a removed gate computes on scratch holding BIG: its sigmoid is exactly 1
@@ -398,13 +439,13 @@ def lstm_forward(X, Wih, Whh, Whr, bias, has_bias, peep, gidx, cifg, act, ZH, ZC
 
 
 @njit(**_OPTS)
-def lstm_backward(X, Wih, Whh, Whr, has_bias, peep, has_peep, gidx, cifg, act, ZH, ZC, mask,
-                  has_mask, reverse, h0, c0, Z, PRE, OUT, M, C, CS, HP, CP, dOUT, dh, dc, dZ, dX,
-                  dHN, dM, gWih, gWhh, gWhr, gbih, gbhh, gpeep, scratch, ones):
+def lstm_backward(X, Wih, Whh, Whr, has_bias, peep, has_peep, gidx, cifg, act, ZH, ZC, DROP,
+                  mask, has_mask, reverse, h0, c0, Z, PRE, OUT, M, C, CS, HP, CP, dOUT, dh, dc,
+                  dZ, dX, dHN, dM, hd, gWih, gWhh, gWhr, gbih, gbhh, gpeep, scratch, ones):
     """Backpropagation through time. dh, dc (B, H): the gradient at the final state on entry,
     at the initial state on return. dZ (T, B, G, H), dX (T, B, D): outputs. Gradients are
     accumulated into gWih, gWhh, gbih, gbhh (if has_bias) and gpeep (3, H) (if has_peep).
-    ``act``, PRE, ZH, ZC, CS, Whr, M: the options, masks and buffers of the forward pass
+    ``act``, PRE, ZH, ZC, DROP, CS, Whr, M: the options, masks and buffers of the forward pass
     (``lstm_forward``); with a projection its gradient is accumulated into gWhr (P, H).
     dHN: the gradient at each step's own h (before zoneout), (T, B, R) with a projection
     (read again for dW_hr), else (1, B, R); dM (B, H): work. scratch (8, H)."""
@@ -468,15 +509,28 @@ def lstm_backward(X, Wih, Whh, Whr, has_bias, peep, has_peep, gidx, cifg, act, Z
             if zoneout:  # what the state kept of the previous step's c passes straight back
                 for j in range(H):
                     dc[b, j] = flush(dc[b, j] + keep_c[j])
-        # dh_prev = dZ[t] W_hh + what passes straight back (beta = 1)
-        gemm(False, False, 1.0, dzt.reshape(B, GH), Whh, 1.0, dh)
+        # dh_prev = dZ[t] W_hh + what passes straight back
+        _recurrent_backward(dzt, Whh, DROP, hd, dh)
     TB = T * B
     dZ2 = dZ.reshape(TB, GH)
     X2 = X.reshape(TB, D)
     gemm(True, False, 1.0, dZ2, X2, 1.0, gWih)
     gemm(False, False, 1.0, dZ2, Wih, 0.0, dX.reshape(TB, D))
-    add_recurrent_weight_gradient(gWhh, dZ2, True, OUT.reshape(TB, R), HP, h0, T, B,
-                                  reverse, has_mask)
+    if DROP.shape[0] == 0:
+        add_recurrent_weight_gradient(gWhh, dZ2, True, OUT.reshape(TB, R), HP, h0, T, B,
+                                      reverse, has_mask)
+    else:  # gate block k saw h_prev * DROP[k] at every step
+        OUTk = np.empty_like(OUT)
+        HPk = np.empty_like(HP) if has_mask else HP
+        h0k = np.empty_like(h0)
+        for k in range(G):
+            _scale_rows(OUTk, OUT, DROP[k])
+            if has_mask:
+                _scale_rows(HPk, HP, DROP[k])
+            _scale_rows(h0k.reshape(1, B, R), h0.reshape(1, B, R), DROP[k])
+            add_recurrent_weight_gradient(gWhh[k * H:(k + 1) * H], dZ2[:, k * H:(k + 1) * H],
+                                          True, OUTk.reshape(TB, R), HPk, h0k, T, B, reverse,
+                                          has_mask)
     if proj:  # dW_hr = sum over steps of dh_t^T m_t
         gemm(True, False, 1.0, dHN.reshape(TB, R), M.reshape(TB, H), 1.0, gWhr)
         flush_all(gWhr.reshape(gWhr.size))
