@@ -254,6 +254,21 @@ def test_lstm_recurrent_dropout(masked, reverse):
             masked=masked, reverse=reverse, training=True)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("masked,reverse", [(False, False), (True, False), (False, True),
+                                            (True, True)])
+def test_gru_cho_et_al(dtype, masked, reverse):
+    """Cho et al.'s GRU (linear_before_reset=False: n = g(W_in x + W_hn (r * h_prev) + b)) in
+    the compiled row plan, with and without biases, functions and clip, B = 1 included."""
+    for k, kw in enumerate(({}, {"bias": False},
+                            {"activation": Activation("Softsign"), "clip": 0.5})):
+        plans = compare(GRUCell(4, 6, linear_before_reset=False, **kw), dtype, masked=masked,
+                        reverse=reverse, seed=k)
+        assert [plan.kernel for plan in plans] == ["rows"]
+    compare(GRUCell(3, 5, linear_before_reset=False), dtype, T=4, B=1, masked=masked,
+            reverse=reverse)
+
+
 def test_clip_only_cuts_the_gates():
     """ONNX's clip bounds the gates' pre-activations, never c: every gate stays within
     f([-clip, clip]) while c (from a large c0) passes the clip, in every plan."""
@@ -372,8 +387,9 @@ def test_random_shapes(seed):
 @pytest.mark.parametrize("cell", [LSTMCell(4, 6, peepholes=True),
                                   LSTMCell(4, 6, activation=Activation("Softsign"), clip=0.5),
                                   GRUCell(4, 6), GRUCell(4, 6, activation=RELU, clip=0.5),
+                                  GRUCell(4, 6, linear_before_reset=False),
                                   RNNCell(4, 6), RNNCell(4, 6, activation=SIGMOID, clip=0.5)],
-                         ids=["lstm", "lstm-options", "gru", "gru-options", "rnn",
+                         ids=["lstm", "lstm-options", "gru", "gru-options", "gru-cho", "rnn",
                               "rnn-options"])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])

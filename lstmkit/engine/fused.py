@@ -481,15 +481,19 @@ def gru_forward(cell: GRUCell, p: dict[str, Array], x: Array, state0: State,
     HP = np.empty((T, B, H), dtype=dtype) if keep and has_mask else _dummy(dtype, 3)
     hs = np.empty((B, H), dtype=dtype)
     gh = np.empty((B, 3, H), dtype=dtype)
-    act = _options((cell.recurrent_activation, cell.activation), (SIGMOID, TANH), cell.clip,
-                   dtype)
+    # Cho et al.'s candidate (linear_before_reset=False) runs on the options' loops
+    lbr = cell.linear_before_reset
+    act = _options((cell.recurrent_activation, cell.activation), (SIGMOID, TANH) if lbr else (),
+                   cell.clip, dtype)
     PRE = np.empty_like(Z) if act.size else _dummy(dtype, 4)
+    RH = _dummy(dtype, 3) if lbr else np.empty((T if keep else 1, B, H), dtype=dtype)
     with _row_blas(B):
-        _gru.gru_forward(x, wih, whh, bih, bhh, cell.bias, act, mask_arr, has_mask, reverse, keep,
-                         h0, Z, PRE, HN, out, HP, hs, gh)
+        _gru.gru_forward(x, wih, whh, bih, bhh, cell.bias, act, lbr, mask_arr, has_mask, reverse,
+                         keep, h0, Z, PRE, HN, RH, out, HP, hs, gh)
     cache = None
     if keep:
         cache = {"kind": "gru", "plan": plan, "x": x, "Z": Z, "PRE": PRE, "act": act, "HN": HN,
+                 "RH": RH,
                  "out": out, "HP": HP, "h0": h0, "mask": mask_arr, "has_mask": has_mask,
                  "reverse": reverse}
         out = out.copy()
@@ -506,10 +510,11 @@ def gru_backward(cell: GRUCell, p: dict[str, Array], cache: Any, d_out: Array,
     accs = _weight_gradients(grads, 3 * H, D, H, dtype)
     dh_new = np.empty((B, H), dtype=dtype)
     with _row_blas(B):
-        _gru.gru_backward(x, wih, whh, cell.bias, cache["act"], cache["mask"], cache["has_mask"],
-                          cache["reverse"], cache["h0"], Z, cache["PRE"], cache["HN"],
-                          cache["out"], cache["HP"],
-                          d_out, dh, dh_new, dGH, dNI, dX, *(acc.array for acc in accs))
+        _gru.gru_backward(x, wih, whh, cell.bias, cache["act"], cell.linear_before_reset,
+                          cache["mask"], cache["has_mask"], cache["reverse"], cache["h0"], Z,
+                          cache["PRE"], cache["HN"], cache["RH"], cache["out"], cache["HP"],
+                          d_out, dh, dh_new, np.empty((B, H), dtype=dtype), dGH, dNI, dX,
+                          *(acc.array for acc in accs))
     _finish(accs, grads)
     return dX, (dh,)
 

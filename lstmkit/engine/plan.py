@@ -44,7 +44,8 @@ _FUSED_SWITCHES: dict[type, frozenset[str]] = {
                          "coupled_input_forget", "recurrent_activation", "activation",
                          "output_activation", "clip", "zoneout", "zoneout_c", "proj_size",
                          "recurrent_dropout"}),
-    GRUCell: frozenset({"bias", "recurrent_activation", "activation", "clip"}),
+    GRUCell: frozenset({"bias", "recurrent_activation", "activation", "clip",
+                        "linear_before_reset"}),
     RNNCell: frozenset({"bias", "nonlinearity", "activation", "clip"}),
 }
 _SHAPE_FIELDS = frozenset({"input_size", "hidden_size"})

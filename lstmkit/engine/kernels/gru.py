@@ -92,22 +92,22 @@ def _gates_options(f, df):
 
 def _candidate_options(f, df):
     @njit(**_OPTS)
-    def row(r, z, gn, hn, bn, pn, hp, hn_out, h_out, a, b, clip):
+    def row(r, z, gn, hn, bn, pn, hp, hn_out, h_out, lbr, a, b, clip):
         for j in range(hp.shape[0]):
             hnj = hn[j] + bn[j]
-            v = gn[j] + r[j] * hnj
+            v = gn[j] + (r[j] * hnj if lbr else hnj)
             pn[j] = v
             n = f(activate.clipped(v, clip), a, b)
             gn[j] = n
             hn_out[j] = hnj
             h_out[j] = (one_like(n) - z[j]) * n + z[j] * hp[j]
 
-    def loop(args):  # n = f(clip(gi_n + r * (W_hn h_prev + b_hn))), h
-        zt, gh, bhh, pt, hp, hn_out, h_out, a, b, clip = args
+    def loop(args):  # n = f(clip(gi_n + r * (W_hn h_prev + b_hn))) (Cho's: gi_n + gh_n + b_hn)
+        zt, gh, bhh, pt, hp, hn_out, h_out, lbr, a, b, clip = args
         B, _, H = zt.shape
         for k in range(B):
             row(zt[k, 0], zt[k, 1], zt[k, 2], gh[k, 2], bhh[2 * H:], pt[k, 2], hp[k], hn_out[k],
-                h_out[k], a, b, clip)
+                h_out[k], lbr, a, b, clip)
     return loop
 
 
@@ -131,17 +131,20 @@ def _candidate_options_backward(f, df):
 
 def _gates_options_backward(f, df):
     @njit(**_OPTS)
-    def row(r, z, pr, pz, hn, dni, dr, dz, dnh, a, b, clip):
+    def row(r, z, pr, pz, hn, dni, drh, hp, dr, dz, dnh, dh_prev, lbr, a, b, clip):
         for j in range(r.shape[0]):
             dz[j] = flush(activate.cut(dz[j] * df(pz[j], z[j], a, b), pz[j], clip))
-            dr[j] = flush(activate.cut(dni[j] * hn[j] * df(pr[j], r[j], a, b), pr[j], clip))
-            dnh[j] = dni[j] * r[j]
+            d = dni[j] * hn[j] if lbr else drh[j] * hp[j]
+            dr[j] = flush(activate.cut(d * df(pr[j], r[j], a, b), pr[j], clip))
+            dnh[j] = dni[j] * r[j] if lbr else dni[j]
+            if not lbr:
+                dh_prev[j] += drh[j] * r[j]
 
-    def loop(args):  # dz, dr through the gates' function; dgh's n block dn_pre * r
-        zt, pt, hn, dg, dni, a, b, clip = args
+    def loop(args):  # dz, dr through the gates' function; dgh's n block
+        zt, pt, hn, dg, dni, drh, hp, dh_prev, lbr, a, b, clip = args
         for k in range(zt.shape[0]):
-            row(zt[k, 0], zt[k, 1], pt[k, 0], pt[k, 1], hn[k], dni[k], dg[k, 0], dg[k, 1],
-                dg[k, 2], a, b, clip)
+            row(zt[k, 0], zt[k, 1], pt[k, 0], pt[k, 1], hn[k], dni[k], drh[k], hp[k], dg[k, 0],
+                dg[k, 1], dg[k, 2], dh_prev[k], lbr, a, b, clip)
     return loop
 
 
@@ -152,37 +155,51 @@ _run_gates_options_backward = activate.by_function(_gates_options_backward)
 
 
 @njit(**_OPTS)
-def _step_forward_options(zt, gh, bhh, pt, hp, hn_out, h_out, act):
+def _step_forward_options(zt, gh, bhh, pt, hp, hn_out, h_out, act, lbr, Whn, rh):
     """The element-wise pass of one step, all rows, with the functions and clip of ``act``
     (``activate.params``: the gates', the candidate's): r, z, n into zt (B, 3, H), their
-    pre-activations into pt, W_hn h_prev + b_hn into hn_out, h into h_out."""
+    pre-activations into pt, the candidate's recurrent term into hn_out, h into h_out. gh
+    (B, 3, H) holds h_prev W_hh^T: all three blocks with ``lbr`` (linear_before_reset), else
+    r's and z's, and then (Cho et al.) this computes r * h_prev into rh (B, H) and
+    gh's n block = rh W_hn^T (Whn = W_hh's n rows) before the candidate."""
     clip = act[activate.CLIP]
     kind, a, b = activate.function(act, 0)
     _run_gates_options(kind, (zt, gh, bhh, pt, a, b, clip))
+    if not lbr:
+        B, _, H = zt.shape
+        for k in range(B):
+            for j in range(H):
+                rh[k, j] = zt[k, 0, j] * hp[k, j]
+        gemm(False, True, 1.0, rh, Whn, 0.0, gh[:, 2])
     kind_n, a_n, b_n = activate.function(act, 1)
-    _run_candidate_options(kind_n, (zt, gh, bhh, pt, hp, hn_out, h_out, a_n, b_n, clip))
+    _run_candidate_options(kind_n, (zt, gh, bhh, pt, hp, hn_out, h_out, lbr, a_n, b_n, clip))
 
 
 @njit(**_OPTS)
-def _step_backward_options(zt, pt, hn, hp, dh, dho, dg, dni, dh_prev, act):
-    """Backward of ``_step_forward_options``: dgh = [dr, dz, dn_pre * r] into dg (B, 3, H),
-    dn_pre into dni, dh * z into dh_prev (every row: the caller fixes the masked ones)."""
+def _step_backward_options(zt, pt, hn, hp, dh, dho, dg, dni, dh_prev, act, lbr, Whn, drh):
+    """Backward of ``_step_forward_options``: dgh into dg (B, 3, H) ([dr, dz, dn_pre * r], or
+    Cho et al.'s [dr, dz, dn_pre]), dn_pre into dni, dh * z into dh_prev (+ d(r h_prev) r for
+    Cho et al.'s, with d(r h_prev) = dn_pre W_hn into drh (B, H)); every row: the caller
+    fixes the masked ones."""
     clip = act[activate.CLIP]
     kind_n, a_n, b_n = activate.function(act, 1)
     _run_candidate_options_backward(kind_n, (zt, pt, hp, dh, dho, dg, dni, dh_prev, a_n, b_n,
                                              clip))
+    if not lbr:
+        gemm(False, False, 1.0, dni, Whn, 0.0, drh)
     kind, a, b = activate.function(act, 0)
-    _run_gates_options_backward(kind, (zt, pt, hn, dg, dni, a, b, clip))
+    _run_gates_options_backward(kind, (zt, pt, hn, dg, dni, drh, hp, dh_prev, lbr, a, b, clip))
 
 
 @njit(**_OPTS)
-def gru_forward(X, Wih, Whh, bih, bhh, has_bias, act, mask, has_mask, reverse, keep, h0,
-                Z, PRE, HN, OUT, HP, hs, gh):
+def gru_forward(X, Wih, Whh, bih, bhh, has_bias, act, lbr, mask, has_mask, reverse, keep, h0,
+                Z, PRE, HN, RH, OUT, HP, hs, gh):
     """Z: (T, B, 3, H) if keep (r, z, n afterwards) else a (Tc, B, 3, H) chunk; HN: (T, B, H)
     if keep else (1, B, H); HP: (T, B, H) states before each step (keep with a mask);
     hs (B, H): the final state; gh (B, 3, H): workspace. ``act``: the cell's functions and
     clip (``activate.params``), or empty for sigmoid and tanh; with them PRE (the shape of Z)
-    receives the pre-activations."""
+    receives the pre-activations. ``lbr`` False: Cho et al.'s candidate (always with ``act``),
+    r * h_prev of each step kept in RH ((T, B, H) with keep, else (1, B, H))."""
     T, B, D = X.shape
     H = h0.shape[1]
     Tc = Z.shape[0]
@@ -214,12 +231,16 @@ def gru_forward(X, Wih, Whh, bih, bhh, has_bias, act, mask, has_mask, reverse, k
                 h_prev = h0
             else:
                 h_prev = OUT[t + 1 if reverse else t - 1]
-            gemm(False, True, 1.0, h_prev, Whh, 0.0, gh2)
             hn_t = HN[t if keep else 0]
             if act.shape[0] > 0:
+                if lbr:
+                    gemm(False, True, 1.0, h_prev, Whh, 0.0, gh2)
+                else:  # r's and z's blocks; the candidate's needs r first
+                    gemm(False, True, 1.0, h_prev, Whh[:2 * H], 0.0, gh2[:, :2 * H])
                 _step_forward_options(zt, gh, bhh, PRE[zoff + (t - t0)], h_prev, hn_t, OUT[t],
-                                      act)
+                                      act, lbr, Whh[2 * H:], RH[t if keep and not lbr else 0])
             else:
+                gemm(False, True, 1.0, h_prev, Whh, 0.0, gh2)
                 for b in range(B):
                     _cell_forward(zt[b, 0], zt[b, 1], zt[b, 2], gh[b, 0], gh[b, 1], gh[b, 2],
                                   br, bz, bn, h_prev[b], hn_t[b], OUT[t, b])
@@ -235,10 +256,11 @@ def gru_forward(X, Wih, Whh, bih, bhh, has_bias, act, mask, has_mask, reverse, k
 
 
 @njit(**_OPTS)
-def gru_backward(X, Wih, Whh, has_bias, act, mask, has_mask, reverse, h0, Z, PRE, HN, OUT, HP,
-                 dOUT, dh, dh_new, dGH, dNI, dX, gWih, gWhh, gbih, gbhh):
+def gru_backward(X, Wih, Whh, has_bias, act, lbr, mask, has_mask, reverse, h0, Z, PRE, HN, RH,
+                 OUT, HP, dOUT, dh, dh_new, drh, dGH, dNI, dX, gWih, gWhh, gbih, gbhh):
     """dh (B, H): gradient at the final state on entry, at the initial state on return.
-    ``act``, PRE: the options and pre-activations of the forward pass (``gru_forward``)."""
+    ``act``, ``lbr``, PRE, RH: the options, pre-activations and r * h_prev of the forward
+    pass (``gru_forward``); drh (B, H): work."""
     T, B, D = X.shape
     H = h0.shape[1]
     cur = dh
@@ -254,7 +276,8 @@ def gru_backward(X, Wih, Whh, has_bias, act, mask, has_mask, reverse, h0, Z, PRE
         zt = Z[t]
         dg = dGH[t]
         if act.shape[0] > 0:  # every row at once; masked rows are set right below
-            _step_backward_options(zt, PRE[t], HN[t], h_prev, cur, dOUT[t], dg, dNI[t], nxt, act)
+            _step_backward_options(zt, PRE[t], HN[t], h_prev, cur, dOUT[t], dg, dNI[t], nxt, act,
+                                   lbr, Whh[2 * H:], drh)
         for b in range(B):
             if has_mask and not mask[t, b]:
                 fill1(dg[b].reshape(3 * H), 0.0)
@@ -264,8 +287,12 @@ def gru_backward(X, Wih, Whh, has_bias, act, mask, has_mask, reverse, h0, Z, PRE
             if act.shape[0] == 0:
                 _cell_backward(zt[b, 0], zt[b, 1], zt[b, 2], HN[t, b], h_prev[b], cur[b],
                                dOUT[t, b], dg[b, 0], dg[b, 1], dg[b, 2], dNI[t, b], nxt[b])
-        # dh_prev = dh * z (set above) + dgh W_hh
-        gemm(False, False, 1.0, dg.reshape(B, 3 * H), Whh, 1.0, nxt)
+        # dh_prev = dh * z (set above) + dgh W_hh (Cho et al.'s: r's and z's rows; the
+        # candidate's part went through r * h_prev above)
+        if lbr:
+            gemm(False, False, 1.0, dg.reshape(B, 3 * H), Whh, 1.0, nxt)
+        else:
+            gemm(False, False, 1.0, dg.reshape(B, 3 * H)[:, :2 * H], Whh[:2 * H], 1.0, nxt)
         cur, nxt = nxt, cur
     if T % 2 == 1:  # the result is in the other buffer after an odd number of swaps
         copy2(dh, dh_new)
@@ -279,8 +306,13 @@ def gru_backward(X, Wih, Whh, has_bias, act, mask, has_mask, reverse, h0, Z, PRE
     gemm(True, False, 1.0, dN2, X2, 1.0, gWih[2 * H:])
     gemm(False, False, 1.0, dG2[:, :2 * H], Wih[:2 * H], 0.0, dX2)
     gemm(False, False, 1.0, dN2, Wih[2 * H:], 1.0, dX2)
-    add_recurrent_weight_gradient(gWhh, dG2, True, OUT.reshape(TB, H), HP, h0, T, B,
-                                  reverse, has_mask)
+    if lbr:
+        add_recurrent_weight_gradient(gWhh, dG2, True, OUT.reshape(TB, H), HP, h0, T, B,
+                                      reverse, has_mask)
+    else:  # W_hn multiplied r * h_prev
+        add_recurrent_weight_gradient(gWhh[:2 * H], dG2[:, :2 * H], True, OUT.reshape(TB, H),
+                                      HP, h0, T, B, reverse, has_mask)
+        gemm(True, False, 1.0, dN2, RH.reshape(TB, H), 1.0, gWhh[2 * H:])
     if has_bias:
         add_rows(gbhh, dG2)
         add_rows(gbih[:2 * H], dG2[:, :2 * H])
