@@ -272,7 +272,7 @@ def lstm_forward(cell: LSTMCell, p: dict[str, Array], x: Array, state0: State,
     cache = None
     if keep:
         cache = {"kind": "lstm", "plan": plan, "x": x, "Z": Z, "PRE": PRE, "out": out, "C": C,
-                 "M": M, "DROP": DROP,
+                 "M": M, "DROP": DROP, "act": act,
                  "CS": CS, "ZH": ZH, "ZC": ZC, "HP": HP, "CP": CP,
                  "h0": h0, "c0": c0, "mask": mask_arr, "has_mask": has_mask,
                  "reverse": reverse, "gidx": gidx}
@@ -346,8 +346,8 @@ def _lstm_forward_t(cell: LSTMCell, x: Array, wih: Array, whh: Array, bias: Arra
             layout.w_off, fold, table, ids, direct, XT, Wxp, wx_off)
     cache = None
     if keep:
-        cache = {"kind": "lstm", "plan": plan, "x": x, "Z": Z, "PRE": PRE, "out": out_kept,
-                 "CS": CST, "ZH": ZHT, "ZC": ZCT,
+        cache = {"kind": "lstm", "plan": plan, "x": x, "Z": Z, "PRE": PRE, "act": act,
+                 "out": out_kept, "CS": CST, "ZH": ZHT, "ZC": ZCT,
                  "C": CT, "HP": HP, "CP": CPT, "h0": h0, "c0": c0, "mask": mask_arr,
                  "has_mask": has_mask, "reverse": reverse, "gidx": gidx, "parts": parts,
                  "rows_of": (ids, E) if fold else None}
@@ -392,7 +392,7 @@ def _lstm_backward_t(cell: LSTMCell, cache: Any, wih: Array, whh: Array, peep: A
     with threads.blas_single_threaded():
         run(
             x, wih, whh, layout.order, cell.bias, wexp, cache["gidx"],
-            cell.coupled_input_forget, _lstm_options(cell, dtype), cache["ZH"], cache["ZC"],
+            cell.coupled_input_forget, cache["act"], cache["ZH"], cache["ZC"],
             cache["mask"], cache["has_mask"], cache["reverse"], cache["h0"], cache["c0"], Z,
             cache["PRE"], cache["out"], cache["C"], cache["CS"], cache["HP"], cache["CP"], d_out,
             dh, dc, dZs2, dZP2, dZ, dX,
@@ -423,7 +423,7 @@ def lstm_backward(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Array,
     gWih, gWhh, gbih, gbhh = (acc.array for acc in accs)
     with _row_blas(B):
         _lstm.lstm_backward(x, wih, whh, whr, cell.bias, peep, cell.peepholes, cache["gidx"],
-                            cell.coupled_input_forget, _lstm_options(cell, dtype), cache["ZH"],
+                            cell.coupled_input_forget, cache["act"], cache["ZH"],
                             cache["ZC"], cache["DROP"], cache["mask"], cache["has_mask"],
                             cache["reverse"],
                             cache["h0"], cache["c0"], Z, cache["PRE"], cache["out"], cache["M"],
