@@ -21,7 +21,7 @@ import pytest
 
 import lstmkit
 from lstmkit.activations import NAMES, RELU, SIGMOID, TANH, Activation
-from lstmkit.cells import GRUCell, LSTMCell, RNNCell
+from lstmkit.cells import GRUCell, LayerNormLSTMCell, LSTMCell, RNNCell
 from lstmkit.engine import ENGINE, Plan, candidate_plans, choose_plan, kernels
 from lstmkit.engine.reference import ReferenceRecurrence
 from lstmkit.regularisation import cell_masks
@@ -267,6 +267,36 @@ def test_gru_cho_et_al(dtype, masked, reverse):
         assert [plan.kernel for plan in plans] == ["rows"]
     compare(GRUCell(3, 5, linear_before_reset=False), dtype, T=4, B=1, masked=masked,
             reverse=reverse)
+
+
+LAYER_NORM_OPTIONS = [{}, {"bias": False}, {"proj_size": 3}, {"zoneout": 0.3, "zoneout_c": 0.2},
+                      {"recurrent_dropout": 0.4, "proj_size": 2},
+                      {"recurrent_dropout": 0.3, "zoneout": 0.2, "bias": False}]
+
+
+@pytest.mark.parametrize("kw", LAYER_NORM_OPTIONS, ids=lambda kw: ",".join(kw) or "plain")
+@pytest.mark.parametrize("masked,reverse", [(False, False), (True, True)])
+def test_layer_norm_lstm(kw, masked, reverse):
+    """The layer-normalised LSTM (Haste's LayerNormLSTM) in the row kernels, with its options
+    (projection, zoneout, recurrent dropout: masks drawn or their expectation), both dtypes,
+    B = 1 and chunked no-grad passes; the batch-inner plans refuse it."""
+    cell = LayerNormLSTMCell(5, 7, **kw)
+    for dtype in (np.float32, np.float64):
+        for training in (False, True):
+            plans = compare(cell, dtype, masked=masked, reverse=reverse, seed=len(kw),
+                            training=training)
+            assert plans == [Plan("rows")]
+    compare(cell, np.float32, T=5, B=1, masked=masked, reverse=reverse, training=True)
+    assert choose(cell, B=64, T=50) == Plan("rows")
+    p, x, state0, mask, _, _ = random_problem(cell, np.float32, 7, 3, masked, 6)
+    ref_out, ref_final, _ = REF.forward(cell, p, x, state0, mask, reverse, False)
+    out, final, _ = ENGINE.forward(cell, p, x, state0, mask, reverse, False,
+                                   plan=Plan("rows", chunk_steps=2))
+    assert_close(out, ref_out, np.float32, "no-grad output")
+    for a, e in zip(final, ref_final):
+        assert_close(a, e, np.float32, "no-grad final state")
+    with pytest.raises(ValueError, match="layer-normalised"):
+        ENGINE.forward(cell, p, x, state0, mask, reverse, True, plan=Plan("batch-inner"))
 
 
 def test_clip_only_cuts_the_gates():

@@ -15,7 +15,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from lstmkit.activations import RELU, SIGMOID, TANH, Activation
-from lstmkit.cells import GRUCell, LSTMCell, RNNCell
+from lstmkit.cells import GRUCell, LayerNormLSTMCell, LSTMCell, RNNCell
+from lstmkit.cells.layernorm_lstm import EPS as _LN_EPS
 from lstmkit.engine.kernels import activate, packed, threads
 from lstmkit.engine.kernels import gru as _gru
 from lstmkit.engine.kernels import lstm as _lstm
@@ -222,6 +223,22 @@ def _projection(cell: LSTMCell, p: dict[str, Array], steps: int, B: int,
             np.empty((steps, B, cell.hidden_size), dtype=dtype))
 
 
+def _layer_norm(cell: LSTMCell, p: dict[str, Array], steps: int, B: int,
+                dtype: np.dtype) -> tuple[Array, ...]:
+    """The layer-normalised cell's gains LNG (2, G*H) (w_ln_ih, w_ln_hh) and LNC (2, H)
+    (w_ln_c, b_ln_c), and room for what its ``steps`` steps keep: LN(W_ih x) and LN(W_hh
+    h_prev) (steps, B, G*H), LN(c) (steps, B, H), the 1 / std (steps, B, 3); for any other
+    cell, empty gains and dummies."""
+    if not isinstance(cell, LayerNormLSTMCell):
+        return (np.zeros((0, 1), dtype=dtype), np.zeros((0, 1), dtype=dtype),
+                *(_dummy(dtype, 3) for _ in range(4)))
+    GH, H = len(cell.gates) * cell.hidden_size, cell.hidden_size
+    LNG = np.stack([_c(p["weight_ln_ih"], dtype), _c(p["weight_ln_hh"], dtype)])
+    LNC = np.stack([_c(p["weight_ln_c"], dtype), _c(p["bias_ln_c"], dtype)])
+    return (LNG, LNC, np.empty((steps, B, GH), dtype=dtype), np.empty((steps, B, GH), dtype=dtype),
+            np.empty((steps, B, H), dtype=dtype), np.empty((steps, B, 3), dtype=dtype))
+
+
 def lstm_forward(cell: LSTMCell, p: dict[str, Array], x: Array, state0: State,
                  mask: Array | None, reverse: bool, keep: bool, plan: Plan,
                  rows_of: tuple[Array, Array] | None = None) -> tuple[Array, State, Any]:
@@ -262,17 +279,18 @@ def lstm_forward(cell: LSTMCell, p: dict[str, Array], x: Array, state0: State,
     PRE = np.empty_like(Z) if act.size else _dummy(dtype, 4)
     CS = np.empty_like(C) if ZH.size else C
     DROP = _recurrent_dropout_mask(cell, p, dtype)
+    LN = _layer_norm(cell, p, T if keep else 1, B, dtype)
     scratch = np.empty((5, H), dtype=dtype)
     big = np.full((4, H), _lstm.BIG, dtype=dtype)
     with _row_blas(B):
         _lstm.lstm_forward(x, wih, whh, whr, bias, cell.bias, peep, gidx,
-                           cell.coupled_input_forget, act, ZH, ZC, DROP, mask_arr, has_mask,
-                           reverse, keep, h0, c0, Z, PRE, out, M, C, CS, HP, CP, hs, cs,
-                           np.empty((B, R), dtype=dtype), scratch, big)
+                           cell.coupled_input_forget, act, ZH, ZC, DROP, *LN[:2], _LN_EPS,
+                           *LN[2:], mask_arr, has_mask, reverse, keep, h0, c0, Z, PRE, out, M,
+                           C, CS, HP, CP, hs, cs, np.empty((B, R), dtype=dtype), scratch, big)
     cache = None
     if keep:
         cache = {"kind": "lstm", "plan": plan, "x": x, "Z": Z, "PRE": PRE, "out": out, "C": C,
-                 "M": M, "DROP": DROP, "act": act,
+                 "M": M, "DROP": DROP, "act": act, "LN": LN,
                  "CS": CS, "ZH": ZH, "ZC": ZC, "HP": HP, "CP": CP,
                  "h0": h0, "c0": c0, "mask": mask_arr, "has_mask": has_mask,
                  "reverse": reverse, "gidx": gidx}
@@ -411,6 +429,10 @@ def lstm_backward(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Array,
         return _lstm_backward_t(cell, cache, wih, whh, peep, d_out, dh, dc, grads)
     R = cell.output_size
     dZ = np.empty_like(Z)
+    LNG, LNC, AH, RH, CH, INV = cache["LN"]
+    ln = LNG.size > 0
+    dA, dR = (np.empty_like(Z), np.empty_like(Z)) if ln else (dZ, dZ)
+    g_ln = [_Accumulate(None, shape, dtype) for shape in (LNG.shape, LNC.shape)]
     dX = np.empty((T, B, D), dtype=dtype)
     accs = _weight_gradients(grads, G * H, D, R, dtype)
     whr = _projection(cell, p, 0, B, dtype)[0]
@@ -424,13 +446,19 @@ def lstm_backward(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Array,
     with _row_blas(B):
         _lstm.lstm_backward(x, wih, whh, whr, cell.bias, peep, cell.peepholes, cache["gidx"],
                             cell.coupled_input_forget, cache["act"], cache["ZH"],
-                            cache["ZC"], cache["DROP"], cache["mask"], cache["has_mask"],
-                            cache["reverse"],
+                            cache["ZC"], cache["DROP"], LNG, LNC, AH, RH, CH, INV,
+                            cache["mask"], cache["has_mask"], cache["reverse"],
                             cache["h0"], cache["c0"], Z, cache["PRE"], cache["out"], cache["M"],
                             cache["C"], cache["CS"], cache["HP"], cache["CP"], d_out, dh, dc, dZ,
-                            dX, dHN, dM, np.empty((B, R), dtype=dtype), gWih, gWhh, gwhr.array,
-                            gbih, gbhh, gpeep, scratch, ones)
+                            dA, dR, dX, dHN, dM, np.empty((B, R), dtype=dtype), gWih, gWhh,
+                            gwhr.array, gbih, gbhh, gpeep, g_ln[0].array, g_ln[1].array,
+                            scratch, ones)
     _finish([*accs, gwhr], grads, gpeep)
+    if ln:
+        for name, gain in (("weight_ln_ih", g_ln[0].array[0]), ("weight_ln_hh", g_ln[0].array[1]),
+                           ("weight_ln_c", g_ln[1].array[0]), ("bias_ln_c", g_ln[1].array[1])):
+            if name in grads:
+                grads[name] += gain
     return dX, (dh, dc)
 
 
@@ -584,7 +612,7 @@ def forward(cell: Any, p: dict[str, Array], x: Array, state0: State, mask: Array
             reverse: bool, keep: bool, plan: Plan,
             rows_of: tuple[Array, Array] | None = None) -> tuple[Array, State, Any]:
     """Run ``plan`` (a "rows" or "batch-inner" plan that ``plan.check_plan`` accepted)."""
-    if type(cell) is LSTMCell:
+    if isinstance(cell, LSTMCell):  # LayerNormLSTMCell included
         return lstm_forward(cell, p, x, state0, mask, reverse, keep, plan, rows_of)
     return _FORWARD[type(cell)](cell, p, x, state0, mask, reverse, keep, plan)
 

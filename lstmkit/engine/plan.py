@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from lstmkit.cells import GRUCell, LSTMCell, RNNCell
+from lstmkit.cells import GRUCell, LayerNormLSTMCell, LSTMCell, RNNCell
 
 KERNELS = ("reference", "rows", "batch-inner")
 PROJECTIONS = ("panel", "direct", "folded")
@@ -44,6 +44,8 @@ _FUSED_SWITCHES: dict[type, frozenset[str]] = {
                          "coupled_input_forget", "recurrent_activation", "activation",
                          "output_activation", "clip", "zoneout", "zoneout_c", "proj_size",
                          "recurrent_dropout"}),
+    LayerNormLSTMCell: frozenset({"bias", "zoneout", "zoneout_c", "proj_size",
+                                  "recurrent_dropout"}),
     GRUCell: frozenset({"bias", "recurrent_activation", "activation", "clip",
                         "linear_before_reset"}),
     RNNCell: frozenset({"bias", "nonlinearity", "activation", "clip"}),
@@ -113,8 +115,10 @@ def fused_supports(cell: Any, dtype: Any) -> bool:
 
 
 def _rows_only(cell: Any) -> bool:
-    """Whether the cell sets a switch that only the row kernels implement."""
-    return any(getattr(cell, name, 0) for name in _ROWS_ONLY)
+    """Whether the cell (the layer-normalised LSTM's) or one of its switches only the row
+    kernels implement."""
+    return isinstance(cell, LayerNormLSTMCell) or any(getattr(cell, name, 0)
+                                                      for name in _ROWS_ONLY)
 
 
 def _gates(cell: Any) -> int:
@@ -199,7 +203,8 @@ def check_plan(plan: Plan, cell: Any, dtype: Any, T: int, B: int,
     if not (isinstance(cell, LSTMCell) and np.dtype(dtype) == np.float32):
         refuse("the batch-inner kernels are the float32 LSTM's")
     if _rows_only(cell):
-        refuse(f"the batch-inner kernels do not implement {sorted(_ROWS_ONLY)} (use 'rows')")
+        refuse(f"the batch-inner kernels do not implement the layer-normalised LSTM nor "
+               f"{sorted(_ROWS_ONLY)} (use 'rows')")
     if plan.parts > cell.hidden_size:
         refuse(f"parts must be at most hidden_size = {cell.hidden_size}")
     if plan.projection == "folded" and (fold_rows is None or B < 2):

@@ -202,3 +202,17 @@ def _zero_like_impl(x):
     if x == types.float64:
         return lambda x: 0.0
     return None
+
+
+def like(x, v):
+    """The number v in the type of the scalar x (Numba only)."""
+    raise NotImplementedError("like is only callable from Numba code")
+
+
+@overload(like)
+def _like_impl(x, v):
+    if x == types.float32:
+        return lambda x, v: np.float32(v)
+    if x == types.float64:
+        return lambda x, v: np.float64(v)
+    return None

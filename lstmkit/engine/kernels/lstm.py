@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from lstmkit.engine.kernels import activate
+from lstmkit.engine.kernels import activate, layernorm
 from lstmkit.engine.kernels.blas import add_recurrent_weight_gradient, gemm
 from lstmkit.engine.kernels.gates import flush, one_like, sigmoid, tanh
 from lstmkit.engine.kernels.loops import (
@@ -287,18 +287,18 @@ def zoneout_backward(d_state, d_out, z, d_new, keep):
 
 
 @njit(**_OPTS)
-def _add_recurrent(h_prev, Whh, DROP, hd, zt):
-    """zt (B, G, H) += W_hh h_prev for every gate block; with recurrent dropout (DROP not
-    empty) block k sees h_prev * DROP[k] instead."""
+def _add_recurrent(h_prev, Whh, DROP, hd, zt, beta):
+    """zt (B, G, H) = beta * zt + W_hh h_prev for every gate block; with recurrent dropout
+    (DROP not empty) block k sees h_prev * DROP[k] instead."""
     B, G, H = zt.shape
     if DROP.shape[0] == 0:
-        gemm(False, True, 1.0, h_prev, Whh, 1.0, zt.reshape(B, G * H))
+        gemm(False, True, 1.0, h_prev, Whh, beta, zt.reshape(B, G * H))
         return
     for k in range(G):
         for b in range(B):
             for j in range(hd.shape[1]):
                 hd[b, j] = h_prev[b, j] * DROP[k, b, j]
-        gemm(False, True, 1.0, hd, Whh[k * H:(k + 1) * H], 1.0, zt[:, k])
+        gemm(False, True, 1.0, hd, Whh[k * H:(k + 1) * H], beta, zt[:, k])
 
 
 @njit(**_OPTS)
@@ -317,6 +317,54 @@ def _recurrent_backward(dzt, Whh, DROP, hd, dh):
 
 
 @njit(**_OPTS)
+def _layer_norm_step(zt, h_prev, Whh, DROP, hd, LNG, bias, eps, AH, RH, INV):
+    """The layer-normalised cell's pre-activations of one step, in zt (B, G, H), which holds
+    a = W_ih x on entry: z = w_ln_ih * LN(a) + w_ln_hh * LN(r) + b with r = W_hh h_prev.
+    Keeps LN(a) in AH, LN(r) in RH (each (B, G*H)) and the two 1 / std in INV[:, 0:2]."""
+    B, G, H = zt.shape
+    _add_recurrent(h_prev, Whh, DROP, hd, RH.reshape(B, G, H), 0.0)
+    for b in range(B):
+        INV[b, 0], INV[b, 1] = layernorm.normalise_pair(zt[b].reshape(G * H), RH[b], LNG[0],
+                                                        LNG[1], bias, AH[b], RH[b], eps)
+
+
+@njit(**_OPTS)
+def _layer_norm_hidden(ao, c, c_hat, LNC, hn, eps):
+    """h = o * tanh(w_ln_c * LN(c) + b_ln_c) on a row (LN(c) kept in c_hat); returns the
+    1 / std of c."""
+    inv = layernorm.normalise(c, c_hat, eps)
+    for j in range(c.shape[0]):
+        hn[j] = ao[j] * tanh(LNC[0, j] * c_hat[j] + LNC[1, j])
+    return inv
+
+
+@njit(**_OPTS)
+def _layer_norm_cell_backward(ai, af, ag, ao, c_hat, inv, cp, dm, dc, dzi, dzf, dzg, dzo, LNC,
+                              gLNC, dn):
+    """The layer-normalised cell's step backward on a row: from dL/dm (dm, m = o * tanh(n),
+    n = w_ln_c * LN(c) + b_ln_c) and dL/dc (dc) to dz_i, dz_f, dz_g, dz_o and dL/dc_prev (into
+    dc); the gradients of w_ln_c and b_ln_c added into gLNC (2, H); dn: n numbers of work."""
+    for j in range(cp.shape[0]):
+        tn = tanh(LNC[0, j] * c_hat[j] + LNC[1, j])
+        o = ao[j]
+        one = one_like(o)
+        dzo[j] = flush(dm[j] * tn * o * (one - o))
+        dn[j] = dm[j] * o * (one - tn * tn)
+        gLNC[1, j] += dn[j]
+    layernorm.backward(dn, LNC[0], c_hat, inv, dn, gLNC[0])  # dn becomes dL/dc through LN(c)
+    for j in range(cp.shape[0]):
+        i = ai[j]
+        f = af[j]
+        g = ag[j]
+        one = one_like(i)
+        d = dc[j] + dn[j]
+        dzi[j] = flush(d * g * i * (one - i))
+        dzf[j] = flush(d * cp[j] * f * (one - f))
+        dzg[j] = flush(d * i * (one - g * g))
+        dc[j] = flush(d * f)
+
+
+@njit(**_OPTS)
 def _scale_rows(dst, src, m):
     """dst[t, b] = src[t, b] * m[b] for (T, B, R) arrays and a (B, R) mask."""
     for t in range(src.shape[0]):
@@ -332,9 +380,9 @@ def _mul_add(acc, a, b):
 
 
 @njit(**_OPTS)
-def lstm_forward(X, Wih, Whh, Whr, bias, has_bias, peep, gidx, cifg, act, ZH, ZC, DROP, mask,
-                 has_mask, reverse, keep, h0, c0, Z, PRE, OUT, M, C, CS, HP, CP, hs, cs, hd,
-                 scratch, big):
+def lstm_forward(X, Wih, Whh, Whr, bias, has_bias, peep, gidx, cifg, act, ZH, ZC, DROP, LNG,
+                 LNC, eps, AH, RH, CH, INV, mask, has_mask, reverse, keep, h0, c0, Z, PRE, OUT,
+                 M, C, CS, HP, CP, hs, cs, hd, scratch, big):
     """Run the whole sequence. Buffers are allocated by the caller:
 
     Z: (T, B, G, H) when ``keep`` (holds the gate activations afterwards), else a chunk
@@ -352,6 +400,10 @@ def lstm_forward(X, Wih, Whh, Whr, bias, has_bias, peep, gidx, cifg, act, ZH, ZC
     P wide and Whh is (G*H, P).
     Recurrent dropout (DROP (G, B, R), the masks of one sequence, scaled; or (0, 1, 1)): gate
     block k sees h_prev * DROP[k] (one product per gate, through hd (B, R)).
+    Layer normalisation (``lstmkit.cells.layernorm_lstm``; LNG (2, G*H) the gains w_ln_ih,
+    w_ln_hh, LNC (2, H) w_ln_c and b_ln_c; LNG empty (0, 1) without): AH and RH (steps, B,
+    G*H) keep LN(W_ih x) and LN(W_hh h_prev), CH (steps, B, H) LN(c), INV (steps, B, 3) the
+    three 1 / std, steps being T with ``keep``, else 1.
     """
     T, B, D = X.shape
     H = c0.shape[1]
@@ -366,6 +418,8 @@ def lstm_forward(X, Wih, Whh, Whr, bias, has_bias, peep, gidx, cifg, act, ZH, ZC
     ki, kf, kg, ko = gidx[0], gidx[1], gidx[2], gidx[3]
     options = act.shape[0] > 0
     zoneout = ZH.shape[0] > 0
+    ln = LNG.shape[0] > 0
+    add_bias = has_bias and not ln  # layer normalisation adds the bias after normalising
     copy2(hs, h0)
     copy2(cs, c0)
     done = 0
@@ -376,9 +430,9 @@ def lstm_forward(X, Wih, Whh, Whr, bias, has_bias, peep, gidx, cifg, act, ZH, ZC
         zoff = t0 if Tc == T else 0
         # Z[chunk] = b_ih + b_hh + X[chunk] W_ih^T: one GEMM for the n steps
         zc = Z2[zoff * B:(zoff + n) * B]
-        if has_bias:
+        if add_bias:
             fill_rows(zc, bias)
-        gemm(False, True, 1.0, X2[t0 * B:(t0 + n) * B], Wih, 1.0 if has_bias else 0.0, zc)
+        gemm(False, True, 1.0, X2[t0 * B:(t0 + n) * B], Wih, 1.0 if add_bias else 0.0, zc)
         for k in range(n):
             s = done + k  # processing index
             t = T - 1 - s if reverse else s
@@ -397,7 +451,12 @@ def lstm_forward(X, Wih, Whh, Whr, bias, has_bias, peep, gidx, cifg, act, ZH, ZC
                 tp = t + 1 if reverse else t - 1
                 h_prev = OUT[tp]
                 c_prev = CS[tp if keep else (s - 1) % 2]
-            _add_recurrent(h_prev, Whh, DROP, hd, zt)
+            slot = t if keep else 0
+            if ln:
+                _layer_norm_step(zt, h_prev, Whh, DROP, hd, LNG, bias, eps, AH[slot], RH[slot],
+                                 INV[slot])
+            else:
+                _add_recurrent(h_prev, Whh, DROP, hd, zt, 1.0)
             m = M[t if keep else 0] if proj else OUT[t]  # where the cell writes o * tanh(c)
             for b in range(B):
                 # a removed gate computes on scratch holding BIG: its sigmoid is exactly 1
@@ -416,6 +475,9 @@ def lstm_forward(X, Wih, Whh, Whr, bias, has_bias, peep, gidx, cifg, act, ZH, ZC
                 else:
                     cell_forward(zi, zf, zt[b, kg], zo, c_prev[b], C[cslot, b], m[b],
                                  wci, wcf, wco, cifg)
+                if ln:  # h = o * tanh(w_ln_c * LN(c) + b_ln_c) replaces o * tanh(c)
+                    INV[slot, b, 2] = _layer_norm_hidden(zo, C[cslot, b], CH[slot, b], LNC,
+                                                         m[b], eps)
                 if zoneout:
                     copy1(CS[cslot, b], C[cslot, b])
                     zoneout_forward(CS[cslot, b], c_prev[b], ZC[t, b])
@@ -440,15 +502,19 @@ def lstm_forward(X, Wih, Whh, Whr, bias, has_bias, peep, gidx, cifg, act, ZH, ZC
 
 @njit(**_OPTS)
 def lstm_backward(X, Wih, Whh, Whr, has_bias, peep, has_peep, gidx, cifg, act, ZH, ZC, DROP,
-                  mask, has_mask, reverse, h0, c0, Z, PRE, OUT, M, C, CS, HP, CP, dOUT, dh, dc,
-                  dZ, dX, dHN, dM, hd, gWih, gWhh, gWhr, gbih, gbhh, gpeep, scratch, ones):
+                  LNG, LNC, AH, RH, CH, INV, mask, has_mask, reverse, h0, c0, Z, PRE, OUT, M, C,
+                  CS, HP, CP, dOUT, dh, dc, dZ, dA, dR, dX, dHN, dM, hd, gWih, gWhh, gWhr, gbih,
+                  gbhh, gpeep, gLNG, gLNC, scratch, ones):
     """Backpropagation through time. dh, dc (B, H): the gradient at the final state on entry,
     at the initial state on return. dZ (T, B, G, H), dX (T, B, D): outputs. Gradients are
     accumulated into gWih, gWhh, gbih, gbhh (if has_bias) and gpeep (3, H) (if has_peep).
     ``act``, PRE, ZH, ZC, DROP, CS, Whr, M: the options, masks and buffers of the forward pass
     (``lstm_forward``); with a projection its gradient is accumulated into gWhr (P, H).
     dHN: the gradient at each step's own h (before zoneout), (T, B, R) with a projection
-    (read again for dW_hr), else (1, B, R); dM (B, H): work. scratch (8, H)."""
+    (read again for dW_hr), else (1, B, R); dM (B, H): work. scratch (8, H).
+    Layer normalisation (LNG, LNC, AH, RH, CH, INV of the forward pass): dA and dR (the shape
+    of dZ) receive the gradients at W_ih x and W_hh h_prev (without, both are dZ itself);
+    the gains' gradients are accumulated into gLNG (2, G*H) and gLNC (2, H)."""
     T, B, D = X.shape
     H = c0.shape[1]
     R = h0.shape[1]
@@ -461,6 +527,7 @@ def lstm_backward(X, Wih, Whh, Whr, has_bias, peep, has_peep, gidx, cifg, act, Z
     ki, kf, kg, ko = gidx[0], gidx[1], gidx[2], gidx[3]
     options = act.shape[0] > 0
     zoneout = ZH.shape[0] > 0
+    ln = LNG.shape[0] > 0
     no_dh = scratch[5]
     keep_c = scratch[6]
     fill1(no_dh, 0.0)
@@ -487,6 +554,9 @@ def lstm_backward(X, Wih, Whh, Whr, has_bias, peep, has_peep, gidx, cifg, act, Z
         for b in range(B):
             if has_mask and not mask[t, b]:
                 fill1(dzt[b].reshape(GH), 0.0)
+                if ln:
+                    fill1(dA[t, b].reshape(GH), 0.0)
+                    fill1(dR[t, b].reshape(GH), 0.0)
                 continue
             ai = zt[b, ki] if ki >= 0 else ones
             af = zt[b, kf] if kf >= 0 else ones
@@ -496,7 +566,11 @@ def lstm_backward(X, Wih, Whh, Whr, has_bias, peep, has_peep, gidx, cifg, act, Z
             dzo = dzt[b, ko] if ko >= 0 else scratch[3]
             if zoneout:
                 zoneout_backward(dc[b], no_dh, ZC[t, b], dc[b], keep_c)
-            if options:
+            if ln:
+                _layer_norm_cell_backward(ai, af, zt[b, kg], ao, CH[t, b], INV[t, b, 2],
+                                          c_prev[b], dm[b], dc[b], dzi, dzf, dzt[b, kg], dzo,
+                                          LNC, gLNC, scratch[4])
+            elif options:
                 pt = PRE[t, b]
                 cell_backward_options(ai, af, zt[b, kg], ao, C[t, b], c_prev[b], dm[b],
                                       no_dh, dc[b], dzi, dzf, dzt[b, kg], dzo, wci, wcf,
@@ -509,15 +583,21 @@ def lstm_backward(X, Wih, Whh, Whr, has_bias, peep, has_peep, gidx, cifg, act, Z
             if zoneout:  # what the state kept of the previous step's c passes straight back
                 for j in range(H):
                     dc[b, j] = flush(dc[b, j] + keep_c[j])
-        # dh_prev = dZ[t] W_hh + what passes straight back
-        _recurrent_backward(dzt, Whh, DROP, hd, dh)
+            if ln:  # z = w_ln_ih * LN(a) + w_ln_hh * LN(r) + b: the gradients at a and r
+                layernorm.backward_pair(dzt[b].reshape(GH), LNG[0], AH[t, b], INV[t, b, 0],
+                                        LNG[1], RH[t, b], INV[t, b, 1], dA[t, b].reshape(GH),
+                                        dR[t, b].reshape(GH), gLNG[0], gLNG[1])
+        # dh_prev = dR[t] W_hh + what passes straight back (dR is dZ without layer norm)
+        _recurrent_backward(dR[t], Whh, DROP, hd, dh)
     TB = T * B
     dZ2 = dZ.reshape(TB, GH)
+    dA2 = dA.reshape(TB, GH)
+    dR2 = dR.reshape(TB, GH)
     X2 = X.reshape(TB, D)
-    gemm(True, False, 1.0, dZ2, X2, 1.0, gWih)
-    gemm(False, False, 1.0, dZ2, Wih, 0.0, dX.reshape(TB, D))
+    gemm(True, False, 1.0, dA2, X2, 1.0, gWih)
+    gemm(False, False, 1.0, dA2, Wih, 0.0, dX.reshape(TB, D))
     if DROP.shape[0] == 0:
-        add_recurrent_weight_gradient(gWhh, dZ2, True, OUT.reshape(TB, R), HP, h0, T, B,
+        add_recurrent_weight_gradient(gWhh, dR2, True, OUT.reshape(TB, R), HP, h0, T, B,
                                       reverse, has_mask)
     else:  # gate block k saw h_prev * DROP[k] at every step
         OUTk = np.empty_like(OUT)
@@ -528,7 +608,7 @@ def lstm_backward(X, Wih, Whh, Whr, has_bias, peep, has_peep, gidx, cifg, act, Z
             if has_mask:
                 _scale_rows(HPk, HP, DROP[k])
             _scale_rows(h0k.reshape(1, B, R), h0.reshape(1, B, R), DROP[k])
-            add_recurrent_weight_gradient(gWhh[k * H:(k + 1) * H], dZ2[:, k * H:(k + 1) * H],
+            add_recurrent_weight_gradient(gWhh[k * H:(k + 1) * H], dR2[:, k * H:(k + 1) * H],
                                           True, OUTk.reshape(TB, R), HPk, h0k, T, B, reverse,
                                           has_mask)
     if proj:  # dW_hr = sum over steps of dh_t^T m_t
@@ -552,5 +632,6 @@ def lstm_backward(X, Wih, Whh, Whr, has_bias, peep, has_peep, gidx, cifg, act, Z
                     _mul_add(gpeep[2], dZ[t, b, ko], C[t, b])
     # flush-to-zero for what the GEMMs produced (the element-wise results already are)
     for a in (dX.reshape(TB * D), dh.reshape(B * R), gWih.reshape(GH * D), gWhh.reshape(GH * R),
-              gbih, gbhh, gpeep.reshape(3 * H)):
+              gbih, gbhh, gpeep.reshape(3 * H), gLNG.reshape(gLNG.size),
+              gLNC.reshape(gLNC.size)):
         flush_all(a)
