@@ -42,6 +42,11 @@ LSTM_VARIANTS = [
 ]
 
 
+# the row plans of a problem of B = 3 sequences: one part, or the batch split over 2 or 3 threads,
+# each with and without BLAS's small-matrix blocks
+ROWS = [Plan("rows", parts, small_products=small) for parts in (1, 2, 3) for small in (False, True)]
+
+
 class Pinned:
     """The engine with one plan pinned, in ``ReferenceRecurrence``'s interface."""
 
@@ -146,7 +151,8 @@ def _assert_same(fast, ref, cell, p, dtype):
 def test_lstm_variants_float32(variant, masked, reverse):
     plans = compare(LSTMCell(5, 7, **variant), np.float32, masked=masked, reverse=reverse)
     kinds = {(plan.kernel, plan.parts, plan.projection, plan.backward_panels) for plan in plans}
-    assert len(kinds) == 1 + 3 * 2 * 2  # rows; 1-3 parts x panel/direct x backward panels
+    assert len(kinds) == 3 + 3 * 2 * 2  # rows in 1-3 parts; 1-3 parts x panel/direct x panels
+    assert len(plans) == 6 + 3 * 2 * 2  # the rows twice: with and without small products
 
 
 @pytest.mark.parametrize("variant", LSTM_VARIANTS, ids=lambda v: ",".join(v) or "full")
@@ -172,7 +178,7 @@ def test_lstm_functions_and_clip(k, name):
         cell = LSTMCell(5, 7, **variant, **{field: _with_parameters(name)},
                         clip=0.4 if (k + j) % 2 else None)
         plans = compare(cell, np.float32, masked=j == 1, reverse=j == 2, seed=k)
-        assert len(plans) == 1 + 3 * 2 * 2
+        assert len(plans) == 6 + 3 * 2 * 2
         compare(cell, np.float64, masked=j != 1, reverse=j == 0, seed=k)
 
 
@@ -188,7 +194,7 @@ def test_lstm_zoneout(zoneout, zoneout_c, training):
         for dtype in (np.float32, np.float64):
             plans = compare(cell, dtype, masked=k % 2 == 1, reverse=k % 4 >= 2, seed=k,
                             training=training)
-            assert len(plans) == (1 + 3 * 2 * 2 if dtype == np.float32 else 1)
+            assert len(plans) == (6 + 3 * 2 * 2 if dtype == np.float32 else 6)
     compare(LSTMCell(4, 19, peepholes=True, zoneout=zoneout, zoneout_c=zoneout_c), np.float32,
             T=7, B=1, masked=True, reverse=True, seed=3, training=training)
 
@@ -204,7 +210,7 @@ def test_gru_rnn_functions_and_clip(k, name):
                                                                    clip=clip)):
         for dtype in (np.float32, np.float64):
             plans = compare(cell, dtype, masked=k % 2 == 0, reverse=k % 4 >= 2, seed=k)
-            assert [plan.kernel for plan in plans] == ["rows"]
+            assert plans == ROWS
 
 
 @pytest.mark.parametrize("masked,reverse", [(False, False), (True, True)])
@@ -219,7 +225,7 @@ def test_lstm_projection(masked, reverse):
         for dtype in (np.float32, np.float64):
             plans = compare(cell, dtype, masked=masked, reverse=reverse, seed=k,
                             training=k % 4 == 3)
-            assert plans == [Plan("rows")]
+            assert plans == ROWS
     compare(LSTMCell(4, 9, proj_size=3, peepholes=True), np.float32, T=5, B=1, masked=masked,
             reverse=reverse)
     cell = LSTMCell(4, 6, proj_size=2)
@@ -249,7 +255,7 @@ def test_lstm_recurrent_dropout(masked, reverse):
             for training in (True, False):
                 plans = compare(cell, dtype, masked=masked, reverse=reverse, seed=k,
                                 training=training)
-                assert plans == [Plan("rows")]
+                assert plans == ROWS
     compare(LSTMCell(4, 9, recurrent_dropout=0.5, peepholes=True), np.float32, T=5, B=1,
             masked=masked, reverse=reverse, training=True)
 
@@ -264,7 +270,7 @@ def test_gru_cho_et_al(dtype, masked, reverse):
                             {"activation": Activation("Softsign"), "clip": 0.5})):
         plans = compare(GRUCell(4, 6, linear_before_reset=False, **kw), dtype, masked=masked,
                         reverse=reverse, seed=k)
-        assert [plan.kernel for plan in plans] == ["rows"]
+        assert plans == ROWS
     compare(GRUCell(3, 5, linear_before_reset=False), dtype, T=4, B=1, masked=masked,
             reverse=reverse)
 
@@ -285,7 +291,7 @@ def test_layer_norm_lstm(kw, masked, reverse):
         for training in (False, True):
             plans = compare(cell, dtype, masked=masked, reverse=reverse, seed=len(kw),
                             training=training)
-            assert plans == [Plan("rows")]
+            assert plans == ROWS
     compare(cell, np.float32, T=5, B=1, masked=masked, reverse=reverse, training=True)
     assert choose(cell, B=64, T=50) == Plan("rows")
     p, x, state0, mask, _, _ = random_problem(cell, np.float32, 7, 3, masked, 6)
@@ -338,6 +344,50 @@ def test_lstm_single_sequence_variants(variant, masked, reverse):
 
 def choose(cell, dtype=np.float32, T=10, B=16, keep=True, threads=2, **kw):
     return choose_plan(cell, dtype, T, B, keep=keep, threads=threads, **kw)
+
+
+def test_row_kernels_split_the_batch_when_large_enough():
+    """The row kernels give each thread a part of the batch's sequences once a call's products
+    reach ``rows_split_min_flops`` and each part has ``rows_split_min_b`` sequences; their
+    results are the reference's (above: every test compares the 2- and 3-part row plans)."""
+    def rows(cell, dtype=np.float32, **kw):
+        plan = choose(cell, dtype, **kw)
+        assert plan.kernel == "rows"
+        return plan.parts
+
+    for cell in (LayerNormLSTMCell(64, 128), LSTMCell(64, 128, recurrent_dropout=0.2),
+                 GRUCell(64, 128), LSTMCell(64, 128, proj_size=32)):
+        assert rows(cell, T=50, B=16, threads=2) == 2
+        assert rows(cell, T=50, B=16, threads=1) == 1
+        assert rows(cell, T=50, B=7, threads=2) == 1  # 3 sequences a part: too few
+        assert rows(cell, T=1, B=8, threads=2) == 1  # too little work
+        assert rows(cell, T=50, B=16, threads=8) == 4
+    assert rows(LSTMCell(64, 128), np.float64, T=50, B=16) == 2
+
+
+def test_small_products_where_the_blas_has_small_kernels():
+    """The row kernels' per-step products in BLAS's small-matrix blocks (``small_products``):
+    chosen where the BLAS has such kernels and a part has 2 to 32 sequences; the blocks are
+    the widest multiple of 16 columns that fit (m n <= 1024, m n k < 1e6)."""
+    from lstmkit.engine.kernels.blas import small_columns
+
+    cell = GRUCell(64, 128)
+    for B, threads, small in ((16, 1, True), (16, 2, True), (64, 2, True), (65, 2, False),
+                              (1, 1, False), (16, 1, False)):
+        plan = choose(cell, T=50, B=B, threads=threads, small_kernels=small or B != 16)
+        assert plan.small_products == small, (B, threads)
+    assert "small products" in str(choose(cell, T=50, B=16, small_kernels=True))
+    assert [small_columns(m, 128) for m in (1, 4, 8, 16, 32, 64, 65)] == [
+        1024, 256, 128, 64, 32, 16, 0]
+    assert small_columns(8, 1024) == 112  # 8 * 128 * 1024 >= 1e6
+    assert small_columns(32, 1024) == 16 and small_columns(64, 1024) == 0
+    with pytest.raises(ValueError, match="small_products is the row kernels'"):
+        ENGINE.plan(LSTMCell(3, 4), np.float32, 2, 3, True,
+                    pin=Plan("batch-inner", small_products=True))
+    cell = GRUCell(3, 4)
+    p, x, state0 = random_problem(cell, np.float32, 2, 3, False, 0)[:3]
+    with pytest.raises(ValueError, match="at most B = 3"):
+        ENGINE.forward(cell, p, x, state0, None, False, True, plan=Plan("rows", 4))
 
 
 def test_single_sequence_splits_its_steps_when_large_enough():

@@ -79,7 +79,7 @@ def test_parameters_start_as_the_identity_and_run_on_the_row_kernels():
     assert (layer.params["weight_ln_c_l0"] == 1).all() and (layer.params["bias_ln_c_l0"] == 0).all()
     x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
     out, state, gates = layer(x, return_gates=True)
-    assert str(layer.last_plans["l0"]) == "rows, 1 part"
+    assert str(layer.last_plans["l0"]).startswith("rows, 1 part")
     assert set(gates["l0"]) == {"i", "f", "g", "o", "c"}
     np.testing.assert_allclose(layer.trace(x).output, out, rtol=1e-5, atol=1e-6)  # reference
 

@@ -56,6 +56,7 @@ class Engine:
         V = None if rows_of is None else int(rows_of[1].shape[0])
         chosen = choose_plan(cell, dtype, T, B, keep=keep, threads=threads.usable_threads(),
                              fold_rows=V, enabled=is_enabled(), fast_pool=threads.has_fast_pool(),
+                             small_kernels=threads.blas_small_kernels(),
                              thresholds=load_thresholds())
         run = pinned(pin, chosen)
         check_plan(run, cell, dtype, T, B, V)

@@ -286,7 +286,8 @@ def lstm_forward(cell: LSTMCell, p: dict[str, Array], x: Array, state0: State,
         _lstm.lstm_forward(x, wih, whh, whr, bias, cell.bias, peep, gidx,
                            cell.coupled_input_forget, act, ZH, ZC, DROP, *LN[:2], _LN_EPS,
                            *LN[2:], mask_arr, has_mask, reverse, keep, h0, c0, Z, PRE, out, M,
-                           C, CS, HP, CP, hs, cs, np.empty((B, R), dtype=dtype), scratch, big)
+                           C, CS, HP, CP, hs, cs, np.empty((B, R), dtype=dtype), scratch, big,
+                           plan.small_products)
     cache = None
     if keep:
         cache = {"kind": "lstm", "plan": plan, "x": x, "Z": Z, "PRE": PRE, "out": out, "C": C,
@@ -452,7 +453,7 @@ def lstm_backward(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Array,
                             cache["C"], cache["CS"], cache["HP"], cache["CP"], d_out, dh, dc, dZ,
                             dA, dR, dX, dHN, dM, np.empty((B, R), dtype=dtype), gWih, gWhh,
                             gwhr.array, gbih, gbhh, gpeep, g_ln[0].array, g_ln[1].array,
-                            scratch, ones)
+                            scratch, ones, cache["plan"].small_products)
     _finish([*accs, gwhr], grads, gpeep)
     if ln:
         for name, gain in (("weight_ln_ih", g_ln[0].array[0]), ("weight_ln_hh", g_ln[0].array[1]),
@@ -517,7 +518,7 @@ def gru_forward(cell: GRUCell, p: dict[str, Array], x: Array, state0: State,
     RH = _dummy(dtype, 3) if lbr else np.empty((T if keep else 1, B, H), dtype=dtype)
     with _row_blas(B):
         _gru.gru_forward(x, wih, whh, bih, bhh, cell.bias, act, lbr, mask_arr, has_mask, reverse,
-                         keep, h0, Z, PRE, HN, RH, out, HP, hs, gh)
+                         keep, h0, Z, PRE, HN, RH, out, HP, hs, gh, plan.small_products)
     cache = None
     if keep:
         cache = {"kind": "gru", "plan": plan, "x": x, "Z": Z, "PRE": PRE, "act": act, "HN": HN,
@@ -542,7 +543,7 @@ def gru_backward(cell: GRUCell, p: dict[str, Array], cache: Any, d_out: Array,
                           cache["mask"], cache["has_mask"], cache["reverse"], cache["h0"], Z,
                           cache["PRE"], cache["HN"], cache["RH"], cache["out"], cache["HP"],
                           d_out, dh, dh_new, np.empty((B, H), dtype=dtype), dGH, dNI, dX,
-                          *(acc.array for acc in accs))
+                          *(acc.array for acc in accs), cache["plan"].small_products)
     _finish(accs, grads)
     return dX, (dh,)
 
@@ -575,7 +576,7 @@ def rnn_forward(cell: RNNCell, p: dict[str, Array], x: Array, state0: State,
     PRE = np.empty_like(A) if act.size else _dummy(dtype, 3)
     with _row_blas(B):
         _rnn.rnn_forward(x, wih, whh, bias, cell.bias, relu, act, mask_arr, has_mask, reverse,
-                         keep, h0, A, PRE, out, HP, hs)
+                         keep, h0, A, PRE, out, HP, hs, plan.small_products)
     cache = None
     if keep:
         cache = {"kind": "rnn", "plan": plan, "x": x, "A": A, "PRE": PRE, "act": act, "HP": HP,
@@ -597,7 +598,7 @@ def rnn_backward(cell: RNNCell, p: dict[str, Array], cache: Any, d_out: Array,
         _rnn.rnn_backward(x, wih, whh, cell.bias, relu, cache["act"], cache["mask"],
                           cache["has_mask"], cache["reverse"], cache["h0"], A, cache["PRE"],
                           cache["HP"], d_out, dh, dA, dX,
-                          *(acc.array for acc in accs))
+                          *(acc.array for acc in accs), cache["plan"].small_products)
     _finish(accs, grads)
     return dX, (dh,)
 
@@ -612,6 +613,8 @@ def forward(cell: Any, p: dict[str, Array], x: Array, state0: State, mask: Array
             reverse: bool, keep: bool, plan: Plan,
             rows_of: tuple[Array, Array] | None = None) -> tuple[Array, State, Any]:
     """Run ``plan`` (a "rows" or "batch-inner" plan that ``plan.check_plan`` accepted)."""
+    if plan.kernel == "rows" and plan.parts > 1:
+        return _split_forward(cell, p, x, state0, mask, reverse, keep, plan)
     if isinstance(cell, LSTMCell):  # LayerNormLSTMCell included
         return lstm_forward(cell, p, x, state0, mask, reverse, keep, plan, rows_of)
     return _FORWARD[type(cell)](cell, p, x, state0, mask, reverse, keep, plan)
@@ -619,10 +622,78 @@ def forward(cell: Any, p: dict[str, Array], x: Array, state0: State, mask: Array
 
 def backward(cell: Any, p: dict[str, Array], cache: Any, d_out: Array, d_state: State,
              grads: dict[str, Array]) -> tuple[Array, State]:
+    if cache["kind"] == "split":
+        return _split_backward(cell, p, cache, d_out, d_state, grads)
     return _BACKWARD[cache["kind"]](cell, p, cache, d_out, d_state, grads)
 
 
+# -- the row kernels over parts of the batch ---------------------------------------------------
+# Sequences are independent: a "rows" plan of k parts runs the batch's rows [b_j, b_j+1) on
+# thread j, each through the whole sequence (no exchange between threads at any step), then
+# concatenates; backward adds the parts' parameter gradients in the parts' order, so the result
+# depends on the plan (the thread count), never on which thread finishes first.
+
+
+def _split_bounds(B: int, parts: int) -> list[tuple[int, int]]:
+    cuts = [B * k // parts for k in range(parts + 1)]
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+def _part_params(p: dict[str, Array], b0: int, b1: int) -> dict[str, Array]:
+    """The parameters, with the layer's per-sequence masks (``*_mask``: (T or G, B, n)) cut to
+    the rows [b0, b1)."""
+    return {name: value[:, b0:b1] if name.endswith("_mask") else value
+            for name, value in p.items()}
+
+
+def _split_forward(cell: Any, p: dict[str, Array], x: Array, state0: State,
+                   mask: Array | None, reverse: bool, keep: bool,
+                   plan: Plan) -> tuple[Array, State, Any]:
+    bounds = _split_bounds(x.shape[1], plan.parts)
+    single = Plan("rows", chunk_steps=plan.chunk_steps, small_products=plan.small_products)
+
+    def part(k: int) -> tuple[Array, State, Any]:
+        b0, b1 = bounds[k]
+        return forward(cell, _part_params(p, b0, b1), x[:, b0:b1],
+                       tuple(s[b0:b1] for s in state0),
+                       None if mask is None else mask[:, b0:b1], reverse, keep, single)
+
+    with threads.blas_single_threaded():
+        results = threads.in_threads(part, plan.parts)
+    out = np.concatenate([r[0] for r in results], axis=1)
+    state = tuple(np.concatenate([r[1][i] for r in results], axis=0)
+                  for i in range(len(results[0][1])))
+    cache = None
+    if keep:
+        cache = {"kind": "split", "plan": plan, "bounds": bounds,
+                 "caches": [r[2] for r in results]}
+    return out, state, cache
+
+
+def _split_backward(cell: Any, p: dict[str, Array], cache: Any, d_out: Array, d_state: State,
+                    grads: dict[str, Array]) -> tuple[Array, State]:
+    bounds = cache["bounds"]
+    part_grads = [{name: np.zeros_like(g) for name, g in grads.items()} for _ in bounds]
+
+    def part(k: int) -> tuple[Array, State]:
+        b0, b1 = bounds[k]
+        return backward(cell, _part_params(p, b0, b1), cache["caches"][k], d_out[:, b0:b1],
+                        tuple(s[b0:b1] for s in d_state), part_grads[k])
+
+    with threads.blas_single_threaded():
+        results = threads.in_threads(part, len(bounds))
+    for name, g in grads.items():
+        for pg in part_grads:
+            g += pg[name]
+    dx = np.concatenate([r[0] for r in results], axis=1)
+    return dx, tuple(np.concatenate([r[1][i] for r in results], axis=0)
+                     for i in range(len(results[0][1])))
+
+
 def gate_sequences(cell: Any, cache: Any) -> dict[str, Array]:
+    if cache["kind"] == "split":
+        parts = [gate_sequences(cell, c) for c in cache["caches"]]
+        return {name: np.concatenate([g[name] for g in parts], axis=1) for name in parts[0]}
     if cache["kind"] == "lstm":
         return lstm_gate_sequences(cell, cache)
     if cache["kind"] == "gru":

@@ -5,13 +5,18 @@ A *plan* says how one layer and direction runs over a sequence::
     kernel           "reference" (the readable loop of ``engine.reference``), "rows" (the compiled
                      loop with a (B, G*H) block per step: any cell, float32 and float64) or
                      "batch-inner" (the float32 LSTM with (G*H, B) blocks, split over threads)
-    parts            threads each step is split over (batch-inner only; 1 elsewhere)
+    parts            threads a call runs on: batch-inner splits each step's units over them;
+                     rows gives each a contiguous part of the batch's sequences, which it runs
+                     through every step on its own
     projection       where the input projection W_ih x + b comes from (batch-inner only):
                      "panel" (one GEMM per chunk of steps), "direct" (inside each step's packed
                      product, [W_ih | b | W_hh] [x_t; 1; h_prev]) or "folded" (a (G*H, V) table
                      W_ih E^T + b, for an input that is an embedding lookup E[ids])
     backward_panels  backward's per-step product reads the gate gradients as panels
     chunk_steps      steps whose input projection is computed at once
+    small_products   the row kernels' per-step products in column blocks that BLAS's
+                     small-matrix kernels take (OpenBLAS on AVX-512: 2-3x its general kernels
+                     for a product of up to 32 rows; ``kernels.blas.gemm_blocks``)
 
 ``choose_plan`` is the only place that decides; it looks at the cell and *every* one of its
 switches, the dtype, the shape and the thread count, nothing else (not the machine's load), so
@@ -64,6 +69,7 @@ class Plan:
     projection: str = "panel"
     backward_panels: bool = False
     chunk_steps: int = 0  # 0: all T steps at once
+    small_products: bool = False
 
     def __str__(self) -> str:
         if self.kernel == "reference":
@@ -73,6 +79,8 @@ class Plan:
             text += f", {self.projection} projection"
             if self.backward_panels:
                 text += ", backward panels"
+        if self.small_products:
+            text += ", small products"
         return text + f", chunks of {self.chunk_steps} steps" if self.chunk_steps else text
 
 
@@ -90,6 +98,11 @@ class Thresholds:
         panels from G*H rows and B columns on.
     chunk_bytes: the input projection of a pass without gradients (and the batch-inner panel)
         is computed in chunks of about this many bytes.
+    rows_split_min_flops, rows_split_min_b: the row kernels split the batch over threads from
+        this many flops per call (forward, the products with W_ih and W_hh) and this many
+        sequences per part.
+    small_products_max_b: the row kernels' products use BLAS's small-matrix kernels (where it
+        has them) up to this many sequences per part.
     """
 
     parallel_min_flops: float = 2.5e5
@@ -98,6 +111,9 @@ class Thresholds:
     backward_panels_min_gh: int = 1024
     backward_panels_min_b: int = 64
     chunk_bytes: int = 2 << 20
+    rows_split_min_flops: float = 4.0e6
+    rows_split_min_b: int = 4
+    small_products_max_b: int = 32
 
 
 def fused_supports(cell: Any, dtype: Any) -> bool:
@@ -144,7 +160,7 @@ def _parts(B: int, H: int, G: int, threads: int, fast_pool: bool, th: Thresholds
 
 def choose_plan(cell: Any, dtype: Any, T: int, B: int, *, keep: bool, threads: int,
                 fold_rows: int | None = None, enabled: bool = True, fast_pool: bool = True,
-                thresholds: Thresholds | None = None) -> Plan:
+                small_kernels: bool = False, thresholds: Thresholds | None = None) -> Plan:
     """The plan for one layer and direction: ``cell`` over (T, B, cell.input_size) inputs.
 
     Args:
@@ -154,6 +170,7 @@ def choose_plan(cell: Any, dtype: Any, T: int, B: int, *, keep: bool, threads: i
         fold_rows: V if the input is a lookup in a (V, D) embedding the kernels may fold.
         enabled: False runs the reference (``LSTMKIT_KERNELS=0``, ``kernels.set_enabled``).
         fast_pool: whether Numba has an OpenMP or TBB pool (else parallel regions cost more).
+        small_kernels: whether the BLAS has small-matrix kernels (``threads.blas_small_kernels``).
     """
     th = thresholds or load_thresholds()
     dtype = np.dtype(dtype)
@@ -174,7 +191,20 @@ def choose_plan(cell: Any, dtype: Any, T: int, B: int, *, keep: bool, threads: i
                         G * H >= th.backward_panels_min_gh and B >= th.backward_panels_min_b,
                         _chunk_steps(T, B, G * H, dtype.itemsize, th.chunk_bytes))
     chunk = 0 if keep else _chunk_steps(T, B, G * H, dtype.itemsize, th.chunk_bytes)
-    return Plan("rows", chunk_steps=chunk if chunk < T else 0)
+    parts = _row_parts(cell, T, B, threads, th)
+    rows = -(-B // parts)  # a part's sequences: the rows of each step's products
+    return Plan("rows", parts, chunk_steps=chunk if chunk < T else 0,
+                small_products=small_kernels and 1 < rows <= th.small_products_max_b)
+
+
+def _row_parts(cell: Any, T: int, B: int, threads: int, th: Thresholds) -> int:
+    """Threads the row kernels split the batch over: as many as have ``rows_split_min_b``
+    sequences each, once a call's products are large enough."""
+    R = getattr(cell, "output_size", cell.hidden_size)
+    flops = 2.0 * T * B * _gates(cell) * cell.hidden_size * (cell.input_size + R)
+    if threads < 2 or flops < th.rows_split_min_flops:
+        return 1
+    return max(1, min(threads, B // th.rows_split_min_b))
 
 
 def check_plan(plan: Plan, cell: Any, dtype: Any, T: int, B: int,
@@ -194,11 +224,15 @@ def check_plan(plan: Plan, cell: Any, dtype: Any, T: int, B: int,
         refuse("chunk_steps must be 0 (all steps) or a positive integer")
     if plan.kernel == "reference":
         return
+    if plan.small_products and plan.kernel != "rows":
+        refuse("small_products is the row kernels' (their per-step BLAS products)")
     if not fused_supports(cell, dtype):
         refuse("no compiled kernel implements this cell's switches or dtype (use 'reference')")
     if plan.kernel == "rows":
-        if plan.parts != 1 or plan.projection != "panel" or plan.backward_panels:
-            refuse("the row kernels run on one thread with the panel projection")
+        if plan.projection != "panel" or plan.backward_panels:
+            refuse("the row kernels run with the panel projection")
+        if plan.parts > B:
+            refuse(f"the row kernels split the batch: parts must be at most B = {B}")
         return
     if not (isinstance(cell, LSTMCell) and np.dtype(dtype) == np.float32):
         refuse("the batch-inner kernels are the float32 LSTM's")
@@ -222,7 +256,8 @@ def candidate_plans(cell: Any, dtype: Any, T: int, B: int, *, keep: bool, max_pa
     if not fused_supports(cell, dtype):
         return plans
     G, H = _gates(cell), cell.hidden_size
-    plans.append(Plan("rows", chunk_steps=0 if keep else 1))
+    plans.extend(Plan("rows", parts, chunk_steps=0 if keep else 1, small_products=small)
+                 for parts in range(1, min(max_parts, B) + 1) for small in (False, True))
     if not (isinstance(cell, LSTMCell) and dtype == np.float32) or _rows_only(cell):
         return plans
     projections = ["panel"] + (["direct"] if B >= 2 else [])
@@ -250,7 +285,10 @@ def pinned(plan: Plan | str | dict[str, Any] | None, chosen: Plan) -> Plan:
         if unknown:
             raise ValueError(f"unknown plan field(s) {unknown}; a plan has "
                              f"{[f.name for f in dataclasses.fields(Plan)]}")
-        return dataclasses.replace(chosen, **plan)
+        fields = dict(plan)
+        if fields.get("kernel", chosen.kernel) != "rows":  # the row kernels' own field
+            fields.setdefault("small_products", False)
+        return dataclasses.replace(chosen, **fields)
     raise TypeError(f"a pinned plan must be a Plan, 'reference', a dict of plan fields or None, "
                     f"got {plan!r}")
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from numba import njit
 
 from lstmkit.engine.kernels import activate
-from lstmkit.engine.kernels.blas import add_recurrent_weight_gradient, gemm
+from lstmkit.engine.kernels.blas import add_recurrent_weight_gradient, gemm, gemm_blocks
 from lstmkit.engine.kernels.gates import flush, one_like, sigmoid, tanh
 from lstmkit.engine.kernels.loops import add_rows, copy1, copy2, fill1, fill_rows, flush_all
 
@@ -193,13 +193,14 @@ def _step_backward_options(zt, pt, hn, hp, dh, dho, dg, dni, dh_prev, act, lbr, 
 
 @njit(**_OPTS)
 def gru_forward(X, Wih, Whh, bih, bhh, has_bias, act, lbr, mask, has_mask, reverse, keep, h0,
-                Z, PRE, HN, RH, OUT, HP, hs, gh):
+                Z, PRE, HN, RH, OUT, HP, hs, gh, small):
     """Z: (T, B, 3, H) if keep (r, z, n afterwards) else a (Tc, B, 3, H) chunk; HN: (T, B, H)
     if keep else (1, B, H); HP: (T, B, H) states before each step (keep with a mask);
     hs (B, H): the final state; gh (B, 3, H): workspace. ``act``: the cell's functions and
     clip (``activate.params``), or empty for sigmoid and tanh; with them PRE (the shape of Z)
     receives the pre-activations. ``lbr`` False: Cho et al.'s candidate (always with ``act``),
-    r * h_prev of each step kept in RH ((T, B, H) with keep, else (1, B, H))."""
+    r * h_prev of each step kept in RH ((T, B, H) with keep, else (1, B, H)). ``small``: the
+    per-step products in BLAS's small-matrix blocks (``blas.gemm_blocks``)."""
     T, B, D = X.shape
     H = h0.shape[1]
     Tc = Z.shape[0]
@@ -234,13 +235,14 @@ def gru_forward(X, Wih, Whh, bih, bhh, has_bias, act, lbr, mask, has_mask, rever
             hn_t = HN[t if keep else 0]
             if act.shape[0] > 0:
                 if lbr:
-                    gemm(False, True, 1.0, h_prev, Whh, 0.0, gh2)
+                    gemm_blocks(False, True, 1.0, h_prev, Whh, 0.0, gh2, small)
                 else:  # r's and z's blocks; the candidate's needs r first
-                    gemm(False, True, 1.0, h_prev, Whh[:2 * H], 0.0, gh2[:, :2 * H])
+                    gemm_blocks(False, True, 1.0, h_prev, Whh[:2 * H], 0.0, gh2[:, :2 * H],
+                                small)
                 _step_forward_options(zt, gh, bhh, PRE[zoff + (t - t0)], h_prev, hn_t, OUT[t],
                                       act, lbr, Whh[2 * H:], RH[t if keep and not lbr else 0])
             else:
-                gemm(False, True, 1.0, h_prev, Whh, 0.0, gh2)
+                gemm_blocks(False, True, 1.0, h_prev, Whh, 0.0, gh2, small)
                 for b in range(B):
                     _cell_forward(zt[b, 0], zt[b, 1], zt[b, 2], gh[b, 0], gh[b, 1], gh[b, 2],
                                   br, bz, bn, h_prev[b], hn_t[b], OUT[t, b])
@@ -257,7 +259,7 @@ def gru_forward(X, Wih, Whh, bih, bhh, has_bias, act, lbr, mask, has_mask, rever
 
 @njit(**_OPTS)
 def gru_backward(X, Wih, Whh, has_bias, act, lbr, mask, has_mask, reverse, h0, Z, PRE, HN, RH,
-                 OUT, HP, dOUT, dh, dh_new, drh, dGH, dNI, dX, gWih, gWhh, gbih, gbhh):
+                 OUT, HP, dOUT, dh, dh_new, drh, dGH, dNI, dX, gWih, gWhh, gbih, gbhh, small):
     """dh (B, H): gradient at the final state on entry, at the initial state on return.
     ``act``, ``lbr``, PRE, RH: the options, pre-activations and r * h_prev of the forward
     pass (``gru_forward``); drh (B, H): work."""
@@ -290,9 +292,10 @@ def gru_backward(X, Wih, Whh, has_bias, act, lbr, mask, has_mask, reverse, h0, Z
         # dh_prev = dh * z (set above) + dgh W_hh (Cho et al.'s: r's and z's rows; the
         # candidate's part went through r * h_prev above)
         if lbr:
-            gemm(False, False, 1.0, dg.reshape(B, 3 * H), Whh, 1.0, nxt)
+            gemm_blocks(False, False, 1.0, dg.reshape(B, 3 * H), Whh, 1.0, nxt, small)
         else:
-            gemm(False, False, 1.0, dg.reshape(B, 3 * H)[:, :2 * H], Whh[:2 * H], 1.0, nxt)
+            gemm_blocks(False, False, 1.0, dg.reshape(B, 3 * H)[:, :2 * H], Whh[:2 * H], 1.0,
+                        nxt, small)
         cur, nxt = nxt, cur
     if T % 2 == 1:  # the result is in the other buffer after an odd number of swaps
         copy2(dh, dh_new)

@@ -37,7 +37,7 @@ import numpy as np
 from numba import njit
 
 from lstmkit.engine.kernels import activate, layernorm
-from lstmkit.engine.kernels.blas import add_recurrent_weight_gradient, gemm
+from lstmkit.engine.kernels.blas import add_recurrent_weight_gradient, gemm, gemm_blocks
 from lstmkit.engine.kernels.gates import flush, one_like, sigmoid, tanh
 from lstmkit.engine.kernels.loops import (
     add_rows,
@@ -287,42 +287,43 @@ def zoneout_backward(d_state, d_out, z, d_new, keep):
 
 
 @njit(**_OPTS)
-def _add_recurrent(h_prev, Whh, DROP, hd, zt, beta):
+def _add_recurrent(h_prev, Whh, DROP, hd, zt, beta, small):
     """zt (B, G, H) = beta * zt + W_hh h_prev for every gate block; with recurrent dropout
-    (DROP not empty) block k sees h_prev * DROP[k] instead."""
+    (DROP not empty) block k sees h_prev * DROP[k] instead. ``small``: the plan's
+    ``small_products`` (``blas.gemm_blocks``)."""
     B, G, H = zt.shape
     if DROP.shape[0] == 0:
-        gemm(False, True, 1.0, h_prev, Whh, beta, zt.reshape(B, G * H))
+        gemm_blocks(False, True, 1.0, h_prev, Whh, beta, zt.reshape(B, G * H), small)
         return
     for k in range(G):
         for b in range(B):
             for j in range(hd.shape[1]):
                 hd[b, j] = h_prev[b, j] * DROP[k, b, j]
-        gemm(False, True, 1.0, hd, Whh[k * H:(k + 1) * H], beta, zt[:, k])
+        gemm_blocks(False, True, 1.0, hd, Whh[k * H:(k + 1) * H], beta, zt[:, k], small)
 
 
 @njit(**_OPTS)
-def _recurrent_backward(dzt, Whh, DROP, hd, dh):
+def _recurrent_backward(dzt, Whh, DROP, hd, dh, small):
     """dh (B, R) += the gradient through ``_add_recurrent``: dZ_t W_hh, or with recurrent
     dropout the sum over gate blocks k of (dZ_t,k W_hh,k) * DROP[k]."""
     B, G, H = dzt.shape
     if DROP.shape[0] == 0:
-        gemm(False, False, 1.0, dzt.reshape(B, G * H), Whh, 1.0, dh)
+        gemm_blocks(False, False, 1.0, dzt.reshape(B, G * H), Whh, 1.0, dh, small)
         return
     for k in range(G):
-        gemm(False, False, 1.0, dzt[:, k], Whh[k * H:(k + 1) * H], 0.0, hd)
+        gemm_blocks(False, False, 1.0, dzt[:, k], Whh[k * H:(k + 1) * H], 0.0, hd, small)
         for b in range(B):
             for j in range(hd.shape[1]):
                 dh[b, j] += hd[b, j] * DROP[k, b, j]
 
 
 @njit(**_OPTS)
-def _layer_norm_step(zt, h_prev, Whh, DROP, hd, LNG, bias, eps, AH, RH, INV):
+def _layer_norm_step(zt, h_prev, Whh, DROP, hd, LNG, bias, eps, AH, RH, INV, small):
     """The layer-normalised cell's pre-activations of one step, in zt (B, G, H), which holds
     a = W_ih x on entry: z = w_ln_ih * LN(a) + w_ln_hh * LN(r) + b with r = W_hh h_prev.
     Keeps LN(a) in AH, LN(r) in RH (each (B, G*H)) and the two 1 / std in INV[:, 0:2]."""
     B, G, H = zt.shape
-    _add_recurrent(h_prev, Whh, DROP, hd, RH.reshape(B, G, H), 0.0)
+    _add_recurrent(h_prev, Whh, DROP, hd, RH.reshape(B, G, H), 0.0, small)
     for b in range(B):
         INV[b, 0], INV[b, 1] = layernorm.normalise_pair(zt[b].reshape(G * H), RH[b], LNG[0],
                                                         LNG[1], bias, AH[b], RH[b], eps)
@@ -382,7 +383,7 @@ def _mul_add(acc, a, b):
 @njit(**_OPTS)
 def lstm_forward(X, Wih, Whh, Whr, bias, has_bias, peep, gidx, cifg, act, ZH, ZC, DROP, LNG,
                  LNC, eps, AH, RH, CH, INV, mask, has_mask, reverse, keep, h0, c0, Z, PRE, OUT,
-                 M, C, CS, HP, CP, hs, cs, hd, scratch, big):
+                 M, C, CS, HP, CP, hs, cs, hd, scratch, big, small):
     """Run the whole sequence. Buffers are allocated by the caller:
 
     Z: (T, B, G, H) when ``keep`` (holds the gate activations afterwards), else a chunk
@@ -404,6 +405,7 @@ def lstm_forward(X, Wih, Whh, Whr, bias, has_bias, peep, gidx, cifg, act, ZH, ZC
     w_ln_hh, LNC (2, H) w_ln_c and b_ln_c; LNG empty (0, 1) without): AH and RH (steps, B,
     G*H) keep LN(W_ih x) and LN(W_hh h_prev), CH (steps, B, H) LN(c), INV (steps, B, 3) the
     three 1 / std, steps being T with ``keep``, else 1.
+    ``small``: the per-step products in BLAS's small-matrix blocks (``blas.gemm_blocks``).
     """
     T, B, D = X.shape
     H = c0.shape[1]
@@ -454,9 +456,9 @@ def lstm_forward(X, Wih, Whh, Whr, bias, has_bias, peep, gidx, cifg, act, ZH, ZC
             slot = t if keep else 0
             if ln:
                 _layer_norm_step(zt, h_prev, Whh, DROP, hd, LNG, bias, eps, AH[slot], RH[slot],
-                                 INV[slot])
+                                 INV[slot], small)
             else:
-                _add_recurrent(h_prev, Whh, DROP, hd, zt, 1.0)
+                _add_recurrent(h_prev, Whh, DROP, hd, zt, 1.0, small)
             m = M[t if keep else 0] if proj else OUT[t]  # where the cell writes o * tanh(c)
             for b in range(B):
                 # a removed gate computes on scratch holding BIG: its sigmoid is exactly 1
@@ -504,7 +506,7 @@ def lstm_forward(X, Wih, Whh, Whr, bias, has_bias, peep, gidx, cifg, act, ZH, ZC
 def lstm_backward(X, Wih, Whh, Whr, has_bias, peep, has_peep, gidx, cifg, act, ZH, ZC, DROP,
                   LNG, LNC, AH, RH, CH, INV, mask, has_mask, reverse, h0, c0, Z, PRE, OUT, M, C,
                   CS, HP, CP, dOUT, dh, dc, dZ, dA, dR, dX, dHN, dM, hd, gWih, gWhh, gWhr, gbih,
-                  gbhh, gpeep, gLNG, gLNC, scratch, ones):
+                  gbhh, gpeep, gLNG, gLNC, scratch, ones, small):
     """Backpropagation through time. dh, dc (B, H): the gradient at the final state on entry,
     at the initial state on return. dZ (T, B, G, H), dX (T, B, D): outputs. Gradients are
     accumulated into gWih, gWhh, gbih, gbhh (if has_bias) and gpeep (3, H) (if has_peep).
@@ -588,7 +590,7 @@ def lstm_backward(X, Wih, Whh, Whr, has_bias, peep, has_peep, gidx, cifg, act, Z
                                         LNG[1], RH[t, b], INV[t, b, 1], dA[t, b].reshape(GH),
                                         dR[t, b].reshape(GH), gLNG[0], gLNG[1])
         # dh_prev = dR[t] W_hh + what passes straight back (dR is dZ without layer norm)
-        _recurrent_backward(dR[t], Whh, DROP, hd, dh)
+        _recurrent_backward(dR[t], Whh, DROP, hd, dh, small)
     TB = T * B
     dZ2 = dZ.reshape(TB, GH)
     dA2 = dA.reshape(TB, GH)

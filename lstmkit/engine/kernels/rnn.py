@@ -11,7 +11,7 @@ from __future__ import annotations
 from numba import njit
 
 from lstmkit.engine.kernels import activate
-from lstmkit.engine.kernels.blas import add_recurrent_weight_gradient, gemm
+from lstmkit.engine.kernels.blas import add_recurrent_weight_gradient, gemm, gemm_blocks
 from lstmkit.engine.kernels.gates import flush, one_like, tanh
 from lstmkit.engine.kernels.loops import add_rows, copy1, copy2, fill1, fill_rows, flush_all
 
@@ -54,7 +54,7 @@ _run_step_options_backward = activate.by_function(_step_options_backward)
 
 @njit(**_OPTS)
 def rnn_forward(X, Wih, Whh, bias, has_bias, relu, act, mask, has_mask, reverse, keep, h0,
-                A, PRE, OUT, HP, hs):
+                A, PRE, OUT, HP, hs, small):
     """A: (T, B, H) activations; OUT: the output (A itself without a mask); HP: (T, B, H)
     states before each step (keep with a mask); hs (B, H): the final state. ``act``: the
     function and clip (``activate.params``), or empty for tanh / relu (``relu``); with them
@@ -77,7 +77,7 @@ def rnn_forward(X, Wih, Whh, bias, has_bias, relu, act, mask, has_mask, reverse,
         else:
             h_prev = A[t + 1 if reverse else t - 1]
         at = A[t]
-        gemm(False, True, 1.0, h_prev, Whh, 1.0, at)
+        gemm_blocks(False, True, 1.0, h_prev, Whh, 1.0, at, small)
         if act.shape[0] > 0:
             kind, alpha, beta = activate.function(act, 0)
             for b in range(B):
@@ -98,7 +98,7 @@ def rnn_forward(X, Wih, Whh, bias, has_bias, relu, act, mask, has_mask, reverse,
 
 @njit(**_OPTS)
 def rnn_backward(X, Wih, Whh, has_bias, relu, act, mask, has_mask, reverse, h0, A, PRE, HP,
-                 dOUT, dh, dA, dX, gWih, gWhh, gbih, gbhh):
+                 dOUT, dh, dA, dX, gWih, gWhh, gbih, gbhh, small):
     """dh (B, H): gradient at the final state on entry, at the initial state on return.
     ``act``, PRE: the options and pre-activations of the forward pass (``rnn_forward``)."""
     T, B, D = X.shape
@@ -119,7 +119,7 @@ def rnn_backward(X, Wih, Whh, has_bias, relu, act, mask, has_mask, reverse, h0, 
                 _act_backward(A[t, b], dh[b], dOUT[t, b], da[b], relu)
             if has_mask:
                 fill1(dh[b], 0.0)
-        gemm(False, False, 1.0, da, Whh, 1.0 if has_mask else 0.0, dh)
+        gemm_blocks(False, False, 1.0, da, Whh, 1.0 if has_mask else 0.0, dh, small)
     TB = T * B
     dA2 = dA.reshape(TB, H)
     X2 = X.reshape(TB, D)

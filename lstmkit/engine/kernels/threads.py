@@ -56,8 +56,38 @@ def _scipy_openblas() -> Any:
                                ("openblas_set_num_threads", "openblas_get_num_threads")):
             if hasattr(lib, setter) and hasattr(lib, getter):
                 _blas_handle = (getattr(lib, setter), getattr(lib, getter))
+                _blas_lib.append(lib)
                 return _blas_handle
     return None
+
+
+_blas_lib: list[Any] = []
+# OpenBLAS cores with small-matrix kernels for sgemm/dgemm (its SMALL_MATRIX_OPT builds)
+_SMALL_KERNEL_CORES = ("skylakex", "cooperlake", "sapphirerapids")
+
+
+def blas_core() -> str:
+    """The kernel set the kernels' OpenBLAS runs on (``openblas_get_corename``, e.g.
+    "SkylakeX", "Haswell", "Zen"), or "" if unknown."""
+    if _scipy_openblas() is None or not _blas_lib:
+        return ""
+    for name in ("scipy_openblas_get_corename", "openblas_get_corename"):
+        getter = getattr(_blas_lib[0], name, None)
+        if getter is not None:
+            getter.restype = ctypes.c_char_p
+            return (getter() or b"").decode(errors="replace")
+    return ""
+
+
+_small: list[bool] = []
+
+
+def blas_small_kernels() -> bool:
+    """Whether the BLAS has small-matrix kernels that a per-step product of few rows gains
+    from (``kernels.blas.gemm_blocks``): OpenBLAS on its AVX-512 cores. Asked once."""
+    if not _small:
+        _small.append(blas_core().lower() in _SMALL_KERNEL_CORES)
+    return _small[0]
 
 
 @contextlib.contextmanager
@@ -205,6 +235,26 @@ def run_parts(parallel: Any, serial: Any, parts: int, *args: Any) -> Any:
         starting_parallel()
         return parallel(*args, parts)
     return serial(*args, parts)
+
+
+_pool: list[Any] = []  # [pid, ThreadPoolExecutor]: a pool made in this process
+
+
+def in_threads(work: Any, parts: int) -> list[Any]:
+    """``[work(0), ..., work(parts - 1)]``, each call on its own thread (``work(0)`` on the
+    caller's), for kernels that release the GIL (``nogil``) and share nothing they write. A
+    pool of Python threads kept for the process (made again in a forked child, where the
+    parent's threads do not exist); an exception in any part is raised here."""
+    if parts <= 1:
+        return [work(0)]
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not _pool or _pool[0] != os.getpid() or _pool[1]._max_workers < parts - 1:
+        _pool[:] = [os.getpid(), ThreadPoolExecutor(max_workers=max(parts - 1, 1),
+                                                    thread_name_prefix="lstmkit")]
+    futures = [_pool[1].submit(work, k) for k in range(1, parts)]
+    first = work(0)
+    return [first, *(future.result() for future in futures)]
 
 
 def unit_bounds(H: int, parts: int) -> np.ndarray:
