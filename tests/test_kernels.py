@@ -525,6 +525,39 @@ def test_output_is_not_the_cache(H, B, masked, reverse):
 # -- numerical safety --------------------------------------------------------------------------
 
 
+def test_dropped_caches_lend_their_arrays_to_later_calls():
+    """A forward cache's arrays go back to a pool when the cache is dropped (the layer's next
+    call), unless something still holds one (a view): results are the same either way, and
+    an array that is still held is never handed out again."""
+    from lstmkit.engine import fused
+
+    layer = lstmkit.LSTM(8, 16, seed=0)
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((40, 32, 8)).astype(np.float32) for _ in range(3)]
+    fresh = lstmkit.LSTM(8, 16, seed=0)
+    for x in xs:  # each call recycles the previous call's cache
+        out, _ = layer(x)
+        dx, _ = layer.backward(np.ones_like(out))
+        fresh._cache = None
+        fused._RECYCLED.arrays.clear()  # the second layer always runs on fresh arrays
+        fused._RECYCLED.nbytes = 0
+        ref, _ = fresh(x)
+        ref_dx, _ = fresh.backward(np.ones_like(ref))
+        np.testing.assert_array_equal(out, ref)
+        np.testing.assert_array_equal(dx, ref_dx)
+    held = layer._cache["caches"][0]["Z"]
+    view = held[:1]
+    layer(xs[0])  # drops the cache that holds `held`
+    assert not any(a is held for free in fused._RECYCLED.arrays.values() for a in free)
+    layer(xs[1])
+    layer(xs[2])
+    assert all(c["Z"] is not held for c in layer._cache["caches"])
+    assert view.base is held
+    dropped = id(layer._cache["caches"][0]["Z"])  # an id: a reference would hold it
+    layer(xs[0])
+    assert any(id(a) == dropped for free in fused._RECYCLED.arrays.values() for a in free)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("cell", [LSTMCell(3, 4, peepholes=True), GRUCell(3, 4), RNNCell(3, 4)],
                          ids=["lstm", "gru", "rnn"])

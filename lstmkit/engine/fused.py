@@ -10,6 +10,7 @@ may be called more than once on one forward pass, as with the reference).
 from __future__ import annotations
 
 import functools
+import sys
 import threading
 from typing import Any, NamedTuple
 
@@ -67,6 +68,75 @@ def _work(name: str, shape: tuple[int, ...], dtype: np.dtype) -> Array:
     if flat is None or flat.size < size:
         flat = pool[key] = np.empty(size, dtype=dtype)
     return flat[:size].reshape(shape)
+
+
+class _Recycled:
+    """Arrays of forward caches that nothing holds any more, handed to later forward passes
+    of the same shapes: a layer's cache lives until its next call, so in a training loop
+    every call would otherwise fill fresh memory (page faults: on the development VM 0.5-1.1
+    ms of a 4-8 ms call). Thread-safe; at most ``cap`` bytes are kept."""
+
+    min_bytes = 1 << 16  # smaller arrays come from malloc's own free lists anyway
+    cap = 256 << 20
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.arrays: dict[tuple[tuple[int, ...], str], list[Array]] = {}
+        self.nbytes = 0
+
+    def get(self, shape: tuple[int, ...], dtype: np.dtype) -> Array:
+        key = (tuple(shape), np.dtype(dtype).str)
+        with self.lock:
+            free = self.arrays.get(key)
+            if free:
+                a = free.pop()
+                self.nbytes -= a.nbytes
+                return a
+        return np.empty(shape, dtype=dtype)
+
+    def give(self, a: Array) -> None:
+        if a.nbytes < self.min_bytes:
+            return
+        with self.lock:
+            if self.nbytes + a.nbytes <= self.cap:
+                self.arrays.setdefault((a.shape, a.dtype.str), []).append(a)
+                self.nbytes += a.nbytes
+
+
+_RECYCLED = _Recycled()
+
+
+def _new(keep: bool) -> Any:
+    """``new(shape, dtype)``: an array for the kernel to write, from ``_RECYCLED`` when it goes
+    into a cache (``keep``), else fresh."""
+    if keep:
+        return _RECYCLED.get
+    return lambda shape, dtype: np.empty(shape, dtype=dtype)
+
+
+class _Cache(dict):
+    """A forward pass's cache. When it is dropped (the layer's next call replaces it), the
+    arrays named in ``owned`` (made by ``_new``, or tuples of them) that nothing else holds
+    (no view, no other reference: their reference count says so) go back to ``_RECYCLED``."""
+
+    def __init__(self, owned: tuple[str, ...], **entries: Any) -> None:
+        super().__init__(**entries)
+        self.owned = owned
+
+    def __del__(self) -> None:
+        try:
+            found: dict[int, list[Any]] = {}  # id -> [array, references from this cache]
+            for name in self.owned:
+                value = self[name]
+                for a in value if isinstance(value, tuple) else (value,):
+                    if isinstance(a, np.ndarray) and a.base is None:
+                        found.setdefault(id(a), [a, 0])[1] += 1
+            for a, n in found.values():
+                # the cache's n references, the list in `found`, `a` and the argument: no more
+                if sys.getrefcount(a) == n + 3:
+                    _RECYCLED.give(a)
+        except Exception:  # noqa: BLE001  (interpreter shutdown: nothing to recycle)
+            pass
 
 
 def _dummy(dtype: np.dtype, ndim: int) -> Array:
@@ -234,17 +304,16 @@ def _recurrent_dropout_mask(cell: LSTMCell, p: dict[str, Array], dtype: np.dtype
 
 
 def _projection(cell: LSTMCell, p: dict[str, Array], steps: int, B: int,
-                dtype: np.dtype) -> tuple[Array, Array]:
+                dtype: np.dtype, new: Any = None) -> tuple[Array, Array]:
     """W_hr (P, H) and room for m = o * tanh(c) of ``steps`` steps (steps, B, H), or (0, H)
     and a dummy without a projection (``proj_size`` = 0)."""
     if not cell.proj_size:
         return np.zeros((0, cell.hidden_size), dtype=dtype), _dummy(dtype, 3)
-    return (_c(p["weight_hr"], dtype),
-            np.empty((steps, B, cell.hidden_size), dtype=dtype))
+    return (_c(p["weight_hr"], dtype), (new or _new(False))((steps, B, cell.hidden_size), dtype))
 
 
 def _layer_norm(cell: LSTMCell, p: dict[str, Array], steps: int, B: int,
-                dtype: np.dtype) -> tuple[Array, ...]:
+                dtype: np.dtype, new: Any) -> tuple[Array, ...]:
     """The layer-normalised cell's gains LNG (2, G*H) (w_ln_ih, w_ln_hh) and LNC (2, H)
     (w_ln_c, b_ln_c), and room for what its ``steps`` steps keep: LN(W_ih x) and LN(W_hh
     h_prev) (steps, B, G*H), LN(c) (steps, B, H), the 1 / std (steps, B, 3); for any other
@@ -255,8 +324,8 @@ def _layer_norm(cell: LSTMCell, p: dict[str, Array], steps: int, B: int,
     GH, H = len(cell.gates) * cell.hidden_size, cell.hidden_size
     LNG = np.stack([_c(p["weight_ln_ih"], dtype), _c(p["weight_ln_hh"], dtype)])
     LNC = np.stack([_c(p["weight_ln_c"], dtype), _c(p["bias_ln_c"], dtype)])
-    return (LNG, LNC, np.empty((steps, B, GH), dtype=dtype), np.empty((steps, B, GH), dtype=dtype),
-            np.empty((steps, B, H), dtype=dtype), np.empty((steps, B, 3), dtype=dtype))
+    return (LNG, LNC, new((steps, B, GH), dtype), new((steps, B, GH), dtype),
+            new((steps, B, H), dtype), new((steps, B, 3), dtype))
 
 
 def lstm_forward(cell: LSTMCell, p: dict[str, Array], x: Array, state0: State,
@@ -284,22 +353,23 @@ def lstm_forward(cell: LSTMCell, p: dict[str, Array], x: Array, state0: State,
                                c0, reverse, keep, rows_of, plan, (ZH, ZC))
     Tc = _row_chunk(T, keep, plan)
     R = cell.output_size
-    Z = np.empty((Tc, B, G, H), dtype=dtype)
-    out = np.empty((T, B, R), dtype=dtype)
-    whr, M = _projection(cell, p, T if keep else 1, B, dtype)
-    C = np.empty((T if keep else 2, B, H), dtype=dtype)
+    new = _new(keep)
+    Z = new((Tc, B, G, H), dtype)
+    out = new((T, B, R), dtype)
+    whr, M = _projection(cell, p, T if keep else 1, B, dtype, new)
+    C = new((T if keep else 2, B, H), dtype)
     if keep and has_mask:
-        HP = np.empty((T, B, R), dtype=dtype)
-        CP = np.empty((T, B, H), dtype=dtype)
+        HP = new((T, B, R), dtype)
+        CP = new((T, B, H), dtype)
     else:
         HP = CP = _dummy(dtype, 3)
     hs = np.empty((B, R), dtype=dtype)
     cs = np.empty((B, H), dtype=dtype)
     act = _lstm_options(cell, dtype)
-    PRE = np.empty_like(Z) if act.size else _dummy(dtype, 4)
-    CS = np.empty_like(C) if ZH.size else C
+    PRE = new(Z.shape, dtype) if act.size else _dummy(dtype, 4)
+    CS = new(C.shape, dtype) if ZH.size else C
     DROP = _recurrent_dropout_mask(cell, p, dtype)
-    LN = _layer_norm(cell, p, T if keep else 1, B, dtype)
+    LN = _layer_norm(cell, p, T if keep else 1, B, dtype, new)
     scratch = np.empty((5, H), dtype=dtype)
     big = np.full((4, H), _lstm.BIG, dtype=dtype)
     with _row_blas(B):
@@ -310,11 +380,10 @@ def lstm_forward(cell: LSTMCell, p: dict[str, Array], x: Array, state0: State,
                            plan.small_products)
     cache = None
     if keep:
-        cache = {"kind": "lstm", "plan": plan, "x": x, "Z": Z, "PRE": PRE, "out": out, "C": C,
-                 "M": M, "DROP": DROP, "act": act, "LN": LN,
-                 "CS": CS, "ZH": ZH, "ZC": ZC, "HP": HP, "CP": CP,
-                 "h0": h0, "c0": c0, "mask": mask_arr, "has_mask": has_mask,
-                 "reverse": reverse, "gidx": gidx}
+        cache = _Cache(("Z", "PRE", "out", "C", "M", "LN", "CS", "HP", "CP"),
+                       kind="lstm", plan=plan, x=x, Z=Z, PRE=PRE, out=out, C=C, M=M, DROP=DROP,
+                       act=act, LN=LN, CS=CS, ZH=ZH, ZC=ZC, HP=HP, CP=CP, h0=h0, c0=c0,
+                       mask=mask_arr, has_mask=has_mask, reverse=reverse, gidx=gidx)
         out = out.copy()  # the cache keeps its own h sequence: the caller may modify `out`
     return out, (hs, cs), cache
 
@@ -354,14 +423,15 @@ def _lstm_forward_t(cell: LSTMCell, x: Array, wih: Array, whh: Array, bias: Arra
         Tc = min(T, plan.chunk_steps or T)
         P = np.empty((GH, 1 if fold else Tc, B), dtype=dtype)
         Wp = packed.empty_aligned(layout.w_size)
-    Z = np.empty((T if keep else 1, GH, B), dtype=dtype)
+    new = _new(keep)
+    Z = new((T if keep else 1, GH, B), dtype)
     out = np.empty((T, B, H), dtype=dtype)
     # the cache's own h sequence (the caller may modify `out`), written by the kernel alongside
-    out_kept = np.empty((T, B, H), dtype=dtype) if keep else _dummy(dtype, 3)
-    CT = np.empty((T if keep else 2, H, B), dtype=dtype)
+    out_kept = new((T, B, H), dtype) if keep else _dummy(dtype, 3)
+    CT = new((T if keep else 2, H, B), dtype)
     if keep and has_mask:
-        HP = np.empty((T, B, H), dtype=dtype)
-        CPT = np.empty((T, H, B), dtype=dtype)
+        HP = new((T, B, H), dtype)
+        CPT = new((T, H, B), dtype)
     else:
         HP = CPT = _dummy(dtype, 3)
     hT = np.empty((2, H, B), dtype=dtype)
@@ -371,9 +441,9 @@ def _lstm_forward_t(cell: LSTMCell, x: Array, wih: Array, whh: Array, bias: Arra
     cs = np.empty((B, H), dtype=dtype)
     wexp = _peephole_block(peep, B)
     act = _lstm_options(cell, dtype)
-    PRE = np.empty_like(Z) if act.size else _dummy(dtype, 3)
+    PRE = new(Z.shape, dtype) if act.size else _dummy(dtype, 3)
     ZHT, ZCT = (np.ascontiguousarray(m.transpose(0, 2, 1)) for m in zoneout)
-    CST = np.empty_like(CT) if ZHT.size else CT
+    CST = new(CT.shape, dtype) if ZHT.size else CT
     scratch = np.empty((parts, 4, layout.units * B), dtype=dtype)
     if parts > 1:
         threads.starting_parallel()
@@ -385,11 +455,11 @@ def _lstm_forward_t(cell: LSTMCell, x: Array, wih: Array, whh: Array, bias: Arra
             layout.w_off, fold, table, ids, direct, XT, Wxp, wx_off)
     cache = None
     if keep:
-        cache = {"kind": "lstm", "plan": plan, "x": x, "Z": Z, "PRE": PRE, "act": act,
-                 "out": out_kept, "CS": CST, "ZH": ZHT, "ZC": ZCT,
-                 "C": CT, "HP": HP, "CP": CPT, "h0": h0, "c0": c0, "mask": mask_arr,
-                 "has_mask": has_mask, "reverse": reverse, "gidx": gidx, "parts": parts,
-                 "rows_of": (ids, E) if fold else None}
+        cache = _Cache(("Z", "PRE", "out", "CS", "C", "HP", "CP"),
+                       kind="lstm", plan=plan, x=x, Z=Z, PRE=PRE, act=act, out=out_kept, CS=CST,
+                       ZH=ZHT, ZC=ZCT, C=CT, HP=HP, CP=CPT, h0=h0, c0=c0, mask=mask_arr,
+                       has_mask=has_mask, reverse=reverse, gidx=gidx, parts=parts,
+                       rows_of=(ids, E) if fold else None)
     return out, (hs, cs), cache
 
 
