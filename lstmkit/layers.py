@@ -732,7 +732,11 @@ class LSTM(RecurrentLayer):
     """Long Short-Term Memory over a sequence (cell equations: ``lstmkit.cells.lstm``).
 
     ``output, (h_n, c_n) = lstm(x, (h_0, c_0), lengths=None)``;
-    ``dx, (dh_0, dc_0) = lstm.backward(d_output, (dh_n, dc_n))``.
+    ``dx, (dh_0, dc_0) = lstm.backward(d_output, (dh_n, dc_n))``. With
+    ``full_gate_recurrence`` the state is a triple (h, c, a), a (num_layers * num_directions,
+    B, 3H) the last step's gate values [i, f, o] that the next step's gates see (zeros when a
+    state is given as (h, c) or not at all), so that a state carried from call to call (as
+    ``lstmkit train`` does) carries them too.
 
     Args beyond PyTorch's: ``peepholes``, ``forget_gate``, ``input_gate``, ``output_gate``,
     ``coupled_input_forget`` (the variant switches of ``LSTMCell``); ``forget_bias`` is added to
@@ -883,8 +887,11 @@ class LSTM(RecurrentLayer):
             if name.startswith("bias_ih"):
                 value[block * H : (block + 1) * H] += sign * self.forget_bias
 
-    def _pack_state(self, state: tuple[Array, ...]) -> tuple[Array, Array]:
-        return state[0], state[1]  # FGR's previous gate values stay inside
+    def _pack_state(self, state: tuple[Array, ...]) -> tuple[Array, ...]:
+        if len(state) == 2:
+            return state[0], state[1]
+        # FGR: (h, c, a), a = the last gate values [i, f, o] (L * D, B, 3H)
+        return state[0], state[1], np.concatenate(state[2:], axis=-1)
 
     def _initial_state(
         self, state: Any, B: int, unbatched: bool, label: str = "{}_0"
@@ -894,9 +901,21 @@ class LSTM(RecurrentLayer):
         return parts + tuple(np.zeros_like(parts[1]) for _ in range(extra))
 
     def _unpack_state(self, state: Any, what: str) -> tuple[Array, ...]:
-        if not isinstance(state, (tuple, list)) or len(state) != 2:
-            raise ValueError(f"the LSTM's {what} must be a pair (h, c), got {type(state).__name__}")
-        return tuple(state)
+        fgr = len(self._state_names) > 2
+        if not isinstance(state, (tuple, list)) or len(state) not in ((2, 3) if fgr else (2,)):
+            expected = "a pair (h, c) or a triple (h, c, a)" if fgr else "a pair (h, c)"
+            raise ValueError(f"the LSTM's {what} must be {expected}, got "
+                             f"{type(state).__name__}"
+                             + (f" of {len(state)}" if isinstance(state, (tuple, list)) else ""))
+        if len(state) == 2:
+            return tuple(state)
+        a = self._check_array(state[2], f"{what}'s gates a")
+        H = self.hidden_size
+        if a.shape[-1] != 3 * H:
+            raise ValueError(f"the gates a of the LSTM's {what} have shape {a.shape}, expected "
+                             f"(num_layers * num_directions, B, 3 * hidden_size = {3 * H}): "
+                             "the previous step's i, f, o")
+        return state[0], state[1], a[..., :H], a[..., H:2 * H], a[..., 2 * H:]
 
 
 class GRU(RecurrentLayer):

@@ -53,7 +53,7 @@ def check_gradients(layer, x, state, lengths, tol=1e-6):
     weights = (rng.standard_normal(out.shape), [rng.standard_normal(s.shape) for s in st])
     layer.zero_grad()
     _, out, st = loss_and_grads(layer, x, state, lengths, weights)
-    d_state = tuple(weights[1]) if len(st) == 2 else weights[1][0]
+    d_state = tuple(weights[1]) if len(st) > 1 else weights[1][0]
     dx, d_state0 = layer.backward(weights[0], d_state)
     d_state0 = d_state0 if isinstance(d_state0, tuple) else (d_state0,)
 

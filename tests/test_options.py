@@ -182,9 +182,11 @@ def test_full_gate_recurrence_feeds_the_previous_gates():
     np.testing.assert_allclose(out[0], ref[0], rtol=1e-12)  # no previous gates yet
     layer.params["weight_gg_l0"][...] = 0.0
     np.testing.assert_allclose(layer(x)[0], plain(x)[0], rtol=1e-12)
-    # the state the user sees is (h, c); the gates stay inside
-    _, state = layer(x)
-    assert len(state) == 2
+    # the state the user sees is (h, c, a): the last gate values travel with it
+    _, state, gates = layer(x, return_gates=True)
+    assert len(state) == 3
+    np.testing.assert_array_equal(state[2][0], np.concatenate(
+        [gates["l0"][k][-1] for k in "ifo"], axis=-1))
 
 
 def test_option_errors_are_clear():
@@ -368,14 +370,57 @@ def test_full_gate_recurrence_stateful_and_unbatched():
     """A stateful FGR layer carries the gates between calls: two halves equal one call."""
     layer = lstmkit.LSTM(2, 3, dtype="float64", seed=0, full_gate_recurrence=True)
     x = np.random.default_rng(0).standard_normal((6, 2))  # unbatched (T, D)
-    whole, (h, c) = layer(x)
+    whole, (h, c, a) = layer(x)
     halves = lstmkit.LSTM(2, 3, dtype="float64", seed=0, full_gate_recurrence=True,
                           stateful=True)
     first, _ = halves(x[:3])
-    second, (h2, c2) = halves(x[3:])
+    second, (h2, c2, a2) = halves(x[3:])
     np.testing.assert_allclose(np.concatenate([first, second]), whole, rtol=1e-12)
     np.testing.assert_allclose(h2, h, rtol=1e-12)
-    assert h.shape == (1, 3)
+    np.testing.assert_allclose(a2, a, rtol=1e-12)
+    assert h.shape == (1, 3) and a.shape == (1, 9)
+
+
+def test_full_gate_recurrence_carries_its_gates_in_the_state():
+    """An FGR layer's state is (h, c, a), a the last step's [i, f, o]: carried by hand from
+    call to call (as ``lstmkit train`` carries it between windows), two halves equal one
+    call; (h, c) alone starts the gates at zero; backward returns dL/da_0, checked by finite
+    differences; a wrong a is refused."""
+    layer = lstmkit.LSTM(2, 3, dtype="float64", seed=0, num_layers=2, bidirectional=True,
+                         full_gate_recurrence=True)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((6, 2, 2))
+    whole, state = layer(x)
+    assert [s.shape for s in state] == [(4, 2, 3), (4, 2, 3), (4, 2, 9)]
+    zeros = (np.zeros((4, 2, 3)), np.zeros((4, 2, 3)))
+    np.testing.assert_array_equal(layer(x, zeros)[0], whole)
+    np.testing.assert_array_equal(layer(x, (*zeros, np.zeros((4, 2, 9))))[0], whole)
+    uni = lstmkit.LSTM(2, 3, dtype="float64", seed=0, full_gate_recurrence=True)
+    whole, final = uni(x)
+    first, carried = uni(x[:3])
+    second, final2 = uni(x[3:], carried)
+    np.testing.assert_allclose(np.concatenate([first, second]), whole, rtol=1e-12)
+    for a, b in zip(final2, final):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    state0 = tuple(rng.uniform(0.1, 0.9, s.shape) for s in carried)
+    out, _ = uni(x, state0)
+    g = rng.standard_normal(out.shape)
+    _, d0 = uni.backward(g)
+    assert [d.shape for d in d0] == [(1, 2, 3), (1, 2, 3), (1, 2, 9)]
+    for index in [(0, 0, 0), (0, 1, 4), (0, 1, 8)]:
+        bumped = [s.copy() for s in state0]
+        eps = 1e-6
+        bumped[2][index] += eps
+        up = (uni(x, tuple(bumped))[0] * g).sum()
+        bumped[2][index] -= 2 * eps
+        down = (uni(x, tuple(bumped))[0] * g).sum()
+        np.testing.assert_allclose(d0[2][index], (up - down) / (2 * eps), rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="3 \\* hidden_size = 9"):
+        uni(x, (*zeros[:1], zeros[1][:1], np.zeros((1, 2, 3))))
+    with pytest.raises(ValueError, match="a pair \\(h, c\\) or a triple"):
+        uni(x, (zeros[0][:1],))
+    with pytest.raises(ValueError, match="must be a pair \\(h, c\\), got tuple of 3"):
+        lstmkit.LSTM(2, 3, dtype="float64")(x, (*zeros, zeros[0]))
 
 
 @pytest.mark.parametrize("layer", [

@@ -157,6 +157,26 @@ def test_resume_continues_bit_identically(tmp_path, stop_at):
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
+def test_full_gate_recurrence_carries_its_gates_between_windows(tmp_path):
+    """FGR's state is (h, c, a): the gate values a reach the next window (and the
+    checkpoint), so a stopped and resumed run equals an uninterrupted one."""
+    config = tiny(steps=10, cell_options={"full_gate_recurrence": True})
+    whole = run(tmp_path, "whole", config)
+    tensors, _ = CheckpointManager(tmp_path / "whole").load_latest()
+    assert tensors["state.2"].shape == (2, 3, 36)  # (layers, streams, [i, f, o])
+    assert np.abs(tensors["state.2"]).min() > 0.0  # gate values, not a reset to zero
+
+    def stop(trainer):
+        if trainer.step == 5:
+            trainer.request_stop()
+
+    run(tmp_path, "parts", config, callback=stop)
+    second = train(TEXT, tmp_path / "parts", resume=True, quiet=True)
+    assert np.array_equal(second.train_losses, whole.train_losses)
+    a, b = params_of(tmp_path / "whole"), params_of(tmp_path / "parts")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
 def test_resume_is_bit_identical_with_the_fused_kernels(tmp_path):
     config = tiny(steps=10, eval_every=5)
 
