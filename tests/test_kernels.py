@@ -356,7 +356,7 @@ def test_row_kernels_split_the_batch_when_large_enough():
         return plan.parts
 
     for cell in (LayerNormLSTMCell(64, 128), LSTMCell(64, 128, recurrent_dropout=0.2),
-                 GRUCell(64, 128), LSTMCell(64, 128, proj_size=32)):
+                 GRUCell(64, 128), LSTMCell(64, 128, proj_size=64)):
         assert rows(cell, T=50, B=16, threads=2) == 2
         assert rows(cell, T=50, B=16, threads=1) == 1
         assert rows(cell, T=50, B=7, threads=2) == 1  # 3 sequences a part: too few

@@ -111,7 +111,7 @@ class Thresholds:
     backward_panels_min_gh: int = 1024
     backward_panels_min_b: int = 64
     chunk_bytes: int = 2 << 20
-    rows_split_min_flops: float = 4.0e6
+    rows_split_min_flops: float = 8.0e7
     rows_split_min_b: int = 4
     small_products_max_b: int = 32
 

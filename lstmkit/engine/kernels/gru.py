@@ -155,7 +155,7 @@ _run_gates_options_backward = activate.by_function(_gates_options_backward)
 
 
 @njit(**_OPTS)
-def _step_forward_options(zt, gh, bhh, pt, hp, hn_out, h_out, act, lbr, Whn, rh):
+def _step_forward_options(zt, gh, bhh, pt, hp, hn_out, h_out, act, lbr, Whn, rh, small):
     """The element-wise pass of one step, all rows, with the functions and clip of ``act``
     (``activate.params``: the gates', the candidate's): r, z, n into zt (B, 3, H), their
     pre-activations into pt, the candidate's recurrent term into hn_out, h into h_out. gh
@@ -170,13 +170,14 @@ def _step_forward_options(zt, gh, bhh, pt, hp, hn_out, h_out, act, lbr, Whn, rh)
         for k in range(B):
             for j in range(H):
                 rh[k, j] = zt[k, 0, j] * hp[k, j]
-        gemm(False, True, 1.0, rh, Whn, 0.0, gh[:, 2])
+        gemm_blocks(False, True, 1.0, rh, Whn, 0.0, gh[:, 2], small)
     kind_n, a_n, b_n = activate.function(act, 1)
     _run_candidate_options(kind_n, (zt, gh, bhh, pt, hp, hn_out, h_out, lbr, a_n, b_n, clip))
 
 
 @njit(**_OPTS)
-def _step_backward_options(zt, pt, hn, hp, dh, dho, dg, dni, dh_prev, act, lbr, Whn, drh):
+def _step_backward_options(zt, pt, hn, hp, dh, dho, dg, dni, dh_prev, act, lbr, Whn, drh,
+                           small):
     """Backward of ``_step_forward_options``: dgh into dg (B, 3, H) ([dr, dz, dn_pre * r], or
     Cho et al.'s [dr, dz, dn_pre]), dn_pre into dni, dh * z into dh_prev (+ d(r h_prev) r for
     Cho et al.'s, with d(r h_prev) = dn_pre W_hn into drh (B, H)); every row: the caller
@@ -186,7 +187,7 @@ def _step_backward_options(zt, pt, hn, hp, dh, dho, dg, dni, dh_prev, act, lbr, 
     _run_candidate_options_backward(kind_n, (zt, pt, hp, dh, dho, dg, dni, dh_prev, a_n, b_n,
                                              clip))
     if not lbr:
-        gemm(False, False, 1.0, dni, Whn, 0.0, drh)
+        gemm_blocks(False, False, 1.0, dni, Whn, 0.0, drh, small)
     kind, a, b = activate.function(act, 0)
     _run_gates_options_backward(kind, (zt, pt, hn, dg, dni, drh, hp, dh_prev, lbr, a, b, clip))
 
@@ -240,7 +241,8 @@ def gru_forward(X, Wih, Whh, bih, bhh, has_bias, act, lbr, mask, has_mask, rever
                     gemm_blocks(False, True, 1.0, h_prev, Whh[:2 * H], 0.0, gh2[:, :2 * H],
                                 small)
                 _step_forward_options(zt, gh, bhh, PRE[zoff + (t - t0)], h_prev, hn_t, OUT[t],
-                                      act, lbr, Whh[2 * H:], RH[t if keep and not lbr else 0])
+                                      act, lbr, Whh[2 * H:], RH[t if keep and not lbr else 0],
+                                      small)
             else:
                 gemm_blocks(False, True, 1.0, h_prev, Whh, 0.0, gh2, small)
                 for b in range(B):
@@ -279,7 +281,7 @@ def gru_backward(X, Wih, Whh, has_bias, act, lbr, mask, has_mask, reverse, h0, Z
         dg = dGH[t]
         if act.shape[0] > 0:  # every row at once; masked rows are set right below
             _step_backward_options(zt, PRE[t], HN[t], h_prev, cur, dOUT[t], dg, dNI[t], nxt, act,
-                                   lbr, Whh[2 * H:], drh)
+                                   lbr, Whh[2 * H:], drh, small)
         for b in range(B):
             if has_mask and not mask[t, b]:
                 fill1(dg[b].reshape(3 * H), 0.0)
