@@ -275,6 +275,37 @@ def test_gru_cho_et_al(dtype, masked, reverse):
             reverse=reverse)
 
 
+@pytest.mark.parametrize("masked,reverse", [(False, False), (True, False), (False, True),
+                                            (True, True)])
+def test_lstm_full_gate_recurrence(masked, reverse):
+    """Greff's FGR (the gates see the previous step's i, f, o through W_gg; the gate values
+    are a state, carried past padding) in the row kernels, with peepholes, the cell's
+    functions and clip, zoneout, a projection and recurrent dropout, both dtypes, B = 1 and
+    chunked no-grad passes; the batch-inner plans refuse it."""
+    for k, kw in enumerate(({}, {"peepholes": True}, {"activation": "softsign", "clip": 0.6},
+                            {"zoneout": 0.3, "zoneout_c": 0.2, "peepholes": True},
+                            {"proj_size": 3, "recurrent_dropout": 0.3, "bias": False})):
+        cell = LSTMCell(5, 7, full_gate_recurrence=True, **{
+            name: Activation(value.capitalize()) if name == "activation" else value
+            for name, value in kw.items()})
+        for dtype in (np.float32, np.float64):
+            plans = compare(cell, dtype, masked=masked, reverse=reverse, seed=k,
+                            training=k >= 3)
+            assert plans == ROWS
+    cell = LSTMCell(4, 9, full_gate_recurrence=True, peepholes=True)
+    compare(cell, np.float32, T=5, B=1, masked=masked, reverse=reverse)
+    p, x, state0, mask, _, _ = random_problem(cell, np.float32, 7, 3, masked, 6)
+    ref_out, ref_final, _ = REF.forward(cell, p, x, state0, mask, reverse, False)
+    out, final, _ = ENGINE.forward(cell, p, x, state0, mask, reverse, False,
+                                   plan=Plan("rows", chunk_steps=2))
+    assert_close(out, ref_out, np.float32, "no-grad output")
+    assert len(final) == 5
+    for a, e in zip(final, ref_final):
+        assert_close(a, e, np.float32, "no-grad final state")
+    with pytest.raises(ValueError, match="do not implement"):
+        ENGINE.forward(cell, p, x, state0, mask, reverse, True, plan=Plan("batch-inner"))
+
+
 LAYER_NORM_OPTIONS = [{}, {"bias": False}, {"proj_size": 3}, {"zoneout": 0.3, "zoneout_c": 0.2},
                       {"recurrent_dropout": 0.4, "proj_size": 2},
                       {"recurrent_dropout": 0.3, "zoneout": 0.2, "bias": False}]

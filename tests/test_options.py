@@ -167,7 +167,8 @@ def test_rnn_activation_and_nonlinearity():
 ])
 def test_full_gate_recurrence_gradcheck(options):
     lengths = np.array([3, 2]) if options.get("bidirectional") else None
-    layer = gradcheck_layer("LSTM", T=3, full_gate_recurrence=True, lengths=lengths, **options)
+    layer = gradcheck_layer("LSTM", T=3, full_gate_recurrence=True, lengths=lengths,
+                            reference=False, **options)  # the compiled row kernels
     assert layer.params["weight_gg_l0"].shape == (6, 6)
 
 
@@ -206,7 +207,8 @@ def test_option_errors_are_clear():
 
 def test_which_options_run_on_the_fused_plans():
     """The functions and clip of the LSTM, GRU and RNN and Cho et al.'s GRU run on the
-    compiled plans (``kernels.activate``); full gate recurrence on the reference."""
+    compiled plans (``kernels.activate``); full gate recurrence and layer normalisation on the
+    row kernels."""
     x = np.random.default_rng(0).standard_normal((3, 2, 2)).astype(np.float32)
     for kw in ({"activation": "relu"}, {"clip": 3.0}, {"recurrent_activation": "hardsigmoid"},
                {"output_activation": "identity"}):
@@ -218,9 +220,10 @@ def test_which_options_run_on_the_fused_plans():
                   lstmkit.GRU(2, 3, seed=0, linear_before_reset=False)):
         layer(x)
         assert str(layer.last_plans["l0"]) != "reference", layer
-    layer = lstmkit.LSTM(2, 3, seed=0, full_gate_recurrence=True)
-    layer(x)
-    assert str(layer.last_plans["l0"]) == "reference"
+    for kw in ({"full_gate_recurrence": True}, {"layer_norm": True}):
+        layer = lstmkit.LSTM(2, 3, seed=0, **kw)
+        layer(x)
+        assert str(layer.last_plans["l0"]).startswith("rows"), kw
     layer = lstmkit.LSTM(2, 3, seed=0, activation="Tanh", recurrent_activation="SIGMOID",
                          output_activation="tanh")
     layer(x)

@@ -278,8 +278,24 @@ def _options(functions: tuple[Activation, ...], defaults: tuple[Activation, ...]
 
 
 def _lstm_options(cell: LSTMCell, dtype: np.dtype) -> Array:
-    return _options((cell.recurrent_activation, cell.activation, cell.output_activation),
-                    (SIGMOID, TANH, TANH), cell.clip, dtype)
+    functions = (cell.recurrent_activation, cell.activation, cell.output_activation)
+    if cell.full_gate_recurrence:  # its gradients enter the options loops (kernels.lstm)
+        return activate.params(functions, cell.clip, dtype)
+    return _options(functions, (SIGMOID, TANH, TANH), cell.clip, dtype)
+
+
+def _gate_recurrence(cell: LSTMCell, p: dict[str, Array], state0: State, steps: int, B: int,
+                     dtype: np.dtype, new: Any) -> tuple[Array, Array, Array, Array]:
+    """Full gate recurrence's W_gg (3H, 3H), the gate state [i, f, o] (B, 3H) (the initial
+    one: the kernel leaves the final one), room for each step's a_prev (steps, B, 3H) and work
+    (B, 3H); empty and dummies without it."""
+    if not cell.full_gate_recurrence:
+        return (np.zeros((0, 0), dtype=dtype), _dummy(dtype, 2), _dummy(dtype, 3),
+                _dummy(dtype, 2))
+    H3 = 3 * cell.hidden_size
+    return (_c(p["weight_gg"], dtype), np.ascontiguousarray(np.concatenate(state0[2:], axis=1),
+                                                            dtype=dtype),
+            new((steps, B, H3), dtype), np.empty((B, H3), dtype=dtype))
 
 
 def _zoneout_masks(cell: LSTMCell, p: dict[str, Array], T: int, B: int,
@@ -370,22 +386,32 @@ def lstm_forward(cell: LSTMCell, p: dict[str, Array], x: Array, state0: State,
     CS = new(C.shape, dtype) if ZH.size else C
     DROP = _recurrent_dropout_mask(cell, p, dtype)
     LN = _layer_norm(cell, p, T if keep else 1, B, dtype, new)
+    FGR = _gate_recurrence(cell, p, state0, T if keep else 1, B, dtype, new)
     scratch = np.empty((5, H), dtype=dtype)
     big = np.full((4, H), _lstm.BIG, dtype=dtype)
     with _row_blas(B):
         _lstm.lstm_forward(x, wih, whh, whr, bias, cell.bias, peep, gidx,
                            cell.coupled_input_forget, act, ZH, ZC, DROP, *LN[:2], _LN_EPS,
-                           *LN[2:], mask_arr, has_mask, reverse, keep, h0, c0, Z, PRE, out, M,
-                           C, CS, HP, CP, hs, cs, np.empty((B, R), dtype=dtype), scratch, big,
-                           plan.small_products)
+                           *LN[2:], *FGR, mask_arr, has_mask, reverse, keep, h0, c0, Z, PRE,
+                           out, M, C, CS, HP, CP, hs, cs, np.empty((B, R), dtype=dtype), scratch,
+                           big, plan.small_products)
     cache = None
     if keep:
-        cache = _Cache(("Z", "PRE", "out", "C", "M", "LN", "CS", "HP", "CP"),
+        cache = _Cache(("Z", "PRE", "out", "C", "M", "LN", "CS", "HP", "CP", "AP"),
                        kind="lstm", plan=plan, x=x, Z=Z, PRE=PRE, out=out, C=C, M=M, DROP=DROP,
                        act=act, LN=LN, CS=CS, ZH=ZH, ZC=ZC, HP=HP, CP=CP, h0=h0, c0=c0,
-                       mask=mask_arr, has_mask=has_mask, reverse=reverse, gidx=gidx)
+                       AP=FGR[2], mask=mask_arr, has_mask=has_mask, reverse=reverse, gidx=gidx)
         out = out.copy()  # the cache keeps its own h sequence: the caller may modify `out`
-    return out, (hs, cs), cache
+    return out, (hs, cs, *_gate_parts(cell, FGR[1])), cache
+
+
+def _gate_parts(cell: LSTMCell, a: Array) -> tuple[Array, ...]:
+    """The gate state (B, 3H) as the state parts i, f, o (none without full gate
+    recurrence)."""
+    if not cell.full_gate_recurrence:
+        return ()
+    H = cell.hidden_size
+    return tuple(np.ascontiguousarray(a[:, k * H:(k + 1) * H]) for k in range(3))
 
 
 def _lstm_forward_t(cell: LSTMCell, x: Array, wih: Array, whh: Array, bias: Array,
@@ -513,7 +539,8 @@ def _lstm_backward_t(cell: LSTMCell, cache: Any, wih: Array, whh: Array, peep: A
 
 def lstm_backward(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Array,
                   d_state: State, grads: dict[str, Array]) -> tuple[Array, State]:
-    x, dtype, T, B, D, wih, whh, d_out, (dh, dc) = _backward_operands(p, cache, d_out, d_state)
+    x, dtype, T, B, D, wih, whh, d_out, (dh, dc, *d_gates) = _backward_operands(p, cache, d_out,
+                                                                                d_state)
     Z, H, G = cache["Z"], cell.hidden_size, len(cell.gates)
     peep = _lstm_peep(cell, p, H, dtype)
     if cache["plan"].kernel == "batch-inner":
@@ -534,23 +561,33 @@ def lstm_backward(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Array,
     scratch = np.empty((7, H), dtype=dtype)
     ones = np.ones(H, dtype=dtype)
     gWih, gWhh, gbih, gbhh = (acc.array for acc in accs)
+    fgr = cell.full_gate_recurrence
+    if fgr:
+        Wgg, H3 = _c(p["weight_gg"], dtype), 3 * H
+        DAS = np.ascontiguousarray(np.concatenate(d_gates, axis=1), dtype=dtype)
+        DZG, dGG = _work("DZG", (T, B, H3), dtype), np.empty((B, H3), dtype=dtype)
+    else:
+        Wgg, DAS, DZG, dGG = (np.zeros((0, 0), dtype=dtype), _dummy(dtype, 2),
+                              _dummy(dtype, 3), _dummy(dtype, 2))
+    gwgg = _Accumulate(grads.get("weight_gg"), Wgg.shape, dtype)
     with _row_blas(B):
         _lstm.lstm_backward(x, wih, whh, whr, cell.bias, peep, cell.peepholes, cache["gidx"],
                             cell.coupled_input_forget, cache["act"], cache["ZH"],
-                            cache["ZC"], cache["DROP"], LNG, LNC, AH, RH, CH, INV,
+                            cache["ZC"], cache["DROP"], LNG, LNC, AH, RH, CH, INV, Wgg,
+                            cache["AP"], DAS, DZG, dGG, gwgg.array,
                             cache["mask"], cache["has_mask"], cache["reverse"],
                             cache["h0"], cache["c0"], Z, cache["PRE"], cache["out"], cache["M"],
                             cache["C"], cache["CS"], cache["HP"], cache["CP"], d_out, dh, dc, dZ,
                             dA, dR, dX, dHN, dM, np.empty((B, R), dtype=dtype), gWih, gWhh,
                             gwhr.array, gbih, gbhh, gpeep, g_ln[0].array, g_ln[1].array,
                             scratch, ones, cache["plan"].small_products)
-    _finish([*accs, gwhr], grads, gpeep)
+    _finish([*accs, gwhr, gwgg], grads, gpeep)
     if ln:
         for name, gain in (("weight_ln_ih", g_ln[0].array[0]), ("weight_ln_hh", g_ln[0].array[1]),
                            ("weight_ln_c", g_ln[1].array[0]), ("bias_ln_c", g_ln[1].array[1])):
             if name in grads:
                 grads[name] += gain
-    return dX, (dh, dc)
+    return dX, (dh, dc, *_gate_parts(cell, DAS))
 
 
 def lstm_gate_sequences(cell: LSTMCell, cache: Any) -> dict[str, Array]:

@@ -48,7 +48,7 @@ _FUSED_SWITCHES: dict[type, frozenset[str]] = {
     LSTMCell: frozenset({"bias", "peepholes", "forget_gate", "input_gate", "output_gate",
                          "coupled_input_forget", "recurrent_activation", "activation",
                          "output_activation", "clip", "zoneout", "zoneout_c", "proj_size",
-                         "recurrent_dropout"}),
+                         "recurrent_dropout", "full_gate_recurrence"}),
     LayerNormLSTMCell: frozenset({"bias", "zoneout", "zoneout_c", "proj_size",
                                   "recurrent_dropout"}),
     GRUCell: frozenset({"bias", "recurrent_activation", "activation", "clip",
@@ -57,7 +57,7 @@ _FUSED_SWITCHES: dict[type, frozenset[str]] = {
 }
 _SHAPE_FIELDS = frozenset({"input_size", "hidden_size"})
 # switches only the row kernels implement (the batch-inner plans refuse a cell that sets one)
-_ROWS_ONLY = frozenset({"proj_size", "recurrent_dropout"})
+_ROWS_ONLY = frozenset({"proj_size", "recurrent_dropout", "full_gate_recurrence"})
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,12 @@ def copy2(dst, src):
 
 
 @njit(**_OPTS)
+def add1(dst, src):
+    for j in range(dst.shape[0]):
+        dst[j] += src[j]
+
+
+@njit(**_OPTS)
 def fill1(dst, value):
     for j in range(dst.shape[0]):
         dst[j] = value

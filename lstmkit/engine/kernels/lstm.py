@@ -40,6 +40,7 @@ from lstmkit.engine.kernels import activate, layernorm
 from lstmkit.engine.kernels.blas import add_recurrent_weight_gradient, gemm, gemm_blocks
 from lstmkit.engine.kernels.gates import flush, one_like, sigmoid, tanh
 from lstmkit.engine.kernels.loops import (
+    add1,
     add_rows,
     copy1,
     copy2,
@@ -251,18 +252,25 @@ def cell_forward_options(zi, zf, zg, zo, cp, cn, hn, wci, wcf, wco, cifg, gidx, 
 
 @njit(**_OPTS)
 def cell_backward_options(ai, af, ag, ao, c_row, cp, dh, dho, dc, dzi, dzf, dzg, dzo, wci, wcf,
-                          wco, cifg, gidx, act, pi, pf, pg, po, dct):
+                          wco, cifg, gidx, act, pi, pf, pg, po, dct, dga):
     """``cell_backward`` with the cell's options (``cell_forward_options``): p* the kept
-    pre-activations (any array of ones for a removed gate), dct: n numbers of scratch."""
+    pre-activations (any array of ones for a removed gate), dct: n numbers of scratch.
+    dga (3, n): gradients at the gate values i, f, o from elsewhere (full gate recurrence: the
+    next step's gates see them), added before each gate's derivative; (0, n) for none."""
     clip = act[activate.CLIP]
     kind_h, a_h, b_h = activate.function(act, 2)
     _run_output_gradient(kind_h, (c_row, ao, dh, dho, dc, dzo, dct, a_h, b_h))
+    if dga.shape[0] > 0:  # dzo holds dL/do here, before o's derivative
+        add1(dzo, dga[2])
     kind, a, b = activate.function(act, 0)
     if gidx[3] >= 0:
         _run_output_gate_gradient(kind, (po, ao, dzo, dct, wco, a, b, clip))
     kind_g, a_g, b_g = activate.function(act, 1)
     _run_cell_gradient(kind_g, (ai, af, ag, pg, cp, dct, dzi, dzf, dzg, dc, cifg, a_g, b_g,
                                 clip))
+    if dga.shape[0] > 0:  # and dzi, dzf dL/di, dL/df
+        add1(dzi, dga[0])
+        add1(dzf, dga[1])
     _run_input_forget_gradient(kind, (ai, af, pi, pf, dzi, dzf, dzg, dzo, dc, wci, wcf, a, b,
                                       clip))
 
@@ -366,6 +374,39 @@ def _layer_norm_cell_backward(ai, af, ag, ao, c_hat, inv, cp, dm, dc, dzi, dzf, 
 
 
 @njit(**_OPTS)
+def _add_gate_recurrence(zt, AS, Wgg, ap, GG, ki, kf, ko, small):
+    """Full gate recurrence: z_{i,f,o} (blocks of zt (B, G, H)) += a_prev Wgg^T, a_prev the
+    gate state AS (B, 3H), kept in ap."""
+    H = zt.shape[2]
+    copy2(ap, AS)
+    gemm_blocks(False, True, 1.0, ap, Wgg, 0.0, GG, small)
+    for b in range(zt.shape[0]):
+        add1(zt[b, ki], GG[b, :H])
+        add1(zt[b, kf], GG[b, H:2 * H])
+        add1(zt[b, ko], GG[b, 2 * H:])
+
+
+@njit(**_OPTS)
+def _gate_recurrence_backward(dzt, dzg, Wgg, dGG, DAS, mask_t, has_mask, ki, kf, ko, small):
+    """Backward of ``_add_gate_recurrence`` for one step: dz_{i,f,o} (zero for a masked row)
+    into dzg (B, 3H), and the gradient at the previous step's gate state, dzg Wgg, into DAS
+    (a masked row's passes through unchanged)."""
+    H = dzt.shape[2]
+    for b in range(dzt.shape[0]):
+        if has_mask and not mask_t[b]:
+            fill1(dzg[b], 0.0)
+        else:
+            copy1(dzg[b, :H], dzt[b, ki])
+            copy1(dzg[b, H:2 * H], dzt[b, kf])
+            copy1(dzg[b, 2 * H:], dzt[b, ko])
+    gemm_blocks(False, False, 1.0, dzg, Wgg, 0.0, dGG, small)
+    for b in range(dzt.shape[0]):
+        if not has_mask or mask_t[b]:
+            for j in range(3 * H):
+                DAS[b, j] = flush(dGG[b, j])
+
+
+@njit(**_OPTS)
 def _scale_rows(dst, src, m):
     """dst[t, b] = src[t, b] * m[b] for (T, B, R) arrays and a (B, R) mask."""
     for t in range(src.shape[0]):
@@ -382,8 +423,8 @@ def _mul_add(acc, a, b):
 
 @njit(**_OPTS)
 def lstm_forward(X, Wih, Whh, Whr, bias, has_bias, peep, gidx, cifg, act, ZH, ZC, DROP, LNG,
-                 LNC, eps, AH, RH, CH, INV, mask, has_mask, reverse, keep, h0, c0, Z, PRE, OUT,
-                 M, C, CS, HP, CP, hs, cs, hd, scratch, big, small):
+                 LNC, eps, AH, RH, CH, INV, Wgg, AS, AP, GG, mask, has_mask, reverse, keep, h0,
+                 c0, Z, PRE, OUT, M, C, CS, HP, CP, hs, cs, hd, scratch, big, small):
     """Run the whole sequence. Buffers are allocated by the caller:
 
     Z: (T, B, G, H) when ``keep`` (holds the gate activations afterwards), else a chunk
@@ -405,6 +446,10 @@ def lstm_forward(X, Wih, Whh, Whr, bias, has_bias, peep, gidx, cifg, act, ZH, ZC
     w_ln_hh, LNC (2, H) w_ln_c and b_ln_c; LNG empty (0, 1) without): AH and RH (steps, B,
     G*H) keep LN(W_ih x) and LN(W_hh h_prev), CH (steps, B, H) LN(c), INV (steps, B, 3) the
     three 1 / std, steps being T with ``keep``, else 1.
+    Full gate recurrence (``Wgg`` (3H, 3H), or (0, 0) without; always with ``act``): the gates
+    i, f, o also see the previous step's values a_prev = [i, f, o] (B, 3H), z += a_prev Wgg^T;
+    AS (B, 3H) holds the gate state (the initial one on entry, the final one on return), AP
+    (steps, B, 3H) each step's a_prev, GG (B, 3H) work.
     ``small``: the per-step products in BLAS's small-matrix blocks (``blas.gemm_blocks``).
     """
     T, B, D = X.shape
@@ -421,6 +466,7 @@ def lstm_forward(X, Wih, Whh, Whr, bias, has_bias, peep, gidx, cifg, act, ZH, ZC
     options = act.shape[0] > 0
     zoneout = ZH.shape[0] > 0
     ln = LNG.shape[0] > 0
+    fgr = Wgg.shape[0] > 0
     add_bias = has_bias and not ln  # layer normalisation adds the bias after normalising
     copy2(hs, h0)
     copy2(cs, c0)
@@ -459,6 +505,8 @@ def lstm_forward(X, Wih, Whh, Whr, bias, has_bias, peep, gidx, cifg, act, ZH, ZC
                                  INV[slot], small)
             else:
                 _add_recurrent(h_prev, Whh, DROP, hd, zt, 1.0, small)
+            if fgr:
+                _add_gate_recurrence(zt, AS, Wgg, AP[slot], GG, ki, kf, ko, small)
             m = M[t if keep else 0] if proj else OUT[t]  # where the cell writes o * tanh(c)
             for b in range(B):
                 # a removed gate computes on scratch holding BIG: its sigmoid is exactly 1
@@ -488,6 +536,12 @@ def lstm_forward(X, Wih, Whh, Whr, bias, has_bias, peep, gidx, cifg, act, ZH, ZC
             if zoneout:
                 for b in range(B):
                     zoneout_forward(OUT[t, b], h_prev[b], ZH[t, b])
+            if fgr:  # the gate state passed on: this step's i, f, o (a masked row keeps its own)
+                for b in range(B):
+                    if not has_mask or mask[t, b]:
+                        copy1(AS[b, :H], zt[b, ki])
+                        copy1(AS[b, H:2 * H], zt[b, kf])
+                        copy1(AS[b, 2 * H:], zt[b, ko])
             if has_mask:
                 for b in range(B):
                     if mask[t, b]:
@@ -504,9 +558,10 @@ def lstm_forward(X, Wih, Whh, Whr, bias, has_bias, peep, gidx, cifg, act, ZH, ZC
 
 @njit(**_OPTS)
 def lstm_backward(X, Wih, Whh, Whr, has_bias, peep, has_peep, gidx, cifg, act, ZH, ZC, DROP,
-                  LNG, LNC, AH, RH, CH, INV, mask, has_mask, reverse, h0, c0, Z, PRE, OUT, M, C,
-                  CS, HP, CP, dOUT, dh, dc, dZ, dA, dR, dX, dHN, dM, hd, gWih, gWhh, gWhr, gbih,
-                  gbhh, gpeep, gLNG, gLNC, scratch, ones, small):
+                  LNG, LNC, AH, RH, CH, INV, Wgg, AP, DAS, DZG, dGG, gWgg, mask, has_mask,
+                  reverse, h0, c0, Z, PRE, OUT, M, C, CS, HP, CP, dOUT, dh, dc, dZ, dA, dR, dX,
+                  dHN, dM, hd, gWih, gWhh, gWhr, gbih, gbhh, gpeep, gLNG, gLNC, scratch, ones,
+                  small):
     """Backpropagation through time. dh, dc (B, H): the gradient at the final state on entry,
     at the initial state on return. dZ (T, B, G, H), dX (T, B, D): outputs. Gradients are
     accumulated into gWih, gWhh, gbih, gbhh (if has_bias) and gpeep (3, H) (if has_peep).
@@ -516,7 +571,10 @@ def lstm_backward(X, Wih, Whh, Whr, has_bias, peep, has_peep, gidx, cifg, act, Z
     (read again for dW_hr), else (1, B, R); dM (B, H): work. scratch (8, H).
     Layer normalisation (LNG, LNC, AH, RH, CH, INV of the forward pass): dA and dR (the shape
     of dZ) receive the gradients at W_ih x and W_hh h_prev (without, both are dZ itself);
-    the gains' gradients are accumulated into gLNG (2, G*H) and gLNC (2, H)."""
+    the gains' gradients are accumulated into gLNG (2, G*H) and gLNC (2, H).
+    Full gate recurrence (Wgg, AP of the forward pass): DAS (B, 3H), the gradient at the gate
+    state, final on entry and initial on return; DZG (T, B, 3H) and dGG (B, 3H) work; the
+    gradient of Wgg accumulated into gWgg."""
     T, B, D = X.shape
     H = c0.shape[1]
     R = h0.shape[1]
@@ -530,6 +588,8 @@ def lstm_backward(X, Wih, Whh, Whr, has_bias, peep, has_peep, gidx, cifg, act, Z
     options = act.shape[0] > 0
     zoneout = ZH.shape[0] > 0
     ln = LNG.shape[0] > 0
+    fgr = Wgg.shape[0] > 0
+    no_ga = DAS[:0].reshape(0, H)  # no gradients at the gate values from elsewhere
     no_dh = scratch[5]
     keep_c = scratch[6]
     fill1(no_dh, 0.0)
@@ -578,7 +638,8 @@ def lstm_backward(X, Wih, Whh, Whr, has_bias, peep, has_peep, gidx, cifg, act, Z
                                       no_dh, dc[b], dzi, dzf, dzt[b, kg], dzo, wci, wcf,
                                       wco, cifg, gidx, act, pt[ki] if ki >= 0 else ones,
                                       pt[kf] if kf >= 0 else ones, pt[kg],
-                                      pt[ko] if ko >= 0 else ones, scratch[4])
+                                      pt[ko] if ko >= 0 else ones, scratch[4],
+                                      DAS[b].reshape(3, H) if fgr else no_ga)
             else:
                 cell_backward(ai, af, zt[b, kg], ao, C[t, b], c_prev[b], dm[b], no_dh,
                               dc[b], dzi, dzf, dzt[b, kg], dzo, wci, wcf, wco, cifg)
@@ -591,6 +652,9 @@ def lstm_backward(X, Wih, Whh, Whr, has_bias, peep, has_peep, gidx, cifg, act, Z
                                         dR[t, b].reshape(GH), gLNG[0], gLNG[1])
         # dh_prev = dR[t] W_hh + what passes straight back (dR is dZ without layer norm)
         _recurrent_backward(dR[t], Whh, DROP, hd, dh, small)
+        if fgr:
+            _gate_recurrence_backward(dzt, DZG[t], Wgg, dGG, DAS, mask[t], has_mask, ki, kf, ko,
+                                      small)
     TB = T * B
     dZ2 = dZ.reshape(TB, GH)
     dA2 = dA.reshape(TB, GH)
@@ -613,6 +677,10 @@ def lstm_backward(X, Wih, Whh, Whr, has_bias, peep, has_peep, gidx, cifg, act, Z
             add_recurrent_weight_gradient(gWhh[k * H:(k + 1) * H], dR2[:, k * H:(k + 1) * H],
                                           True, OUTk.reshape(TB, R), HPk, h0k, T, B, reverse,
                                           has_mask)
+    if fgr:  # dW_gg = sum over steps of dz_{i,f,o}^T a_prev
+        gemm(True, False, 1.0, DZG.reshape(TB, 3 * H), AP.reshape(TB, 3 * H), 1.0, gWgg)
+        flush_all(gWgg.reshape(gWgg.size))
+        flush_all(DAS.reshape(DAS.size))
     if proj:  # dW_hr = sum over steps of dh_t^T m_t
         gemm(True, False, 1.0, dHN.reshape(TB, R), M.reshape(TB, H), 1.0, gWhr)
         flush_all(gWhr.reshape(gWhr.size))

@@ -484,7 +484,7 @@ def _backward_part(u0, u1, G, gidx, cifg, act, ZHT, ZCT, first, Z, PRE, t, dZs_p
                               _gate(pflat, r0, gidx[1], hp, B, n, ones[:n]),
                               _gate(pflat, r0, gidx[2], hp, B, n, ones[:n]),
                               _gate(pflat, r0, gidx[3], hp, B, n, ones[:n]),
-                              scratch[3, :n])
+                              scratch[3, :n], scratch[3:3])
     else:
         cell_backward(ai, af, ag, ao, c_run, cp_run, dh_run, dho_run, dc_run, dzi, dzf, dzg,
                       dzo, wci, wcf, wco, cifg)
