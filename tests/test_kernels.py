@@ -213,6 +213,21 @@ def test_gru_rnn_functions_and_clip(k, name):
             assert plans == ROWS
 
 
+def assert_rows_only(cell, masked, reverse, refusal):
+    """A pass without gradients in chunks of 2 steps equals the reference, and a batch-inner
+    plan is refused (saying ``refusal``); returns the final state."""
+    p, x, state0, mask, _, _ = random_problem(cell, np.float32, 7, 3, masked, 6)
+    ref_out, ref_final, _ = REF.forward(cell, p, x, state0, mask, reverse, False)
+    out, final, _ = ENGINE.forward(cell, p, x, state0, mask, reverse, False,
+                                   plan=Plan("rows", chunk_steps=2))
+    assert_close(out, ref_out, np.float32, "no-grad output")
+    for a, e in zip(final, ref_final):
+        assert_close(a, e, np.float32, "no-grad final state")
+    with pytest.raises(ValueError, match=refusal):
+        ENGINE.forward(cell, p, x, state0, mask, reverse, True, plan=Plan("batch-inner"))
+    return final
+
+
 @pytest.mark.parametrize("masked,reverse", [(False, False), (True, True)])
 def test_lstm_projection(masked, reverse):
     """proj_size (LSTMP, h = W_hr (o * tanh(c))) in the row kernels, over the variant switches,
@@ -230,15 +245,7 @@ def test_lstm_projection(masked, reverse):
             reverse=reverse)
     cell = LSTMCell(4, 6, proj_size=2)
     assert choose(cell, B=64, T=50) == Plan("rows")
-    p, x, state0, mask, _, _ = random_problem(cell, np.float32, 7, 3, masked, 6)
-    ref_out, ref_final, _ = REF.forward(cell, p, x, state0, mask, reverse, False)
-    out, final, _ = ENGINE.forward(cell, p, x, state0, mask, reverse, False,
-                                   plan=Plan("rows", chunk_steps=2))
-    assert_close(out, ref_out, np.float32, "no-grad output")
-    for a, e in zip(final, ref_final):
-        assert_close(a, e, np.float32, "no-grad final state")
-    with pytest.raises(ValueError, match="do not implement"):
-        ENGINE.forward(cell, p, x, state0, mask, reverse, True, plan=Plan("batch-inner"))
+    assert_rows_only(cell, masked, reverse, refusal="do not implement")
 
 
 @pytest.mark.parametrize("masked,reverse", [(False, False), (True, False), (False, True),
@@ -294,16 +301,7 @@ def test_lstm_full_gate_recurrence(masked, reverse):
             assert plans == ROWS
     cell = LSTMCell(4, 9, full_gate_recurrence=True, peepholes=True)
     compare(cell, np.float32, T=5, B=1, masked=masked, reverse=reverse)
-    p, x, state0, mask, _, _ = random_problem(cell, np.float32, 7, 3, masked, 6)
-    ref_out, ref_final, _ = REF.forward(cell, p, x, state0, mask, reverse, False)
-    out, final, _ = ENGINE.forward(cell, p, x, state0, mask, reverse, False,
-                                   plan=Plan("rows", chunk_steps=2))
-    assert_close(out, ref_out, np.float32, "no-grad output")
-    assert len(final) == 5
-    for a, e in zip(final, ref_final):
-        assert_close(a, e, np.float32, "no-grad final state")
-    with pytest.raises(ValueError, match="do not implement"):
-        ENGINE.forward(cell, p, x, state0, mask, reverse, True, plan=Plan("batch-inner"))
+    assert len(assert_rows_only(cell, masked, reverse, refusal="do not implement")) == 5
 
 
 LAYER_NORM_OPTIONS = [{}, {"bias": False}, {"proj_size": 3}, {"zoneout": 0.3, "zoneout_c": 0.2},
@@ -325,15 +323,7 @@ def test_layer_norm_lstm(kw, masked, reverse):
             assert plans == ROWS
     compare(cell, np.float32, T=5, B=1, masked=masked, reverse=reverse, training=True)
     assert choose(cell, B=64, T=50) == Plan("rows")
-    p, x, state0, mask, _, _ = random_problem(cell, np.float32, 7, 3, masked, 6)
-    ref_out, ref_final, _ = REF.forward(cell, p, x, state0, mask, reverse, False)
-    out, final, _ = ENGINE.forward(cell, p, x, state0, mask, reverse, False,
-                                   plan=Plan("rows", chunk_steps=2))
-    assert_close(out, ref_out, np.float32, "no-grad output")
-    for a, e in zip(final, ref_final):
-        assert_close(a, e, np.float32, "no-grad final state")
-    with pytest.raises(ValueError, match="layer-normalised"):
-        ENGINE.forward(cell, p, x, state0, mask, reverse, True, plan=Plan("batch-inner"))
+    assert_rows_only(cell, masked, reverse, refusal="layer-normalised")
 
 
 def test_clip_only_cuts_the_gates():

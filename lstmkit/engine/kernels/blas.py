@@ -20,6 +20,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 from numba.np.linalg import ensure_blas
 
+from lstmkit.engine.kernels.loops import fill_rows
+
 _LL_CHAR = ir.IntType(8)
 _LL_VOIDP = _LL_CHAR.as_pointer()
 
@@ -192,6 +194,15 @@ def gemm_blocks(ta, tb, alpha, A, B, beta, C, small):
             gemm(ta, tb, alpha, A, B[c0:c1], beta, C[:, c0:c1])
         else:
             gemm(ta, tb, alpha, A, B[:, c0:c1], beta, C[:, c0:c1])
+
+
+@njit(cache=True)
+def project(X, W, bias, has_bias, Z):
+    """Z = bias + X W^T (Z = X W^T without a bias): the input projection of a chunk of steps,
+    X (rows, D), W (N, D), Z (rows, N), one GEMM."""
+    if has_bias:
+        fill_rows(Z, bias)
+    gemm(False, True, 1.0, X, W, 1.0 if has_bias else 0.0, Z)
 
 
 @njit(cache=True)

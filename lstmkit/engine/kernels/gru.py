@@ -19,9 +19,14 @@ from __future__ import annotations
 from numba import njit
 
 from lstmkit.engine.kernels import activate
-from lstmkit.engine.kernels.blas import add_recurrent_weight_gradient, gemm, gemm_blocks
+from lstmkit.engine.kernels.blas import (
+    add_recurrent_weight_gradient,
+    gemm,
+    gemm_blocks,
+    project,
+)
 from lstmkit.engine.kernels.gates import flush, one_like, sigmoid, tanh
-from lstmkit.engine.kernels.loops import add_rows, copy1, copy2, fill1, fill_rows, flush_all
+from lstmkit.engine.kernels.loops import add_rows, copy1, copy2, fill1, flush_all
 
 _OPTS = {"cache": True, "error_model": "numpy", "fastmath": {"contract"}, "nogil": True}
 
@@ -217,10 +222,7 @@ def gru_forward(X, Wih, Whh, bih, bhh, has_bias, act, lbr, mask, has_mask, rever
         n = min(Tc, T - done)
         t0 = T - done - n if reverse else done
         zoff = t0 if Tc == T else 0
-        zc = Z2[zoff * B:(zoff + n) * B]
-        if has_bias:
-            fill_rows(zc, bih)
-        gemm(False, True, 1.0, X2[t0 * B:(t0 + n) * B], Wih, 1.0 if has_bias else 0.0, zc)
+        project(X2[t0 * B:(t0 + n) * B], Wih, bih, has_bias, Z2[zoff * B:(zoff + n) * B])
         for k in range(n):
             s = done + k
             t = T - 1 - s if reverse else s

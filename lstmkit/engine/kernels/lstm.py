@@ -37,7 +37,12 @@ import numpy as np
 from numba import njit
 
 from lstmkit.engine.kernels import activate, layernorm
-from lstmkit.engine.kernels.blas import add_recurrent_weight_gradient, gemm, gemm_blocks
+from lstmkit.engine.kernels.blas import (
+    add_recurrent_weight_gradient,
+    gemm,
+    gemm_blocks,
+    project,
+)
 from lstmkit.engine.kernels.gates import flush, one_like, sigmoid, tanh
 from lstmkit.engine.kernels.loops import (
     add1,
@@ -45,7 +50,6 @@ from lstmkit.engine.kernels.loops import (
     copy1,
     copy2,
     fill1,
-    fill_rows,
     flush_all,
     state_before,
 )
@@ -477,10 +481,7 @@ def lstm_forward(X, Wih, Whh, Whr, bias, has_bias, peep, gidx, cifg, act, ZH, ZC
         t0 = T - done - n if reverse else done
         zoff = t0 if Tc == T else 0
         # Z[chunk] = b_ih + b_hh + X[chunk] W_ih^T: one GEMM for the n steps
-        zc = Z2[zoff * B:(zoff + n) * B]
-        if add_bias:
-            fill_rows(zc, bias)
-        gemm(False, True, 1.0, X2[t0 * B:(t0 + n) * B], Wih, 1.0 if add_bias else 0.0, zc)
+        project(X2[t0 * B:(t0 + n) * B], Wih, bias, add_bias, Z2[zoff * B:(zoff + n) * B])
         for k in range(n):
             s = done + k  # processing index
             t = T - 1 - s if reverse else s

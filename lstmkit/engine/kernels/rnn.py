@@ -11,9 +11,14 @@ from __future__ import annotations
 from numba import njit
 
 from lstmkit.engine.kernels import activate
-from lstmkit.engine.kernels.blas import add_recurrent_weight_gradient, gemm, gemm_blocks
+from lstmkit.engine.kernels.blas import (
+    add_recurrent_weight_gradient,
+    gemm,
+    gemm_blocks,
+    project,
+)
 from lstmkit.engine.kernels.gates import flush, one_like, tanh
-from lstmkit.engine.kernels.loops import add_rows, copy1, copy2, fill1, fill_rows, flush_all
+from lstmkit.engine.kernels.loops import add_rows, copy1, copy2, fill1, flush_all
 
 _OPTS = {"cache": True, "error_model": "numpy", "fastmath": {"contract"}, "nogil": True}
 
@@ -61,10 +66,7 @@ def rnn_forward(X, Wih, Whh, bias, has_bias, relu, act, mask, has_mask, reverse,
     PRE (T, B, H) receives the pre-activations."""
     T, B, D = X.shape
     H = h0.shape[1]
-    A2 = A.reshape(T * B, H)
-    if has_bias:
-        fill_rows(A2, bias)
-    gemm(False, True, 1.0, X.reshape(T * B, D), Wih, 1.0 if has_bias else 0.0, A2)
+    project(X.reshape(T * B, D), Wih, bias, has_bias, A.reshape(T * B, H))
     copy2(hs, h0)
     for s in range(T):
         t = T - 1 - s if reverse else s

@@ -30,10 +30,10 @@ import math
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
-from numba.extending import intrinsic, overload
+from numba.extending import intrinsic
 
 from lstmkit.engine.kernels import threads
-from lstmkit.engine.kernels.gates import exp
+from lstmkit.engine.kernels.gates import exp, like
 
 _OPTS = {"cache": True, "nogil": True}
 # reassociation lets LLVM vectorise the block sums (several partial sums at once); no
@@ -44,20 +44,6 @@ _ROW_OPTS = {"fastmath": {"reassoc"}, "error_model": "numpy"}
 _BLOCK = 256
 # rough cost of one element (max, two exponentials, scaling), for the serial/parallel choice
 _FLOPS_PER_ELEMENT = 40.0
-
-
-def _as_type_of(x, like):
-    """The scalar x converted to the type of the float scalar ``like`` (Numba only)."""
-    raise NotImplementedError("_as_type_of is only callable from Numba code")
-
-
-@overload(_as_type_of)
-def _as_type_of_impl(x, like):
-    if like == types.float32:
-        return lambda x, like: np.float32(x)
-    if like == types.float64:
-        return lambda x, like: np.float64(x)
-    return None
 
 
 @intrinsic
@@ -88,7 +74,7 @@ def _row_max(row):
 @njit(**_ROW_OPTS)
 def _block_exp_sum(block, m):
     """block (<= _BLOCK,) <- exp(block - m), in place; returns the block's sum (its dtype)."""
-    s = _as_type_of(0.0, m)
+    s = like(m, 0.0)
     for v in range(block.shape[0]):
         e = exp(block[v] - m)
         block[v] = e
@@ -148,7 +134,7 @@ def _split_rows(loop):
                 s = _row_exp_sum(row, m)  # row = exp(z_n - m)
                 losses[n] = math.log(s) - np.float64(picked)
                 if grad:
-                    _row_scale(row, _as_type_of(weight / s, weight))
+                    _row_scale(row, like(weight, weight / s))
                     row[t] -= weight
 
     return rows
