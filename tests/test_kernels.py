@@ -12,6 +12,7 @@ bidirectional, initial state, batch_first, return_gates). Timing is not tested h
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -930,6 +931,36 @@ def test_stale_compiled_kernels_are_dropped(tmp_path, monkeypatch):
     monkeypatch.setenv("LSTMKIT_VECTOR_WIDTH", str(other))
     k._drop_stale_compiled_kernels()
     assert not (mirror / "lstm.lstm_forward-1.py311.nbi").exists()
+
+
+@pytest.mark.parametrize("user_setting", [None, "5000"])
+def test_kernels_openmp_threads_sleep_soon_after_a_region(user_setting):
+    """Numba's OpenMP runtime is loaded with GOMP_SPINCOUNT = 30000 (its idle threads sleep
+    soon after a parallel region instead of spinning for milliseconds on the cores the next
+    call needs), unless the user chose a setting; the variable is not left in the
+    environment, for PyTorch's runtime or child processes."""
+    pytest.importorskip("numba.np.ufunc.omppool", reason="needs Numba's OpenMP layer")
+    code = (
+        "import os, numpy as np, lstmkit\n"
+        "layer = lstmkit.LSTM(4, 32)\n"
+        "layer.pin_plan({'kernel': 'batch-inner', 'parts': 2})\n"
+        "layer(np.ones((3, 8, 4), np.float32))\n"
+        "print('left:', os.environ.get('GOMP_SPINCOUNT'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    env["OMP_DISPLAY_ENV"] = "VERBOSE"
+    env["NUMBA_THREADING_LAYER"] = "omp"
+    if user_setting:
+        env["GOMP_SPINCOUNT"] = user_setting
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300, env=env)
+    settings = re.findall(r"GOMP_SPINCOUNT = '(\d+)'", result.stderr)
+    if user_setting:
+        assert settings and set(settings) == {user_setting}, result.stderr
+        assert result.stdout.strip().endswith(f"left: {user_setting}")
+    else:
+        assert "30000" in settings, result.stderr
+        assert result.stdout.strip().endswith("left: None")
 
 
 def test_torch_keeps_its_own_openmp_after_parallel_kernels():

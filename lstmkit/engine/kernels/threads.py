@@ -138,25 +138,54 @@ def keep_torch_openmp_apart() -> None:
     the loader hands PyTorch that one instead, and PyTorch's native GRU and RNN (not its LSTM)
     then run 25-80x slower (measured with torch 2.13). Loading PyTorch's copy first (without
     importing torch: ``ctypes``, local symbols) keeps the two runtimes apart, as they are when
-    torch is imported first. Nothing happens without PyTorch.
+    torch is imported first. Then loads Numba's pool with a short idle spin
+    (``_load_openmp_with_short_spin``).
     """
     global _openmp_guarded
     if _openmp_guarded:
         return
     _openmp_guarded = True
-    if "torch" in sys.modules or not sys.platform.startswith("linux"):
-        return
-    try:
-        import importlib.util
+    if "torch" not in sys.modules and sys.platform.startswith("linux"):
+        try:
+            import importlib.util
 
-        spec = importlib.util.find_spec("torch")
-        for folder in (spec.submodule_search_locations or []) if spec else []:
-            path = os.path.join(folder, "lib", "libgomp.so.1")
-            if os.path.exists(path):
-                ctypes.CDLL(path, mode=os.RTLD_LOCAL)
-                return
-    except (ImportError, OSError, ValueError):
+            spec = importlib.util.find_spec("torch")
+            for folder in (spec.submodule_search_locations or []) if spec else []:
+                path = os.path.join(folder, "lib", "libgomp.so.1")
+                if os.path.exists(path):
+                    ctypes.CDLL(path, mode=os.RTLD_LOCAL)
+                    break
+        except (ImportError, OSError, ValueError):
+            pass
+    _load_openmp_with_short_spin()
+
+
+# GNU OpenMP's idle threads spin GOMP_SPINCOUNT times after a parallel region before they sleep
+# (300,000 by default, milliseconds); lstmkit's own time loops spin in their own barriers
+# (sync.py), so a shorter wait between regions costs them nothing measurable
+_OPENMP_SPINCOUNT = "30000"
+
+
+def _load_openmp_with_short_spin() -> None:
+    """Load Numba's OpenMP pool (and with it the system's ``libgomp``, which reads its
+    settings once, when loaded) with ``GOMP_SPINCOUNT`` = 30000 unless the user set it or
+    ``OMP_WAIT_POLICY``; the variable is removed again, so that no other runtime (PyTorch's,
+    a child process's) sees it.
+
+    Without it, Numba's idle OpenMP threads keep spinning for milliseconds after a parallel
+    region, on cores that the next call's own threads need: a row kernel split over Python
+    threads (``in_threads``) right after a batch-inner call ran 1.6x slower (measured on a
+    2-core Xeon, docs/performance.md).
+    """
+    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        return
+    os.environ["GOMP_SPINCOUNT"] = _OPENMP_SPINCOUNT
+    try:
+        import numba.np.ufunc.omppool  # noqa: F401  (links libgomp)
+    except ImportError:  # no OpenMP layer: Numba uses TBB or its workqueue
         pass
+    finally:
+        del os.environ["GOMP_SPINCOUNT"]
 
 
 def kernel_threads() -> int:
