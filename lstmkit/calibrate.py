@@ -10,7 +10,10 @@ reads it (``plan.calibration_path()``, one file per CPU model):
   at every larger size measured;
 - ``direct_max_floats``: the direct input projection against the panel one, for growing
   D = H (B = 32, the threads' split as chosen); the threshold is the largest part's weight
-  count up to which the direct projection is faster at every smaller size measured.
+  count up to which the direct projection is faster at every smaller size measured;
+- ``blas_products_min_b``: the batch-inner plan with BLAS's per-step products against the one
+  chosen without them, for growing B (D = H = 128); the threshold is the smallest B from which
+  BLAS's products are faster at every larger B measured (never, if none).
 
 The other thresholds keep their defaults. Each comparison alternates the two plans in one
 process and takes the median of the rounds' time ratios, so that a machine whose speed drifts
@@ -29,20 +32,23 @@ from typing import Any
 import numpy as np
 
 import lstmkit
-from lstmkit.engine import Thresholds
+from lstmkit.cells import LSTMCell
+from lstmkit.engine import Plan, Thresholds
 from lstmkit.engine import plan as engine_plan
 
-# (H values for the split, D = H values for the projection): the full and the quick grid
+# (H values for the split, D = H values for the projection, B values for BLAS's products): the
+# full and the quick grid
 GRIDS = {
-    "full": ((32, 48, 64, 96, 128, 192, 256), (64, 128, 192, 256, 384, 512)),
-    "quick": ((32, 64, 128), (64, 256)),
+    "full": ((32, 48, 64, 96, 128, 192, 256), (64, 128, 192, 256, 384, 512), (16, 32, 64, 128)),
+    "quick": ((32, 64, 128), (64, 256), (32, 128)),
 }
+_NEVER = 1 << 30
 
 
-def _ratio(layer: Any, x: np.ndarray, d: np.ndarray, a: dict[str, Any], b: dict[str, Any],
-           rounds: int) -> float:
+def _ratio(layer: Any, x: np.ndarray, d: np.ndarray, a: dict[str, Any] | Plan,
+           b: dict[str, Any] | Plan, rounds: int) -> float:
     """Median over ``rounds`` of time(plan a) / time(plan b), training steps alternated."""
-    def step(pin: dict[str, Any]) -> float:
+    def step(pin: dict[str, Any] | Plan) -> float:
         layer.pin_plan(pin)
         start = time.perf_counter()
         out, _ = layer(x)
@@ -67,10 +73,10 @@ def calibrate(quick: bool = False, rounds: int = 7, threads: int | None = None,
     from lstmkit.engine.kernels.threads import usable_threads
 
     n = threads or usable_threads()
-    split_grid, direct_grid = GRIDS["quick" if quick else "full"]
+    split_grid, direct_grid, blas_grid = GRIDS["quick" if quick else "full"]
     T, G = 20 if quick else 50, 4
     found = Thresholds()
-    measured: dict[str, Any] = {"split": [], "direct": []}
+    measured: dict[str, Any] = {"split": [], "direct": [], "blas_products": []}
     if n >= 2:
         wins = []
         for H in split_grid:
@@ -100,6 +106,21 @@ def calibrate(quick: bool = False, rounds: int = 7, threads: int | None = None,
             break
         last = size
     found = dataclasses.replace(found, direct_max_floats=int(last))
+    wins = []
+    for B in blas_grid:
+        layer, x, d = _problem(T, B, 128, 128)
+        without = engine_plan.choose_plan(
+            LSTMCell(128, 128), np.float32, T, B, keep=True, threads=n,
+            thresholds=dataclasses.replace(found, blas_products_min_b=_NEVER))
+        with_blas = dataclasses.replace(without, projection="panel", backward_panels=False,
+                                        blas_products=True)
+        r = _ratio(layer, x, d, with_blas, without, rounds)
+        wins.append((B, r < 1.0))
+        measured["blas_products"].append({"B": B, "D": 128, "H": 128, "without": str(without),
+                                          "blas_over_packed": r})
+        echo(f"BLAS's per-step products, B = {B}: {r:.2f}x the time of '{without}'")
+    first_b = next((b for k, (b, _) in enumerate(wins) if all(w for _, w in wins[k:])), None)
+    found = dataclasses.replace(found, blas_products_min_b=first_b or _NEVER)
     record = {"cpu": engine_plan.cpu_model(), "threads": n, "quick": quick, "rounds": rounds,
               "thresholds": dataclasses.asdict(found), "measured": measured,
               "date": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -111,5 +132,6 @@ def calibrate(quick: bool = False, rounds: int = 7, threads: int | None = None,
     os.replace(tmp, path)
     echo(f"thresholds for {record['cpu']} written to {path}: "
          f"parallel_min_flops {found.parallel_min_flops:.3g}, "
-         f"direct_max_floats {found.direct_max_floats}")
+         f"direct_max_floats {found.direct_max_floats}, "
+         f"blas_products_min_b {found.blas_products_min_b}")
     return record

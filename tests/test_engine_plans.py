@@ -21,7 +21,7 @@ CELLS = [LSTMCell(6, 16), LSTMCell(6, 16, peepholes=True, coupled_input_forget=T
 
 
 def _shape(p: Plan) -> tuple:
-    return p.kernel, p.parts, p.projection, p.backward_panels
+    return p.kernel, p.parts, p.projection, p.backward_panels, p.blas_products
 
 
 @pytest.mark.parametrize("cell", CELLS, ids=lambda c: type(c).__name__)
@@ -30,8 +30,9 @@ def test_every_chosen_plan_is_among_the_candidates(cell, dtype):
     """The exactness tests enumerate ``candidate_plans``: whatever the chooser returns, for any
     batch, thread count, gradients or not, folding or not, thresholds, is one of them."""
     th_all = [Thresholds(), Thresholds(parallel_min_flops=0.0, direct_max_floats=0,
-                                       backward_panels_min_gh=1, backward_panels_min_b=1)]
-    for T, B, threads, keep, fold, th in np.ndindex(3, 4, 3, 2, 2, 2):
+                                       backward_panels_min_gh=1, backward_panels_min_b=1),
+              Thresholds(blas_products_min_b=2)]
+    for T, B, threads, keep, fold, th in np.ndindex(3, 4, 3, 2, 2, 3):
         T, B = (1, 7, 40)[T], (1, 2, 16, 64)[B]
         V = 5 if fold else None
         chosen = choose_plan(cell, dtype, T, B, keep=bool(keep), threads=threads + 1,
@@ -43,8 +44,14 @@ def test_every_chosen_plan_is_among_the_candidates(cell, dtype):
 
 def test_the_plan_follows_shape_dtype_and_threads_only():
     cell = LSTMCell(64, 256)
-    big = choose_plan(cell, np.float32, 50, 64, keep=True, threads=2)
+    big = choose_plan(cell, np.float32, 50, 64, keep=True, threads=2, thresholds=Thresholds())
     assert big == Plan("batch-inner", 2, "direct", True, big.chunk_steps)
+    # where BLAS's products win (from 64 sequences with 16-float kernels): the panel projection
+    blas = choose_plan(cell, np.float32, 50, 64, keep=True, threads=2,
+                       thresholds=Thresholds(blas_products_min_b=64))
+    assert blas == Plan("batch-inner", 2, "panel", False, big.chunk_steps, blas_products=True)
+    assert choose_plan(cell, np.float32, 50, 32, keep=True, threads=2,
+                       thresholds=Thresholds(blas_products_min_b=64)).blas_products is False
     assert choose_plan(cell, np.float32, 50, 64, keep=True, threads=1).parts == 1
     assert choose_plan(cell, np.float64, 50, 64, keep=True, threads=2).kernel == "rows"
     assert choose_plan(cell, np.float32, 50, 64, keep=True, threads=2, enabled=False) == Plan()
@@ -109,6 +116,12 @@ def test_a_pinned_plan_that_cannot_run_says_why():
     lstm.pin_plan({"projection": "folded"})
     with pytest.raises(ValueError, match="rows_of"):
         lstm(np.zeros((2, 2, 3), np.float32))
+    lstm.pin_plan({"kernel": "batch-inner", "projection": "direct", "blas_products": True})
+    with pytest.raises(ValueError, match="blas_products runs with the panel projection"):
+        lstm(np.zeros((2, 2, 3), np.float32))
+    lstm.pin_plan({"kernel": "rows", "blas_products": True})
+    with pytest.raises(ValueError, match="the row kernels always call BLAS"):
+        lstm(np.zeros((2, 2, 3), np.float32))
     with pytest.raises(ValueError, match="unknown plan field"):
         lstm.pin_plan({"threads": 2})
         lstm(np.zeros((2, 2, 3), np.float32))
@@ -121,7 +134,7 @@ def test_a_pinned_plan_that_cannot_run_says_why():
 def test_calibrated_thresholds_are_read_once_per_cpu_model(tmp_path, monkeypatch):
     monkeypatch.setenv("LSTMKIT_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(plan, "_loaded", [])
-    assert plan.load_thresholds() == Thresholds()
+    assert plan.load_thresholds() == plan.host_thresholds()
     monkeypatch.setattr(plan, "_loaded", [])
     path = plan.calibration_path()
     assert path.startswith(str(tmp_path))
@@ -129,7 +142,7 @@ def test_calibrated_thresholds_are_read_once_per_cpu_model(tmp_path, monkeypatch
         json.dump({"cpu": plan.cpu_model(), "thresholds": {"direct_max_floats": 7,
                                                              "not_a_threshold": 1}}, f)
     th = plan.load_thresholds()
-    assert th == dataclasses.replace(Thresholds(), direct_max_floats=7)
+    assert th == dataclasses.replace(plan.host_thresholds(), direct_max_floats=7)
     assert choose_plan(LSTMCell(16, 64), np.float32, 10, 16, keep=True, threads=1,
                        thresholds=th).projection == "panel"
 
@@ -185,6 +198,8 @@ def test_bench_calibrate_writes_thresholds_the_chooser_reads(tmp_path, monkeypat
     assert record["cpu"] == plan.cpu_model()
     assert [m["D"] for m in record["measured"]["direct"]] == [64, 256]
     assert all(m["direct_over_panel"] > 0 for m in record["measured"]["direct"])
+    assert [m["B"] for m in record["measured"]["blas_products"]] == [32, 128]
+    assert all(m["blas_over_packed"] > 0 for m in record["measured"]["blas_products"])
     assert json.loads((tmp_path / "record.json").read_text())["thresholds"] == record[
         "thresholds"]
     monkeypatch.setattr(plan, "_loaded", [])  # as in the next process

@@ -23,7 +23,8 @@ import pytest
 import lstmkit
 from lstmkit.activations import NAMES, RELU, SIGMOID, TANH, Activation
 from lstmkit.cells import GRUCell, LayerNormLSTMCell, LSTMCell, RNNCell
-from lstmkit.engine import ENGINE, Plan, candidate_plans, choose_plan, kernels
+from lstmkit.engine import ENGINE, Plan, Thresholds, candidate_plans, choose_plan, kernels
+from lstmkit.engine import plan as plan_module
 from lstmkit.engine.reference import ReferenceRecurrence
 from lstmkit.regularisation import cell_masks
 
@@ -146,14 +147,22 @@ def _assert_same(fast, ref, cell, p, dtype):
 # -- recurrence level: every variant, masks, reverse, dtypes -----------------------------------
 
 
+# the float32 LSTM's candidate plans (B >= 2, no folding): the rows in 1-3 parts with and without
+# small products; batch-inner in 1-3 parts x (panel/direct x backward panels, and the panel
+# projection with BLAS's products)
+LSTM_PLANS = 6 + 3 * (2 * 2 + 1)
+
+
 @pytest.mark.parametrize("variant", LSTM_VARIANTS, ids=lambda v: ",".join(v) or "full")
 @pytest.mark.parametrize("masked,reverse", [(False, False), (False, True), (True, False),
                                             (True, True)])
 def test_lstm_variants_float32(variant, masked, reverse):
     plans = compare(LSTMCell(5, 7, **variant), np.float32, masked=masked, reverse=reverse)
-    kinds = {(plan.kernel, plan.parts, plan.projection, plan.backward_panels) for plan in plans}
-    assert len(kinds) == 3 + 3 * 2 * 2  # rows in 1-3 parts; 1-3 parts x panel/direct x panels
-    assert len(plans) == 6 + 3 * 2 * 2  # the rows twice: with and without small products
+    kinds = {(plan.kernel, plan.parts, plan.projection, plan.backward_panels, plan.blas_products)
+             for plan in plans}
+    # rows in 1-3 parts; 1-3 parts x (panel/direct x panels, and panel with BLAS's products)
+    assert len(kinds) == 3 + 3 * (2 * 2 + 1)
+    assert len(plans) == LSTM_PLANS  # the rows twice: with and without small products
 
 
 @pytest.mark.parametrize("variant", LSTM_VARIANTS, ids=lambda v: ",".join(v) or "full")
@@ -179,7 +188,7 @@ def test_lstm_functions_and_clip(k, name):
         cell = LSTMCell(5, 7, **variant, **{field: _with_parameters(name)},
                         clip=0.4 if (k + j) % 2 else None)
         plans = compare(cell, np.float32, masked=j == 1, reverse=j == 2, seed=k)
-        assert len(plans) == 6 + 3 * 2 * 2
+        assert len(plans) == LSTM_PLANS
         compare(cell, np.float64, masked=j != 1, reverse=j == 0, seed=k)
 
 
@@ -195,7 +204,7 @@ def test_lstm_zoneout(zoneout, zoneout_c, training):
         for dtype in (np.float32, np.float64):
             plans = compare(cell, dtype, masked=k % 2 == 1, reverse=k % 4 >= 2, seed=k,
                             training=training)
-            assert len(plans) == (6 + 3 * 2 * 2 if dtype == np.float32 else 6)
+            assert len(plans) == (LSTM_PLANS if dtype == np.float32 else 6)
     compare(LSTMCell(4, 19, peepholes=True, zoneout=zoneout, zoneout_c=zoneout_c), np.float32,
             T=7, B=1, masked=True, reverse=True, seed=3, training=training)
 
@@ -364,8 +373,10 @@ def test_lstm_single_sequence_variants(variant, masked, reverse):
             seed=2)
 
 
-def choose(cell, dtype=np.float32, T=10, B=16, keep=True, threads=2, **kw):
-    return choose_plan(cell, dtype, T, B, keep=keep, threads=threads, **kw)
+def choose(cell, dtype=np.float32, T=10, B=16, keep=True, threads=2, thresholds=None, **kw):
+    """The chooser's plan with the default thresholds (not this host's, unless given)."""
+    return choose_plan(cell, dtype, T, B, keep=keep, threads=threads,
+                       thresholds=thresholds or Thresholds(), **kw)
 
 
 def test_row_kernels_split_the_batch_when_large_enough():
@@ -446,6 +457,22 @@ def test_backward_reads_gate_gradients_as_panels_for_large_steps():
     assert panels(64, 512) and panels(64, 256) and panels(128, 650)
     assert not panels(32, 512) and not panels(20, 650)  # too few batch columns
     assert not panels(128, 128) and not panels(64, 256, output_gate=False)  # rows: 512, 768
+
+
+def test_blas_products_from_64_sequences_where_the_kernels_are_16_floats_wide():
+    """Where BLAS's per-step products beat the packed kernels (``blas_products_min_b``: 64 on a
+    host with 16-float kernels, measured; never with 8-float ones unless calibrated), the
+    batch-inner LSTM takes them, with the panel projection they need; a folded projection
+    still wins. Their results are the reference's (above: ``LSTM_PLANS``)."""
+    th = Thresholds(blas_products_min_b=64)
+    big = choose(LSTMCell(128, 256), B=64, thresholds=th)
+    assert big == Plan("batch-inner", 2, "panel", False, big.chunk_steps, blas_products=True)
+    assert not choose(LSTMCell(128, 256), B=32, thresholds=th).blas_products
+    folded = choose(LSTMCell(128, 256), B=64, thresholds=th, fold_rows=70)
+    assert folded.projection == "folded" and not folded.blas_products
+    assert not choose(LSTMCell(128, 256), B=64).blas_products  # the defaults: never
+    host = plan_module.host_thresholds().blas_products_min_b
+    assert host == (64 if kernels.vector_width() >= 16 else Thresholds().blas_products_min_b)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

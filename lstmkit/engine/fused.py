@@ -478,7 +478,7 @@ def _lstm_forward_t(cell: LSTMCell, x: Array, wih: Array, whh: Array, bias: Arra
         run(x, wih, whh, layout.order, bias, cell.bias, wexp, gidx,
             cell.coupled_input_forget, act, ZHT, ZCT, mask_arr, has_mask, reverse, keep, h0, c0,
             P, Z, PRE, out, out_kept, CT, CST, HP, CPT, hT, cT, hnew, hs, cs, scratch, bounds, Wp,
-            layout.w_off, fold, table, ids, direct, XT, Wxp, wx_off)
+            layout.w_off, fold, table, ids, direct, XT, Wxp, wx_off, plan.blas_products)
     cache = None
     if keep:
         cache = _Cache(("Z", "PRE", "out", "CS", "C", "HP", "CP"),
@@ -532,7 +532,7 @@ def _lstm_backward_t(cell: LSTMCell, cache: Any, wih: Array, whh: Array, peep: A
             cache["PRE"], cache["out"], cache["C"], cache["CS"], cache["HP"], cache["CP"], d_out,
             dh, dc, dZs2, dZP2, dZ, dX,
             *g_arrays, gpeep, cell.peepholes, *work, ones, scratch, layout.bounds, Wp,
-            layout.wt_off, fold, ids, E, S, dE)
+            layout.wt_off, fold, ids, E, S, dE, plan.blas_products)
     _finish(accs, grads, gpeep)
     return (dE.sum(axis=0) if fold else dX), (dh, dc)
 

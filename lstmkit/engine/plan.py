@@ -17,6 +17,9 @@ A *plan* says how one layer and direction runs over a sequence::
     small_products   the row kernels' per-step products in column blocks that BLAS's
                      small-matrix kernels take (OpenBLAS on AVX-512: 2-3x its general kernels
                      for a product of up to 32 rows; ``kernels.blas.gemm_blocks``)
+    blas_products    the batch-inner kernels' per-step recurrent products (forward and
+                     backward) by one BLAS call per part instead of the packed micro-kernels
+                     (faster from about 64 sequences on AVX-512, see ``Thresholds``)
 
 ``choose_plan`` is the only place that decides; it looks at the cell and *every* one of its
 switches, the dtype, the shape and the thread count, nothing else (not the machine's load), so
@@ -70,6 +73,7 @@ class Plan:
     backward_panels: bool = False
     chunk_steps: int = 0  # 0: all T steps at once
     small_products: bool = False
+    blas_products: bool = False
 
     def __str__(self) -> str:
         if self.kernel == "reference":
@@ -79,6 +83,8 @@ class Plan:
             text += f", {self.projection} projection"
             if self.backward_panels:
                 text += ", backward panels"
+            if self.blas_products:
+                text += ", BLAS products"
         if self.small_products:
             text += ", small products"
         return text + f", chunks of {self.chunk_steps} steps" if self.chunk_steps else text
@@ -103,6 +109,10 @@ class Thresholds:
         sequences per part.
     small_products_max_b: the row kernels' products use BLAS's small-matrix kernels (where it
         has them) up to this many sequences per part.
+    blas_products_min_b: the batch-inner kernels' per-step products are BLAS calls from this
+        many sequences on (with the panel projection, which they need, then preferred to the
+        direct one; no backward panels). Never by default; 64 where the packed kernels are 16
+        floats wide (``host_thresholds``).
     """
 
     parallel_min_flops: float = 2.5e5
@@ -114,6 +124,17 @@ class Thresholds:
     rows_split_min_flops: float = 8.0e7
     rows_split_min_b: int = 4
     small_products_max_b: int = 32
+    blas_products_min_b: int = 1 << 30
+
+
+def host_thresholds() -> Thresholds:
+    """The defaults for this host before any calibration: ``Thresholds()``, with BLAS's
+    per-step products from 64 sequences where the packed kernels are 16 floats wide (measured on
+    a 2-core AVX-512 Xeon: OpenBLAS 1.15-1.2x the 16-float packed kernel at B = 64 and 128,
+    0.7-0.8x at B = 20 and 32; with AVX2, OpenBLAS was 0.91-0.94x the 8-float kernel at B = 64)."""
+    from lstmkit.engine.kernels import vector_width
+
+    return Thresholds(blas_products_min_b=64) if vector_width() >= 16 else Thresholds()
 
 
 def fused_supports(cell: Any, dtype: Any) -> bool:
@@ -181,15 +202,20 @@ def choose_plan(cell: Any, dtype: Any, T: int, B: int, *, keep: bool, threads: i
         parts = _parts(B, H, G, threads, fast_pool, th)
         # B = 1 on one thread keeps the row layout, whose per-step gemv is BLAS's
         if B >= 2 or parts > 1:
+            blas = False
             if fold_rows is not None and B >= 2 and fold_rows < T * B:
                 projection = "folded"
+            elif B >= th.blas_products_min_b:  # BLAS's products need the panel projection
+                projection, blas = "panel", True
             elif B >= 2 and -(-G * H // parts) * (D + 1 + H) <= th.direct_max_floats:
                 projection = "direct"
             else:
                 projection = "panel"
-            return Plan("batch-inner", parts, projection,
-                        G * H >= th.backward_panels_min_gh and B >= th.backward_panels_min_b,
-                        _chunk_steps(T, B, G * H, dtype.itemsize, th.chunk_bytes))
+            panels = (not blas and G * H >= th.backward_panels_min_gh
+                      and B >= th.backward_panels_min_b)
+            return Plan("batch-inner", parts, projection, panels,
+                        _chunk_steps(T, B, G * H, dtype.itemsize, th.chunk_bytes),
+                        blas_products=blas)
     chunk = 0 if keep else _chunk_steps(T, B, G * H, dtype.itemsize, th.chunk_bytes)
     parts = _row_parts(cell, T, B, threads, th)
     rows = -(-B // parts)  # a part's sequences: the rows of each step's products
@@ -226,6 +252,10 @@ def check_plan(plan: Plan, cell: Any, dtype: Any, T: int, B: int,
         return
     if plan.small_products and plan.kernel != "rows":
         refuse("small_products is the row kernels' (their per-step BLAS products)")
+    if plan.blas_products and plan.kernel != "batch-inner":
+        refuse("blas_products is the batch-inner kernels' (the row kernels always call BLAS)")
+    if plan.blas_products and (plan.projection != "panel" or plan.backward_panels):
+        refuse("blas_products runs with the panel projection and without backward panels")
     if not fused_supports(cell, dtype):
         refuse("no compiled kernel implements this cell's switches or dtype (use 'reference')")
     if plan.kernel == "rows":
@@ -268,6 +298,7 @@ def candidate_plans(cell: Any, dtype: Any, T: int, B: int, *, keep: bool, max_pa
         for projection in projections:
             for panels in (False, True):
                 plans.append(Plan("batch-inner", parts, projection, panels, chunk))
+        plans.append(Plan("batch-inner", parts, "panel", False, chunk, blas_products=True))
     return plans
 
 
@@ -286,8 +317,12 @@ def pinned(plan: Plan | str | dict[str, Any] | None, chosen: Plan) -> Plan:
             raise ValueError(f"unknown plan field(s) {unknown}; a plan has "
                              f"{[f.name for f in dataclasses.fields(Plan)]}")
         fields = dict(plan)
-        if fields.get("kernel", chosen.kernel) != "rows":  # the row kernels' own field
+        kernel = fields.get("kernel", chosen.kernel)
+        if kernel != "rows":  # the row kernels' own field
             fields.setdefault("small_products", False)
+        if kernel != "batch-inner" or fields.get("projection", "panel") != "panel" or fields.get(
+                "backward_panels"):  # the batch-inner kernels' own field, not with these
+            fields.setdefault("blas_products", False)
         return dataclasses.replace(chosen, **fields)
     raise TypeError(f"a pinned plan must be a Plan, 'reference', a dict of plan fields or None, "
                     f"got {plan!r}")
@@ -333,7 +368,7 @@ def load_thresholds() -> Thresholds:
     if not _loaded:
         import json
 
-        th = Thresholds()
+        th = host_thresholds()
         try:
             with open(calibration_path()) as f:
                 stored = json.load(f)

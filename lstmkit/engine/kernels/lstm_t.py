@@ -7,7 +7,9 @@ block, the states h^T, c^T are (H, B). Two reasons:
 
 - the recurrent product of each step, ``Z_t^T += W_hh h^T`` (and backward's
   ``dh^T = W_hh^T dZ_t^T``), has the thin batch as its columns, which is what the packed
-  micro-kernels of ``packed.py`` compute (W_hh packed once per pass, not once per step);
+  micro-kernels of ``packed.py`` compute (W_hh packed once per pass, not once per step), or,
+  with the plan's ``blas_products``, one BLAS call per part and step (where BLAS's kernels are
+  faster, see ``engine.plan``);
 - every gate block of a step is one contiguous run of H*B numbers, so the element-wise pass is
   one long vectorised loop per gate, whatever B (no short rows, no scalar remainders).
 
@@ -53,10 +55,12 @@ from lstmkit.engine.kernels.lstm import (
     zoneout_forward,
 )
 from lstmkit.engine.kernels.packed import (
+    blas_or_packed,
+    copy_columns,
+    copy_rows,
     pack_columns,
     pack_rows,
     pack_rows_stacked,
-    packed_gemm,
     packed_gemm_panels,
     packed_gemm_stacked,
     to_panels,
@@ -80,7 +84,7 @@ def _gate(flat, r0, kk, hp, B, n, other):
 @njit(**_OPTS)
 def _forward_part(u0, u1, G, gidx, cifg, act, zt, pt, P, zs, Wp, w_off, hprev, cprev, cnew,
                   cnext, ZHT, ZCT, hout, OUT, t, wexp, scratch, mask, has_mask, hstate, cstate,
-                  fold, table, ids, order, direct, xt, Wxp, wx_off):
+                  fold, table, ids, order, direct, xt, Wxp, wx_off, blas):
     """Step t for the units [u0, u1): copy their rows of the projection P[:, zs] (for B = 1
     held as (Tc, GH): P.reshape(Tc, GH)[zs]) into the step's block zt, add W_hh h_prev (their
     rows of W_hh, packed at Wp[w_off:]), then gates, c (into cnew), h (into hout), and OUT[t]
@@ -115,7 +119,7 @@ def _forward_part(u0, u1, G, gidx, cifg, act, zt, pt, P, zs, Wp, w_off, hprev, c
             for b in range(B):
                 zt[r, b] = P[r, zs, b]
     if not direct:
-        packed_gemm(Wp, w_off, r1 - r0, hprev, zt[r0:r1], True)
+        blas_or_packed(blas, Wp, w_off, r1 - r0, hprev, zt[r0:r1], True)
     flat = zt.reshape(zt.shape[0] * B)
     if gidx[0] < 0 or gidx[1] < 0 or gidx[3] < 0:
         for k in range(3):
@@ -222,7 +226,7 @@ def _gate_gradient(dZ, r, t, b):
 @njit(**_OPTS)
 def _weights_part(p, parts, u0, u1, gidx, reverse, has_mask, has_bias, has_peep, Wp, w_off, last,
                   add_dh, dhT, dZ, X2, gWih, HP, gWhh, O2, h0, ones, db, gbih, gbhh, Wih, dX2, CPT,
-                  c0T, CT, CST, gpeep, fold, ids, E, S, dE):
+                  c0T, CT, CST, gpeep, fold, ids, E, S, dE, blas):
     """After the time loop, part p: dh_0 of its units [u0, u1), then its share of the weight
     gradients: the rows [q0, q1) of dZ (GH, T, B; for B = 1 step-major, (T, GH, 1), see
     ``_gate_gradients``), which holds the gate gradients in the layer's
@@ -239,7 +243,7 @@ def _weights_part(p, parts, u0, u1, gidx, reverse, has_mask, has_bias, has_peep,
     q0 = (GH * p) // parts
     q1 = (GH * (p + 1)) // parts
     # dh_0^T of these units (the last step's gradients are still in the parts' order)
-    packed_gemm(Wp, w_off, u1 - u0, last, dhT[u0:u1], add_dh)
+    blas_or_packed(blas, Wp, w_off, u1 - u0, last, dhT[u0:u1], add_dh)
     Zq, tz = _gate_gradients(dZ, q0, q1, 0, TB)  # this part's rows, every step
     if fold:
         Mq = Zq.T if tz else Zq  # (q1 - q0, TB) either way
@@ -285,7 +289,7 @@ def _weights_part(p, parts, u0, u1, gidx, reverse, has_mask, has_bias, has_peep,
 def _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, act, ZHT, ZCT,
                     mask, has_mask, reverse, keep, h0, P, Z, PRE, OUT, OUTK, CT, CST, HP, CPT, hT,
                     cT, hnew, scratch, bounds, Wp, w_off, fold, table, ids, claimed, finished,
-                    direct, XT, Wxp, wx_off):
+                    direct, XT, Wxp, wx_off, blas):
     """The forward pass as worker w of the region runs it: the packing of W_hh, each chunk's
     projection and each step are done part by part, worker w doing part w (``sync.claim``),
     and every worker waits for all parts of one before the next (slots: 0 for the packing,
@@ -306,6 +310,8 @@ def _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, act
                 pack_rows_stacked(Wih, bias, Whh, order, G * bounds[p], G * bounds[p + 1], Wxp,
                                   wx_off[p])
                 _next_input(X, XT, T - 1 if reverse else 0, 0, p, parts)
+            elif blas:
+                copy_rows(Whh, order, G * bounds[p], G * bounds[p + 1], Wp, w_off[p])
             else:
                 pack_rows(Whh, order, G * bounds[p], G * bounds[p + 1], Wp, w_off[p])
             finish(finished, 0)
@@ -355,7 +361,7 @@ def _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, act
                     _forward_part(u0, u1, G, gidx, cifg, act, zt, pt, P, zs, Wp, w_off[p],
                                   hprev, cprev, CT[cslot], CST[cslot], ZHT, ZCT, hout, OUT, t,
                                   wexp, scratch[p], mask, has_mask, hstate, cT, fold, table, ids,
-                                  order, direct, XT[s % 2], Wxp, wx_off[p])
+                                  order, direct, XT[s % 2], Wxp, wx_off[p], blas)
                     if keep:  # the cache's own copy of this part's outputs, still in cache
                         copy2(OUTK[t, :, u0:u1], OUT[t, :, u0:u1])
                     if direct and s + 1 < T:
@@ -370,7 +376,7 @@ def _forward_driver(loop):
     def lstm_forward_t(X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, act, ZHT, ZCT,
                        mask, has_mask, reverse, keep, h0, c0, P, Z, PRE, OUT, OUTK, CT, CST, HP,
                        CPT, hT, cT, hnew, hs, cs, scratch, bounds, Wp, w_off, fold, table, ids,
-                       direct, XT, Wxp, wx_off):
+                       direct, XT, Wxp, wx_off, blas):
         """The whole sequence. W_ih, bias and Z rows in the parts' order (see the module doc);
         W_hh as the layer holds it, ``order``: its rows in the parts' order.
 
@@ -394,6 +400,9 @@ def _forward_driver(loop):
         order, like W_hh), packed part by part into Wxp at wx_off (parts,)
         (``packed.pack_rows_stacked``), and XT (2, D + 1, B) for x_t^T, last row ones: each
         step's pre-activations are one packed product (``_forward_part``).
+        blas: W_hh's rows are copied into Wp unpacked (``packed.copy_rows``) and each step's
+        recurrent product is one BLAS call per part instead of the packed kernel (not with
+        ``direct``).
         """
         T = X.shape[0]
         parts = bounds.shape[0] - 1
@@ -405,7 +414,7 @@ def _forward_driver(loop):
             _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, act, ZHT,
                             ZCT, mask, has_mask, reverse, keep, h0, P, Z, PRE, OUT, OUTK, CT, CST,
                             HP, CPT, hT, cT, hnew, scratch, bounds, Wp, w_off, fold, table, ids,
-                            claimed, finished, direct, XT, Wxp, wx_off)
+                            claimed, finished, direct, XT, Wxp, wx_off, blas)
         if not has_mask:
             last = 0 if reverse else T - 1
             copy2(cT, CST[last] if keep else CST[(T - 1) % 2])
@@ -418,7 +427,7 @@ def _forward_driver(loop):
 @njit(**_OPTS)
 def _backward_part(u0, u1, G, gidx, cifg, act, ZHT, ZCT, first, Z, PRE, t, dZs_prev, dZs,
                    dZP_prev, dZP, dZ, order, Wp, w_off, C, CP, dhT, dOUT, dOT, dcT, wexp, ones,
-                   scratch, mask, has_mask, saved):
+                   scratch, mask, has_mask, saved, blas):
     """Step t backward for the units [u0, u1): dh^T of these units = W_hh^T dZ_{t+1} (their
     rows of W_hh^T, packed at Wp[w_off:]; dZ_{t+1} from dZs_prev, or from the same held as
     panels in dZP_prev when dZP is not empty, see ``packed.to_panels``; not for the first
@@ -441,7 +450,7 @@ def _backward_part(u0, u1, G, gidx, cifg, act, ZHT, ZCT, first, Z, PRE, t, dZs_p
             packed_gemm_panels(Wp, w_off, hp, dZP_prev, dZs.shape[0], B, dhT[u0:u1],
                                has_mask or zoneout)
         else:
-            packed_gemm(Wp, w_off, hp, dZs_prev, dhT[u0:u1], has_mask or zoneout)
+            blas_or_packed(blas, Wp, w_off, hp, dZs_prev, dhT[u0:u1], has_mask or zoneout)
     transpose_into(dOT[u0:u1], dOUT[t, :, u0:u1])
     if has_mask:
         for u in range(u0, u1):
@@ -520,7 +529,7 @@ def _backward_thread(w, X, Wih, Whh, order, has_bias, wexp, gidx, cifg, act, ZHT
                      has_mask, reverse, h0, Z, PRE, OUT, CT, CST, HP, CPT, dOUT, dZs2, dZP2, dZ,
                      dX, gWih, gWhh,
                      gbih, gbhh, gpeep, has_peep, dhT, dcT, dOT, saved, ones, scratch, bounds,
-                     Wp, w_off, fold, ids, E, S, dE, c0T, db, claimed, finished):
+                     Wp, w_off, fold, ids, E, S, dE, c0T, db, claimed, finished, blas):
     """Backpropagation through time as worker w of the region runs it: the packing of W_hh^T,
     each step and the weight gradients are done part by part, worker w doing part w
     (``sync.claim``; slots: 0 for the packing, T - s for step s, T + 1 for the weight
@@ -533,7 +542,10 @@ def _backward_thread(w, X, Wih, Whh, order, has_bias, wexp, gidx, cifg, act, ZHT
     for q in range(parts):
         p = claim(claimed, 0, w, q, parts)
         if p >= 0:
-            pack_columns(Whh, order, bounds[p], bounds[p + 1], Wp, w_off[p])
+            if blas:
+                copy_columns(Whh, order, bounds[p], bounds[p + 1], Wp, w_off[p])
+            else:
+                pack_columns(Whh, order, bounds[p], bounds[p + 1], Wp, w_off[p])
             finish(finished, 0)
     wait(finished, 0, parts)
     for s in range(T - 1, -1, -1):
@@ -549,7 +561,7 @@ def _backward_thread(w, X, Wih, Whh, order, has_bias, wexp, gidx, cifg, act, ZHT
                                Z, PRE, t, prev, cur, dZP2[(s + 1) % 2], dZP2[s % 2], dZ, order, Wp,
                                w_off[p],
                                CT[t], cprev, dhT, dOUT, dOT, dcT, wexp, ones, scratch[p], mask,
-                               has_mask, saved)
+                               has_mask, saved, blas)
                 finish(finished, slot)
         wait(finished, slot, parts)
     last = dZs2[0]  # the gradient of the first step processed last: s == 0
@@ -564,7 +576,7 @@ def _backward_thread(w, X, Wih, Whh, order, has_bias, wexp, gidx, cifg, act, ZHT
             _weights_part(p, parts, bounds[p], bounds[p + 1], gidx, reverse, has_mask,
                           has_bias, has_peep, Wp, w_off[p], last, add_dh,
                           dhT, dZ, X2, gWih, HP, gWhh, O2, h0, ones, db, gbih, gbhh, Wih, dX2, CPT,
-                          c0T, CT, CST, gpeep, fold, ids, E, S, dE)
+                          c0T, CT, CST, gpeep, fold, ids, E, S, dE, blas)
             finish(finished, T + 1)
 
 
@@ -573,7 +585,7 @@ def _backward_driver(loop):
                         has_mask, reverse, h0, c0, Z, PRE, OUT, CT, CST, HP, CPT, dOUT, dh, dc,
                         dZs2, dZP2, dZ, dX, gWih, gWhh,
                         gbih, gbhh, gpeep, has_peep, dhT, dcT, dOT, saved, ones, scratch, bounds,
-                        Wp, w_off, fold, ids, E, S, dE):
+                        Wp, w_off, fold, ids, E, S, dE, blas):
         """Backpropagation through time. Z (T, GH, B): the forward's activations, rows in the
         parts' order (``order``: those rows in the layer's order); PRE: the forward's
         pre-activations with options (``act``), else not read; ZHT, ZCT, CST: zoneout's, as
@@ -587,7 +599,8 @@ def _backward_driver(loop):
         ones: at least max(T * B, H * B) ones. Wp, w_off (parts,): room for W_hh^T packed
         part by part (``packed.pack_columns``), and where each part's rows start. With ``fold``
         (X = E[ids], ids flat (T * B,)): dX is not computed; each part's term of dE = dL/dE goes
-        to dE[p] (parts, V, D); S (GH, V): work."""
+        to dE[p] (parts, V, D); S (GH, V): work. blas: W_hh^T unpacked in Wp
+        (``packed.copy_columns``), each step's product one BLAS call per part."""
         T, B, D = X.shape
         H = h0.shape[1]
         GH = Z.shape[1]
@@ -604,7 +617,8 @@ def _backward_driver(loop):
                              mask, has_mask, reverse, h0, Z, PRE, OUT, CT, CST, HP, CPT, dOUT,
                              dZs2, dZP2, dZ, dX, gWih, gWhh,
                              gbih, gbhh, gpeep, has_peep, dhT, dcT, dOT, saved, ones, scratch,
-                             bounds, Wp, w_off, fold, ids, E, S, dE, c0T, db, claimed, finished)
+                             bounds, Wp, w_off, fold, ids, E, S, dE, c0T, db, claimed, finished,
+                             blas)
         TB = T * B
         transpose_into(dh, dhT)
         transpose_into(dc, dcT)

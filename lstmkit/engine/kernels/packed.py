@@ -48,6 +48,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from lstmkit.engine.kernels import vector_width
+from lstmkit.engine.kernels.blas import gemm
+from lstmkit.engine.kernels.loops import copy1
 from lstmkit.engine.kernels.transpose import shuffle_8x8, transpose_into
 
 _OPTS = {"cache": True, "error_model": "numpy", "nogil": True}
@@ -462,6 +464,28 @@ def pack_rows_stacked(A, b, A2, order, r0, r1, out, off):
 
 
 @njit(**_OPTS)
+def copy_rows(A, order, r0, r1, out, off):
+    """Rows r0 .. r1-1 of A[order] (A (M, K)), unpacked: a row-major (r1 - r0, K) matrix at
+    out[off:] (for a BLAS call instead of the packed kernels; fits in ``packed_size``)."""
+    K = A.shape[1]
+    for r in range(r0, r1):
+        copy1(out[off + (r - r0) * K:off + (r - r0 + 1) * K], A[order[r]])
+
+
+@njit(**_OPTS)
+def copy_columns(A, order, c0, c1, out, off):
+    """Columns c0 .. c1-1 of A[order] (A (K, N)) as rows, unpacked: the row-major (c1 - c0, K)
+    matrix (A[order])^T[c0:c1] at out[off:] (as ``copy_rows``)."""
+    K = order.shape[0]
+    M = c1 - c0
+    block = out[off:off + M * K].reshape(M, K)
+    for k in range(K):
+        row = A[order[k]]
+        for c in range(M):
+            block[c, k] = row[c0 + c]
+
+
+@njit(**_OPTS)
 def pack_columns(A, order, c0, c1, out, off):
     """Pack rows c0 .. c1-1 of (A[order])^T, i.e. columns c0 .. c1-1 of A with its rows
     permuted (A (K, N)), into out[off : off + packed_size(c1 - c0, K)]: the transpose is
@@ -594,3 +618,15 @@ def pack(A: np.ndarray) -> np.ndarray:
     out = empty_aligned(packed_size(*A.shape))
     pack_rows(A, np.arange(A.shape[0]), 0, A.shape[0], out, 0)
     return out
+
+
+@njit(**_OPTS)
+def blas_or_packed(blas, a, a_off, M, X, C, beta):
+    """``packed_gemm``'s product C (M, B) (+)= A X, with ``blas`` from A unpacked at a[a_off:]
+    (``copy_rows``, ``copy_columns``) by one BLAS call instead."""
+    if blas:
+        K = X.shape[0]
+        gemm(False, False, 1.0, a[a_off:a_off + M * K].reshape(M, K), X, 1.0 if beta else 0.0,
+             C)
+    else:
+        packed_gemm(a, a_off, M, X, C, beta)
