@@ -960,6 +960,46 @@ def test_stale_compiled_kernels_are_dropped(tmp_path, monkeypatch):
     assert not (mirror / "lstm.lstm_forward-1.py311.nbi").exists()
 
 
+def test_row_kernels_blas_runs_on_the_kernels_thread_count(monkeypatch):
+    """``lstmkit.set_num_threads(n)`` holds the BLAS the row kernels call to n threads (one for
+    a single sequence, and one in each part of a split plan, whose parts are the threads): at
+    n = 1 a second BLAS thread would take the other core from another process (two 1-thread
+    jobs side by side each ran 2x slower)."""
+    from lstmkit.engine import fused
+    from lstmkit.engine.kernels import threads
+
+    handle = threads._scipy_openblas()
+    if handle is None:
+        pytest.skip("the kernels' BLAS cannot be queried")
+    import numba
+
+    seen = []
+    whole = fused._forward_whole
+
+    def spy(*args, **kw):
+        seen.append(int(handle[1]()))
+        return whole(*args, **kw)
+
+    monkeypatch.setattr(fused, "_forward_whole", spy)
+    previous = lstmkit.get_num_threads()
+    layer = lstmkit.GRU(4, 8, seed=0)
+    x = np.zeros((3, 4, 4), np.float32)
+    try:
+        lstmkit.set_num_threads(1)
+        layer.pin_plan({"kernel": "rows", "parts": 1})
+        layer(x)
+        assert seen == [1]
+        if numba.config.NUMBA_NUM_THREADS >= 2:
+            lstmkit.set_num_threads(2)
+            layer(x)
+            layer(x[:, :1])  # a single sequence
+            layer.pin_plan({"kernel": "rows", "parts": 2})
+            layer(x)
+            assert seen == [1, 2, 1, 1, 1]
+    finally:
+        lstmkit.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("user_setting", [None, "5000"])
 def test_kernels_openmp_threads_sleep_soon_after_a_region(user_setting):
     """Numba's OpenMP runtime is loaded with GOMP_SPINCOUNT = 30000 (its idle threads sleep

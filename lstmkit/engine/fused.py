@@ -9,6 +9,7 @@ may be called more than once on one forward pass, as with the reference).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import threading
@@ -195,11 +196,11 @@ def _row_chunk(T: int, keep: bool, plan: Plan) -> int:
 
 
 def _row_blas(B: int) -> Any:
-    """BLAS threads for the row-layout kernels: one for a single sequence (a BLAS gemv per step
-    is too small to split, and idle BLAS threads spin), BLAS's own choice otherwise."""
-    import contextlib
-
-    return threads.blas_single_threaded() if B == 1 else contextlib.nullcontext()
+    """BLAS threads for a row-layout kernel call over the whole batch: one for a single
+    sequence (a BLAS gemv per step is too small to split, and idle BLAS threads spin), else the
+    kernels' thread count (``lstmkit.set_num_threads``), which BLAS may use for its larger
+    products. (The parts of a split plan run with BLAS on one thread each, ``_split_forward``.)"""
+    return threads.blas_threads(1 if B == 1 else threads.usable_threads())
 
 
 # -- LSTM --------------------------------------------------------------------------------------
@@ -389,12 +390,11 @@ def lstm_forward(cell: LSTMCell, p: dict[str, Array], x: Array, state0: State,
     FGR = _gate_recurrence(cell, p, state0, T if keep else 1, B, dtype, new)
     scratch = np.empty((5, H), dtype=dtype)
     big = np.full((4, H), _lstm.BIG, dtype=dtype)
-    with _row_blas(B):
-        _lstm.lstm_forward(x, wih, whh, whr, bias, cell.bias, peep, gidx,
-                           cell.coupled_input_forget, act, ZH, ZC, DROP, *LN[:2], _LN_EPS,
-                           *LN[2:], *FGR, mask_arr, has_mask, reverse, keep, h0, c0, Z, PRE,
-                           out, M, C, CS, HP, CP, hs, cs, np.empty((B, R), dtype=dtype), scratch,
-                           big, plan.small_products)
+    _lstm.lstm_forward(x, wih, whh, whr, bias, cell.bias, peep, gidx,
+                       cell.coupled_input_forget, act, ZH, ZC, DROP, *LN[:2], _LN_EPS,
+                       *LN[2:], *FGR, mask_arr, has_mask, reverse, keep, h0, c0, Z, PRE,
+                       out, M, C, CS, HP, CP, hs, cs, np.empty((B, R), dtype=dtype), scratch,
+                       big, plan.small_products)
     cache = None
     if keep:
         cache = _Cache(("Z", "PRE", "out", "C", "M", "LN", "CS", "HP", "CP", "AP"),
@@ -570,17 +570,16 @@ def lstm_backward(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Array,
         Wgg, DAS, DZG, dGG = (np.zeros((0, 0), dtype=dtype), _dummy(dtype, 2),
                               _dummy(dtype, 3), _dummy(dtype, 2))
     gwgg = _Accumulate(grads.get("weight_gg"), Wgg.shape, dtype)
-    with _row_blas(B):
-        _lstm.lstm_backward(x, wih, whh, whr, cell.bias, peep, cell.peepholes, cache["gidx"],
-                            cell.coupled_input_forget, cache["act"], cache["ZH"],
-                            cache["ZC"], cache["DROP"], LNG, LNC, AH, RH, CH, INV, Wgg,
-                            cache["AP"], DAS, DZG, dGG, gwgg.array,
-                            cache["mask"], cache["has_mask"], cache["reverse"],
-                            cache["h0"], cache["c0"], Z, cache["PRE"], cache["out"], cache["M"],
-                            cache["C"], cache["CS"], cache["HP"], cache["CP"], d_out, dh, dc, dZ,
-                            dA, dR, dX, dHN, dM, np.empty((B, R), dtype=dtype), gWih, gWhh,
-                            gwhr.array, gbih, gbhh, gpeep, g_ln[0].array, g_ln[1].array,
-                            scratch, ones, cache["plan"].small_products)
+    _lstm.lstm_backward(x, wih, whh, whr, cell.bias, peep, cell.peepholes, cache["gidx"],
+                        cell.coupled_input_forget, cache["act"], cache["ZH"],
+                        cache["ZC"], cache["DROP"], LNG, LNC, AH, RH, CH, INV, Wgg,
+                        cache["AP"], DAS, DZG, dGG, gwgg.array,
+                        cache["mask"], cache["has_mask"], cache["reverse"],
+                        cache["h0"], cache["c0"], Z, cache["PRE"], cache["out"], cache["M"],
+                        cache["C"], cache["CS"], cache["HP"], cache["CP"], d_out, dh, dc, dZ,
+                        dA, dR, dX, dHN, dM, np.empty((B, R), dtype=dtype), gWih, gWhh,
+                        gwhr.array, gbih, gbhh, gpeep, g_ln[0].array, g_ln[1].array,
+                        scratch, ones, cache["plan"].small_products)
     _finish([*accs, gwhr, gwgg], grads, gpeep)
     if ln:
         for name, gain in (("weight_ln_ih", g_ln[0].array[0]), ("weight_ln_hh", g_ln[0].array[1]),
@@ -643,9 +642,8 @@ def gru_forward(cell: GRUCell, p: dict[str, Array], x: Array, state0: State,
                    cell.clip, dtype)
     PRE = np.empty_like(Z) if act.size else _dummy(dtype, 4)
     RH = _dummy(dtype, 3) if lbr else np.empty((T if keep else 1, B, H), dtype=dtype)
-    with _row_blas(B):
-        _gru.gru_forward(x, wih, whh, bih, bhh, cell.bias, act, lbr, mask_arr, has_mask, reverse,
-                         keep, h0, Z, PRE, HN, RH, out, HP, hs, gh, plan.small_products)
+    _gru.gru_forward(x, wih, whh, bih, bhh, cell.bias, act, lbr, mask_arr, has_mask, reverse,
+                     keep, h0, Z, PRE, HN, RH, out, HP, hs, gh, plan.small_products)
     cache = None
     if keep:
         cache = {"kind": "gru", "plan": plan, "x": x, "Z": Z, "PRE": PRE, "act": act, "HN": HN,
@@ -665,12 +663,11 @@ def gru_backward(cell: GRUCell, p: dict[str, Array], cache: Any, d_out: Array,
     dX = np.empty((T, B, D), dtype=dtype)
     accs = _weight_gradients(grads, 3 * H, D, H, dtype)
     dh_new = np.empty((B, H), dtype=dtype)
-    with _row_blas(B):
-        _gru.gru_backward(x, wih, whh, cell.bias, cache["act"], cell.linear_before_reset,
-                          cache["mask"], cache["has_mask"], cache["reverse"], cache["h0"], Z,
-                          cache["PRE"], cache["HN"], cache["RH"], cache["out"], cache["HP"],
-                          d_out, dh, dh_new, np.empty((B, H), dtype=dtype), dGH, dNI, dX,
-                          *(acc.array for acc in accs), cache["plan"].small_products)
+    _gru.gru_backward(x, wih, whh, cell.bias, cache["act"], cell.linear_before_reset,
+                      cache["mask"], cache["has_mask"], cache["reverse"], cache["h0"], Z,
+                      cache["PRE"], cache["HN"], cache["RH"], cache["out"], cache["HP"],
+                      d_out, dh, dh_new, np.empty((B, H), dtype=dtype), dGH, dNI, dX,
+                      *(acc.array for acc in accs), cache["plan"].small_products)
     _finish(accs, grads)
     return dX, (dh,)
 
@@ -701,9 +698,8 @@ def rnn_forward(cell: RNNCell, p: dict[str, Array], x: Array, state0: State,
     relu = cell.nonlinearity == "relu"
     act = _options((cell.function,), (RELU if relu else TANH,), cell.clip, dtype)
     PRE = np.empty_like(A) if act.size else _dummy(dtype, 3)
-    with _row_blas(B):
-        _rnn.rnn_forward(x, wih, whh, bias, cell.bias, relu, act, mask_arr, has_mask, reverse,
-                         keep, h0, A, PRE, out, HP, hs, plan.small_products)
+    _rnn.rnn_forward(x, wih, whh, bias, cell.bias, relu, act, mask_arr, has_mask, reverse,
+                     keep, h0, A, PRE, out, HP, hs, plan.small_products)
     cache = None
     if keep:
         cache = {"kind": "rnn", "plan": plan, "x": x, "A": A, "PRE": PRE, "act": act, "HP": HP,
@@ -721,11 +717,10 @@ def rnn_backward(cell: RNNCell, p: dict[str, Array], cache: Any, d_out: Array,
     dX = np.empty((T, B, D), dtype=dtype)
     accs = _weight_gradients(grads, H, D, H, dtype)
     relu = cell.nonlinearity == "relu"
-    with _row_blas(B):
-        _rnn.rnn_backward(x, wih, whh, cell.bias, relu, cache["act"], cache["mask"],
-                          cache["has_mask"], cache["reverse"], cache["h0"], A, cache["PRE"],
-                          cache["HP"], d_out, dh, dA, dX,
-                          *(acc.array for acc in accs), cache["plan"].small_products)
+    _rnn.rnn_backward(x, wih, whh, cell.bias, relu, cache["act"], cache["mask"],
+                      cache["has_mask"], cache["reverse"], cache["h0"], A, cache["PRE"],
+                      cache["HP"], d_out, dh, dA, dX,
+                      *(acc.array for acc in accs), cache["plan"].small_products)
     _finish(accs, grads)
     return dX, (dh,)
 
@@ -742,6 +737,14 @@ def forward(cell: Any, p: dict[str, Array], x: Array, state0: State, mask: Array
     """Run ``plan`` (a "rows" or "batch-inner" plan that ``plan.check_plan`` accepted)."""
     if plan.kernel == "rows" and plan.parts > 1:
         return _split_forward(cell, p, x, state0, mask, reverse, keep, plan)
+    with _row_blas(x.shape[1]) if plan.kernel == "rows" else contextlib.nullcontext():
+        return _forward_whole(cell, p, x, state0, mask, reverse, keep, plan, rows_of)
+
+
+def _forward_whole(cell: Any, p: dict[str, Array], x: Array, state0: State,
+                   mask: Array | None, reverse: bool, keep: bool, plan: Plan,
+                   rows_of: tuple[Array, Array] | None = None) -> tuple[Array, State, Any]:
+    """One kernel call over all of x's sequences (the BLAS threads set by the caller)."""
     if isinstance(cell, LSTMCell):  # LayerNormLSTMCell included
         return lstm_forward(cell, p, x, state0, mask, reverse, keep, plan, rows_of)
     return _FORWARD[type(cell)](cell, p, x, state0, mask, reverse, keep, plan)
@@ -751,7 +754,9 @@ def backward(cell: Any, p: dict[str, Array], cache: Any, d_out: Array, d_state: 
              grads: dict[str, Array]) -> tuple[Array, State]:
     if cache["kind"] == "split":
         return _split_backward(cell, p, cache, d_out, d_state, grads)
-    return _BACKWARD[cache["kind"]](cell, p, cache, d_out, d_state, grads)
+    rows = cache["plan"].kernel == "rows"
+    with _row_blas(d_out.shape[1]) if rows else contextlib.nullcontext():
+        return _BACKWARD[cache["kind"]](cell, p, cache, d_out, d_state, grads)
 
 
 # -- the row kernels over parts of the batch ---------------------------------------------------
@@ -781,9 +786,9 @@ def _split_forward(cell: Any, p: dict[str, Array], x: Array, state0: State,
 
     def part(k: int) -> tuple[Array, State, Any]:
         b0, b1 = bounds[k]
-        return forward(cell, _part_params(p, b0, b1), x[:, b0:b1],
-                       tuple(s[b0:b1] for s in state0),
-                       None if mask is None else mask[:, b0:b1], reverse, keep, single)
+        return _forward_whole(cell, _part_params(p, b0, b1), x[:, b0:b1],
+                              tuple(s[b0:b1] for s in state0),
+                              None if mask is None else mask[:, b0:b1], reverse, keep, single)
 
     with threads.blas_single_threaded():
         results = threads.in_threads(part, plan.parts)
@@ -804,8 +809,9 @@ def _split_backward(cell: Any, p: dict[str, Array], cache: Any, d_out: Array, d_
 
     def part(k: int) -> tuple[Array, State]:
         b0, b1 = bounds[k]
-        return backward(cell, _part_params(p, b0, b1), cache["caches"][k], d_out[:, b0:b1],
-                        tuple(s[b0:b1] for s in d_state), part_grads[k])
+        part = cache["caches"][k]
+        return _BACKWARD[part["kind"]](cell, _part_params(p, b0, b1), part, d_out[:, b0:b1],
+                                       tuple(s[b0:b1] for s in d_state), part_grads[k])
 
     with threads.blas_single_threaded():
         results = threads.in_threads(part, len(bounds))

@@ -91,21 +91,26 @@ def blas_small_kernels() -> bool:
 
 
 @contextlib.contextmanager
-def blas_single_threaded() -> Iterator[None]:
-    """Run the block with the kernels' BLAS on one thread (restored afterwards)."""
+def blas_threads(n: int) -> Iterator[None]:
+    """Run the block with the kernels' BLAS on ``n`` threads (restored afterwards)."""
     handle = _scipy_openblas()
     if handle is None:
         yield
         return
     setter, getter = handle
     previous = int(getter())
-    if previous != 1:
-        setter(ctypes.c_int(1))
+    if previous != n:
+        setter(ctypes.c_int(n))
     try:
         yield
     finally:
-        if previous != 1:
+        if previous != n:
             setter(ctypes.c_int(previous))
+
+
+def blas_single_threaded() -> contextlib.AbstractContextManager[None]:
+    """Run the block with the kernels' BLAS on one thread (restored afterwards)."""
+    return blas_threads(1)
 
 
 @contextlib.contextmanager
