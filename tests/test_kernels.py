@@ -1000,6 +1000,38 @@ def test_row_kernels_blas_runs_on_the_kernels_thread_count(monkeypatch):
         lstmkit.set_num_threads(previous)
 
 
+def test_set_num_threads_holds_in_every_thread():
+    """``lstmkit.set_num_threads(n)`` is the process's, as ``torch.set_num_threads`` (Numba's
+    own count is per thread, and a new thread would start with all cores): a layer called from
+    another thread runs the plan of n threads, so the same numbers as in the main thread."""
+    import threading
+
+    import numba
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs 2 threads")
+    previous = lstmkit.get_num_threads()
+    layer = lstmkit.LSTM(32, 128, seed=0)
+    x = np.random.default_rng(0).standard_normal((20, 16, 32)).astype(np.float32)
+    seen = {}
+
+    def run(name):
+        out, _ = layer(x)
+        seen[name] = (layer.last_plans["l0"].parts, out)
+
+    try:
+        for n in (1, 2):
+            lstmkit.set_num_threads(n)
+            run(f"main {n}")
+            worker = threading.Thread(target=run, args=(f"thread {n}",))
+            worker.start()
+            worker.join()
+            assert seen[f"thread {n}"][0] == seen[f"main {n}"][0] == n
+            np.testing.assert_array_equal(seen[f"thread {n}"][1], seen[f"main {n}"][1])
+    finally:
+        lstmkit.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("user_setting", [None, "5000"])
 def test_kernels_openmp_threads_sleep_soon_after_a_region(user_setting):
     """Numba's OpenMP runtime is loaded with GOMP_SPINCOUNT = 30000 (its idle threads sleep

@@ -99,7 +99,9 @@ class Engine:
 
 
 def set_num_threads(n: int) -> None:
-    """Let the compiled kernels use ``n`` threads (Numba's pool, at most NUMBA_NUM_THREADS).
+    """Let the compiled kernels use ``n`` threads (Numba's pool, at most NUMBA_NUM_THREADS),
+    and the BLAS they call as many, in every thread of the process (like
+    ``torch.set_num_threads``; Numba's own setting is per thread).
 
     The thread count is part of what a plan is chosen from: the same inputs and thread count
     give the same numbers. PyTorch's OpenMP runtime, if PyTorch is installed, is kept apart
@@ -107,10 +109,7 @@ def set_num_threads(n: int) -> None:
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"the number of threads must be a positive integer, got {n!r}")
-    import numba
-
-    threads.keep_torch_openmp_apart()
-    numba.set_num_threads(min(int(n), numba.config.NUMBA_NUM_THREADS))
+    threads.choose_kernel_threads(int(n))
 
 
 def get_num_threads() -> int:

@@ -7,10 +7,11 @@ way (two pools spinning on two cores would fight). ``blas_single_threaded()`` se
 OpenBLAS that the kernels call (SciPy's, through Numba) to one thread for the duration of a
 kernel call.
 
-The thread count is Numba's (``lstmkit.set_num_threads``, ``numba.set_num_threads`` or
-``NUMBA_NUM_THREADS``); how many parts a recurrence's step is split into is its plan's
-(``lstmkit.engine.plan``), a dense kernel's ``parts_for_flops``'s: both depend on the thread
-count and the size of the work only, never on what else runs on the machine.
+The thread count is Numba's for the calling thread (``lstmkit.set_num_threads``, which every
+thread takes, ``numba.set_num_threads`` or ``NUMBA_NUM_THREADS``); how many parts a
+recurrence's step is split into is its plan's (``lstmkit.engine.plan``), a dense kernel's
+``parts_for_flops``'s: both depend on the thread count and the size of the work only, never
+on what else runs on the machine.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import contextlib
 import ctypes
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -193,10 +195,32 @@ def _load_openmp_with_short_spin() -> None:
         del os.environ["GOMP_SPINCOUNT"]
 
 
-def kernel_threads() -> int:
+_chosen_threads: list[int] = []  # [n, generation]: lstmkit.set_num_threads's last call
+_applied = threading.local()  # .generation: the last choice this thread took
+
+
+def choose_kernel_threads(n: int) -> None:
+    """Make ``n`` (at most NUMBA_NUM_THREADS) the kernels' thread count in every thread."""
     keep_torch_openmp_apart()
     import numba
 
+    generation = _chosen_threads[1] + 1 if _chosen_threads else 1
+    _chosen_threads[:] = [min(int(n), int(numba.config.NUMBA_NUM_THREADS)), generation]
+    numba.set_num_threads(_chosen_threads[0])
+    _applied.generation = generation
+
+
+def kernel_threads() -> int:
+    """The kernels' thread count: Numba's for the calling thread. Numba's count is per thread
+    (a new thread starts with NUMBA_NUM_THREADS), so a thread takes ``lstmkit.set_num_threads``'s
+    last choice at its first call after it; ``numba.set_num_threads`` in that thread afterwards
+    still decides for it."""
+    keep_torch_openmp_apart()
+    import numba
+
+    if _chosen_threads and getattr(_applied, "generation", 0) != _chosen_threads[1]:
+        numba.set_num_threads(_chosen_threads[0])
+        _applied.generation = _chosen_threads[1]
     return int(numba.get_num_threads())
 
 
