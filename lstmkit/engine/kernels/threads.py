@@ -184,7 +184,11 @@ def _load_openmp_with_short_spin() -> None:
     threads (``in_threads``) right after a batch-inner call ran 1.6x slower (measured on a
     2-core Xeon, docs/performance.md).
     """
-    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+    import numba
+
+    layer = str(numba.config.THREADING_LAYER).lower()
+    if layer in ("tbb", "workqueue", "safe") or "OMP_WAIT_POLICY" in os.environ or (
+            "GOMP_SPINCOUNT" in os.environ):
         return
     os.environ["GOMP_SPINCOUNT"] = _OPENMP_SPINCOUNT
     try:
