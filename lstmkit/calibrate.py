@@ -60,6 +60,12 @@ def _ratio(layer: Any, x: np.ndarray, d: np.ndarray, a: dict[str, Any] | Plan,
     return float(np.median(ratios))
 
 
+def _first_winning(wins: list[tuple[Any, bool]]) -> Any:
+    """The smallest size of (size, won) pairs in growing size from which the alternative won
+    at every larger size too; None if it lost at the largest."""
+    return next((size for k, (size, _) in enumerate(wins) if all(w for _, w in wins[k:])), None)
+
+
 def _problem(T: int, B: int, D: int, H: int) -> tuple[Any, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     layer = lstmkit.LSTM(D, H, seed=0)
@@ -87,7 +93,7 @@ def calibrate(quick: bool = False, rounds: int = 7, threads: int | None = None,
             wins.append((flops, r < 1.0))
             measured["split"].append({"H": H, "flops": flops, "split_over_serial": r})
             echo(f"split over {n} threads, H = {H}: {r:.2f}x the serial time")
-        first = next((f for k, (f, _) in enumerate(wins) if all(w for _, w in wins[k:])), None)
+        first = _first_winning(wins)
         found = dataclasses.replace(found, parallel_min_flops=first if first else 1e18)
     wins = []
     for D in direct_grid:
@@ -119,8 +125,7 @@ def calibrate(quick: bool = False, rounds: int = 7, threads: int | None = None,
         measured["blas_products"].append({"B": B, "D": 128, "H": 128, "without": str(without),
                                           "blas_over_packed": r})
         echo(f"BLAS's per-step products, B = {B}: {r:.2f}x the time of '{without}'")
-    first_b = next((b for k, (b, _) in enumerate(wins) if all(w for _, w in wins[k:])), None)
-    found = dataclasses.replace(found, blas_products_min_b=first_b or _NEVER)
+    found = dataclasses.replace(found, blas_products_min_b=_first_winning(wins) or _NEVER)
     record = {"cpu": engine_plan.cpu_model(), "threads": n, "quick": quick, "rounds": rounds,
               "thresholds": dataclasses.asdict(found), "measured": measured,
               "date": time.strftime("%Y-%m-%d %H:%M:%S")}

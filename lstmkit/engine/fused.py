@@ -809,9 +809,9 @@ def _split_backward(cell: Any, p: dict[str, Array], cache: Any, d_out: Array, d_
 
     def part(k: int) -> tuple[Array, State]:
         b0, b1 = bounds[k]
-        part = cache["caches"][k]
-        return _BACKWARD[part["kind"]](cell, _part_params(p, b0, b1), part, d_out[:, b0:b1],
-                                       tuple(s[b0:b1] for s in d_state), part_grads[k])
+        own = cache["caches"][k]  # this part's cache
+        return _BACKWARD[own["kind"]](cell, _part_params(p, b0, b1), own, d_out[:, b0:b1],
+                                      tuple(s[b0:b1] for s in d_state), part_grads[k])
 
     with threads.blas_single_threaded():
         results = threads.in_threads(part, len(bounds))

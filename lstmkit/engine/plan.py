@@ -320,8 +320,8 @@ def pinned(plan: Plan | str | dict[str, Any] | None, chosen: Plan) -> Plan:
         kernel = fields.get("kernel", chosen.kernel)
         if kernel != "rows":  # the row kernels' own field
             fields.setdefault("small_products", False)
-        if kernel != "batch-inner" or fields.get("projection", "panel") != "panel" or fields.get(
-                "backward_panels"):  # the batch-inner kernels' own field, not with these
+        if kernel != "batch-inner" or fields.get("projection", chosen.projection) != "panel" or (
+                fields.get("backward_panels")):  # the batch-inner kernels' own field
             fields.setdefault("blas_products", False)
         return dataclasses.replace(chosen, **fields)
     raise TypeError(f"a pinned plan must be a Plan, 'reference', a dict of plan fields or None, "
