@@ -338,7 +338,7 @@ def _layer_norm_step(zt, h_prev, Whh, DROP, hd, LNG, bias, eps, AH, RH, INV, sma
     _add_recurrent(h_prev, Whh, DROP, hd, RH.reshape(B, G, H), 0.0, small)
     for b in range(B):
         INV[b, 0], INV[b, 1] = layernorm.normalise_pair(zt[b].reshape(G * H), RH[b], LNG[0],
-                                                        LNG[1], bias, AH[b], RH[b], eps)
+                                                        LNG[1], bias, AH[b], eps)
 
 
 @njit(**_OPTS)
@@ -364,7 +364,7 @@ def _layer_norm_cell_backward(ai, af, ag, ao, c_hat, inv, cp, dm, dc, dzi, dzf, 
         dzo[j] = flush(dm[j] * tn * o * (one - o))
         dn[j] = dm[j] * o * (one - tn * tn)
         gLNC[1, j] += dn[j]
-    layernorm.backward(dn, LNC[0], c_hat, inv, dn, gLNC[0])  # dn becomes dL/dc through LN(c)
+    layernorm.backward_in_place(dn, LNC[0], c_hat, inv, gLNC[0])  # dn becomes dL/dc via LN(c)
     for j in range(cp.shape[0]):
         i = ai[j]
         f = af[j]
