@@ -140,8 +140,36 @@ class _Cache(dict):
             pass
 
 
-def _dummy(dtype: np.dtype, ndim: int) -> Array:
-    return np.zeros((1,) * ndim, dtype=dtype)
+def _dummy(dtype: np.dtype, ndim: int, parts: int = 1) -> Array:
+    """An unused argument of ``ndim`` dimensions (``parts`` along the first, for a kernel that
+    indexes it by part)."""
+    return np.zeros((parts,) + (1,) * (ndim - 1), dtype=dtype)
+
+
+def _rows_apart(a: Array, axis: int, parts: int, Bp: int) -> Array:
+    """A per-sequence array (its batch of B sequences on ``axis``) cut into ``parts`` runs of
+    Bp sequences along a new leading axis, (parts, ..., Bp, ...), the last run padded with
+    zeros (a sequence of zeros, masked at every step where there is a mask); the array
+    itself, viewed so, when there is one part of the whole batch."""
+    B = a.shape[axis]
+    if parts == 1 and B == Bp:
+        return a[None]
+    out = np.zeros((parts, *a.shape[:axis], Bp, *a.shape[axis + 1:]), dtype=a.dtype)
+    lead = (slice(None),) * axis
+    for k in range(parts):
+        b0, b1 = k * Bp, min(B, (k + 1) * Bp)
+        out[k][lead + (slice(0, b1 - b0),)] = a[lead + (slice(b0, b1),)]
+    return out
+
+
+def _rows_together(a: Array, axis: int, B: int) -> Array:
+    """The inverse of ``_rows_apart``: (parts, ..., Bp, ...) -> (..., B, ...), padding dropped
+    (a view for one part, else a new array)."""
+    if a.shape[0] == 1:
+        return a[0][(slice(None),) * axis + (slice(0, B),)]
+    moved = np.moveaxis(a, 0, axis)
+    joined = moved.reshape(*moved.shape[:axis], -1, *moved.shape[axis + 2:])
+    return joined[(slice(None),) * axis + (slice(0, B),)]
 
 
 class _Accumulate:
@@ -195,11 +223,24 @@ def _row_chunk(T: int, keep: bool, plan: Plan) -> int:
     return T if keep or not plan.chunk_steps else min(T, plan.chunk_steps)
 
 
+def _run_row_parts(parallel: Any, serial: Any, parts: int, *args: Any) -> None:
+    """A row kernel's parts driver: the parallel one (its parts on the threads of one region,
+    each with BLAS on one thread) for more than one part, else the serial one (BLAS threads as
+    the caller set them, ``_row_blas``)."""
+    if parts > 1:
+        threads.starting_parallel()
+        with threads.blas_single_threaded():
+            parallel(*args)
+    else:
+        serial(*args)
+
+
 def _row_blas(B: int) -> Any:
     """BLAS threads for a row-layout kernel call over the whole batch: one for a single
     sequence (a BLAS gemv per step is too small to split, and idle BLAS threads spin), else the
     kernels' thread count (``lstmkit.set_num_threads``), which BLAS may use for its larger
-    products. (The parts of a split plan run with BLAS on one thread each, ``_split_forward``.)"""
+    products. (The parts of a split plan run with BLAS on one thread each, ``_run_row_parts``,
+    ``_split_forward``.)"""
     return threads.blas_threads(1 if B == 1 else threads.usable_threads())
 
 
@@ -285,18 +326,19 @@ def _lstm_options(cell: LSTMCell, dtype: np.dtype) -> Array:
     return _options(functions, (SIGMOID, TANH, TANH), cell.clip, dtype)
 
 
-def _gate_recurrence(cell: LSTMCell, p: dict[str, Array], state0: State, steps: int, B: int,
-                     dtype: np.dtype, new: Any) -> tuple[Array, Array, Array, Array]:
-    """Full gate recurrence's W_gg (3H, 3H), the gate state [i, f, o] (B, 3H) (the initial
-    one: the kernel leaves the final one), room for each step's a_prev (steps, B, 3H) and work
-    (B, 3H); empty and dummies without it."""
+def _gate_recurrence(cell: LSTMCell, p: dict[str, Array], state0: State, steps: int, Bp: int,
+                     parts: int, dtype: np.dtype, new: Any) -> tuple[Array, Array, Array, Array]:
+    """Full gate recurrence's W_gg (3H, 3H), and by parts of Bp sequences: the gate state
+    [i, f, o] (parts, Bp, 3H) (the initial one: the kernel leaves the final one), room for each
+    step's a_prev (parts, steps, Bp, 3H) and work (parts, Bp, 3H); empty and dummies without
+    it."""
     if not cell.full_gate_recurrence:
-        return (np.zeros((0, 0), dtype=dtype), _dummy(dtype, 2), _dummy(dtype, 3),
-                _dummy(dtype, 2))
+        return (np.zeros((0, 0), dtype=dtype), _dummy(dtype, 3, parts), _dummy(dtype, 4, parts),
+                _dummy(dtype, 3, parts))
     H3 = 3 * cell.hidden_size
-    return (_c(p["weight_gg"], dtype), np.ascontiguousarray(np.concatenate(state0[2:], axis=1),
-                                                            dtype=dtype),
-            new((steps, B, H3), dtype), np.empty((B, H3), dtype=dtype))
+    state = np.ascontiguousarray(np.concatenate(state0[2:], axis=1), dtype=dtype)
+    return (_c(p["weight_gg"], dtype), _rows_apart(state, 0, parts, Bp),
+            new((parts, steps, Bp, H3), dtype), np.empty((parts, Bp, H3), dtype=dtype))
 
 
 def _zoneout_masks(cell: LSTMCell, p: dict[str, Array], T: int, B: int,
@@ -320,29 +362,27 @@ def _recurrent_dropout_mask(cell: LSTMCell, p: dict[str, Array], dtype: np.dtype
     return np.zeros((0, 1, 1), dtype=dtype)
 
 
-def _projection(cell: LSTMCell, p: dict[str, Array], steps: int, B: int,
-                dtype: np.dtype, new: Any = None) -> tuple[Array, Array]:
-    """W_hr (P, H) and room for m = o * tanh(c) of ``steps`` steps (steps, B, H), or (0, H)
-    and a dummy without a projection (``proj_size`` = 0)."""
+def _weight_hr(cell: LSTMCell, p: dict[str, Array], dtype: np.dtype) -> Array:
+    """W_hr (P, H), or (0, H) without a projection (``proj_size`` = 0)."""
     if not cell.proj_size:
-        return np.zeros((0, cell.hidden_size), dtype=dtype), _dummy(dtype, 3)
-    return (_c(p["weight_hr"], dtype), (new or _new(False))((steps, B, cell.hidden_size), dtype))
+        return np.zeros((0, cell.hidden_size), dtype=dtype)
+    return _c(p["weight_hr"], dtype)
 
 
-def _layer_norm(cell: LSTMCell, p: dict[str, Array], steps: int, B: int,
-                dtype: np.dtype, new: Any) -> tuple[Array, ...]:
+def _layer_norm(cell: LSTMCell, p: dict[str, Array], lead: tuple[int, ...], dtype: np.dtype,
+                new: Any) -> tuple[Array, ...]:
     """The layer-normalised cell's gains LNG (2, G*H) (w_ln_ih, w_ln_hh) and LNC (2, H)
-    (w_ln_c, b_ln_c), and room for what its ``steps`` steps keep: LN(W_ih x) and LN(W_hh
-    h_prev) (steps, B, G*H), LN(c) (steps, B, H), the 1 / std (steps, B, 3); for any other
-    cell, empty gains and dummies."""
+    (w_ln_c, b_ln_c), and room for what its steps keep (``lead`` = (parts, steps, Bp)):
+    LN(W_ih x) and LN(W_hh h_prev) (*lead, G*H), LN(c) (*lead, H), the 1 / std (*lead, 3); for
+    any other cell, empty gains and dummies."""
     if not isinstance(cell, LayerNormLSTMCell):
         return (np.zeros((0, 1), dtype=dtype), np.zeros((0, 1), dtype=dtype),
-                *(_dummy(dtype, 3) for _ in range(4)))
+                *(_dummy(dtype, 4, lead[0]) for _ in range(4)))
     GH, H = len(cell.gates) * cell.hidden_size, cell.hidden_size
     LNG = np.stack([_c(p["weight_ln_ih"], dtype), _c(p["weight_ln_hh"], dtype)])
     LNC = np.stack([_c(p["weight_ln_c"], dtype), _c(p["bias_ln_c"], dtype)])
-    return (LNG, LNC, new((steps, B, GH), dtype), new((steps, B, GH), dtype),
-            new((steps, B, H), dtype), new((steps, B, 3), dtype))
+    return (LNG, LNC, new((*lead, GH), dtype), new((*lead, GH), dtype), new((*lead, H), dtype),
+            new((*lead, 3), dtype))
 
 
 def lstm_forward(cell: LSTMCell, p: dict[str, Array], x: Array, state0: State,
@@ -368,41 +408,73 @@ def lstm_forward(cell: LSTMCell, p: dict[str, Array], x: Array, state0: State,
     if plan.kernel == "batch-inner":
         return _lstm_forward_t(cell, x, wih, whh, bias, peep, gidx, mask_arr, has_mask, h0,
                                c0, reverse, keep, rows_of, plan, (ZH, ZC))
-    Tc = _row_chunk(T, keep, plan)
-    R = cell.output_size
+    return _lstm_forward_rows(cell, p, x, state0, mask_arr, has_mask, reverse, keep, plan, wih,
+                              whh, bias, peep, gidx, h0, c0, ZH, ZC)
+
+
+def _lstm_forward_rows(cell: LSTMCell, p: dict[str, Array], x: Array, state0: State,
+                       mask: Array, has_mask: bool, reverse: bool, keep: bool, plan: Plan,
+                       wih: Array, whh: Array, bias: Array, peep: Array, gidx: Array, h0: Array,
+                       c0: Array, ZH: Array, ZC: Array) -> tuple[Array, State, Any]:
+    """The row kernels: the batch cut into ``plan.parts`` runs of Bp sequences (every array
+    of the sequences with a leading parts axis, ``_rows_apart``), each run through the whole
+    sequence on its own thread (``kernels.lstm.lstm_forward_parts``)."""
+    dtype = x.dtype
+    T, B, D = x.shape
+    H, G, R = cell.hidden_size, len(cell.gates), cell.output_size
+    parts = plan.parts
+    Bp = -(-B // parts)
+    steps = T if keep else 1
+
+    def apart(a: Array, axis: int = 0) -> Array:
+        return _rows_apart(a, axis, parts, Bp)
+
+    def apart_or_none(a: Array) -> Array:  # a (T or G, B, n) mask, or (0, 1, 1): none
+        return apart(a, 1) if a.shape[0] else np.zeros((parts, *a.shape), dtype=dtype)
+
     new = _new(keep)
-    Z = new((Tc, B, G, H), dtype)
-    out = new((T, B, R), dtype)
-    whr, M = _projection(cell, p, T if keep else 1, B, dtype, new)
-    C = new((T if keep else 2, B, H), dtype)
+    X = apart(x, 1)
+    Z = new((parts, _row_chunk(T, keep, plan), Bp, G, H), dtype)
+    out = new((parts, T, Bp, R), dtype)
+    whr = _weight_hr(cell, p, dtype)
+    M = new((parts, steps, Bp, H), dtype) if cell.proj_size else _dummy(dtype, 4, parts)
+    C = new((parts, T if keep else 2, Bp, H), dtype)
     if keep and has_mask:
-        HP = new((T, B, R), dtype)
-        CP = new((T, B, H), dtype)
+        HP = new((parts, T, Bp, R), dtype)
+        CP = new((parts, T, Bp, H), dtype)
     else:
-        HP = CP = _dummy(dtype, 3)
-    hs = np.empty((B, R), dtype=dtype)
-    cs = np.empty((B, H), dtype=dtype)
+        HP = CP = _dummy(dtype, 4, parts)
+    hs = np.empty((parts, Bp, R), dtype=dtype)
+    cs = np.empty((parts, Bp, H), dtype=dtype)
     act = _lstm_options(cell, dtype)
-    PRE = new(Z.shape, dtype) if act.size else _dummy(dtype, 4)
+    PRE = new(Z.shape, dtype) if act.size else _dummy(dtype, 5, parts)
+    ZH, ZC = apart_or_none(ZH), apart_or_none(ZC)
     CS = new(C.shape, dtype) if ZH.size else C
-    DROP = _recurrent_dropout_mask(cell, p, dtype)
-    LN = _layer_norm(cell, p, T if keep else 1, B, dtype, new)
-    FGR = _gate_recurrence(cell, p, state0, T if keep else 1, B, dtype, new)
-    scratch = np.empty((5, H), dtype=dtype)
+    DROP = apart_or_none(_recurrent_dropout_mask(cell, p, dtype))
+    mask = apart(mask, 1) if has_mask else np.ones((parts, 1, 1), dtype=np.bool_)
+    LN = _layer_norm(cell, p, (parts, steps, Bp), dtype, new)
+    FGR = _gate_recurrence(cell, p, state0, steps, Bp, parts, dtype, new)
+    h0, c0 = apart(h0), apart(c0)
+    scratch = np.empty((parts, 5, H), dtype=dtype)
     big = np.full((4, H), _lstm.BIG, dtype=dtype)
-    _lstm.lstm_forward(x, wih, whh, whr, bias, cell.bias, peep, gidx,
-                       cell.coupled_input_forget, act, ZH, ZC, DROP, *LN[:2], _LN_EPS,
-                       *LN[2:], *FGR, mask_arr, has_mask, reverse, keep, h0, c0, Z, PRE,
-                       out, M, C, CS, HP, CP, hs, cs, np.empty((B, R), dtype=dtype), scratch,
-                       big, plan.small_products)
+    _run_row_parts(_lstm.lstm_forward_parts, _lstm.lstm_forward_parts_serial, parts,
+                   X, wih, whh, whr, bias, cell.bias, peep, gidx, cell.coupled_input_forget,
+                   act, ZH, ZC, DROP, *LN[:2], _LN_EPS, *LN[2:], *FGR, mask, has_mask,
+                   reverse, keep, h0, c0, Z, PRE, out, M, C, CS, HP, CP, hs, cs,
+                   np.empty((parts, Bp, R), dtype=dtype), scratch, big, plan.small_products)
     cache = None
+    result = _rows_together(out, 1, B)
     if keep:
         cache = _Cache(("Z", "PRE", "out", "C", "M", "LN", "CS", "HP", "CP", "AP"),
-                       kind="lstm", plan=plan, x=x, Z=Z, PRE=PRE, out=out, C=C, M=M, DROP=DROP,
-                       act=act, LN=LN, CS=CS, ZH=ZH, ZC=ZC, HP=HP, CP=CP, h0=h0, c0=c0,
-                       AP=FGR[2], mask=mask_arr, has_mask=has_mask, reverse=reverse, gidx=gidx)
-        out = out.copy()  # the cache keeps its own h sequence: the caller may modify `out`
-    return out, (hs, cs, *_gate_parts(cell, FGR[1])), cache
+                       kind="lstm", plan=plan, B=B, x=X, Z=Z, PRE=PRE, out=out, C=C, M=M,
+                       DROP=DROP, act=act, LN=LN, CS=CS, ZH=ZH, ZC=ZC, HP=HP, CP=CP, h0=h0,
+                       c0=c0, AP=FGR[2], mask=mask, has_mask=has_mask, reverse=reverse,
+                       gidx=gidx)
+        if parts == 1:  # the cache keeps its own h sequence: the caller may modify `out`
+            result = result.copy()
+    return (np.ascontiguousarray(result),
+            (_rows_together(hs, 0, B), _rows_together(cs, 0, B),
+             *_gate_parts(cell, _rows_together(FGR[1], 0, B))), cache)
 
 
 def _gate_parts(cell: LSTMCell, a: Array) -> tuple[Array, ...]:
@@ -539,54 +611,85 @@ def _lstm_backward_t(cell: LSTMCell, cache: Any, wih: Array, whh: Array, peep: A
 
 def lstm_backward(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Array,
                   d_state: State, grads: dict[str, Array]) -> tuple[Array, State]:
-    x, dtype, T, B, D, wih, whh, d_out, (dh, dc, *d_gates) = _backward_operands(p, cache, d_out,
-                                                                                d_state)
-    Z, H, G = cache["Z"], cell.hidden_size, len(cell.gates)
-    peep = _lstm_peep(cell, p, H, dtype)
     if cache["plan"].kernel == "batch-inner":
+        x, dtype, T, B, D, wih, whh, d_out, (dh, dc) = _backward_operands(p, cache, d_out,
+                                                                          d_state)
+        peep = _lstm_peep(cell, p, cell.hidden_size, dtype)
         return _lstm_backward_t(cell, cache, wih, whh, peep, d_out, dh, dc, grads)
-    R = cell.output_size
+    return _lstm_backward_rows(cell, p, cache, d_out, d_state, grads)
+
+
+def _lstm_backward_rows(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: Array,
+                        d_state: State, grads: dict[str, Array]) -> tuple[Array, State]:
+    """Backward of ``_lstm_forward_rows``, part by part (``kernels.lstm.lstm_backward_parts``);
+    each part accumulates its own parameter gradients, added in the parts' order (so the
+    numbers depend on the plan, never on which thread finishes first)."""
+    X, B = cache["x"], cache["B"]
+    parts, T, Bp, D = X.shape
+    dtype = X.dtype
+    H, G, R = cell.hidden_size, len(cell.gates), cell.output_size
+    GH = G * H
+
+    def apart(a: Array, axis: int = 0) -> Array:
+        return _rows_apart(a, axis, parts, Bp)
+
+    wih, whh = _c(p["weight_ih"], dtype), _c(p["weight_hh"], dtype)
+    # the kernel overwrites dh, dc (and the gate state's gradient): copies of the caller's
+    dh, dc, *d_gates = (np.array(s, dtype=dtype, order="C", copy=True) for s in d_state)
+    dOUT = apart(_c(d_out, dtype), 1)
+    peep = _lstm_peep(cell, p, H, dtype)
+    Z = cache["Z"]
     dZ = _work("dZ", Z.shape, dtype)
     LNG, LNC, AH, RH, CH, INV = cache["LN"]
     ln = LNG.size > 0
     dA, dR = (_work("dA", Z.shape, dtype), _work("dR", Z.shape, dtype)) if ln else (dZ, dZ)
-    g_ln = [_Accumulate(None, shape, dtype) for shape in (LNG.shape, LNC.shape)]
-    dX = np.empty((T, B, D), dtype=dtype)
-    accs = _weight_gradients(grads, G * H, D, R, dtype)
-    whr = _projection(cell, p, 0, B, dtype)[0]
-    gwhr = _Accumulate(grads.get("weight_hr"), whr.shape, dtype)
-    dHN = _work("dHN", (T if cell.proj_size else 1, B, R), dtype)
-    dM = np.empty((B, H), dtype=dtype)
-    gpeep = np.zeros((3, H), dtype=dtype)
-    scratch = np.empty((7, H), dtype=dtype)
-    ones = np.ones(H, dtype=dtype)
-    gWih, gWhh, gbih, gbhh = (acc.array for acc in accs)
+    dX = np.empty((parts, T, Bp, D), dtype=dtype)
+    whr = _weight_hr(cell, p, dtype)
     fgr = cell.full_gate_recurrence
     if fgr:
         Wgg, H3 = _c(p["weight_gg"], dtype), 3 * H
-        DAS = np.ascontiguousarray(np.concatenate(d_gates, axis=1), dtype=dtype)
-        DZG, dGG = _work("DZG", (T, B, H3), dtype), np.empty((B, H3), dtype=dtype)
+        DAS = apart(np.ascontiguousarray(np.concatenate(d_gates, axis=1), dtype=dtype))
+        DZG = _work("DZG", (parts, T, Bp, H3), dtype)
+        dGG = np.empty((parts, Bp, H3), dtype=dtype)
     else:
-        Wgg, DAS, DZG, dGG = (np.zeros((0, 0), dtype=dtype), _dummy(dtype, 2),
-                              _dummy(dtype, 3), _dummy(dtype, 2))
-    gwgg = _Accumulate(grads.get("weight_gg"), Wgg.shape, dtype)
-    _lstm.lstm_backward(x, wih, whh, whr, cell.bias, peep, cell.peepholes, cache["gidx"],
-                        cell.coupled_input_forget, cache["act"], cache["ZH"],
-                        cache["ZC"], cache["DROP"], LNG, LNC, AH, RH, CH, INV, Wgg,
-                        cache["AP"], DAS, DZG, dGG, gwgg.array,
-                        cache["mask"], cache["has_mask"], cache["reverse"],
-                        cache["h0"], cache["c0"], Z, cache["PRE"], cache["out"], cache["M"],
-                        cache["C"], cache["CS"], cache["HP"], cache["CP"], d_out, dh, dc, dZ,
-                        dA, dR, dX, dHN, dM, np.empty((B, R), dtype=dtype), gWih, gWhh,
-                        gwhr.array, gbih, gbhh, gpeep, g_ln[0].array, g_ln[1].array,
-                        scratch, ones, cache["plan"].small_products)
-    _finish([*accs, gwhr, gwgg], grads, gpeep)
-    if ln:
-        for name, gain in (("weight_ln_ih", g_ln[0].array[0]), ("weight_ln_hh", g_ln[0].array[1]),
-                           ("weight_ln_c", g_ln[1].array[0]), ("bias_ln_c", g_ln[1].array[1])):
+        Wgg, DAS, DZG, dGG = (np.zeros((0, 0), dtype=dtype), _dummy(dtype, 3, parts),
+                              _dummy(dtype, 4, parts), _dummy(dtype, 3, parts))
+    # what each part accumulates: dW_ih, dW_hh, db_ih, db_hh, dW_hr, dW_gg, the peepholes'
+    # and the gains' gradients; straight into the caller's arrays for one part
+    accs = [*_weight_gradients(grads, GH, D, R, dtype),
+            _Accumulate(grads.get("weight_hr"), whr.shape, dtype),
+            _Accumulate(grads.get("weight_gg"), Wgg.shape, dtype),
+            *(_Accumulate(None, shape, dtype) for shape in ((3, H), LNG.shape, LNC.shape))]
+    sums = [acc.array[None] if parts == 1 else np.zeros((parts, *acc.array.shape), dtype=dtype)
+            for acc in accs]
+    gWih, gWhh, gbih, gbhh, gWhr, gWgg, gpeep, gLNG, gLNC = sums
+    dh, dc = apart(dh), apart(dc)
+    _run_row_parts(_lstm.lstm_backward_parts, _lstm.lstm_backward_parts_serial, parts,
+                   X, wih, whh, whr, cell.bias, peep, cell.peepholes, cache["gidx"],
+                   cell.coupled_input_forget, cache["act"], cache["ZH"], cache["ZC"],
+                   cache["DROP"], LNG, LNC, AH, RH, CH, INV, Wgg, cache["AP"], DAS, DZG, dGG,
+                   gWgg, cache["mask"], cache["has_mask"], cache["reverse"], cache["h0"],
+                   cache["c0"], Z, cache["PRE"], cache["out"], cache["M"], cache["C"],
+                   cache["CS"], cache["HP"], cache["CP"], dOUT, dh, dc, dZ, dA,
+                   dR, dX, _work("dHN", (parts, T if cell.proj_size else 1, Bp, R), dtype),
+                   np.empty((parts, Bp, H), dtype=dtype), np.empty((parts, Bp, R), dtype=dtype),
+                   gWih, gWhh, gWhr, gbih, gbhh, gpeep, gLNG, gLNC,
+                   np.empty((parts, 7, H), dtype=dtype), np.ones(H, dtype=dtype),
+                   cache["plan"].small_products)
+    if parts > 1:
+        for acc, part_sums in zip(accs, sums):
+            for k in range(parts):
+                acc.array += part_sums[k]
+    _finish(accs[:6], grads, accs[6].array)
+    if LNG.size:
+        g_ln = (accs[7].array, accs[8].array)
+        for name, gain in (("weight_ln_ih", g_ln[0][0]), ("weight_ln_hh", g_ln[0][1]),
+                           ("weight_ln_c", g_ln[1][0]), ("bias_ln_c", g_ln[1][1])):
             if name in grads:
                 grads[name] += gain
-    return dX, (dh, dc, *_gate_parts(cell, DAS))
+    dX, dh, dc, DAS = (_rows_together(a, axis, B) for a, axis in ((dX, 1), (dh, 0), (dc, 0),
+                                                                   (DAS, 0)))
+    return np.ascontiguousarray(dX), (dh, dc, *_gate_parts(cell, DAS))
 
 
 def lstm_gate_sequences(cell: LSTMCell, cache: Any) -> dict[str, Array]:
@@ -600,6 +703,10 @@ def lstm_gate_sequences(cell: LSTMCell, cache: Any) -> dict[str, Array]:
             Z = unpermuted
         Z = Z.reshape(T, len(cell.gates), cell.hidden_size, B).transpose(0, 3, 1, 2)
         cache = dict(cache, C=cache["C"].transpose(0, 2, 1), CS=cache["CS"].transpose(0, 2, 1))
+    else:  # the row kernels' parts, (parts, T, Bp, ...) -> (T, B, ...)
+        Z = _rows_together(Z, 1, cache["B"])
+        cache = dict(cache, C=_rows_together(cache["C"], 1, cache["B"]),
+                     CS=_rows_together(cache["CS"], 1, cache["B"]))
     result: dict[str, Array] = {}
     for k, name in enumerate("ifgo"):
         if gidx[k] >= 0:
@@ -735,7 +842,7 @@ def forward(cell: Any, p: dict[str, Array], x: Array, state0: State, mask: Array
             reverse: bool, keep: bool, plan: Plan,
             rows_of: tuple[Array, Array] | None = None) -> tuple[Array, State, Any]:
     """Run ``plan`` (a "rows" or "batch-inner" plan that ``plan.check_plan`` accepted)."""
-    if plan.kernel == "rows" and plan.parts > 1:
+    if plan.kernel == "rows" and plan.parts > 1 and not isinstance(cell, LSTMCell):
         return _split_forward(cell, p, x, state0, mask, reverse, keep, plan)
     with _row_blas(x.shape[1]) if plan.kernel == "rows" else contextlib.nullcontext():
         return _forward_whole(cell, p, x, state0, mask, reverse, keep, plan, rows_of)
@@ -759,11 +866,13 @@ def backward(cell: Any, p: dict[str, Array], cache: Any, d_out: Array, d_state: 
         return _BACKWARD[cache["kind"]](cell, p, cache, d_out, d_state, grads)
 
 
-# -- the row kernels over parts of the batch ---------------------------------------------------
+# -- the GRU's and the simple RNN's row kernels over parts of the batch -------------------------
 # Sequences are independent: a "rows" plan of k parts runs the batch's rows [b_j, b_j+1) on
-# thread j, each through the whole sequence (no exchange between threads at any step), then
-# concatenates; backward adds the parts' parameter gradients in the parts' order, so the result
-# depends on the plan (the thread count), never on which thread finishes first.
+# Python thread j (the kernels release the GIL), each through the whole sequence (no exchange
+# between threads at any step), then concatenates; backward adds the parts' parameter gradients
+# in the parts' order, so the result depends on the plan (the thread count), never on which
+# thread finishes first. (The LSTM's run their parts in one Numba region instead,
+# ``_lstm_forward_rows``: no Python between the parts.)
 
 
 def _split_bounds(B: int, parts: int) -> list[tuple[int, int]]:

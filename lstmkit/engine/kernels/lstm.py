@@ -29,12 +29,18 @@ read it.
 Masks (padded sequences): state buffers carry (h, c) past the masked steps, and the state
 before every step is kept for backward (``HP``, ``CP``); without a mask, the state before step
 t is simply the output and the cell state of the previous step.
+
+Parts (a "rows" plan of k parts, ``engine.plan``): the batch is cut into k runs of sequences,
+each run's arrays a slice of arrays with a leading parts axis, and ``lstm_forward_parts`` /
+``lstm_backward_parts`` run ``lstm_forward`` / ``lstm_backward`` on each run, the runs on the
+threads of one parallel region (sequences are independent: no exchange between the threads at
+any step). The serial twins run a single part on the calling thread.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from lstmkit.engine.kernels import activate, layernorm
 from lstmkit.engine.kernels.blas import (
@@ -706,3 +712,52 @@ def lstm_backward(X, Wih, Whh, Whr, has_bias, peep, has_peep, gidx, cifg, act, Z
               gbih, gbhh, gpeep.reshape(3 * H), gLNG.reshape(gLNG.size),
               gLNC.reshape(gLNC.size)):
         flush_all(a)
+
+
+# -- the batch in parts, one parallel region ---------------------------------------------------
+# Arguments as ``lstm_forward``'s and ``lstm_backward``'s, those that belong to the sequences
+# (inputs, states, masks, caches, work and the gradients each part accumulates) with a leading
+# parts axis; the weights and switches shared.
+
+
+def _forward_parts_driver(loop):
+    def lstm_forward_parts(X, Wih, Whh, Whr, bias, has_bias, peep, gidx, cifg, act, ZH, ZC,
+                           DROP, LNG, LNC, eps, AH, RH, CH, INV, Wgg, AS, AP, GG, mask, has_mask,
+                           reverse, keep, h0, c0, Z, PRE, OUT, M, C, CS, HP, CP, hs, cs, hd,
+                           scratch, big, small):
+        """``lstm_forward`` on each part k of the batch (X[k], ZH[k], ... hs[k], cs[k])."""
+        for k in loop(X.shape[0]):
+            lstm_forward(X[k], Wih, Whh, Whr, bias, has_bias, peep, gidx, cifg, act, ZH[k],
+                         ZC[k], DROP[k], LNG, LNC, eps, AH[k], RH[k], CH[k], INV[k], Wgg, AS[k],
+                         AP[k], GG[k], mask[k], has_mask, reverse, keep, h0[k], c0[k], Z[k],
+                         PRE[k], OUT[k], M[k], C[k], CS[k], HP[k], CP[k], hs[k], cs[k], hd[k],
+                         scratch[k], big, small)
+
+    return lstm_forward_parts
+
+
+def _backward_parts_driver(loop):
+    def lstm_backward_parts(X, Wih, Whh, Whr, has_bias, peep, has_peep, gidx, cifg, act, ZH,
+                            ZC, DROP, LNG, LNC, AH, RH, CH, INV, Wgg, AP, DAS, DZG, dGG, gWgg,
+                            mask, has_mask, reverse, h0, c0, Z, PRE, OUT, M, C, CS, HP, CP,
+                            dOUT, dh, dc, dZ, dA, dR, dX, dHN, dM, hd, gWih, gWhh, gWhr, gbih,
+                            gbhh, gpeep, gLNG, gLNC, scratch, ones, small):
+        """``lstm_backward`` on each part k of the batch, each accumulating its own gradients
+        (gWih[k], ...), which the caller adds in the parts' order."""
+        for k in loop(X.shape[0]):
+            lstm_backward(X[k], Wih, Whh, Whr, has_bias, peep, has_peep, gidx, cifg, act, ZH[k],
+                          ZC[k], DROP[k], LNG, LNC, AH[k], RH[k], CH[k], INV[k], Wgg, AP[k],
+                          DAS[k], DZG[k], dGG[k], gWgg[k], mask[k], has_mask, reverse, h0[k],
+                          c0[k], Z[k], PRE[k], OUT[k], M[k], C[k], CS[k], HP[k], CP[k], dOUT[k],
+                          dh[k], dc[k], dZ[k], dA[k], dR[k], dX[k], dHN[k], dM[k], hd[k],
+                          gWih[k], gWhh[k], gWhr[k], gbih[k], gbhh[k], gpeep[k], gLNG[k],
+                          gLNC[k], scratch[k], ones, small)
+
+    return lstm_backward_parts
+
+
+# one compiled driver per threading mode (the closure variable keeps their cache entries apart)
+lstm_forward_parts = njit(parallel=True, **_OPTS)(_forward_parts_driver(prange))
+lstm_forward_parts_serial = njit(**_OPTS)(_forward_parts_driver(range))
+lstm_backward_parts = njit(parallel=True, **_OPTS)(_backward_parts_driver(prange))
+lstm_backward_parts_serial = njit(**_OPTS)(_backward_parts_driver(range))
