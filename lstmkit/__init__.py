@@ -3,6 +3,7 @@
 Exact (PyTorch parity), fast on the CPU, and easy to look inside.
 """
 
+import lstmkit._openblas  # noqa: F401  (first: SciPy's OpenBLAS with a short idle wait)
 from lstmkit.activations import Activation
 from lstmkit.clip import clip_grad_norm, clip_grad_value
 from lstmkit.engine import Plan, get_num_threads, set_num_threads

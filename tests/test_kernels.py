@@ -1060,6 +1060,36 @@ def test_kernels_openmp_threads_sleep_soon_after_a_region(user_setting):
         assert result.stdout.strip().endswith("left: None")
 
 
+@pytest.mark.parametrize("user_setting", [None, "25"])
+def test_kernels_blas_threads_sleep_soon_after_a_call(user_setting):
+    """SciPy's OpenBLAS (the kernels') is loaded with OPENBLAS_THREAD_TIMEOUT = 20 (its idle
+    threads sleep ~0.4 ms after a call instead of spinning ~0.1 s on the cores the next
+    call's threads need), also when NumPy (whose own OpenBLAS is named alike) came first,
+    unless the user chose a setting; the variable is not left in the environment. Seen by
+    recording the variable when the first SciPy module is looked up (the library loads with
+    it)."""
+    code = (
+        "import os, sys\n"
+        "seen = []\n"
+        "class Spy:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'scipy' and not seen:\n"
+        "            seen.append(os.environ.get('OPENBLAS_THREAD_TIMEOUT'))\n"
+        "sys.meta_path.insert(0, Spy())\n"
+        "import numpy\n"
+        "import lstmkit\n"
+        "print('loaded with:', seen[0], 'left:', os.environ.get('OPENBLAS_THREAD_TIMEOUT'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    if user_setting:
+        env["OPENBLAS_THREAD_TIMEOUT"] = user_setting
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    expected = user_setting or "20"
+    assert result.stdout.strip().endswith(f"loaded with: {expected} left: {user_setting}")
+
+
 def test_torch_keeps_its_own_openmp_after_parallel_kernels():
     """Parallel kernels run before ``import torch`` must not hand PyTorch the system's OpenMP
     runtime (PyTorch's GRU/RNN are then tens of times slower): PyTorch's copy stays loaded."""
