@@ -639,9 +639,10 @@ def _lstm_backward_rows(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: 
     dOUT = apart(_c(d_out, dtype), 1)
     peep = _lstm_peep(cell, p, H, dtype)
     Z = cache["Z"]
-    dZ = _work("dZ", Z.shape, dtype)
     LNG, LNC, AH, RH, CH, INV = cache["LN"]
     ln = LNG.size > 0
+    # with layer normalisation the gate gradients are one step's (dA, dR hold every step's)
+    dZ = _work("dZ", (parts, 1, *Z.shape[2:]) if ln else Z.shape, dtype)
     dA, dR = (_work("dA", Z.shape, dtype), _work("dR", Z.shape, dtype)) if ln else (dZ, dZ)
     dX = np.empty((parts, T, Bp, D), dtype=dtype)
     whr = _weight_hr(cell, p, dtype)

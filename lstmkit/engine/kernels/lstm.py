@@ -342,27 +342,26 @@ def _layer_norm_step(zt, h_prev, Whh, DROP, hd, LNG, bias, eps, AH, RH, INV, sma
     Keeps LN(a) in AH, LN(r) in RH (each (B, G*H)) and the two 1 / std in INV[:, 0:2]."""
     B, G, H = zt.shape
     _add_recurrent(h_prev, Whh, DROP, hd, RH.reshape(B, G, H), 0.0, small)
-    for b in range(B):
-        INV[b, 0], INV[b, 1] = layernorm.normalise_pair(zt[b].reshape(G * H), RH[b], LNG[0],
-                                                        LNG[1], bias, AH[b], eps)
+    layernorm.normalise_pair_rows(zt.reshape(B, G * H), RH, AH, INV, LNG, bias, eps)
 
 
 @njit(**_OPTS)
-def _layer_norm_hidden(ao, c, c_hat, LNC, hn, eps):
-    """h = o * tanh(w_ln_c * LN(c) + b_ln_c) on a row (LN(c) kept in c_hat); returns the
-    1 / std of c."""
-    inv = layernorm.normalise(c, c_hat, eps)
-    for j in range(c.shape[0]):
-        hn[j] = ao[j] * tanh(LNC[0, j] * c_hat[j] + LNC[1, j])
-    return inv
+def _layer_norm_hidden(zt, ko, C, CH, INV, LNC, m, eps):
+    """h = o * tanh(w_ln_c * LN(c) + b_ln_c) for a step's rows (o: gate block ko of zt
+    (B, G, H), c: C (B, H)) into m; LN(c) kept in CH, its 1 / std in INV[:, 2]."""
+    layernorm.normalise_rows(C, CH, INV, 2, eps)
+    for b in range(C.shape[0]):
+        for j in range(C.shape[1]):
+            m[b, j] = zt[b, ko, j] * tanh(LNC[0, j] * CH[b, j] + LNC[1, j])
 
 
 @njit(**_OPTS)
 def _layer_norm_cell_backward(ai, af, ag, ao, c_hat, inv, cp, dm, dc, dzi, dzf, dzg, dzo, LNC,
-                              gLNC, dn):
+                              w_c, gLNC, g_c, dn):
     """The layer-normalised cell's step backward on a row: from dL/dm (dm, m = o * tanh(n),
     n = w_ln_c * LN(c) + b_ln_c) and dL/dc (dc) to dz_i, dz_f, dz_g, dz_o and dL/dc_prev (into
-    dc); the gradients of w_ln_c and b_ln_c added into gLNC (2, H); dn: n numbers of work."""
+    dc); the gradients of w_ln_c and b_ln_c added into gLNC (2, H); w_c, g_c: LNC[0] and
+    gLNC[0] (views made once per call); dn: n numbers of work."""
     for j in range(cp.shape[0]):
         tn = tanh(LNC[0, j] * c_hat[j] + LNC[1, j])
         o = ao[j]
@@ -370,7 +369,7 @@ def _layer_norm_cell_backward(ai, af, ag, ao, c_hat, inv, cp, dm, dc, dzi, dzf, 
         dzo[j] = flush(dm[j] * tn * o * (one - o))
         dn[j] = dm[j] * o * (one - tn * tn)
         gLNC[1, j] += dn[j]
-    layernorm.backward_in_place(dn, LNC[0], c_hat, inv, gLNC[0])  # dn becomes dL/dc via LN(c)
+    layernorm.backward_in_place(dn, w_c, c_hat, inv, g_c)  # dn becomes dL/dc via LN(c)
     for j in range(cp.shape[0]):
         i = ai[j]
         f = af[j]
@@ -532,12 +531,11 @@ def lstm_forward(X, Wih, Whh, Whr, bias, has_bias, peep, gidx, cifg, act, ZH, ZC
                 else:
                     cell_forward(zi, zf, zt[b, kg], zo, c_prev[b], C[cslot, b], m[b],
                                  wci, wcf, wco, cifg)
-                if ln:  # h = o * tanh(w_ln_c * LN(c) + b_ln_c) replaces o * tanh(c)
-                    INV[slot, b, 2] = _layer_norm_hidden(zo, C[cslot, b], CH[slot, b], LNC,
-                                                         m[b], eps)
                 if zoneout:
                     copy1(CS[cslot, b], C[cslot, b])
                     zoneout_forward(CS[cslot, b], c_prev[b], ZC[t, b])
+            if ln:  # h = o * tanh(w_ln_c * LN(c) + b_ln_c) replaces o * tanh(c)
+                _layer_norm_hidden(zt, ko, C[cslot], CH[slot], INV[slot], LNC, m, eps)
             if proj:  # h = m W_hr^T
                 gemm(False, True, 1.0, m, Whr, 0.0, OUT[t])
             if zoneout:
@@ -570,7 +568,8 @@ def lstm_backward(X, Wih, Whh, Whr, has_bias, peep, has_peep, gidx, cifg, act, Z
                   dHN, dM, hd, gWih, gWhh, gWhr, gbih, gbhh, gpeep, gLNG, gLNC, scratch, ones,
                   small):
     """Backpropagation through time. dh, dc (B, H): the gradient at the final state on entry,
-    at the initial state on return. dZ (T, B, G, H), dX (T, B, D): outputs. Gradients are
+    at the initial state on return. dZ (T, B, G, H) (with layer normalisation (1, B, G, H),
+    one step's: the bias gradient is then summed step by step), dX (T, B, D): outputs. Gradients are
     accumulated into gWih, gWhh, gbih, gbhh (if has_bias) and gpeep (3, H) (if has_peep).
     ``act``, PRE, ZH, ZC, DROP, CS, Whr, M: the options, masks and buffers of the forward pass
     (``lstm_forward``); with a projection its gradient is accumulated into gWhr (P, H).
@@ -597,14 +596,20 @@ def lstm_backward(X, Wih, Whh, Whr, has_bias, peep, has_peep, gidx, cifg, act, Z
     ln = LNG.shape[0] > 0
     fgr = Wgg.shape[0] > 0
     no_ga = DAS[:0].reshape(0, H)  # no gradients at the gate values from elsewhere
+    db = np.zeros(GH, dtype=X.dtype)
+    # views made once (each costs reference-count updates, layernorm.py); without layer
+    # norm LNC is empty and they are never read
+    dn = scratch[4]
     no_dh = scratch[5]
     keep_c = scratch[6]
+    w_c = LNC[0] if ln else no_dh
+    g_c = gLNC[0] if ln else no_dh
     fill1(no_dh, 0.0)
     for s in range(T - 1, -1, -1):
         t = T - 1 - s if reverse else s
         c_prev = state_before(s, t, reverse, has_mask, CP, c0, CS)
         zt = Z[t]
-        dzt = dZ[t]
+        dzt = dZ[0] if ln else dZ[t]
         # the gradient at each row's own h (dhn), and what passes straight back in dh: a
         # masked row's whole gradient, zoneout's kept part, else nothing
         dhn = dHN[t if proj else 0]
@@ -623,9 +628,6 @@ def lstm_backward(X, Wih, Whh, Whr, has_bias, peep, has_peep, gidx, cifg, act, Z
         for b in range(B):
             if has_mask and not mask[t, b]:
                 fill1(dzt[b].reshape(GH), 0.0)
-                if ln:
-                    fill1(dA[t, b].reshape(GH), 0.0)
-                    fill1(dR[t, b].reshape(GH), 0.0)
                 continue
             ai = zt[b, ki] if ki >= 0 else ones
             af = zt[b, kf] if kf >= 0 else ones
@@ -638,7 +640,7 @@ def lstm_backward(X, Wih, Whh, Whr, has_bias, peep, has_peep, gidx, cifg, act, Z
             if ln:
                 _layer_norm_cell_backward(ai, af, zt[b, kg], ao, CH[t, b], INV[t, b, 2],
                                           c_prev[b], dm[b], dc[b], dzi, dzf, dzt[b, kg], dzo,
-                                          LNC, gLNC, scratch[4])
+                                          LNC, w_c, gLNC, g_c, dn)
             elif options:
                 pt = PRE[t, b]
                 cell_backward_options(ai, af, zt[b, kg], ao, C[t, b], c_prev[b], dm[b],
@@ -653,17 +655,18 @@ def lstm_backward(X, Wih, Whh, Whr, has_bias, peep, has_peep, gidx, cifg, act, Z
             if zoneout:  # what the state kept of the previous step's c passes straight back
                 for j in range(H):
                     dc[b, j] = flush(dc[b, j] + keep_c[j])
-            if ln:  # z = w_ln_ih * LN(a) + w_ln_hh * LN(r) + b: the gradients at a and r
-                layernorm.backward_pair(dzt[b].reshape(GH), LNG[0], AH[t, b], INV[t, b, 0],
-                                        LNG[1], RH[t, b], INV[t, b, 1], dA[t, b].reshape(GH),
-                                        dR[t, b].reshape(GH), gLNG[0], gLNG[1])
+        if ln:  # z = w_ln_ih * LN(a) + w_ln_hh * LN(r) + b: the gradients at a and r
+            layernorm.backward_pair_rows(dzt.reshape(B, GH), LNG, AH[t], RH[t], INV[t],
+                                         dA[t].reshape(B, GH), dR[t].reshape(B, GH), gLNG,
+                                         mask[t if has_mask else 0], has_mask)
+            if has_bias:  # this step's part of the bias gradient (masked rows are 0)
+                add_rows(db, dzt.reshape(B, GH))
         # dh_prev = dR[t] W_hh + what passes straight back (dR is dZ without layer norm)
         _recurrent_backward(dR[t], Whh, DROP, hd, dh, small)
         if fgr:
             _gate_recurrence_backward(dzt, DZG[t], Wgg, dGG, DAS, mask[t], has_mask, ki, kf, ko,
                                       small)
     TB = T * B
-    dZ2 = dZ.reshape(TB, GH)
     dA2 = dA.reshape(TB, GH)
     dR2 = dR.reshape(TB, GH)
     X2 = X.reshape(TB, D)
@@ -692,8 +695,8 @@ def lstm_backward(X, Wih, Whh, Whr, has_bias, peep, has_peep, gidx, cifg, act, Z
         gemm(True, False, 1.0, dHN.reshape(TB, R), M.reshape(TB, H), 1.0, gWhr)
         flush_all(gWhr.reshape(gWhr.size))
     if has_bias:
-        db = np.zeros(GH, dtype=X.dtype)
-        add_rows(db, dZ2)
+        if not ln:
+            add_rows(db, dZ.reshape(TB, GH))
         add_rows(gbih, db.reshape(1, GH))
         add_rows(gbhh, db.reshape(1, GH))
     if has_peep:  # sum over steps of dz_i c_prev, dz_f c_prev, dz_o c
