@@ -47,10 +47,14 @@ def dropout_mask(rng: np.random.Generator, shape: tuple[int, ...], rate: float,
 
 def zoneout_mask(rng: np.random.Generator, shape: tuple[int, ...], rate: float,
                  dtype: Any) -> Array:
-    """1 (keep the previous value) with probability ``rate``, else 0. The uniform numbers are
-    drawn in float32 (a mask per step, unit and sequence: drawing them in float64 cost 0.9 ms
-    of a 5.7 ms training call on (50, 16, 64, 128), float32 0.57 ms)."""
-    return (rng.random(shape, dtype=np.float32) < np.float32(rate)).astype(dtype)
+    """1 (keep the previous value) with probability ``rate``, else 0: a uniform 32-bit
+    integer below rate * 2^32, two taken from each of the generator's raw 64-bit words (low
+    half first, whatever the machine's byte order). A mask per step, unit and sequence: float32
+    uniforms cost 0.26-0.30 ms a mask of (50, 16, 128) on a 2-core Xeon, this 0.14."""
+    n = int(np.prod(shape))
+    words = rng.bit_generator.random_raw((n + 1) // 2).astype("<u8", copy=False)
+    threshold = np.uint32(min(round(rate * 2.0**32), 2**32 - 1))
+    return (words.view("<u4")[:n] < threshold).reshape(shape).astype(dtype)
 
 
 def cell_masks(cell: Any, rng: np.random.Generator, T: int, B: int, dtype: Any) -> dict[str, Array]:

@@ -171,6 +171,23 @@ def test_zoneout_masks_are_fresh_each_step_and_recurrent_dropout_fixed():
     assert masks["recurrent_dropout_mask"].dtype == np.float32
 
 
+@pytest.mark.parametrize("rate", [0.01, 0.1, 0.5, 0.9])
+@pytest.mark.parametrize("shape", [(3, 5, 7), (200, 16, 64)])
+def test_zoneout_mask_keeps_each_number_with_its_rate(rate, shape):
+    """Each number of a zoneout mask is 1 with probability ``rate`` (32-bit integers from the
+    generator's raw words, odd sizes included): the count of ones is within 5 standard
+    deviations of the binomial's mean; the same seed gives the same mask."""
+    from lstmkit.regularisation import zoneout_mask
+
+    mask = zoneout_mask(np.random.default_rng(3), shape, rate, np.float32)
+    assert mask.shape == shape and mask.dtype == np.float32
+    assert set(np.unique(mask)) <= {0.0, 1.0}
+    n = mask.size
+    assert abs(mask.sum() - n * rate) <= 5 * np.sqrt(n * rate * (1 - rate)) + 1
+    np.testing.assert_array_equal(mask, zoneout_mask(np.random.default_rng(3), shape, rate,
+                                                     np.float32))
+
+
 def test_gates_and_trace_with_regularisation():
     layer = lstmkit.LSTM(2, 3, zoneout=0.5, zoneout_c=0.5, recurrent_dropout=0.3,
                          dtype="float64", seed=0)

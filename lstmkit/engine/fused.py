@@ -540,22 +540,22 @@ def _lstm_forward_t(cell: LSTMCell, x: Array, wih: Array, whh: Array, bias: Arra
     wexp = _peephole_block(peep, B)
     act = _lstm_options(cell, dtype)
     PRE = new(Z.shape, dtype) if act.size else _dummy(dtype, 3)
-    ZHT, ZCT = (np.ascontiguousarray(m.transpose(0, 2, 1)) for m in zoneout)
-    CST = new(CT.shape, dtype) if ZHT.size else CT
-    scratch = np.empty((parts, 4, layout.units * B), dtype=dtype)
+    ZH, ZC = zoneout  # (T, B, H), transposed by each part at each step (lstm_t._mask_run)
+    CST = new(CT.shape, dtype) if ZH.size else CT
+    scratch = np.empty((parts, 6, layout.units * B), dtype=dtype)
     if parts > 1:
         threads.starting_parallel()
     run = _lstm_t.lstm_forward_t if parts > 1 else _lstm_t.lstm_forward_t_serial
     with threads.blas_single_threaded():
         run(x, wih, whh, layout.order, bias, cell.bias, wexp, gidx,
-            cell.coupled_input_forget, act, ZHT, ZCT, mask_arr, has_mask, reverse, keep, h0, c0,
+            cell.coupled_input_forget, act, ZH, ZC, mask_arr, has_mask, reverse, keep, h0, c0,
             P, Z, PRE, out, out_kept, CT, CST, HP, CPT, hT, cT, hnew, hs, cs, scratch, bounds, Wp,
             layout.w_off, fold, table, ids, direct, XT, Wxp, wx_off, plan.blas_products)
     cache = None
     if keep:
         cache = _Cache(("Z", "PRE", "out", "CS", "C", "HP", "CP"),
                        kind="lstm", plan=plan, x=x, Z=Z, PRE=PRE, act=act, out=out_kept, CS=CST,
-                       ZH=ZHT, ZC=ZCT, C=CT, HP=HP, CP=CPT, h0=h0, c0=c0, mask=mask_arr,
+                       ZH=ZH, ZC=ZC, C=CT, HP=HP, CP=CPT, h0=h0, c0=c0, mask=mask_arr,
                        has_mask=has_mask, reverse=reverse, gidx=gidx, parts=parts,
                        rows_of=(ids, E) if fold else None)
     return out, (hs, cs), cache
@@ -591,7 +591,7 @@ def _lstm_backward_t(cell: LSTMCell, cache: Any, wih: Array, whh: Array, peep: A
     gpeep = np.zeros((3, H), dtype=dtype)
     work = [np.empty((H, B), dtype=dtype) for _ in range(4)]
     ones = np.ones(max(T * B, H * B), dtype=dtype)
-    scratch = np.empty((parts, 8, layout.units * B), dtype=dtype)
+    scratch = np.empty((parts, 10, layout.units * B), dtype=dtype)
     if parts > 1:
         threads.starting_parallel()
     Wp = packed.empty_aligned(layout.wt_size)

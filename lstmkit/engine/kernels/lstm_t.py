@@ -73,6 +73,18 @@ BIG = 100.0
 
 
 @njit(**_OPTS)
+def _mask_run(M, t, u0, u1, run):
+    """Units [u0, u1) of a zoneout mask M (T, B, H) at step t as the part's flat run (unit
+    major, the batch inner: run[(u - u0) * B + b] = M[t, b, u]); returns run. (The masks are
+    drawn, and cached, as (T, B, H): each part transposes its own units here, at each step.)"""
+    B = M.shape[1]
+    for u in range(u0, u1):
+        for b in range(B):
+            run[(u - u0) * B + b] = M[t, b, u]
+    return run
+
+
+@njit(**_OPTS)
 def _gate(flat, r0, kk, hp, B, n, other):
     """The flat run of gate block kk of a part (rows r0 + kk*hp ...), or ``other``."""
     if kk < 0:
@@ -95,7 +107,8 @@ def _forward_part(u0, u1, G, gidx, cifg, act, zt, pt, P, zs, Wp, w_off, hprev, c
     pre-activation is one packed product, [W_ih | b | W_hh] [x_t^T; 1; h_prev] (packed at
     Wxp[wx_off:]; xt (D + 1, B) is x_t^T with a row of ones), written straight into zt.
     With options (``act`` not empty: ``lstm.cell_forward_options``) the pre-activations go
-    to pt, laid out as zt. With zoneout (ZHT, ZCT (T, H, B) not empty) h becomes
+    to pt, laid out as zt. With zoneout (ZHT, ZCT (T, B, H) not empty; scratch rows 4 and 5
+    hold their runs) h becomes
     zh * h_prev + (1 - zh) * h in hout, and the state c passed on goes to cnext (cnew keeps
     the cell's own c); without, cnext is cnew."""
     H, B = hprev.shape
@@ -149,8 +162,8 @@ def _forward_part(u0, u1, G, gidx, cifg, act, zt, pt, P, zs, Wp, w_off, hprev, c
     if ZHT.shape[0] > 0:
         cs = cnext.reshape(H * B)[a0:a1]
         copy1(cs, cn)
-        zoneout_forward(hn, hprev.reshape(H * B)[a0:a1], ZHT[t].reshape(H * B)[a0:a1])
-        zoneout_forward(cs, cp, ZCT[t].reshape(H * B)[a0:a1])
+        zoneout_forward(hn, hprev.reshape(H * B)[a0:a1], _mask_run(ZHT, t, u0, u1, scratch[4, :n]))
+        zoneout_forward(cs, cp, _mask_run(ZCT, t, u0, u1, scratch[5, :n]))
     transpose_into(OUT[t, :, u0:u1], hout[u0:u1])
     if has_mask:
         for u in range(u0, u1):
@@ -383,7 +396,7 @@ def _forward_driver(loop):
         P (GH, Tc, B): the projection of a chunk of Tc steps (held as (Tc, GH) for B = 1).
         Z (T, GH, B) with ``keep`` (the gate activations afterwards) else (1, GH, B); with the
         cell's options (``act``, ``lstm.cell_forward_options``) PRE, the shape of Z, receives
-        the pre-activations (else it is not read). ZHT, ZCT (T, H, B): zoneout's masks of h
+        the pre-activations (else it is not read). ZHT, ZCT (T, B, H): zoneout's masks of h
         and c, or empty (``_forward_part``); CST, the shape of CT: the states c passed on
         (CT itself without zoneout). CT (T, H, B)
         computed cell states with ``keep``, else (2, H, B). HP (T, B, H), CPT (T, H, B): the
@@ -435,7 +448,8 @@ def _backward_part(u0, u1, G, gidx, cifg, act, ZHT, ZCT, first, Z, PRE, t, dZs_p
     parts' order), copied into dZ[:, t] (the layer's order: row r of dZs goes to row
     order[r]) and into the panels dZP. A masked column gets dZ = 0 and passes its dh, dc
     through. With options (``act``), PRE holds the forward's pre-activations (as Z); with
-    zoneout (ZHT, ZCT), the part of dh, dc the state kept from the previous step passes
+    zoneout (ZHT, ZCT (T, B, H); scratch rows 8 and 9 hold their runs), the part of dh, dc
+    the state kept from the previous step passes
     straight back (scratch rows 4-7: work)."""
     H, B = dhT.shape
     hp = u1 - u0
@@ -481,8 +495,10 @@ def _backward_part(u0, u1, G, gidx, cifg, act, ZHT, ZCT, first, Z, PRE, t, dZs_p
         no_dh = scratch[5, :n]
         for j in range(n):
             no_dh[j] = 0.0
-        zoneout_backward(dh_run, dho_run, ZHT[t].reshape(H * B)[a0:a1], dh_new, keep_h)
-        zoneout_backward(dc_run, no_dh, ZCT[t].reshape(H * B)[a0:a1], dc_run, keep_c)
+        zoneout_backward(dh_run, dho_run, _mask_run(ZHT, t, u0, u1, scratch[8, :n]), dh_new,
+                         keep_h)
+        zoneout_backward(dc_run, no_dh, _mask_run(ZCT, t, u0, u1, scratch[9, :n]), dc_run,
+                         keep_c)
         dh_run = dh_new
         dho_run = no_dh
     if act.shape[0] > 0:
