@@ -187,6 +187,41 @@ class _Accumulate:
             self.target += self.array
 
 
+class _RowParts(NamedTuple):
+    """A row plan's batch of B sequences cut into ``parts`` runs of Bp (``_rows_apart``)."""
+
+    B: int
+    parts: int
+    Bp: int
+
+    def apart(self, a: Array, axis: int = 0) -> Array:
+        return _rows_apart(a, axis, self.parts, self.Bp)
+
+    def together(self, a: Array, axis: int = 0) -> Array:
+        return _rows_together(a, axis, self.B)
+
+    def mask(self, mask: Array, has_mask: bool) -> Array:
+        """The mask by parts (a padded sequence is masked at every step), or a dummy."""
+        return self.apart(mask, 1) if has_mask else np.ones((self.parts, 1, 1), dtype=np.bool_)
+
+    def sums(self, accs: list[_Accumulate]) -> list[Array]:
+        """Where each part accumulates its gradients: the accumulators' own arrays for one
+        part, else zeros with a leading parts axis (``add``)."""
+        return [acc.array[None] if self.parts == 1 else
+                np.zeros((self.parts, *acc.array.shape), dtype=acc.array.dtype) for acc in accs]
+
+    def add(self, accs: list[_Accumulate], sums: list[Array]) -> None:
+        """Add the parts' gradients into the accumulators, in the parts' order."""
+        if self.parts > 1:
+            for acc, part_sums in zip(accs, sums):
+                for k in range(self.parts):
+                    acc.array += part_sums[k]
+
+
+def _row_parts(B: int, parts: int) -> _RowParts:
+    return _RowParts(B, parts, -(-B // parts))
+
+
 def _backward_operands(p: dict[str, Array], cache: Any, d_out: Array, d_state: State) -> tuple:
     """What every backward reads first: x (T, B, D), its dtype, T, B, D, W_ih and W_hh
     contiguous in that dtype, d_out contiguous, and copies of the state's gradients (the
@@ -239,8 +274,8 @@ def _row_blas(B: int) -> Any:
     """BLAS threads for a row-layout kernel call over the whole batch: one for a single
     sequence (a BLAS gemv per step is too small to split, and idle BLAS threads spin), else the
     kernels' thread count (``lstmkit.set_num_threads``), which BLAS may use for its larger
-    products. (The parts of a split plan run with BLAS on one thread each, ``_run_row_parts``,
-    ``_split_forward``.)"""
+    products. (The parts of a split plan run with BLAS on one thread each,
+    ``_run_row_parts``.)"""
     return threads.blas_threads(1 if B == 1 else threads.usable_threads())
 
 
@@ -726,62 +761,75 @@ def lstm_gate_sequences(cell: LSTMCell, cache: Any) -> dict[str, Array]:
 def gru_forward(cell: GRUCell, p: dict[str, Array], x: Array, state0: State,
                 mask: Array | None, reverse: bool, keep: bool,
                 plan: Plan) -> tuple[Array, State, Any]:
+    """The row kernels, the batch in ``plan.parts`` runs (as ``_lstm_forward_rows``)."""
     dtype = x.dtype
     x = _c(x, dtype)
     T, B, D = x.shape
     H = cell.hidden_size
+    rp = _row_parts(B, plan.parts)
+    parts, Bp = rp.parts, rp.Bp
     wih, whh = _c(p["weight_ih"], dtype), _c(p["weight_hh"], dtype)
     if cell.bias:
         bih, bhh = _c(p["bias_ih"], dtype), _c(p["bias_hh"], dtype)
     else:
         bih = bhh = np.zeros(3 * H, dtype=dtype)
     mask_arr, has_mask = _mask_args(mask)
-    h0 = _c(state0[0], dtype)
     Tc = _row_chunk(T, keep, plan)
-    Z = np.empty((Tc, B, 3, H), dtype=dtype)
-    HN = np.empty((T if keep else 1, B, H), dtype=dtype)
-    out = np.empty((T, B, H), dtype=dtype)
-    HP = np.empty((T, B, H), dtype=dtype) if keep and has_mask else _dummy(dtype, 3)
-    hs = np.empty((B, H), dtype=dtype)
-    gh = np.empty((B, 3, H), dtype=dtype)
+    Z = np.empty((parts, Tc, Bp, 3, H), dtype=dtype)
+    HN = np.empty((parts, T if keep else 1, Bp, H), dtype=dtype)
+    out = np.empty((parts, T, Bp, H), dtype=dtype)
+    HP = (np.empty((parts, T, Bp, H), dtype=dtype) if keep and has_mask
+          else _dummy(dtype, 4, parts))
+    hs = np.empty((parts, Bp, H), dtype=dtype)
     # Cho et al.'s candidate (linear_before_reset=False) runs on the options' loops
     lbr = cell.linear_before_reset
     act = _options((cell.recurrent_activation, cell.activation), (SIGMOID, TANH) if lbr else (),
                    cell.clip, dtype)
-    PRE = np.empty_like(Z) if act.size else _dummy(dtype, 4)
-    RH = _dummy(dtype, 3) if lbr else np.empty((T if keep else 1, B, H), dtype=dtype)
-    _gru.gru_forward(x, wih, whh, bih, bhh, cell.bias, act, lbr, mask_arr, has_mask, reverse,
-                     keep, h0, Z, PRE, HN, RH, out, HP, hs, gh, plan.small_products)
+    PRE = np.empty_like(Z) if act.size else _dummy(dtype, 5, parts)
+    RH = (_dummy(dtype, 4, parts) if lbr
+          else np.empty((parts, T if keep else 1, Bp, H), dtype=dtype))
+    X, h0, mask_arr = rp.apart(x, 1), rp.apart(_c(state0[0], dtype)), rp.mask(mask_arr, has_mask)
+    _run_row_parts(_gru.gru_forward_parts, _gru.gru_forward_parts_serial, parts, X, wih, whh,
+                   bih, bhh, cell.bias, act, lbr, mask_arr, has_mask, reverse, keep, h0, Z, PRE,
+                   HN, RH, out, HP, hs, np.empty((parts, Bp, 3, H), dtype=dtype),
+                   plan.small_products)
     cache = None
+    result = rp.together(out, 1)
     if keep:
-        cache = {"kind": "gru", "plan": plan, "x": x, "Z": Z, "PRE": PRE, "act": act, "HN": HN,
-                 "RH": RH,
-                 "out": out, "HP": HP, "h0": h0, "mask": mask_arr, "has_mask": has_mask,
-                 "reverse": reverse}
-        out = out.copy()
-    return out, (hs,), cache
+        cache = {"kind": "gru", "plan": plan, "B": B, "x": X, "Z": Z, "PRE": PRE, "act": act,
+                 "HN": HN, "RH": RH, "out": out, "HP": HP, "h0": h0, "mask": mask_arr,
+                 "has_mask": has_mask, "reverse": reverse}
+        if parts == 1:  # the cache keeps its own h sequence: the caller may modify `out`
+            result = result.copy()
+    return np.ascontiguousarray(result), (rp.together(hs),), cache
 
 
 def gru_backward(cell: GRUCell, p: dict[str, Array], cache: Any, d_out: Array,
                  d_state: State, grads: dict[str, Array]) -> tuple[Array, State]:
-    x, dtype, T, B, D, wih, whh, d_out, (dh,) = _backward_operands(p, cache, d_out, d_state)
-    Z, H = cache["Z"], cell.hidden_size
-    dGH = _work("dZ", (T, B, 3, H), dtype)
-    dNI = _work("dNI", (T, B, H), dtype)
-    dX = np.empty((T, B, D), dtype=dtype)
+    X = cache["x"]
+    parts, T, Bp, D = X.shape
+    dtype, H = X.dtype, cell.hidden_size
+    rp = _row_parts(cache["B"], parts)
+    wih, whh = _c(p["weight_ih"], dtype), _c(p["weight_hh"], dtype)
+    dh = rp.apart(np.array(d_state[0], dtype=dtype, order="C", copy=True))
+    dX = np.empty((parts, T, Bp, D), dtype=dtype)
     accs = _weight_gradients(grads, 3 * H, D, H, dtype)
-    dh_new = np.empty((B, H), dtype=dtype)
-    _gru.gru_backward(x, wih, whh, cell.bias, cache["act"], cell.linear_before_reset,
-                      cache["mask"], cache["has_mask"], cache["reverse"], cache["h0"], Z,
-                      cache["PRE"], cache["HN"], cache["RH"], cache["out"], cache["HP"],
-                      d_out, dh, dh_new, np.empty((B, H), dtype=dtype), dGH, dNI, dX,
-                      *(acc.array for acc in accs), cache["plan"].small_products)
+    sums = rp.sums(accs)
+    _run_row_parts(_gru.gru_backward_parts, _gru.gru_backward_parts_serial, parts, X, wih, whh,
+                   cell.bias, cache["act"], cell.linear_before_reset, cache["mask"],
+                   cache["has_mask"], cache["reverse"], cache["h0"], cache["Z"], cache["PRE"],
+                   cache["HN"], cache["RH"], cache["out"], cache["HP"],
+                   rp.apart(_c(d_out, dtype), 1), dh, np.empty((parts, Bp, H), dtype=dtype),
+                   np.empty((parts, Bp, H), dtype=dtype),
+                   _work("dZ", (parts, T, Bp, 3, H), dtype), _work("dNI", (parts, T, Bp, H), dtype),
+                   dX, *sums, cache["plan"].small_products)
+    rp.add(accs, sums)
     _finish(accs, grads)
-    return dX, (dh,)
+    return np.ascontiguousarray(rp.together(dX, 1)), (rp.together(dh),)
 
 
 def gru_gate_sequences(cell: GRUCell, cache: Any) -> dict[str, Array]:
-    Z = cache["Z"]
+    Z = _rows_together(cache["Z"], 1, cache["B"])
     return {name: np.ascontiguousarray(Z[:, :, k]) for k, name in enumerate(("r", "z", "n"))}
 
 
@@ -791,46 +839,58 @@ def gru_gate_sequences(cell: GRUCell, cache: Any) -> dict[str, Array]:
 def rnn_forward(cell: RNNCell, p: dict[str, Array], x: Array, state0: State,
                 mask: Array | None, reverse: bool, keep: bool,
                 plan: Plan) -> tuple[Array, State, Any]:
+    """The row kernels, the batch in ``plan.parts`` runs (as ``_lstm_forward_rows``)."""
     dtype = x.dtype
     x = _c(x, dtype)
     T, B, D = x.shape
     H = cell.hidden_size
+    rp = _row_parts(B, plan.parts)
+    parts, Bp = rp.parts, rp.Bp
     wih, whh = _c(p["weight_ih"], dtype), _c(p["weight_hh"], dtype)
     bias = _bias(cell, p, H, dtype)
     mask_arr, has_mask = _mask_args(mask)
-    h0 = _c(state0[0], dtype)
-    A = np.empty((T, B, H), dtype=dtype)  # the activations h of every step (masked too)
-    out = np.empty((T, B, H), dtype=dtype) if has_mask else A
-    HP = np.empty((T, B, H), dtype=dtype) if keep and has_mask else _dummy(dtype, 3)
-    hs = np.empty((B, H), dtype=dtype)
+    A = np.empty((parts, T, Bp, H), dtype=dtype)  # the activations h of every step (masked too)
+    out = np.empty((parts, T, Bp, H), dtype=dtype) if has_mask else A
+    HP = (np.empty((parts, T, Bp, H), dtype=dtype) if keep and has_mask
+          else _dummy(dtype, 4, parts))
+    hs = np.empty((parts, Bp, H), dtype=dtype)
     relu = cell.nonlinearity == "relu"
     act = _options((cell.function,), (RELU if relu else TANH,), cell.clip, dtype)
-    PRE = np.empty_like(A) if act.size else _dummy(dtype, 3)
-    _rnn.rnn_forward(x, wih, whh, bias, cell.bias, relu, act, mask_arr, has_mask, reverse,
-                     keep, h0, A, PRE, out, HP, hs, plan.small_products)
+    PRE = np.empty_like(A) if act.size else _dummy(dtype, 4, parts)
+    X, h0, mask_arr = rp.apart(x, 1), rp.apart(_c(state0[0], dtype)), rp.mask(mask_arr, has_mask)
+    _run_row_parts(_rnn.rnn_forward_parts, _rnn.rnn_forward_parts_serial, parts, X, wih, whh,
+                   bias, cell.bias, relu, act, mask_arr, has_mask, reverse, keep, h0, A, PRE, out,
+                   HP, hs, plan.small_products)
     cache = None
+    result = rp.together(out, 1)
     if keep:
-        cache = {"kind": "rnn", "plan": plan, "x": x, "A": A, "PRE": PRE, "act": act, "HP": HP,
-                 "h0": h0, "mask": mask_arr, "has_mask": has_mask, "reverse": reverse}
-        if out is A:
-            out = out.copy()
-    return out, (hs,), cache
+        cache = {"kind": "rnn", "plan": plan, "B": B, "x": X, "A": A, "PRE": PRE, "act": act,
+                 "HP": HP, "h0": h0, "mask": mask_arr, "has_mask": has_mask, "reverse": reverse}
+        if parts == 1 and out is A:  # the cache keeps its activations: the caller may modify
+            result = result.copy()
+    return np.ascontiguousarray(result), (rp.together(hs),), cache
 
 
 def rnn_backward(cell: RNNCell, p: dict[str, Array], cache: Any, d_out: Array,
                  d_state: State, grads: dict[str, Array]) -> tuple[Array, State]:
-    x, dtype, T, B, D, wih, whh, d_out, (dh,) = _backward_operands(p, cache, d_out, d_state)
-    A, H = cache["A"], cell.hidden_size
-    dA = _work("dZ", (T, B, H), dtype)
-    dX = np.empty((T, B, D), dtype=dtype)
+    X = cache["x"]
+    parts, T, Bp, D = X.shape
+    dtype, H = X.dtype, cell.hidden_size
+    rp = _row_parts(cache["B"], parts)
+    wih, whh = _c(p["weight_ih"], dtype), _c(p["weight_hh"], dtype)
+    dh = rp.apart(np.array(d_state[0], dtype=dtype, order="C", copy=True))
+    dX = np.empty((parts, T, Bp, D), dtype=dtype)
     accs = _weight_gradients(grads, H, D, H, dtype)
+    sums = rp.sums(accs)
     relu = cell.nonlinearity == "relu"
-    _rnn.rnn_backward(x, wih, whh, cell.bias, relu, cache["act"], cache["mask"],
-                      cache["has_mask"], cache["reverse"], cache["h0"], A, cache["PRE"],
-                      cache["HP"], d_out, dh, dA, dX,
-                      *(acc.array for acc in accs), cache["plan"].small_products)
+    _run_row_parts(_rnn.rnn_backward_parts, _rnn.rnn_backward_parts_serial, parts, X, wih, whh,
+                   cell.bias, relu, cache["act"], cache["mask"], cache["has_mask"],
+                   cache["reverse"], cache["h0"], cache["A"], cache["PRE"], cache["HP"],
+                   rp.apart(_c(d_out, dtype), 1), dh, _work("dZ", (parts, T, Bp, H), dtype), dX,
+                   *sums, cache["plan"].small_products)
+    rp.add(accs, sums)
     _finish(accs, grads)
-    return dX, (dh,)
+    return np.ascontiguousarray(rp.together(dX, 1)), (rp.together(dh),)
 
 
 # -- dispatch ----------------------------------------------------------------------------------
@@ -843,100 +903,20 @@ def forward(cell: Any, p: dict[str, Array], x: Array, state0: State, mask: Array
             reverse: bool, keep: bool, plan: Plan,
             rows_of: tuple[Array, Array] | None = None) -> tuple[Array, State, Any]:
     """Run ``plan`` (a "rows" or "batch-inner" plan that ``plan.check_plan`` accepted)."""
-    if plan.kernel == "rows" and plan.parts > 1 and not isinstance(cell, LSTMCell):
-        return _split_forward(cell, p, x, state0, mask, reverse, keep, plan)
     with _row_blas(x.shape[1]) if plan.kernel == "rows" else contextlib.nullcontext():
-        return _forward_whole(cell, p, x, state0, mask, reverse, keep, plan, rows_of)
-
-
-def _forward_whole(cell: Any, p: dict[str, Array], x: Array, state0: State,
-                   mask: Array | None, reverse: bool, keep: bool, plan: Plan,
-                   rows_of: tuple[Array, Array] | None = None) -> tuple[Array, State, Any]:
-    """One kernel call over all of x's sequences (the BLAS threads set by the caller)."""
-    if isinstance(cell, LSTMCell):  # LayerNormLSTMCell included
-        return lstm_forward(cell, p, x, state0, mask, reverse, keep, plan, rows_of)
-    return _FORWARD[type(cell)](cell, p, x, state0, mask, reverse, keep, plan)
+        if isinstance(cell, LSTMCell):  # LayerNormLSTMCell included
+            return lstm_forward(cell, p, x, state0, mask, reverse, keep, plan, rows_of)
+        return _FORWARD[type(cell)](cell, p, x, state0, mask, reverse, keep, plan)
 
 
 def backward(cell: Any, p: dict[str, Array], cache: Any, d_out: Array, d_state: State,
              grads: dict[str, Array]) -> tuple[Array, State]:
-    if cache["kind"] == "split":
-        return _split_backward(cell, p, cache, d_out, d_state, grads)
     rows = cache["plan"].kernel == "rows"
     with _row_blas(d_out.shape[1]) if rows else contextlib.nullcontext():
         return _BACKWARD[cache["kind"]](cell, p, cache, d_out, d_state, grads)
 
 
-# -- the GRU's and the simple RNN's row kernels over parts of the batch -------------------------
-# Sequences are independent: a "rows" plan of k parts runs the batch's rows [b_j, b_j+1) on
-# Python thread j (the kernels release the GIL), each through the whole sequence (no exchange
-# between threads at any step), then concatenates; backward adds the parts' parameter gradients
-# in the parts' order, so the result depends on the plan (the thread count), never on which
-# thread finishes first. (The LSTM's run their parts in one Numba region instead,
-# ``_lstm_forward_rows``: no Python between the parts.)
-
-
-def _split_bounds(B: int, parts: int) -> list[tuple[int, int]]:
-    cuts = [B * k // parts for k in range(parts + 1)]
-    return list(zip(cuts[:-1], cuts[1:]))
-
-
-def _part_params(p: dict[str, Array], b0: int, b1: int) -> dict[str, Array]:
-    """The parameters, with the layer's per-sequence masks (``*_mask``: (T or G, B, n)) cut to
-    the rows [b0, b1)."""
-    return {name: value[:, b0:b1] if name.endswith("_mask") else value
-            for name, value in p.items()}
-
-
-def _split_forward(cell: Any, p: dict[str, Array], x: Array, state0: State,
-                   mask: Array | None, reverse: bool, keep: bool,
-                   plan: Plan) -> tuple[Array, State, Any]:
-    bounds = _split_bounds(x.shape[1], plan.parts)
-    single = Plan("rows", chunk_steps=plan.chunk_steps, small_products=plan.small_products)
-
-    def part(k: int) -> tuple[Array, State, Any]:
-        b0, b1 = bounds[k]
-        return _forward_whole(cell, _part_params(p, b0, b1), x[:, b0:b1],
-                              tuple(s[b0:b1] for s in state0),
-                              None if mask is None else mask[:, b0:b1], reverse, keep, single)
-
-    with threads.blas_single_threaded():
-        results = threads.in_threads(part, plan.parts)
-    out = np.concatenate([r[0] for r in results], axis=1)
-    state = tuple(np.concatenate([r[1][i] for r in results], axis=0)
-                  for i in range(len(results[0][1])))
-    cache = None
-    if keep:
-        cache = {"kind": "split", "plan": plan, "bounds": bounds,
-                 "caches": [r[2] for r in results]}
-    return out, state, cache
-
-
-def _split_backward(cell: Any, p: dict[str, Array], cache: Any, d_out: Array, d_state: State,
-                    grads: dict[str, Array]) -> tuple[Array, State]:
-    bounds = cache["bounds"]
-    part_grads = [{name: np.zeros_like(g) for name, g in grads.items()} for _ in bounds]
-
-    def part(k: int) -> tuple[Array, State]:
-        b0, b1 = bounds[k]
-        own = cache["caches"][k]  # this part's cache
-        return _BACKWARD[own["kind"]](cell, _part_params(p, b0, b1), own, d_out[:, b0:b1],
-                                      tuple(s[b0:b1] for s in d_state), part_grads[k])
-
-    with threads.blas_single_threaded():
-        results = threads.in_threads(part, len(bounds))
-    for name, g in grads.items():
-        for pg in part_grads:
-            g += pg[name]
-    dx = np.concatenate([r[0] for r in results], axis=1)
-    return dx, tuple(np.concatenate([r[1][i] for r in results], axis=0)
-                     for i in range(len(results[0][1])))
-
-
 def gate_sequences(cell: Any, cache: Any) -> dict[str, Array]:
-    if cache["kind"] == "split":
-        parts = [gate_sequences(cell, c) for c in cache["caches"]]
-        return {name: np.concatenate([g[name] for g in parts], axis=1) for name in parts[0]}
     if cache["kind"] == "lstm":
         return lstm_gate_sequences(cell, cache)
     if cache["kind"] == "gru":

@@ -16,7 +16,7 @@ and the pre-activations of r, z, n are kept in PRE (the shape of Z) for backward
 
 from __future__ import annotations
 
-from numba import njit
+from numba import njit, prange
 
 from lstmkit.engine.kernels import activate
 from lstmkit.engine.kernels.blas import (
@@ -327,3 +327,39 @@ def gru_backward(X, Wih, Whh, has_bias, act, lbr, mask, has_mask, reverse, h0, Z
     for a in (dX2.reshape(TB * D), dh.reshape(B * H), gWih.reshape(3 * H * D),
               gWhh.reshape(3 * H * H), gbih, gbhh):
         flush_all(a)
+
+
+# -- the batch in parts, one parallel region (as ``lstm.lstm_forward_parts``) -----------------
+
+
+def _forward_parts_driver(loop):
+    def gru_forward_parts(X, Wih, Whh, bih, bhh, has_bias, act, lbr, mask, has_mask, reverse,
+                          keep, h0, Z, PRE, HN, RH, OUT, HP, hs, gh, small):
+        """``gru_forward`` on each part k of the batch (X[k], mask[k], h0[k], Z[k], ...)."""
+        for k in loop(X.shape[0]):
+            gru_forward(X[k], Wih, Whh, bih, bhh, has_bias, act, lbr, mask[k], has_mask,
+                        reverse, keep, h0[k], Z[k], PRE[k], HN[k], RH[k], OUT[k], HP[k], hs[k],
+                        gh[k], small)
+
+    return gru_forward_parts
+
+
+def _backward_parts_driver(loop):
+    def gru_backward_parts(X, Wih, Whh, has_bias, act, lbr, mask, has_mask, reverse, h0, Z,
+                           PRE, HN, RH, OUT, HP, dOUT, dh, dh_new, drh, dGH, dNI, dX, gWih,
+                           gWhh, gbih, gbhh, small):
+        """``gru_backward`` on each part k of the batch, each accumulating its own gradients
+        (gWih[k], ...), which the caller adds in the parts' order."""
+        for k in loop(X.shape[0]):
+            gru_backward(X[k], Wih, Whh, has_bias, act, lbr, mask[k], has_mask, reverse, h0[k],
+                         Z[k], PRE[k], HN[k], RH[k], OUT[k], HP[k], dOUT[k], dh[k], dh_new[k],
+                         drh[k], dGH[k], dNI[k], dX[k], gWih[k], gWhh[k], gbih[k], gbhh[k],
+                         small)
+
+    return gru_backward_parts
+
+
+gru_forward_parts = njit(parallel=True, **_OPTS)(_forward_parts_driver(prange))
+gru_forward_parts_serial = njit(**_OPTS)(_forward_parts_driver(range))
+gru_backward_parts = njit(parallel=True, **_OPTS)(_backward_parts_driver(prange))
+gru_backward_parts_serial = njit(**_OPTS)(_backward_parts_driver(range))

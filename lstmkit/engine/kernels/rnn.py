@@ -8,7 +8,7 @@ ONNX's clip: ``activate``) each step's pre-activation is kept in PRE for backwar
 
 from __future__ import annotations
 
-from numba import njit
+from numba import njit, prange
 
 from lstmkit.engine.kernels import activate
 from lstmkit.engine.kernels.blas import (
@@ -135,3 +135,36 @@ def rnn_backward(X, Wih, Whh, has_bias, relu, act, mask, has_mask, reverse, h0, 
     for a in (dX.reshape(TB * D), dh.reshape(B * H), gWih.reshape(H * D), gWhh.reshape(H * H),
               gbih, gbhh):
         flush_all(a)
+
+
+# -- the batch in parts, one parallel region (as ``lstm.lstm_forward_parts``) -----------------
+
+
+def _forward_parts_driver(loop):
+    def rnn_forward_parts(X, Wih, Whh, bias, has_bias, relu, act, mask, has_mask, reverse,
+                          keep, h0, A, PRE, OUT, HP, hs, small):
+        """``rnn_forward`` on each part k of the batch (X[k], mask[k], h0[k], A[k], ...)."""
+        for k in loop(X.shape[0]):
+            rnn_forward(X[k], Wih, Whh, bias, has_bias, relu, act, mask[k], has_mask, reverse,
+                        keep, h0[k], A[k], PRE[k], OUT[k], HP[k], hs[k], small)
+
+    return rnn_forward_parts
+
+
+def _backward_parts_driver(loop):
+    def rnn_backward_parts(X, Wih, Whh, has_bias, relu, act, mask, has_mask, reverse, h0, A,
+                           PRE, HP, dOUT, dh, dA, dX, gWih, gWhh, gbih, gbhh, small):
+        """``rnn_backward`` on each part k of the batch, each accumulating its own gradients
+        (gWih[k], ...), which the caller adds in the parts' order."""
+        for k in loop(X.shape[0]):
+            rnn_backward(X[k], Wih, Whh, has_bias, relu, act, mask[k], has_mask, reverse, h0[k],
+                         A[k], PRE[k], HP[k], dOUT[k], dh[k], dA[k], dX[k], gWih[k], gWhh[k],
+                         gbih[k], gbhh[k], small)
+
+    return rnn_backward_parts
+
+
+rnn_forward_parts = njit(parallel=True, **_OPTS)(_forward_parts_driver(prange))
+rnn_forward_parts_serial = njit(**_OPTS)(_forward_parts_driver(range))
+rnn_backward_parts = njit(parallel=True, **_OPTS)(_backward_parts_driver(prange))
+rnn_backward_parts_serial = njit(**_OPTS)(_backward_parts_driver(range))

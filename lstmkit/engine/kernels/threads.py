@@ -181,8 +181,8 @@ def _load_openmp_with_short_spin() -> None:
 
     Without it, Numba's idle OpenMP threads keep spinning for milliseconds after a parallel
     region, on cores that the next call's own threads need: a row kernel split over Python
-    threads (``in_threads``) right after a batch-inner call ran 1.6x slower (measured on a
-    2-core Xeon, docs/performance.md).
+    threads right after a batch-inner call ran 1.6x slower (measured on a 2-core Xeon,
+    docs/performance.md).
     """
     import numba
 
@@ -297,26 +297,6 @@ def run_parts(parallel: Any, serial: Any, parts: int, *args: Any) -> Any:
         starting_parallel()
         return parallel(*args, parts)
     return serial(*args, parts)
-
-
-_pool: list[Any] = []  # [pid, ThreadPoolExecutor]: a pool made in this process
-
-
-def in_threads(work: Any, parts: int) -> list[Any]:
-    """``[work(0), ..., work(parts - 1)]``, each call on its own thread (``work(0)`` on the
-    caller's), for kernels that release the GIL (``nogil``) and share nothing they write. A
-    pool of Python threads kept for the process (made again in a forked child, where the
-    parent's threads do not exist); an exception in any part is raised here."""
-    if parts <= 1:
-        return [work(0)]
-    from concurrent.futures import ThreadPoolExecutor
-
-    if not _pool or _pool[0] != os.getpid() or _pool[1]._max_workers < parts - 1:
-        _pool[:] = [os.getpid(), ThreadPoolExecutor(max_workers=max(parts - 1, 1),
-                                                    thread_name_prefix="lstmkit")]
-    futures = [_pool[1].submit(work, k) for k in range(1, parts)]
-    first = work(0)
-    return [first, *(future.result() for future in futures)]
 
 
 def unit_bounds(H: int, parts: int) -> np.ndarray:
