@@ -222,6 +222,19 @@ def _row_parts(B: int, parts: int) -> _RowParts:
     return _RowParts(B, parts, -(-B // parts))
 
 
+def _row_backward_operands(p: dict[str, Array], cache: Any, d_state: State) -> tuple:
+    """What a row kernel's backward reads first: the cache's inputs by parts X (parts, T, Bp,
+    D), its ``_RowParts``, W_ih and W_hh contiguous in X's dtype, the state's gradients copied
+    and cut into parts (the kernels overwrite them with the gradient at the initial state),
+    and room for dX by parts."""
+    X = cache["x"]
+    parts, T, Bp, D = X.shape
+    rp = _row_parts(cache["B"], parts)
+    d_state = tuple(rp.apart(np.array(s, dtype=X.dtype, order="C", copy=True)) for s in d_state)
+    return (X, rp, _c(p["weight_ih"], X.dtype), _c(p["weight_hh"], X.dtype), d_state,
+            np.empty((parts, T, Bp, D), dtype=X.dtype))
+
+
 def _backward_operands(p: dict[str, Array], cache: Any, d_out: Array, d_state: State) -> tuple:
     """What every backward reads first: x (T, B, D), its dtype, T, B, D, W_ih and W_hh
     contiguous in that dtype, d_out contiguous, and copies of the state's gradients (the
@@ -457,12 +470,9 @@ def _lstm_forward_rows(cell: LSTMCell, p: dict[str, Array], x: Array, state0: St
     dtype = x.dtype
     T, B, D = x.shape
     H, G, R = cell.hidden_size, len(cell.gates), cell.output_size
-    parts = plan.parts
-    Bp = -(-B // parts)
+    rp = _row_parts(B, plan.parts)
+    parts, Bp, apart = rp.parts, rp.Bp, rp.apart
     steps = T if keep else 1
-
-    def apart(a: Array, axis: int = 0) -> Array:
-        return _rows_apart(a, axis, parts, Bp)
 
     def apart_or_none(a: Array) -> Array:  # a (T or G, B, n) mask, or (0, 1, 1): none
         return apart(a, 1) if a.shape[0] else np.zeros((parts, *a.shape), dtype=dtype)
@@ -486,7 +496,7 @@ def _lstm_forward_rows(cell: LSTMCell, p: dict[str, Array], x: Array, state0: St
     ZH, ZC = apart_or_none(ZH), apart_or_none(ZC)
     CS = new(C.shape, dtype) if ZH.size else C
     DROP = apart_or_none(_recurrent_dropout_mask(cell, p, dtype))
-    mask = apart(mask, 1) if has_mask else np.ones((parts, 1, 1), dtype=np.bool_)
+    mask = rp.mask(mask, has_mask)
     LN = _layer_norm(cell, p, (parts, steps, Bp), dtype, new)
     FGR = _gate_recurrence(cell, p, state0, steps, Bp, parts, dtype, new)
     h0, c0 = apart(h0), apart(c0)
@@ -498,7 +508,7 @@ def _lstm_forward_rows(cell: LSTMCell, p: dict[str, Array], x: Array, state0: St
                    reverse, keep, h0, c0, Z, PRE, out, M, C, CS, HP, CP, hs, cs,
                    np.empty((parts, Bp, R), dtype=dtype), scratch, big, plan.small_products)
     cache = None
-    result = _rows_together(out, 1, B)
+    result = rp.together(out, 1)
     if keep:
         cache = _Cache(("Z", "PRE", "out", "C", "M", "LN", "CS", "HP", "CP", "AP"),
                        kind="lstm", plan=plan, B=B, x=X, Z=Z, PRE=PRE, out=out, C=C, M=M,
@@ -508,8 +518,7 @@ def _lstm_forward_rows(cell: LSTMCell, p: dict[str, Array], x: Array, state0: St
         if parts == 1:  # the cache keeps its own h sequence: the caller may modify `out`
             result = result.copy()
     return (np.ascontiguousarray(result),
-            (_rows_together(hs, 0, B), _rows_together(cs, 0, B),
-             *_gate_parts(cell, _rows_together(FGR[1], 0, B))), cache)
+            (rp.together(hs), rp.together(cs), *_gate_parts(cell, rp.together(FGR[1]))), cache)
 
 
 def _gate_parts(cell: LSTMCell, a: Array) -> tuple[Array, ...]:
@@ -659,19 +668,12 @@ def _lstm_backward_rows(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: 
     """Backward of ``_lstm_forward_rows``, part by part (``kernels.lstm.lstm_backward_parts``);
     each part accumulates its own parameter gradients, added in the parts' order (so the
     numbers depend on the plan, never on which thread finishes first)."""
-    X, B = cache["x"], cache["B"]
+    X, rp, wih, whh, (dh, dc, *d_gates), dX = _row_backward_operands(p, cache, d_state)
     parts, T, Bp, D = X.shape
     dtype = X.dtype
     H, G, R = cell.hidden_size, len(cell.gates), cell.output_size
     GH = G * H
-
-    def apart(a: Array, axis: int = 0) -> Array:
-        return _rows_apart(a, axis, parts, Bp)
-
-    wih, whh = _c(p["weight_ih"], dtype), _c(p["weight_hh"], dtype)
-    # the kernel overwrites dh, dc (and the gate state's gradient): copies of the caller's
-    dh, dc, *d_gates = (np.array(s, dtype=dtype, order="C", copy=True) for s in d_state)
-    dOUT = apart(_c(d_out, dtype), 1)
+    dOUT = rp.apart(_c(d_out, dtype), 1)
     peep = _lstm_peep(cell, p, H, dtype)
     Z = cache["Z"]
     LNG, LNC, AH, RH, CH, INV = cache["LN"]
@@ -679,12 +681,11 @@ def _lstm_backward_rows(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: 
     # with layer normalisation the gate gradients are one step's (dA, dR hold every step's)
     dZ = _work("dZ", (parts, 1, *Z.shape[2:]) if ln else Z.shape, dtype)
     dA, dR = (_work("dA", Z.shape, dtype), _work("dR", Z.shape, dtype)) if ln else (dZ, dZ)
-    dX = np.empty((parts, T, Bp, D), dtype=dtype)
     whr = _weight_hr(cell, p, dtype)
     fgr = cell.full_gate_recurrence
     if fgr:
         Wgg, H3 = _c(p["weight_gg"], dtype), 3 * H
-        DAS = apart(np.ascontiguousarray(np.concatenate(d_gates, axis=1), dtype=dtype))
+        DAS = np.concatenate(d_gates, axis=-1)  # (parts, Bp, 3H): i, f, o
         DZG = _work("DZG", (parts, T, Bp, H3), dtype)
         dGG = np.empty((parts, Bp, H3), dtype=dtype)
     else:
@@ -696,10 +697,8 @@ def _lstm_backward_rows(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: 
             _Accumulate(grads.get("weight_hr"), whr.shape, dtype),
             _Accumulate(grads.get("weight_gg"), Wgg.shape, dtype),
             *(_Accumulate(None, shape, dtype) for shape in ((3, H), LNG.shape, LNC.shape))]
-    sums = [acc.array[None] if parts == 1 else np.zeros((parts, *acc.array.shape), dtype=dtype)
-            for acc in accs]
+    sums = rp.sums(accs)
     gWih, gWhh, gbih, gbhh, gWhr, gWgg, gpeep, gLNG, gLNC = sums
-    dh, dc = apart(dh), apart(dc)
     _run_row_parts(_lstm.lstm_backward_parts, _lstm.lstm_backward_parts_serial, parts,
                    X, wih, whh, whr, cell.bias, peep, cell.peepholes, cache["gidx"],
                    cell.coupled_input_forget, cache["act"], cache["ZH"], cache["ZC"],
@@ -712,10 +711,7 @@ def _lstm_backward_rows(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: 
                    gWih, gWhh, gWhr, gbih, gbhh, gpeep, gLNG, gLNC,
                    np.empty((parts, 7, H), dtype=dtype), np.ones(H, dtype=dtype),
                    cache["plan"].small_products)
-    if parts > 1:
-        for acc, part_sums in zip(accs, sums):
-            for k in range(parts):
-                acc.array += part_sums[k]
+    rp.add(accs, sums)
     _finish(accs[:6], grads, accs[6].array)
     if LNG.size:
         g_ln = (accs[7].array, accs[8].array)
@@ -723,9 +719,8 @@ def _lstm_backward_rows(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: 
                            ("weight_ln_c", g_ln[1][0]), ("bias_ln_c", g_ln[1][1])):
             if name in grads:
                 grads[name] += gain
-    dX, dh, dc, DAS = (_rows_together(a, axis, B) for a, axis in ((dX, 1), (dh, 0), (dc, 0),
-                                                                   (DAS, 0)))
-    return np.ascontiguousarray(dX), (dh, dc, *_gate_parts(cell, DAS))
+    return (np.ascontiguousarray(rp.together(dX, 1)),
+            (rp.together(dh), rp.together(dc), *_gate_parts(cell, rp.together(DAS))))
 
 
 def lstm_gate_sequences(cell: LSTMCell, cache: Any) -> dict[str, Array]:
@@ -806,13 +801,9 @@ def gru_forward(cell: GRUCell, p: dict[str, Array], x: Array, state0: State,
 
 def gru_backward(cell: GRUCell, p: dict[str, Array], cache: Any, d_out: Array,
                  d_state: State, grads: dict[str, Array]) -> tuple[Array, State]:
-    X = cache["x"]
+    X, rp, wih, whh, (dh,), dX = _row_backward_operands(p, cache, d_state)
     parts, T, Bp, D = X.shape
     dtype, H = X.dtype, cell.hidden_size
-    rp = _row_parts(cache["B"], parts)
-    wih, whh = _c(p["weight_ih"], dtype), _c(p["weight_hh"], dtype)
-    dh = rp.apart(np.array(d_state[0], dtype=dtype, order="C", copy=True))
-    dX = np.empty((parts, T, Bp, D), dtype=dtype)
     accs = _weight_gradients(grads, 3 * H, D, H, dtype)
     sums = rp.sums(accs)
     _run_row_parts(_gru.gru_backward_parts, _gru.gru_backward_parts_serial, parts, X, wih, whh,
@@ -873,13 +864,9 @@ def rnn_forward(cell: RNNCell, p: dict[str, Array], x: Array, state0: State,
 
 def rnn_backward(cell: RNNCell, p: dict[str, Array], cache: Any, d_out: Array,
                  d_state: State, grads: dict[str, Array]) -> tuple[Array, State]:
-    X = cache["x"]
+    X, rp, wih, whh, (dh,), dX = _row_backward_operands(p, cache, d_state)
     parts, T, Bp, D = X.shape
     dtype, H = X.dtype, cell.hidden_size
-    rp = _row_parts(cache["B"], parts)
-    wih, whh = _c(p["weight_ih"], dtype), _c(p["weight_hh"], dtype)
-    dh = rp.apart(np.array(d_state[0], dtype=dtype, order="C", copy=True))
-    dX = np.empty((parts, T, Bp, D), dtype=dtype)
     accs = _weight_gradients(grads, H, D, H, dtype)
     sums = rp.sums(accs)
     relu = cell.nonlinearity == "relu"

@@ -112,29 +112,20 @@ def backward_pair_rows(dZ, w, A, R, INV, dA, dR, g, mask_t, has_mask):
     B, n = dZ.shape
     rn = like(dZ[0, 0], 1.0 / n)
     for b in range(B):
-        if has_mask and not mask_t[b]:
+        for k in range(2):  # k = 0: a, whose LN is A; k = 1: r, whose LN is R
+            V = A if k == 0 else R
+            dV = dA if k == 0 else dR
+            if has_mask and not mask_t[b]:
+                for j in range(n):
+                    dV[b, j] = 0.0
+                continue
+            s1 = zero_like(dZ[0, 0])
+            s2 = zero_like(dZ[0, 0])
             for j in range(n):
-                dA[b, j] = 0.0
+                e = dZ[b, j] * w[k, j]
+                s1 += e
+                s2 += e * V[b, j]
+                g[k, j] += dZ[b, j] * V[b, j]
+            inv = INV[b, k]
             for j in range(n):
-                dR[b, j] = 0.0
-            continue
-        sa1 = zero_like(dZ[0, 0])
-        sa2 = zero_like(dZ[0, 0])
-        for j in range(n):
-            e = dZ[b, j] * w[0, j]
-            sa1 += e
-            sa2 += e * A[b, j]
-            g[0, j] += dZ[b, j] * A[b, j]
-        sr1 = zero_like(dZ[0, 0])
-        sr2 = zero_like(dZ[0, 0])
-        for j in range(n):
-            e = dZ[b, j] * w[1, j]
-            sr1 += e
-            sr2 += e * R[b, j]
-            g[1, j] += dZ[b, j] * R[b, j]
-        inv_a = INV[b, 0]
-        inv_r = INV[b, 1]
-        for j in range(n):
-            dA[b, j] = inv_a * (dZ[b, j] * w[0, j] - sa1 * rn - A[b, j] * (sa2 * rn))
-        for j in range(n):
-            dR[b, j] = inv_r * (dZ[b, j] * w[1, j] - sr1 * rn - R[b, j] * (sr2 * rn))
+                dV[b, j] = inv * (dZ[b, j] * w[k, j] - s1 * rn - V[b, j] * (s2 * rn))
