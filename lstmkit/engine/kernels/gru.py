@@ -360,6 +360,6 @@ def _backward_parts_driver(loop):
 
 
 gru_forward_parts = njit(parallel=True, **_OPTS)(_forward_parts_driver(prange))
-gru_forward_parts_serial = njit(**_OPTS)(_forward_parts_driver(range))
+gru_forward_parts_serial = _forward_parts_driver(range)  # plain Python
 gru_backward_parts = njit(parallel=True, **_OPTS)(_backward_parts_driver(prange))
-gru_backward_parts_serial = njit(**_OPTS)(_backward_parts_driver(range))
+gru_backward_parts_serial = _backward_parts_driver(range)  # plain Python

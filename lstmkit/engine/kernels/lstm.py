@@ -34,7 +34,7 @@ Parts (a "rows" plan of k parts, ``engine.plan``): the batch is cut into k runs 
 each run's arrays a slice of arrays with a leading parts axis, and ``lstm_forward_parts`` /
 ``lstm_backward_parts`` run ``lstm_forward`` / ``lstm_backward`` on each run, the runs on the
 threads of one parallel region (sequences are independent: no exchange between the threads at
-any step). The serial twins run a single part on the calling thread.
+any step). The serial twins (plain Python) run a single part on the calling thread.
 """
 
 from __future__ import annotations
@@ -759,8 +759,10 @@ def _backward_parts_driver(loop):
     return lstm_backward_parts
 
 
-# one compiled driver per threading mode (the closure variable keeps their cache entries apart)
+# the parallel drivers compiled (a region over the parts); the serial ones, for a single part,
+# left as Python: they only index the arrays and call the kernel, and a compiled wrapper
+# cost ~7.5 s of compilation per kernel signature (the kernel optimised again inside it)
 lstm_forward_parts = njit(parallel=True, **_OPTS)(_forward_parts_driver(prange))
-lstm_forward_parts_serial = njit(**_OPTS)(_forward_parts_driver(range))
+lstm_forward_parts_serial = _forward_parts_driver(range)  # plain Python
 lstm_backward_parts = njit(parallel=True, **_OPTS)(_backward_parts_driver(prange))
-lstm_backward_parts_serial = njit(**_OPTS)(_backward_parts_driver(range))
+lstm_backward_parts_serial = _backward_parts_driver(range)  # plain Python

@@ -165,6 +165,6 @@ def _backward_parts_driver(loop):
 
 
 rnn_forward_parts = njit(parallel=True, **_OPTS)(_forward_parts_driver(prange))
-rnn_forward_parts_serial = njit(**_OPTS)(_forward_parts_driver(range))
+rnn_forward_parts_serial = _forward_parts_driver(range)  # plain Python
 rnn_backward_parts = njit(parallel=True, **_OPTS)(_backward_parts_driver(prange))
-rnn_backward_parts_serial = njit(**_OPTS)(_backward_parts_driver(range))
+rnn_backward_parts_serial = _backward_parts_driver(range)  # plain Python
