@@ -19,18 +19,27 @@ import sys
 THREAD_TIMEOUT = "20"
 
 
+def scipy_openblas_paths() -> list[str] | None:
+    """The paths of SciPy's OpenBLAS among the libraries this process has loaded (NumPy's own
+    copy, also named scipy_openblas, lives under numpy.libs and is left out), in load order
+    without repeats; None where /proc/self/maps cannot be read."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = [line.split()[-1] for line in maps]
+    except OSError:
+        return None
+    return list(dict.fromkeys(path for path in paths
+                              if "openblas" in os.path.basename(path).lower()
+                              and "scipy" in path and "numpy" not in path))
+
+
 def load_with_short_wait() -> bool:
     """Load SciPy's OpenBLAS with ``OPENBLAS_THREAD_TIMEOUT`` = 20; False where it was left
     alone (the variable set by the user, or the library already loaded)."""
     if "OPENBLAS_THREAD_TIMEOUT" in os.environ or "scipy.linalg" in sys.modules:
         return False
-    try:  # SciPy's copy (NumPy's is also named scipy_openblas, under numpy.libs)
-        with open("/proc/self/maps") as maps:
-            if any("openblas" in line and "scipy" in line and "numpy" not in line
-                   for line in maps):
-                return False
-    except OSError:
-        pass
+    if scipy_openblas_paths():
+        return False
     os.environ["OPENBLAS_THREAD_TIMEOUT"] = THREAD_TIMEOUT
     try:
         import scipy.linalg.cython_blas  # noqa: F401  (loads the library)

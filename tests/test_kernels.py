@@ -976,13 +976,13 @@ def test_row_kernels_blas_runs_on_the_kernels_thread_count(monkeypatch):
     seen = []
     run_parts = fused._run_row_parts
 
-    def spy(parallel, serial, parts, *args):
+    def spy(rp, parallel, serial, *args):
         def seen_then(kernel):
             def run(*a):
                 seen.append(int(handle[1]()))  # the BLAS threads as the kernel starts
                 return kernel(*a)
             return run
-        return run_parts(seen_then(parallel), seen_then(serial), parts, *args)
+        return run_parts(rp, seen_then(parallel), seen_then(serial), *args)
 
     monkeypatch.setattr(fused, "_run_row_parts", spy)
     previous = lstmkit.get_num_threads()

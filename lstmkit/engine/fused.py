@@ -9,7 +9,6 @@ may be called more than once on one forward pass, as with the reference).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import sys
 import threading
@@ -271,25 +270,19 @@ def _row_chunk(T: int, keep: bool, plan: Plan) -> int:
     return T if keep or not plan.chunk_steps else min(T, plan.chunk_steps)
 
 
-def _run_row_parts(parallel: Any, serial: Any, parts: int, *args: Any) -> None:
-    """A row kernel's parts driver: the parallel one (its parts on the threads of one region,
-    each with BLAS on one thread) for more than one part, else the serial one (BLAS threads as
-    the caller set them, ``_row_blas``)."""
-    if parts > 1:
-        threads.starting_parallel()
-        with threads.blas_single_threaded():
+def _run_row_parts(rp: _RowParts, parallel: Any, serial: Any, *args: Any) -> None:
+    """A row kernel's parts driver: the parallel one (its parts on the threads of one region)
+    for more than one part, else the serial one. The BLAS the kernels call runs on one thread
+    in each part of a split, and for a single sequence (a BLAS gemv per step is too small to
+    split, and idle BLAS threads spin); else on the kernels' thread count
+    (``lstmkit.set_num_threads``), which it may use for its larger products."""
+    single = rp.parts > 1 or rp.B == 1
+    with threads.blas_threads(1 if single else threads.usable_threads()):
+        if rp.parts > 1:
+            threads.starting_parallel()
             parallel(*args)
-    else:
-        serial(*args)
-
-
-def _row_blas(B: int) -> Any:
-    """BLAS threads for a row-layout kernel call over the whole batch: one for a single
-    sequence (a BLAS gemv per step is too small to split, and idle BLAS threads spin), else the
-    kernels' thread count (``lstmkit.set_num_threads``), which BLAS may use for its larger
-    products. (The parts of a split plan run with BLAS on one thread each,
-    ``_run_row_parts``.)"""
-    return threads.blas_threads(1 if B == 1 else threads.usable_threads())
+        else:
+            serial(*args)
 
 
 # -- LSTM --------------------------------------------------------------------------------------
@@ -502,7 +495,7 @@ def _lstm_forward_rows(cell: LSTMCell, p: dict[str, Array], x: Array, state0: St
     h0, c0 = apart(h0), apart(c0)
     scratch = np.empty((parts, 5, H), dtype=dtype)
     big = np.full((4, H), _lstm.BIG, dtype=dtype)
-    _run_row_parts(_lstm.lstm_forward_parts, _lstm.lstm_forward_parts_serial, parts,
+    _run_row_parts(rp, _lstm.lstm_forward_parts, _lstm.lstm_forward_parts_serial,
                    X, wih, whh, whr, bias, cell.bias, peep, gidx, cell.coupled_input_forget,
                    act, ZH, ZC, DROP, *LN[:2], _LN_EPS, *LN[2:], *FGR, mask, has_mask,
                    reverse, keep, h0, c0, Z, PRE, out, M, C, CS, HP, CP, hs, cs,
@@ -699,7 +692,7 @@ def _lstm_backward_rows(cell: LSTMCell, p: dict[str, Array], cache: Any, d_out: 
             *(_Accumulate(None, shape, dtype) for shape in ((3, H), LNG.shape, LNC.shape))]
     sums = rp.sums(accs)
     gWih, gWhh, gbih, gbhh, gWhr, gWgg, gpeep, gLNG, gLNC = sums
-    _run_row_parts(_lstm.lstm_backward_parts, _lstm.lstm_backward_parts_serial, parts,
+    _run_row_parts(rp, _lstm.lstm_backward_parts, _lstm.lstm_backward_parts_serial,
                    X, wih, whh, whr, cell.bias, peep, cell.peepholes, cache["gidx"],
                    cell.coupled_input_forget, cache["act"], cache["ZH"], cache["ZC"],
                    cache["DROP"], LNG, LNC, AH, RH, CH, INV, Wgg, cache["AP"], DAS, DZG, dGG,
@@ -784,7 +777,7 @@ def gru_forward(cell: GRUCell, p: dict[str, Array], x: Array, state0: State,
     RH = (_dummy(dtype, 4, parts) if lbr
           else np.empty((parts, T if keep else 1, Bp, H), dtype=dtype))
     X, h0, mask_arr = rp.apart(x, 1), rp.apart(_c(state0[0], dtype)), rp.mask(mask_arr, has_mask)
-    _run_row_parts(_gru.gru_forward_parts, _gru.gru_forward_parts_serial, parts, X, wih, whh,
+    _run_row_parts(rp, _gru.gru_forward_parts, _gru.gru_forward_parts_serial, X, wih, whh,
                    bih, bhh, cell.bias, act, lbr, mask_arr, has_mask, reverse, keep, h0, Z, PRE,
                    HN, RH, out, HP, hs, np.empty((parts, Bp, 3, H), dtype=dtype),
                    plan.small_products)
@@ -806,7 +799,7 @@ def gru_backward(cell: GRUCell, p: dict[str, Array], cache: Any, d_out: Array,
     dtype, H = X.dtype, cell.hidden_size
     accs = _weight_gradients(grads, 3 * H, D, H, dtype)
     sums = rp.sums(accs)
-    _run_row_parts(_gru.gru_backward_parts, _gru.gru_backward_parts_serial, parts, X, wih, whh,
+    _run_row_parts(rp, _gru.gru_backward_parts, _gru.gru_backward_parts_serial, X, wih, whh,
                    cell.bias, cache["act"], cell.linear_before_reset, cache["mask"],
                    cache["has_mask"], cache["reverse"], cache["h0"], cache["Z"], cache["PRE"],
                    cache["HN"], cache["RH"], cache["out"], cache["HP"],
@@ -849,7 +842,7 @@ def rnn_forward(cell: RNNCell, p: dict[str, Array], x: Array, state0: State,
     act = _options((cell.function,), (RELU if relu else TANH,), cell.clip, dtype)
     PRE = np.empty_like(A) if act.size else _dummy(dtype, 4, parts)
     X, h0, mask_arr = rp.apart(x, 1), rp.apart(_c(state0[0], dtype)), rp.mask(mask_arr, has_mask)
-    _run_row_parts(_rnn.rnn_forward_parts, _rnn.rnn_forward_parts_serial, parts, X, wih, whh,
+    _run_row_parts(rp, _rnn.rnn_forward_parts, _rnn.rnn_forward_parts_serial, X, wih, whh,
                    bias, cell.bias, relu, act, mask_arr, has_mask, reverse, keep, h0, A, PRE, out,
                    HP, hs, plan.small_products)
     cache = None
@@ -870,7 +863,7 @@ def rnn_backward(cell: RNNCell, p: dict[str, Array], cache: Any, d_out: Array,
     accs = _weight_gradients(grads, H, D, H, dtype)
     sums = rp.sums(accs)
     relu = cell.nonlinearity == "relu"
-    _run_row_parts(_rnn.rnn_backward_parts, _rnn.rnn_backward_parts_serial, parts, X, wih, whh,
+    _run_row_parts(rp, _rnn.rnn_backward_parts, _rnn.rnn_backward_parts_serial, X, wih, whh,
                    cell.bias, relu, cache["act"], cache["mask"], cache["has_mask"],
                    cache["reverse"], cache["h0"], cache["A"], cache["PRE"], cache["HP"],
                    rp.apart(_c(d_out, dtype), 1), dh, _work("dZ", (parts, T, Bp, H), dtype), dX,
@@ -890,17 +883,14 @@ def forward(cell: Any, p: dict[str, Array], x: Array, state0: State, mask: Array
             reverse: bool, keep: bool, plan: Plan,
             rows_of: tuple[Array, Array] | None = None) -> tuple[Array, State, Any]:
     """Run ``plan`` (a "rows" or "batch-inner" plan that ``plan.check_plan`` accepted)."""
-    with _row_blas(x.shape[1]) if plan.kernel == "rows" else contextlib.nullcontext():
-        if isinstance(cell, LSTMCell):  # LayerNormLSTMCell included
-            return lstm_forward(cell, p, x, state0, mask, reverse, keep, plan, rows_of)
-        return _FORWARD[type(cell)](cell, p, x, state0, mask, reverse, keep, plan)
+    if isinstance(cell, LSTMCell):  # LayerNormLSTMCell included
+        return lstm_forward(cell, p, x, state0, mask, reverse, keep, plan, rows_of)
+    return _FORWARD[type(cell)](cell, p, x, state0, mask, reverse, keep, plan)
 
 
 def backward(cell: Any, p: dict[str, Array], cache: Any, d_out: Array, d_state: State,
              grads: dict[str, Array]) -> tuple[Array, State]:
-    rows = cache["plan"].kernel == "rows"
-    with _row_blas(d_out.shape[1]) if rows else contextlib.nullcontext():
-        return _BACKWARD[cache["kind"]](cell, p, cache, d_out, d_state, grads)
+    return _BACKWARD[cache["kind"]](cell, p, cache, d_out, d_state, grads)
 
 
 def gate_sequences(cell: Any, cache: Any) -> dict[str, Array]:

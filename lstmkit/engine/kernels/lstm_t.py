@@ -95,7 +95,7 @@ def _gate(flat, r0, kk, hp, B, n, other):
 
 @njit(**_OPTS)
 def _forward_part(u0, u1, G, gidx, cifg, act, zt, pt, P, zs, Wp, w_off, hprev, cprev, cnew,
-                  cnext, ZHT, ZCT, hout, OUT, t, wexp, scratch, mask, has_mask, hstate, cstate,
+                  cnext, ZH, ZC, hout, OUT, t, wexp, scratch, mask, has_mask, hstate, cstate,
                   fold, table, ids, order, direct, xt, Wxp, wx_off, blas):
     """Step t for the units [u0, u1): copy their rows of the projection P[:, zs] (for B = 1
     held as (Tc, GH): P.reshape(Tc, GH)[zs]) into the step's block zt, add W_hh h_prev (their
@@ -107,7 +107,7 @@ def _forward_part(u0, u1, G, gidx, cifg, act, zt, pt, P, zs, Wp, w_off, hprev, c
     pre-activation is one packed product, [W_ih | b | W_hh] [x_t^T; 1; h_prev] (packed at
     Wxp[wx_off:]; xt (D + 1, B) is x_t^T with a row of ones), written straight into zt.
     With options (``act`` not empty: ``lstm.cell_forward_options``) the pre-activations go
-    to pt, laid out as zt. With zoneout (ZHT, ZCT (T, B, H) not empty; scratch rows 4 and 5
+    to pt, laid out as zt. With zoneout (ZH, ZC (T, B, H) not empty; scratch rows 4 and 5
     hold their runs) h becomes
     zh * h_prev + (1 - zh) * h in hout, and the state c passed on goes to cnext (cnew keeps
     the cell's own c); without, cnext is cnew."""
@@ -159,11 +159,11 @@ def _forward_part(u0, u1, G, gidx, cifg, act, zt, pt, P, zs, Wp, w_off, hprev, c
                              _gate(pflat, r0, gidx[3], hp, B, n, scratch[3, :n]))
     else:
         cell_forward(zi, zf, zg, zo, cp, cn, hn, wci, wcf, wco, cifg)
-    if ZHT.shape[0] > 0:
+    if ZH.shape[0] > 0:
         cs = cnext.reshape(H * B)[a0:a1]
         copy1(cs, cn)
-        zoneout_forward(hn, hprev.reshape(H * B)[a0:a1], _mask_run(ZHT, t, u0, u1, scratch[4, :n]))
-        zoneout_forward(cs, cp, _mask_run(ZCT, t, u0, u1, scratch[5, :n]))
+        zoneout_forward(hn, hprev.reshape(H * B)[a0:a1], _mask_run(ZH, t, u0, u1, scratch[4, :n]))
+        zoneout_forward(cs, cp, _mask_run(ZC, t, u0, u1, scratch[5, :n]))
     transpose_into(OUT[t, :, u0:u1], hout[u0:u1])
     if has_mask:
         for u in range(u0, u1):
@@ -299,7 +299,7 @@ def _weights_part(p, parts, u0, u1, gidx, reverse, has_mask, has_bias, has_peep,
 
 
 @njit(**_OPTS)
-def _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, act, ZHT, ZCT,
+def _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, act, ZH, ZC,
                     mask, has_mask, reverse, keep, h0, P, Z, PRE, OUT, OUTK, CT, CST, HP, CPT, hT,
                     cT, hnew, scratch, bounds, Wp, w_off, fold, table, ids, claimed, finished,
                     direct, XT, Wxp, wx_off, blas):
@@ -372,7 +372,7 @@ def _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, act
                         transpose_into(HP[t, :, u0:u1], hprev[u0:u1])
                         copy2(CPT[t, u0:u1], cT[u0:u1])
                     _forward_part(u0, u1, G, gidx, cifg, act, zt, pt, P, zs, Wp, w_off[p],
-                                  hprev, cprev, CT[cslot], CST[cslot], ZHT, ZCT, hout, OUT, t,
+                                  hprev, cprev, CT[cslot], CST[cslot], ZH, ZC, hout, OUT, t,
                                   wexp, scratch[p], mask, has_mask, hstate, cT, fold, table, ids,
                                   order, direct, XT[s % 2], Wxp, wx_off[p], blas)
                     if keep:  # the cache's own copy of this part's outputs, still in cache
@@ -386,7 +386,7 @@ def _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, act
 
 
 def _forward_driver(loop):
-    def lstm_forward_t(X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, act, ZHT, ZCT,
+    def lstm_forward_t(X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, act, ZH, ZC,
                        mask, has_mask, reverse, keep, h0, c0, P, Z, PRE, OUT, OUTK, CT, CST, HP,
                        CPT, hT, cT, hnew, hs, cs, scratch, bounds, Wp, w_off, fold, table, ids,
                        direct, XT, Wxp, wx_off, blas):
@@ -396,7 +396,7 @@ def _forward_driver(loop):
         P (GH, Tc, B): the projection of a chunk of Tc steps (held as (Tc, GH) for B = 1).
         Z (T, GH, B) with ``keep`` (the gate activations afterwards) else (1, GH, B); with the
         cell's options (``act``, ``lstm.cell_forward_options``) PRE, the shape of Z, receives
-        the pre-activations (else it is not read). ZHT, ZCT (T, B, H): zoneout's masks of h
+        the pre-activations (else it is not read). ZH, ZC (T, B, H): zoneout's masks of h
         and c, or empty (``_forward_part``); CST, the shape of CT: the states c passed on
         (CT itself without zoneout). CT (T, H, B)
         computed cell states with ``keep``, else (2, H, B). HP (T, B, H), CPT (T, H, B): the
@@ -424,8 +424,8 @@ def _forward_driver(loop):
         claimed = np.zeros((2 * T + 1) * parts, dtype=np.int64)
         finished = np.zeros(2 * T + 1, dtype=np.int64)
         for w in loop(parts):  # one region: every worker runs the time loop (see sync.py)
-            _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, act, ZHT,
-                            ZCT, mask, has_mask, reverse, keep, h0, P, Z, PRE, OUT, OUTK, CT, CST,
+            _forward_thread(w, X, Wih, Whh, order, bias, has_bias, wexp, gidx, cifg, act, ZH,
+                            ZC, mask, has_mask, reverse, keep, h0, P, Z, PRE, OUT, OUTK, CT, CST,
                             HP, CPT, hT, cT, hnew, scratch, bounds, Wp, w_off, fold, table, ids,
                             claimed, finished, direct, XT, Wxp, wx_off, blas)
         if not has_mask:
@@ -438,7 +438,7 @@ def _forward_driver(loop):
 
 
 @njit(**_OPTS)
-def _backward_part(u0, u1, G, gidx, cifg, act, ZHT, ZCT, first, Z, PRE, t, dZs_prev, dZs,
+def _backward_part(u0, u1, G, gidx, cifg, act, ZH, ZC, first, Z, PRE, t, dZs_prev, dZs,
                    dZP_prev, dZP, dZ, order, Wp, w_off, C, CP, dhT, dOUT, dOT, dcT, wexp, ones,
                    scratch, mask, has_mask, saved, blas):
     """Step t backward for the units [u0, u1): dh^T of these units = W_hh^T dZ_{t+1} (their
@@ -448,7 +448,7 @@ def _backward_part(u0, u1, G, gidx, cifg, act, ZHT, ZCT, first, Z, PRE, t, dZs_p
     parts' order), copied into dZ[:, t] (the layer's order: row r of dZs goes to row
     order[r]) and into the panels dZP. A masked column gets dZ = 0 and passes its dh, dc
     through. With options (``act``), PRE holds the forward's pre-activations (as Z); with
-    zoneout (ZHT, ZCT (T, B, H); scratch rows 8 and 9 hold their runs), the part of dh, dc
+    zoneout (ZH, ZC (T, B, H); scratch rows 8 and 9 hold their runs), the part of dh, dc
     the state kept from the previous step passes
     straight back (scratch rows 4-7: work)."""
     H, B = dhT.shape
@@ -458,7 +458,7 @@ def _backward_part(u0, u1, G, gidx, cifg, act, ZHT, ZCT, first, Z, PRE, t, dZs_p
     n = hp * B
     a0 = u0 * B
     a1 = u1 * B
-    zoneout = ZHT.shape[0] > 0
+    zoneout = ZH.shape[0] > 0
     if not first:  # + dh passed through a masked column, or kept by zoneout
         if dZP.shape[0] > 0:
             packed_gemm_panels(Wp, w_off, hp, dZP_prev, dZs.shape[0], B, dhT[u0:u1],
@@ -495,9 +495,9 @@ def _backward_part(u0, u1, G, gidx, cifg, act, ZHT, ZCT, first, Z, PRE, t, dZs_p
         no_dh = scratch[5, :n]
         for j in range(n):
             no_dh[j] = 0.0
-        zoneout_backward(dh_run, dho_run, _mask_run(ZHT, t, u0, u1, scratch[8, :n]), dh_new,
+        zoneout_backward(dh_run, dho_run, _mask_run(ZH, t, u0, u1, scratch[8, :n]), dh_new,
                          keep_h)
-        zoneout_backward(dc_run, no_dh, _mask_run(ZCT, t, u0, u1, scratch[9, :n]), dc_run,
+        zoneout_backward(dc_run, no_dh, _mask_run(ZC, t, u0, u1, scratch[9, :n]), dc_run,
                          keep_c)
         dh_run = dh_new
         dho_run = no_dh
@@ -541,7 +541,7 @@ def _backward_part(u0, u1, G, gidx, cifg, act, ZHT, ZCT, first, Z, PRE, t, dZs_p
 
 
 @njit(**_OPTS)
-def _backward_thread(w, X, Wih, Whh, order, has_bias, wexp, gidx, cifg, act, ZHT, ZCT, mask,
+def _backward_thread(w, X, Wih, Whh, order, has_bias, wexp, gidx, cifg, act, ZH, ZC, mask,
                      has_mask, reverse, h0, Z, PRE, OUT, CT, CST, HP, CPT, dOUT, dZs2, dZP2, dZ,
                      dX, gWih, gWhh,
                      gbih, gbhh, gpeep, has_peep, dhT, dcT, dOT, saved, ones, scratch, bounds,
@@ -573,7 +573,7 @@ def _backward_thread(w, X, Wih, Whh, order, has_bias, wexp, gidx, cifg, act, ZHT
         for q in range(parts):
             p = claim(claimed, slot, w, q, parts)
             if p >= 0:
-                _backward_part(bounds[p], bounds[p + 1], G, gidx, cifg, act, ZHT, ZCT, s == T - 1,
+                _backward_part(bounds[p], bounds[p + 1], G, gidx, cifg, act, ZH, ZC, s == T - 1,
                                Z, PRE, t, prev, cur, dZP2[(s + 1) % 2], dZP2[s % 2], dZ, order, Wp,
                                w_off[p],
                                CT[t], cprev, dhT, dOUT, dOT, dcT, wexp, ones, scratch[p], mask,
@@ -581,7 +581,7 @@ def _backward_thread(w, X, Wih, Whh, order, has_bias, wexp, gidx, cifg, act, ZHT
                 finish(finished, slot)
         wait(finished, slot, parts)
     last = dZs2[0]  # the gradient of the first step processed last: s == 0
-    add_dh = has_mask or ZHT.shape[0] > 0  # dh_0 adds onto a pass-through (mask, zoneout)
+    add_dh = has_mask or ZH.shape[0] > 0  # dh_0 adds onto a pass-through (mask, zoneout)
     TB = T * B
     X2 = X.reshape(TB, D)
     dX2 = dX.reshape(TB, D)
@@ -597,14 +597,14 @@ def _backward_thread(w, X, Wih, Whh, order, has_bias, wexp, gidx, cifg, act, ZHT
 
 
 def _backward_driver(loop):
-    def lstm_backward_t(X, Wih, Whh, order, has_bias, wexp, gidx, cifg, act, ZHT, ZCT, mask,
+    def lstm_backward_t(X, Wih, Whh, order, has_bias, wexp, gidx, cifg, act, ZH, ZC, mask,
                         has_mask, reverse, h0, c0, Z, PRE, OUT, CT, CST, HP, CPT, dOUT, dh, dc,
                         dZs2, dZP2, dZ, dX, gWih, gWhh,
                         gbih, gbhh, gpeep, has_peep, dhT, dcT, dOT, saved, ones, scratch, bounds,
                         Wp, w_off, fold, ids, E, S, dE, blas):
         """Backpropagation through time. Z (T, GH, B): the forward's activations, rows in the
         parts' order (``order``: those rows in the layer's order); PRE: the forward's
-        pre-activations with options (``act``), else not read; ZHT, ZCT, CST: zoneout's, as
+        pre-activations with options (``act``), else not read; ZH, ZC, CST: zoneout's, as
         in the forward pass. dh, dc (B, H): the gradient
         at the final state on entry, at the initial state on return. dZs2 (2, GH, B) and
         dZP2 (2, GH * B, the same as panels; or (2, 0): none): work (the parts' order);
@@ -629,7 +629,7 @@ def _backward_driver(loop):
         claimed = np.zeros((T + 2) * parts, dtype=np.int64)
         finished = np.zeros(T + 2, dtype=np.int64)
         for w in loop(parts):  # one region: every worker runs the time loop (see sync.py)
-            _backward_thread(w, X, Wih, Whh, order, has_bias, wexp, gidx, cifg, act, ZHT, ZCT,
+            _backward_thread(w, X, Wih, Whh, order, has_bias, wexp, gidx, cifg, act, ZH, ZC,
                              mask, has_mask, reverse, h0, Z, PRE, OUT, CT, CST, HP, CPT, dOUT,
                              dZs2, dZP2, dZ, dX, gWih, gWhh,
                              gbih, gbhh, gpeep, has_peep, dhT, dcT, dOT, saved, ones, scratch,

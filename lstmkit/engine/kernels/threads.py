@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from lstmkit._openblas import scipy_openblas_paths
+
 _blas_handle: Any = None
 _searched = False
 
@@ -38,17 +40,10 @@ def _scipy_openblas() -> Any:
     _searched = True
     import scipy.linalg.cython_blas  # noqa: F401  (loads the library)
 
-    candidates = []
-    try:
-        with open("/proc/self/maps") as maps:
-            for line in maps:
-                path = line.split()[-1]
-                name = os.path.basename(path).lower()
-                if "openblas" in name and "scipy" in path and "numpy" not in path:
-                    candidates.append(path)
-    except OSError:
+    candidates = scipy_openblas_paths()
+    if candidates is None:
         return None
-    for path in dict.fromkeys(candidates):
+    for path in candidates:
         try:
             lib = ctypes.CDLL(path)
         except OSError:
